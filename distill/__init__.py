@@ -1,0 +1,1 @@
+"""FusionLog distill package."""

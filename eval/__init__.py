@@ -1,0 +1,1 @@
+"""FusionLog eval package."""

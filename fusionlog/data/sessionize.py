@@ -1,0 +1,113 @@
+"""Cut parsed records into sessions: by a key (HDFS block, OpenStack instance), line windows or time windows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fusionlog.config import SessionRule
+from fusionlog.types import LogRecord, ReadStats, Session
+
+
+@dataclass
+class _Open:
+    key: str
+    event_ids: list[int] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    start: float | None = None
+    end: float | None = None
+
+    def add(self, eid: int, rec: LogRecord) -> None:
+        self.event_ids.append(eid)
+        self.labels.append(rec.label)
+        if rec.timestamp is not None:
+            self.start = rec.timestamp if self.start is None else min(self.start, rec.timestamp)
+            self.end = rec.timestamp if self.end is None else max(self.end, rec.timestamp)
+
+    def close(self, system: str, key_labels: dict[str, int] | None, default_key_label: int | None) -> Session:
+        if key_labels is not None:
+            label = key_labels.get(self.key, default_key_label)
+        elif self.labels and all(lbl is not None for lbl in self.labels):
+            label = int(any(self.labels))  # a window is anomalous if any of its lines is
+        else:
+            label = None
+        return Session(system, self.key, self.event_ids, label, self.start, self.end)
+
+
+def sessionize(
+    system: str,
+    items: Iterable[tuple[LogRecord, int]],
+    rule: SessionRule,
+    stats: ReadStats,
+    key_labels: dict[str, int] | None = None,
+    default_key_label: int | None = None,
+    key_prefix: str = "",
+) -> list[Session]:
+    """Group (record, event id) pairs into sessions in order of first appearance.
+
+    Key rule: a line naming several keys (two HDFS blocks) belongs to each of them; a line naming
+    none is counted in `stats.no_session_key` and dropped from sessions.
+    """
+    if rule.kind == "key":
+        return _by_key(system, items, re.compile(rule.key_pattern), stats, key_labels, default_key_label)
+    if rule.kind == "lines":
+        return _by_lines(system, items, rule.window, key_labels, default_key_label, key_prefix)
+    return _by_time(system, items, rule.seconds, key_labels, default_key_label, key_prefix)
+
+
+def _by_key(system, items, pattern, stats, key_labels, default_key_label) -> list[Session]:
+    open_: dict[str, _Open] = {}
+    for rec, eid in items:
+        keys = _keys(pattern, rec)
+        if not keys:
+            stats.no_session_key += 1
+            continue
+        for key in keys:
+            sess = open_.get(key)
+            if sess is None:
+                sess = open_[key] = _Open(key)
+            sess.add(eid, rec)
+    return [s.close(system, key_labels, default_key_label) for s in open_.values()]
+
+
+def _keys(pattern: re.Pattern[str], rec: LogRecord) -> list[str]:
+    found: list[str] = []
+    for m in pattern.finditer(rec.raw or rec.text):
+        key = m.group(1) if m.groups() else m.group(0)
+        if key and key not in found:
+            found.append(key)
+    return found
+
+
+def _by_lines(system, items, window, key_labels, default_key_label, key_prefix) -> list[Session]:
+    sessions: list[Session] = []
+    cur: _Open | None = None
+    for i, (rec, eid) in enumerate(items):
+        if i % window == 0:
+            if cur is not None:
+                sessions.append(cur.close(system, key_labels, default_key_label))
+            cur = _Open(f"{key_prefix}lines:{rec.line_no}")
+        assert cur is not None
+        cur.add(eid, rec)
+    if cur is not None:
+        sessions.append(cur.close(system, key_labels, default_key_label))
+    return sessions
+
+
+def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) -> list[Session]:
+    """Fixed windows aligned to multiples of `seconds`; lines without a time join the current window."""
+    sessions: list[Session] = []
+    cur: _Open | None = None
+    cur_bucket: int | None = None
+    for rec, eid in items:
+        bucket = cur_bucket if rec.timestamp is None else int(rec.timestamp // seconds)
+        if cur is None or bucket != cur_bucket:
+            if cur is not None:
+                sessions.append(cur.close(system, key_labels, default_key_label))
+            cur_bucket = bucket
+            cur = _Open(f"{key_prefix}time:{bucket}")
+        cur.add(eid, rec)
+    if cur is not None:
+        sessions.append(cur.close(system, key_labels, default_key_label))
+    return sessions

@@ -1,0 +1,1 @@
+"""FusionLog router package."""
