@@ -14,6 +14,7 @@ import pkgutil
 import sys
 
 import fusionlog.commands as commands_pkg
+from fusionlog.commands._common import add_global_flags
 from fusionlog import __version__
 from fusionlog.errors import FusionLogError
 
@@ -31,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f"fusionlog.commands.{info.name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        # accept the global flags after the subcommand too; SUPPRESS keeps the top-level value otherwise
-        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add_global_flags(p)
         mod.add_args(p)
         p.set_defaults(_run=mod.run)
     return parser

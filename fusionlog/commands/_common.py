@@ -12,6 +12,12 @@ from fusionlog.data.registry import _REGISTRY
 from fusionlog.errors import ConfigError
 
 
+def add_global_flags(p: argparse.ArgumentParser) -> None:
+    """-v/-q also after a nested action (`fusionlog data stats X -q`); SUPPRESS keeps top-level values."""
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="data folder (default: $FUSIONLOG_DATA, ./data, ../shared/data)")

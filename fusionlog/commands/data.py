@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fusionlog.commands._common import add_data_args, rule_from_args, spec_from_args
+from fusionlog.commands._common import add_data_args, add_global_flags, rule_from_args, spec_from_args
 
 NAME = "data"
 HELP = "list datasets, print their statistics, or download a loghub archive"
@@ -18,6 +18,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     st.add_argument("source", help="dataset name, .jsonl session file, or raw log file")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_args(st)
+    add_global_flags(st)
     dl = sub.add_parser("download", help="fetch a loghub archive into the data directory (needs internet)")
     dl.add_argument("name", help="loghub system name, e.g. HDFS_v1, BGL, OpenStack")
     dl.add_argument("--data-dir", help="where to put it (default: resolved data dir)")
