@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 from fusionlog.errors import ConfigError
@@ -108,6 +108,7 @@ class SessionRule:
     """How raw lines become sessions: by a key regex, by fixed windows of lines, or by time windows."""
 
     kind: str = "lines"  # "key" | "lines" | "time"
+    _: KW_ONLY
     key_pattern: str = ""  # for kind="key": a regex whose group 1 (or whole match) is the session key
     window: int = 20  # for kind="lines": lines per window
     seconds: float = 60.0  # for kind="time": window length

@@ -51,13 +51,28 @@ class TemplateStore:
         self.config = config or ParseConfig()
         self.miner = TemplateMiner(config=_miner_config(self.config))
         self._match_cache: dict[str, int] = {}
+        self._fit_cache: dict[str, int] = {}
 
     # -- training mode -------------------------------------------------------------------------
     def fit_line(self, content: str) -> int:
-        """Add one line (may create or generalise a template); returns its event id."""
+        """Add one line (may create or generalise a template); returns its event id.
+
+        An exact repeat of a line already added goes to the same cluster without re-running masking
+        and tree search (its cluster only ever generalises, so it still matches); only the cluster's
+        size is counted. Logs are mostly repeats, so this is most of the parsing time saved.
+        """
+        cid = self._fit_cache.get(content)
+        if cid is not None:
+            cluster = self.miner.drain.id_to_cluster.get(cid)
+            if cluster is not None:
+                cluster.size += 1
+                return cid - 1
         self._match_cache.clear()
         result = self.miner.add_log_message(content)
-        return int(result["cluster_id"]) - 1
+        cid = int(result["cluster_id"])
+        if len(self._fit_cache) < 1_000_000:
+            self._fit_cache[content] = cid
+        return cid - 1
 
     def fit(self, contents: Iterable[str]) -> list[int]:
         return [self.fit_line(c) for c in contents]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -111,16 +112,20 @@ def cache_key(name_or_path, data_dir, parse, rule, spec, embed) -> str:
 def save_prepared(folder: Path, dataset: SessionDataset, vectors: np.ndarray, meta: dict) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    with open(tmp / SESSIONS_NAME, "w", encoding="utf-8") as fh:
-        for s in dataset.sessions:
-            fh.write(json.dumps(s.to_dict()) + "\n")
-    atomic_write_json(tmp / TEMPLATES_NAME, {"system": dataset.system, "templates": dataset.templates})
-    atomic_save_npy(tmp / VECTORS_NAME, vectors.astype(np.float32))
-    if dataset.store is not None:
-        dataset.store.save(tmp / STORE_NAME)
-    full_meta = dict(meta, name=dataset.name, system=dataset.system, time_ordered=dataset.time_ordered)
-    atomic_write_json(tmp / PREPARE_META_NAME, full_meta)  # written last: its presence marks completion
-    replace_dir(tmp, folder)
+    try:
+        with open(tmp / SESSIONS_NAME, "w", encoding="utf-8") as fh:
+            for s in dataset.sessions:
+                fh.write(json.dumps(s.to_dict()) + "\n")
+        atomic_write_json(tmp / TEMPLATES_NAME, {"system": dataset.system, "templates": dataset.templates})
+        atomic_save_npy(tmp / VECTORS_NAME, vectors.astype(np.float32))
+        if dataset.store is not None:
+            dataset.store.save(tmp / STORE_NAME)
+        full_meta = dict(meta, name=dataset.name, system=dataset.system, time_ordered=dataset.time_ordered)
+        atomic_write_json(tmp / PREPARE_META_NAME, full_meta)  # written last: its presence marks completion
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_prepared(folder: Path) -> PreparedDataset:

@@ -186,12 +186,18 @@ def load_raw(
     if spec.label_mode == "key_file":
         key_labels, default = read_key_labels(resolve(spec.label_file, data_dir))
     records = read_records(spec, data_dir, stats)
-    pairs = []
-    for rec in tqdm(records, desc=f"parse {name}", unit=" lines", disable=not progress, mininterval=0.5):
-        pairs.append((rec, store.fit_line(rec.text)))
-    if not pairs:
+    parsed = [0]
+
+    def pairs() -> Iterator[tuple[LogRecord, int]]:
+        # a generator, so records stream through parsing into sessions without all being held
+        for rec in tqdm(records, desc=f"parse {name}", unit=" lines", disable=None if progress else True,
+                        mininterval=0.5):
+            parsed[0] += 1
+            yield rec, store.fit_line(rec.text)
+
+    sessions = sessionize(spec.system, pairs(), spec.rule, stats, key_labels, default)
+    if parsed[0] == 0:
         raise DataError(f"{name}: no parsable log lines in {[f.path for f in spec.files]}")
-    sessions = sessionize(spec.system, pairs, spec.rule, stats, key_labels, default)
     time_ordered = all(s.start is not None for s in sessions)
     return SessionDataset(
         name=name,

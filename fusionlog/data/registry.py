@@ -37,6 +37,7 @@ class DatasetInfo:
     labelled: bool
     description: str
     loader: Loader
+    spec: RawSpec | None = None  # for raw-line datasets: how their lines are read
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
@@ -218,16 +219,16 @@ def _register_all() -> None:
     bgl = _loghub_spec("BGL", rule=SessionRule("lines", window=20), label_mode="inline",
                        description="BGL_2k raw lines (inline labels) in 20-line windows: tiny")
     register(DatasetInfo("bgl", "bgl", "raw", True, "BGL 2k raw lines, 20-line windows (tiny)",
-                         _raw_loader("bgl", bgl)))
+                         _raw_loader("bgl", bgl), bgl))
     tb = _loghub_spec("Thunderbird", rule=SessionRule("lines", window=20), label_mode="inline",
                       description="Thunderbird_2k raw lines in 20-line windows; no anomalies in the sample")
     register(DatasetInfo("thunderbird", "thunderbird", "raw", True,
-                         "Thunderbird 2k raw lines, 20-line windows (0 anomalies)", _raw_loader("thunderbird", tb)))
+                         "Thunderbird 2k raw lines, 20-line windows (0 anomalies)", _raw_loader("thunderbird", tb), tb))
     hdfs2k = _loghub_spec("HDFS", rule=SessionRule("key", key_pattern=BLOCK_KEY), label_mode="key_file",
                           label_file="hdfs/HDFS_2k_block_labels.csv",
                           description="HDFS_2k raw lines by block id; blocks are incomplete (a line sample)")
     register(DatasetInfo("hdfs-2k", "hdfs", "raw", True, "HDFS 2k raw lines by block id",
-                         _raw_loader("hdfs-2k", hdfs2k)))
+                         _raw_loader("hdfs-2k", hdfs2k), hdfs2k))
     kalaki = RawSpec(
         system="openstack",
         files=(
@@ -242,17 +243,17 @@ def _register_all() -> None:
         description="Kalaki nova raw logs by instance; abnormal files labelled 1, the mixed sample unlabelled",
     )
     register(DatasetInfo("openstack-raw", "openstack", "raw", False, "Kalaki OpenStack nova raw logs by instance",
-                         _raw_loader("openstack-raw", kalaki)))
+                         _raw_loader("openstack-raw", kalaki), kalaki))
     for system in LOGHUB_FORMATS:
         name = f"{system.lower()}-2k"
         if name in ("hdfs-2k",):
             continue
-        rule = SessionRule("key", key_pattern=INSTANCE_KEY) if system == "OpenStack" else SessionRule("lines", 20)
+        rule = SessionRule("key", key_pattern=INSTANCE_KEY) if system == "OpenStack" else SessionRule("lines", window=20)
         label_mode = "inline" if system in ("BGL", "Thunderbird") else "none"
         spec = _loghub_spec(system, rule=rule, label_mode=label_mode,
                             description=f"loghub {system}_2k raw lines")
         register(DatasetInfo(name, system.lower(), "raw", label_mode != "none",
-                             f"loghub {system} 2k raw lines", _raw_loader(name, spec)))
+                             f"loghub {system} 2k raw lines", _raw_loader(name, spec), spec))
 
 
 _register_all()

@@ -1,0 +1,213 @@
+"""Datasets: counts match the data READMEs, readers survive bad input, splits keep labels out of the pool."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusionlog.config import SessionRule
+from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
+from fusionlog.data.formats import compile_format
+from fusionlog.data.paths import resolve_data_dir
+from fusionlog.data.readers import iter_lines
+from fusionlog.errors import ConfigError, DataError
+from fusionlog.types import ReadStats
+
+# (dataset, sessions, anomalous sessions, templates or None) — from shared/data READMEs
+EXPECTED = [
+    ("hdfs", 5751, 168, 33),  # 5,583 normal + anomalies sampled to 2.93%
+    ("hdfs-100k", 7940, 313, 19),
+    ("openstack", 5546, 651, 92),
+    ("openstack-deeplog", 2050, 198, 92),
+    ("hadoop", 961, 811, 349),
+    ("bgl", 100, 28, None),  # 20-line windows of BGL_2k
+    ("thunderbird", 100, 0, None),
+    ("hdfs-2k", 2200, 69, None),
+    ("bgl-normal", 379, 0, None),
+]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fusionlog.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("name,sessions,anomalous,templates", EXPECTED)
+def test_dataset_counts_match_readmes(name, sessions, anomalous, templates, data_dir):
+    proc = run_cli("data", "stats", name, "--json", "-q", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == {"system", "lines", "sessions", "anomalous_sessions", "templates", "skipped_lines"}
+    assert out["sessions"] == sessions
+    assert out["anomalous_sessions"] == anomalous
+    if templates is not None:
+        assert out["templates"] == templates
+
+
+def test_raw_bgl_counts_lines_and_labels(data_dir):
+    ds = load_dataset("bgl", data_dir, progress=False)
+    assert ds.stats.lines == 2000
+    assert ds.time_ordered
+    assert ds.store is not None and len(ds.store) == len(ds.templates)
+    # 100-line windows: 12 of 20 are anomalous (bgl README)
+    wide = load_dataset("bgl", data_dir, rule=SessionRule("lines", window=100), progress=False)
+    assert (len(wide.sessions), wide.anomalous) == (20, 12)
+
+
+def test_thunderbird_normal_keeps_sessions_with_ids_beyond_template_file(data_dir):
+    ds = load_dataset("thunderbird-normal", data_dir, progress=False)
+    assert len(ds.sessions) == 16
+    assert sum(len(s.event_ids) for s in ds.sessions) == 55_845
+    assert ds.stats.unknown_events > 0
+
+
+def test_kalaki_raw_openstack_by_instance(data_dir):
+    ds = load_dataset("openstack-raw", data_dir, progress=False)
+    assert ds.stats.lines == 43_776
+    assert ds.stats.continuation > 0  # traceback lines are counted, not parsed
+    labelled = [s for s in ds.sessions if s.label is not None]
+    assert labelled and all(s.label == 1 for s in labelled)  # the two abnormal files
+    assert any(s.label is None for s in ds.sessions)  # the mixed sample has no labels
+
+
+@pytest.mark.parametrize("system,fmt", [
+    ("Proxifier", r"\[<Time>\] <Program> - <Content>"),
+    ("Zookeeper", r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>"),
+])
+def test_generic_reader_parses_unknown_systems(system, fmt, data_dir):
+    """A user's format string is all it takes: contents agree with loghub's structured CSV."""
+    log = data_dir / f"loghub2k/{system}/{system}_2k.log"
+    spec = RawSpec(system="mine", files=(RawFile(str(log)),), log_format=fmt, rule=SessionRule("lines", window=50))
+    ds = load_dataset(str(log), spec=spec, progress=False)
+    assert ds.stats.lines == 2000 and ds.stats.unmatched_format == 0
+    assert len(ds.sessions) == 40
+    with open(data_dir / f"loghub2k/{system}/{system}_2k.log_structured.csv", encoding="utf-8") as fh:
+        expected = [row["Content"].strip() for row in csv.DictReader(fh)]
+    from fusionlog.data.raw import read_records
+
+    got = [r.text for r in read_records(spec, Path("."), ReadStats())]
+    assert got == expected
+
+
+def test_format_string_errors():
+    with pytest.raises(ConfigError, match="Content"):
+        compile_format("<Date> <Time>")
+    with pytest.raises(ConfigError, match="no <Field>"):
+        compile_format("just text")
+
+
+def test_reader_counts_bad_bytes_and_truncates(tmp_path):
+    p = tmp_path / "bad.log"
+    p.write_bytes(b"ok line\n\xff\xfe broken \x80 bytes\n" + b"x" * 2_000 + b"\nlast\n")
+    stats = ReadStats()
+    lines = list(iter_lines(p, stats, max_line_bytes=1000))
+    assert [n for n, _ in lines] == [1, 2, 3, 4]
+    assert stats.decode_errors == 1 and "\ufffd" in lines[1][1]
+    assert stats.truncated == 1 and len(lines[2][1]) == 1000
+    assert lines[3][1] == "last"
+
+
+def test_gzip_lines(tmp_path):
+    p = tmp_path / "a.log.gz"
+    with gzip.open(p, "wb") as fh:
+        fh.write(b"one\ntwo\n")
+    assert [t for _, t in iter_lines(p)] == ["one", "two"]
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "nomatch", "labels"])
+def test_bad_input_is_one_clear_line_exit_2(case, tmp_path):
+    log = tmp_path / "app.log"
+    args = ["data", "stats", str(log), "--log-format", "<Date> <Level> <Content>", "--json"]
+    if case == "empty":
+        log.write_bytes(b"")
+        needle = "empty"
+    elif case == "missing":
+        needle = "not found"
+    elif case == "nomatch":
+        log.write_text("onlyonetoken\nanother\n")
+        needle = "no line matches the log format"
+    else:
+        log.write_text("2024-01-01 INFO started job blk_1\n")
+        args += ["--key-regex", r"(blk_\d+)", "--label-file", str(tmp_path / "labels.csv")]
+        needle = "label file not found"
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and str(tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_dataset_name_is_clear():
+    proc = run_cli("data", "stats", "no-such-set", "--json")
+    assert proc.returncode == 2 and "not a known dataset" in proc.stderr
+
+
+def test_jsonl_sessions_templates_and_lines(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    rows = [
+        {"key": "a", "label": 0, "templates": ["open file", "close file"]},
+        {"key": "b", "label": 1, "lines": ["disk error on sda 12", "disk error on sdb 13"]},
+        {"key": "c", "templates": ["open file"]},
+        {"nokey": 1},
+        "not an object",
+    ]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken json\n")
+    ds = load_dataset(str(p))
+    assert [s.key for s in ds.sessions] == ["a", "b", "c"]
+    assert [s.label for s in ds.sessions] == [0, 1, None]
+    assert ds.stats.unmatched_format == 3
+    b = ds.sessions[1]
+    assert b.event_ids[0] == b.event_ids[1]  # two lines, one Drain template
+    assert ds.templates[ds.sessions[2].event_ids[0]] == "open file"
+    proc = run_cli("data", "stats", str(p), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["sessions"] == 3
+
+
+def test_jsonl_with_nothing_usable_is_an_error(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n')
+    with pytest.raises(DataError, match="no usable session"):
+        load_dataset(str(p))
+
+
+def test_split_by_time_and_by_shuffle(data_dir):
+    bgl = load_dataset("bgl", data_dir, progress=False)
+    sp = split_sessions(bgl)
+    assert sp.method == "time"
+    assert max(s.start for s in sp.pool) <= min(s.start for s in sp.test)
+    assert (len(sp.pool), len(sp.test)) == (60, 40)
+    osk = load_dataset("openstack", data_dir)
+    a, b = split_sessions(osk, seed=1), split_sessions(osk, seed=1)
+    assert a.method == "shuffle(seed=1)"
+    assert [s.key for s in a.test] == [s.key for s in b.test]
+    assert 0 < a.summary()["test_anomalies"] < len(a.test)  # grouped file order would put all in test
+    assert all(s.label is None for s in hide_labels(a.pool))
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FUSIONLOG_DATA", str(env_dir))
+    assert resolve_data_dir(None) == env_dir
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    assert resolve_data_dir(explicit) == explicit
+    with pytest.raises(DataError, match="not a directory"):
+        resolve_data_dir(tmp_path / "nope")
+    monkeypatch.delenv("FUSIONLOG_DATA")
+    (tmp_path / "data").mkdir()
+    assert resolve_data_dir(None) == tmp_path / "data"
+
+
+def test_download_offline_fails_fast(tmp_path):
+    proc = run_cli("data", "download", "BGL", "--data-dir", str(tmp_path), "--timeout", "3")
+    assert proc.returncode == 2
+    assert "BGL" in proc.stderr and "Traceback" not in proc.stderr
