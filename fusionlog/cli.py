@@ -14,8 +14,8 @@ import pkgutil
 import sys
 
 import fusionlog.commands as commands_pkg
-from fusionlog.commands._common import add_global_flags
 from fusionlog import __version__
+from fusionlog.commands._common import add_global_flags
 from fusionlog.errors import FusionLogError
 
 logger = logging.getLogger("fusionlog")

@@ -27,7 +27,7 @@ from fusionlog.data.raw import RawSpec
 from fusionlog.data.registry import _REGISTRY, load_dataset
 from fusionlog.embedding import Embedder, cache_dir
 from fusionlog.errors import ArtifactError
-from fusionlog.io import atomic_write_json, atomic_save_npy, load_npy, replace_dir
+from fusionlog.io import atomic_save_npy, atomic_write_json, load_npy, replace_dir
 from fusionlog.parsing import TemplateStore
 from fusionlog.types import ReadStats, Session, SessionDataset
 

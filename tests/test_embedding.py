@@ -34,5 +34,6 @@ def test_disk_cache_means_no_second_computation(embedder, cache_root):
 
 
 def test_related_templates_are_closer_than_unrelated(embedder):
-    v = embedder.encode(["Exception in receiveBlock for block", "Got exception while serving block", "Claim successful"])
+    texts = ["Exception in receiveBlock for block", "Got exception while serving block", "Claim successful"]
+    v = embedder.encode(texts)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])

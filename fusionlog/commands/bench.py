@@ -13,7 +13,8 @@ HELP = "performance benchmarks: parse, and any other eval/bench_*.py module"
 def _bench_modules() -> list[str]:
     import eval as eval_pkg
 
-    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(eval_pkg.__path__) if m.name.startswith("bench_"))
+    names = [m.name for m in pkgutil.iter_modules(eval_pkg.__path__)]
+    return sorted(n[len("bench_"):] for n in names if n.startswith("bench_"))
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,9 @@ def download(name: str, data_dir: str | Path | None = None, timeout: float = 10.
     try:
         socket.getaddrinfo("zenodo.org", 443)
     except OSError as exc:
-        raise DataError(f"cannot download {match}: no network ({exc}); fetch {url} elsewhere and put it in {dest}") from exc
+        raise DataError(
+            f"cannot download {match}: no network ({exc}); fetch {url} elsewhere and put it in {dest}"
+        ) from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".zip.part")
     sha = hashlib.sha256()

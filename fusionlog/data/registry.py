@@ -149,7 +149,9 @@ LOGHUB_FORMATS: dict[str, str] = {
     "OpenStack": r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
     "Proxifier": r"\[<Time>\] <Program> - <Content>",
     "Spark": "<Date> <Time> <Level> <Component>: <Content>",
-    "Thunderbird": r"<Label> <Timestamp> <Date> <User> <Month> <Day> <Time> <Location> <Component>(\[<PID>\])?: <Content>",
+    "Thunderbird": (
+        r"<Label> <Timestamp> <Date> <User> <Month> <Day> <Time> <Location> <Component>(\[<PID>\])?: <Content>"
+    ),
     "Windows": "<Date> <Time>, <Level>                  <Component>    <Content>",
     "Zookeeper": r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
 }
@@ -248,7 +250,9 @@ def _register_all() -> None:
         name = f"{system.lower()}-2k"
         if name in ("hdfs-2k",):
             continue
-        rule = SessionRule("key", key_pattern=INSTANCE_KEY) if system == "OpenStack" else SessionRule("lines", window=20)
+        rule = (
+            SessionRule("key", key_pattern=INSTANCE_KEY) if system == "OpenStack" else SessionRule("lines", window=20)
+        )
         label_mode = "inline" if system in ("BGL", "Thunderbird") else "none"
         spec = _loghub_spec(system, rule=rule, label_mode=label_mode,
                             description=f"loghub {system}_2k raw lines")

@@ -1,0 +1,423 @@
+"""The small session model (MetaLog network, section 3.4) and the inputs it sees.
+
+Two halves, both needed at detection time and neither needing training code:
+
+* **Inputs** (`cap_events`, `ReferenceStats`, `encode_sessions`, `make_batch`): a session's event ids
+  become a sequence of frozen template vectors from the shared embedding space, plus a few label-free
+  *rarity* features computed against a reference corpus of the same system (a source's own sessions, or
+  the target's unlabelled adaptation pool). Rarity is the one signal that means the same thing in every
+  system ("this template / this set of templates is unusual here"), which the shared vectors alone do
+  not give a cross-system model; see `ReferenceStats`.
+* **Network** (`SessionModelConfig`, `SessionModel`): bidirectional 2-layer GRU → self-attention over
+  time steps (paper eq. 4) → head → one anomaly logit. `forward` also returns the pooled feature (the
+  domain discriminator and the router read it) and per-step attention weights (for explanations).
+
+Persistence follows sentence-transformers' `Dense`: `config.json` + `model.safetensors`, reloaded
+with `cls(**config)` and `load_state_dict`. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from fusionlog.config import config_from_dict, register_config_type
+from fusionlog.constants import CONFIG_NAME, FORMAT_VERSION, MODEL_WEIGHTS_NAME
+from fusionlog.errors import ArtifactError, ConfigError
+from fusionlog.io import atomic_write_json
+from fusionlog.types import Session
+
+#: Per-step features appended to each template vector: [template rarity].
+N_EVENT_FEATURES = 1
+#: Per-session features fed to the head beside the pooled feature: [set rarity, max rarity, mean rarity].
+N_SESSION_FEATURES = 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def collapse_repeats(ids: Sequence[int]) -> list[int]:
+    """Drop consecutive repeats (A A A B → A B): loops and retries keep their order, not their length."""
+    out: list[int] = []
+    for e in ids:
+        if not out or out[-1] != e:
+            out.append(int(e))
+    return out
+
+
+def cap_events(ids: Sequence[int], max_len: int) -> list[int]:
+    """The event ids the GRU reads, at most `max_len` of them.
+
+    Why this order of steps: a few sessions (Hadoop containers) run to tens of thousands of events, and a
+    GRU on CPU must not read them all. (1) Consecutive repeats are collapsed; that alone keeps every
+    session of OpenStack, HDFS and BGL intact. (2) If still too long, only the first occurrence of each
+    template is kept, in order: every distinct template (an error line included) still reaches the
+    model. (3) If even that is too long, the first and last halves are kept (start-up and the end, where
+    failures show). Counts of repeats are lost; the rarity features below do not depend on the cap.
+    """
+    seq = collapse_repeats(ids)
+    if len(seq) <= max_len:
+        return seq
+    seq = list(dict.fromkeys(seq))
+    if len(seq) <= max_len:
+        return seq
+    head = max_len - max_len // 2
+    return seq[:head] + seq[len(seq) - max_len // 2 :]
+
+
+@dataclass
+class ReferenceStats:
+    """Label-free statistics of one system's reference corpus, the basis of the rarity features.
+
+    A source system's reference corpus is its own sessions (labels unused); the target's is its
+    unlabelled adaptation pool. Rarity is normalised by the corpus size, ``log((N+1)/(c+1)) / log(N+1)``,
+    so 0 means "in every session" and 1 means "in no other session", whatever N is. A session that is
+    itself part of the corpus is counted out (leave-one-out), so a training session sees the same
+    statistic a new session would.
+    """
+
+    n_sessions: int
+    doc_freq: np.ndarray  # (n_templates,) number of corpus sessions containing each template
+    set_counts: dict[tuple[int, ...], int] = field(default_factory=dict)  # distinct-id set -> sessions
+
+    @classmethod
+    def from_sessions(cls, sessions: Sequence[Session], n_templates: int) -> ReferenceStats:
+        df = np.zeros(n_templates, dtype=np.int64)
+        sets: Counter[tuple[int, ...]] = Counter()
+        for s in sessions:
+            key = _set_key(s.event_ids)
+            sets[key] += 1
+            known = [e for e in key if 0 <= e < n_templates]
+            df[known] += 1
+        return cls(len(sessions), df, dict(sets))
+
+    def _rarity(self, count: np.ndarray | float) -> np.ndarray:
+        n = self.n_sessions
+        if n <= 1:
+            return np.ones_like(np.asarray(count, dtype=np.float32))
+        c = np.clip(np.asarray(count, dtype=np.float64), 0, None)
+        return (np.log((n + 1) / (c + 1)) / math.log(n + 1)).astype(np.float32)
+
+    def event_rarity(self, ids: Sequence[int], in_corpus: bool) -> np.ndarray:
+        """(len(ids),) rarity of each event's template; unseen or unknown ids get 1."""
+        arr = np.asarray(ids, dtype=np.int64)
+        known = (arr >= 0) & (arr < len(self.doc_freq))
+        counts = np.zeros(len(arr), dtype=np.float64)
+        counts[known] = self.doc_freq[arr[known]] - (1 if in_corpus else 0)
+        return self._rarity(counts)
+
+    def session_features(self, ids: Sequence[int], in_corpus: bool) -> np.ndarray:
+        """(3,) [rarity of the exact template set, max and mean template rarity over distinct templates]."""
+        key = _set_key(ids)
+        set_count = self.set_counts.get(key, 0) - (1 if in_corpus else 0)
+        per_template = self.event_rarity(key, in_corpus) if key else np.ones(1, np.float32)
+        return np.array(
+            [float(self._rarity(set_count)), per_template.max(), per_template.mean()], dtype=np.float32
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "n_sessions": int(self.n_sessions),
+            "doc_freq": [int(x) for x in self.doc_freq],
+            "set_counts": [[list(k), int(v)] for k, v in sorted(self.set_counts.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReferenceStats:
+        try:
+            return cls(
+                int(d["n_sessions"]),
+                np.asarray(d["doc_freq"], dtype=np.int64),
+                {tuple(int(e) for e in k): int(v) for k, v in d["set_counts"]},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"reference stats: malformed ({exc})") from exc
+
+
+def _set_key(ids: Sequence[int]) -> tuple[int, ...]:
+    return tuple(sorted({int(e) for e in ids}))
+
+
+@dataclass
+class EncodedSessions:
+    """Sessions of ONE system, deduplicated into groups of identical model input.
+
+    Identical sessions are common (OpenStack: 5,546 sessions, 582 distinct sequences); scoring and
+    training each distinct input once and carrying a `count` makes both an order of magnitude faster
+    with the same result. `index[i]` is the group of the i-th input session.
+    """
+
+    system: str
+    ids: list[np.ndarray]  # per group: capped event ids (T_g,)
+    step_features: list[np.ndarray]  # per group: (T_g, N_EVENT_FEATURES)
+    session_features: np.ndarray  # (G, N_SESSION_FEATURES)
+    labels: np.ndarray  # (G,) float32 in {0, 1}, or NaN where unlabelled
+    counts: np.ndarray  # (G,) sessions per group
+    index: np.ndarray  # (n_sessions,) group of each input session
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, groups: np.ndarray) -> EncodedSessions:
+        groups = np.asarray(groups, dtype=np.int64)
+        remap = {int(g): i for i, g in enumerate(groups)}
+        return EncodedSessions(
+            self.system,
+            [self.ids[g] for g in groups],
+            [self.step_features[g] for g in groups],
+            self.session_features[groups],
+            self.labels[groups],
+            self.counts[groups],
+            np.array([remap.get(int(g), -1) for g in self.index], dtype=np.int64),
+        )
+
+
+def encode_sessions(
+    sessions: Sequence[Session],
+    stats: ReferenceStats,
+    max_len: int,
+    in_corpus: bool,
+    system: str = "",
+) -> EncodedSessions:
+    """Sessions → deduplicated model inputs (ids, rarity features, labels); see `EncodedSessions`."""
+    groups: dict[tuple, int] = {}
+    ids: list[np.ndarray] = []
+    steps: list[np.ndarray] = []
+    sess: list[np.ndarray] = []
+    labels: list[float] = []
+    counts: list[int] = []
+    index = np.empty(len(sessions), dtype=np.int64)
+    for i, s in enumerate(sessions):
+        capped = cap_events(s.event_ids, max_len) or [-1]
+        label = float("nan") if s.label is None else float(s.label)
+        key = (tuple(capped), _set_key(s.event_ids), "nan" if s.label is None else s.label)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = len(ids)
+            ids.append(np.asarray(capped, dtype=np.int64))
+            steps.append(stats.event_rarity(capped, in_corpus)[:, None])
+            sess.append(stats.session_features(s.event_ids, in_corpus))
+            labels.append(label)
+            counts.append(0)
+        counts[g] += 1
+        index[i] = g
+    return EncodedSessions(
+        system or (sessions[0].system if sessions else ""),
+        ids,
+        steps,
+        np.stack(sess) if sess else np.zeros((0, N_SESSION_FEATURES), np.float32),
+        np.asarray(labels, dtype=np.float32),
+        np.asarray(counts, dtype=np.int64),
+        index,
+    )
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, T, input_dim + N_EVENT_FEATURES)
+    mask: torch.Tensor  # (B, T) bool, True at real events
+    session_features: torch.Tensor  # (B, N_SESSION_FEATURES)
+    labels: torch.Tensor  # (B,) float, NaN where unlabelled
+
+
+def make_batch(
+    enc: EncodedSessions, groups: Sequence[int], vectors: torch.Tensor, device: torch.device | str = "cpu"
+) -> Batch:
+    """Pad the chosen groups into one batch; `vectors` is the system's (n_templates, dim) table.
+
+    Unknown ids (-1 or past the table) read a zero vector: the model still sees their rarity (1.0).
+    """
+    groups = list(groups)
+    lengths = [len(enc.ids[g]) for g in groups]
+    t_max = max(lengths)
+    n_t, dim = vectors.shape
+    ids = np.full((len(groups), t_max), n_t, dtype=np.int64)  # n_t = the zero row
+    feats = np.zeros((len(groups), t_max, N_EVENT_FEATURES), dtype=np.float32)
+    mask = np.zeros((len(groups), t_max), dtype=bool)
+    for b, g in enumerate(groups):
+        row = enc.ids[g]
+        row = np.where((row >= 0) & (row < n_t), row, n_t)
+        ids[b, : len(row)] = row
+        feats[b, : len(row)] = enc.step_features[g]
+        mask[b, : len(row)] = True
+    table = torch.cat([vectors, vectors.new_zeros(1, dim)], dim=0)
+    ids_t = torch.from_numpy(ids).to(table.device)
+    x = torch.cat([table[ids_t], torch.from_numpy(feats).to(table.device)], dim=-1)
+    return Batch(
+        x.to(device),
+        torch.from_numpy(mask).to(device),
+        torch.from_numpy(enc.session_features[groups]).to(device),
+        torch.from_numpy(enc.labels[groups]).to(device),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------------
+
+
+@register_config_type
+@dataclass(frozen=True)
+class SessionModelConfig:
+    """Shape of the session model. Defaults follow MetaLog (2-layer bidirectional GRU, hidden 100)."""
+
+    input_dim: int = field(default=384, metadata={"help": "template vector size (all-MiniLM-L6-v2: 384)"})
+    event_features: int = field(default=N_EVENT_FEATURES, metadata={"help": "extra per-step features"})
+    session_features: int = field(default=N_SESSION_FEATURES, metadata={"help": "extra per-session features"})
+    hidden: int = field(default=100, metadata={"help": "GRU hidden units per direction"})
+    layers: int = field(default=2, metadata={"help": "GRU layers"})
+    bidirectional: bool = True
+    attention_dim: int = field(default=64, metadata={"help": "query/key size of the time attention"})
+    head_hidden: int = field(default=64, metadata={"help": "hidden units of the non-linear head"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between GRU layers and in the head"})
+    max_len: int = field(default=64, metadata={"help": "events read per session (see cap_events)"})
+
+    def __post_init__(self) -> None:
+        for name in ("input_dim", "hidden", "layers", "attention_dim", "head_hidden", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("event_features", "session_features"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"SessionModelConfig.dropout={self.dropout}: must be in [0, 1)")
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the pooled feature (what the discriminator and the router see)."""
+        return self.hidden * (2 if self.bidirectional else 1)
+
+
+class SessionModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B,) anomaly logit; higher = more anomalous
+    features: torch.Tensor  # (B, feature_dim) attention-pooled GRU states
+    attention: torch.Tensor  # (B, T) weight of each step in `features`; sums to 1 over real steps
+
+
+class SessionModel(nn.Module):
+    """GRU + time attention + head over a padded batch of template vectors (MetaLog section 3.4)."""
+
+    def __init__(self, config: SessionModelConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        if config is None:
+            config = SessionModelConfig(**kwargs)
+        elif kwargs:
+            raise ConfigError(f"SessionModel: pass a config or keyword settings, not both ({sorted(kwargs)})")
+        self.config = config
+        c = config
+        self.gru = nn.GRU(
+            c.input_dim + c.event_features,
+            c.hidden,
+            num_layers=c.layers,
+            batch_first=True,
+            bidirectional=c.bidirectional,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+        )
+        d = c.feature_dim
+        # Eq. 4: Q = W_q A, K = W_k A. The paper also defines V but then sums Softmax(QK^T) A_in, so V
+        # is unused there; we follow the equation as written and pool the GRU states themselves.
+        self.query = nn.Linear(d, c.attention_dim, bias=False)
+        self.key = nn.Linear(d, c.attention_dim, bias=False)
+        self.head = nn.Sequential(
+            nn.Linear(d + c.session_features, c.head_hidden),
+            nn.Tanh(),  # MetaLog's non-linear layer is tanh(W_n H)
+            nn.Dropout(c.dropout),
+            nn.Linear(c.head_hidden, 1),
+        )
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, session_features: torch.Tensor | None = None
+    ) -> SessionModelOutput:
+        """x: (B, T, input_dim + event_features); mask: (B, T) True at real steps (each row >= 1 step)."""
+        c = self.config
+        b, t, _ = x.shape
+        lengths = mask.sum(dim=1).clamp(min=1)  # (B,)
+        # Packing keeps the backward direction from reading padding first.
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = self.gru(packed)
+        h, _ = pad_packed_sequence(h, batch_first=True, total_length=t)  # (B, T, D)
+        q, k = self.query(h), self.key(h)  # (B, T, A)
+        scores = q @ k.transpose(1, 2) / math.sqrt(c.attention_dim)  # (B, T, T)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        p = torch.softmax(scores, dim=-1)  # (B, T, T): query i attends to key j
+        # Eq. 4 sums Softmax(QK^T) A over the queries; we average instead so the pooled feature does
+        # not grow with the session length (sessions here run from 2 to 64 steps). Averaging the rows
+        # first gives each step's weight: pooled = sum_j w_j H_j.
+        qmask = mask.to(p.dtype)[:, :, None]  # (B, T, 1)
+        w = (p * qmask).sum(dim=1) / lengths[:, None].to(p.dtype)  # (B, T)
+        pooled = (w[:, :, None] * h).sum(dim=1)  # (B, D)
+        head_in = pooled
+        if c.session_features:
+            if session_features is None:
+                raise ConfigError(f"SessionModel expects {c.session_features} session features per row")
+            head_in = torch.cat([pooled, session_features.to(pooled.dtype)], dim=-1)
+        logits = self.head(head_in).squeeze(-1)  # (B,)
+        return SessionModelOutput(logits, pooled, w)
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """config.json + model.safetensors (sentence-transformers `Dense` layout)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            folder / CONFIG_NAME,
+            {"format_version": FORMAT_VERSION, "model_type": "SessionModel", "model": asdict(self.config)},
+        )
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / MODEL_WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> SessionModel:
+        folder = Path(folder)
+        cfg_path, weights = folder / CONFIG_NAME, folder / MODEL_WEIGHTS_NAME
+        for path in (cfg_path, weights):
+            if not path.is_file():
+                raise ArtifactError(f"{folder}: missing {path.name}")
+        try:
+            meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ArtifactError(f"{cfg_path}: not JSON ({exc})") from exc
+        if meta.get("model_type") != "SessionModel":  # allow-list of class names read from disk
+            raise ArtifactError(f"{cfg_path}: model_type {meta.get('model_type')!r} is not 'SessionModel'")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+        model = cls(config_from_dict(SessionModelConfig, meta["model"]))
+        try:
+            model.load_state_dict(load_file(str(weights), device=str(device)))
+        except (RuntimeError, OSError) as exc:
+            raise ArtifactError(f"{weights}: does not match the config ({exc})") from exc
+        return model.to(device).eval()
+
+
+@torch.no_grad()
+def score_encoded(
+    model: SessionModel,
+    enc: EncodedSessions,
+    vectors: torch.Tensor,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Logit per group (not per session: index with `enc.index`). Sorted by length to limit padding."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(enc), dtype=np.float32)
+    order = np.argsort([len(x) for x in enc.ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        groups = order[start : start + batch_size]
+        batch = make_batch(enc, groups, vectors, device)
+        out[groups] = model(batch.x, batch.mask, batch.session_features).logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
