@@ -25,7 +25,7 @@ class IndexConfig:
     """
 
     flat_max: int = field(default=1_000_000, metadata={"help": "exact (flat) search up to this many vectors"})
-    nlist: int = field(default=0, metadata={"help": "IVF cells; 0 = about 4*sqrt(n), within [16, 65536]"})
+    nlist: int = field(default=0, metadata={"help": "IVF cells; 0 = about 4*sqrt(n), at most train_max/39"})
     nprobe: int = field(default=32, metadata={"help": "IVF cells visited per query (recall vs speed)"})
     train_max: int = field(default=100_000, metadata={"help": "max vectors sampled to train the IVF quantizer"})
     use_gpu: str = field(default="auto", metadata={"help": "'auto' (GPU when faiss has it and CUDA is up), "
