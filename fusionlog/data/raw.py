@@ -49,6 +49,7 @@ class RawSpec:
     label_mode: str = "none"
     label_file: str = ""  # CSV `key,label` (Normal/Anomaly or 0/1), or one anomalous key per line
     line_filter: str = ""  # regex a record line must match; others are continuation lines (counted)
+    strip: str = ""  # regex removed from the content before parsing (e.g. a session-key prefix)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
     """Stream LogRecords from every file of the spec; unparsable lines are counted, never raised."""
     pattern, names = compile_format(spec.log_format)
     keep = re.compile(spec.line_filter) if spec.line_filter else None
+    strip = re.compile(spec.strip) if spec.strip else None
     for raw_file in spec.files:
         path = resolve(raw_file.path, data_dir)
         matched_before = stats.lines - stats.unmatched_format - stats.empty - stats.continuation
@@ -98,8 +100,11 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         file_stats = ReadStats()
         for line_no, line in iter_lines(path, file_stats):
             rec = _parse_line(spec, pattern, names, keep, line, line_no, raw_file, file_stats)
-            if rec is not None:
-                yield rec
+            if rec is None:
+                continue
+            if strip is not None:
+                rec.text = strip.sub("", rec.text).strip() or rec.text
+            yield rec
         _merge(stats, file_stats)
         matched = (stats.lines - stats.unmatched_format - stats.empty - stats.continuation) - matched_before
         if matched == 0 and stats.lines > n_before:

@@ -238,10 +238,13 @@ def _register_all() -> None:
             RawFile("openstack/kalaki_openstack_logs/openstack-vm-destroy-immediately-after-create.log", 1),
             RawFile("openstack/kalaki_openstack_logs/openstack-nova-sample.log", None),
         ),
-        log_format="<Level> <Component> <Content>",
+        log_format=r"<Level> <Component> \[<ADDR>\] <Content>",
         rule=SessionRule("key", key_pattern=INSTANCE_KEY),
         label_mode="file",
         line_filter=r"^(TRACE|DEBUG|INFO|AUDIT|WARNING|ERROR|CRITICAL) \S",
+        # Drain's prefix tree keys on the first tokens; a leading "[instance: <uuid>]" would make every
+        # instance line share one branch and merge unrelated messages, so it is cut (the key stays known).
+        strip=r"^\[instance: [0-9a-fA-F-]{36}\]\s*",
         description="Kalaki nova raw logs by instance; abnormal files labelled 1, the mixed sample unlabelled",
     )
     register(DatasetInfo("openstack-raw", "openstack", "raw", False, "Kalaki OpenStack nova raw logs by instance",

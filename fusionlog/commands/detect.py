@@ -1,0 +1,115 @@
+"""`fusionlog detect --model DIR [FILE|-] [--follow]`: stream raw lines through a detector, JSON verdicts out."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "detect"
+HELP = "score raw log lines (file, stdin, or a growing file) with a trained detector; one JSON line per session"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="detector artifact folder (written by `fusionlog fuse`)")
+    p.add_argument("source", nargs="?", default="-", help="raw log file, or - for stdin (default)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep reading a growing file like `tail -F` (survives truncation and rotation)")
+    p.add_argument("--from-end", action="store_true", help="with --follow: start at the end of the file")
+    p.add_argument("--output", "-o", help="write verdicts here instead of stdout")
+    p.add_argument("--anomalies-only", action="store_true", help="write only sessions judged anomalous")
+    g = p.add_argument_group("memory bounds and timeouts")
+    g.add_argument("--max-open-sessions", type=int, default=10_000,
+                   help="open sessions kept at most; the least recently updated is scored early (default 10000)")
+    g.add_argument("--max-events", type=int, default=1_000,
+                   help="events per session at most; a longer session is scored in parts (default 1000)")
+    g.add_argument("--idle-seconds", type=float, default=None,
+                   help="key sessions: close after this much log time without a line; 0 = never "
+                        "(default: 3600 with --follow or stdin; never for a file, so it scores like a batch)")
+    g.add_argument("--wall-idle-seconds", type=float, default=None,
+                   help="close any session after this much wall time without a line (default: 30 with "
+                        "--follow or stdin, never for a file)")
+    g.add_argument("--poll-interval", type=float, default=0.25, help="--follow: seconds between polls")
+    g.add_argument("--batch-size", type=int, default=256, help="finished sessions scored per model call")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import signal
+    import sys
+    import threading
+    import time
+
+    from fusionlog.errors import ConfigError
+    from fusionlog.stream import (
+        StreamLimits,
+        StreamSessionizer,
+        detect_stream,
+        file_lines,
+        follow,
+        load_scorer,
+        read_stream,
+    )
+    from fusionlog.types import ReadStats
+
+    logger = logging.getLogger("fusionlog.detect")
+    live = args.follow or args.source == "-"
+    if args.follow and args.source == "-":
+        raise ConfigError("--follow needs a FILE (stdin is followed anyway)")
+    idle = args.idle_seconds if args.idle_seconds is not None else (3_600.0 if live else None)
+    wall = args.wall_idle_seconds if args.wall_idle_seconds is not None else (30.0 if live else None)
+    limits = StreamLimits(
+        max_open_sessions=args.max_open_sessions,
+        max_events_per_session=args.max_events,
+        idle_seconds=idle or None,
+        wall_idle_seconds=wall or None,
+    )
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size}: must be >= 1")
+    scorer = load_scorer(args.model)
+    read_stats = ReadStats()
+    stop = threading.Event()
+    if args.source == "-":
+        lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
+    elif args.follow:
+        lines = follow(args.source, read_stats, stop=stop, poll_interval=args.poll_interval, from_end=args.from_end)
+    else:
+        lines = file_lines(args.source, read_stats)
+    saved: dict = {}
+    if live and threading.current_thread() is threading.main_thread():
+        # First Ctrl-C / SIGTERM: stop reading; open sessions are still scored and written. Second: abort.
+        def _stop(signum, frame) -> None:
+            logger.info("stopping: scoring open sessions (Ctrl-C again to abort)")
+            stop.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, _stop)
+    sessionizer = StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    t0 = time.perf_counter()
+    written = anomalous = 0
+    try:
+        for verdict in detect_stream(scorer, lines, limits, batch_size=args.batch_size, sessionizer=sessionizer):
+            anomalous += bool(verdict["anomalous"])
+            if args.anomalies_only and not verdict["anomalous"]:
+                continue
+            out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
+            written += 1
+            if live:
+                out.flush()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+    stats = sessionizer.stats.to_dict()
+    stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, anomalous=anomalous,
+                 written=written, seconds=round(time.perf_counter() - t0, 3))
+    logger.info(
+        "detect: %d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines, %.0f lines/s",
+        stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"], stats["skipped"],
+        stats["lines"] / max(stats["seconds"], 1e-9),
+    )
+    logger.debug("detect stats: %s", json.dumps(stats))
+    return 0

@@ -1,0 +1,580 @@
+"""HTTP service over a loaded detector (any `SessionScorer`): FastAPI app + uvicorn entry point.
+
+    POST /v1/detect   {"lines": [raw line, ...]}                      sessionized with the scorer's rule
+                      {"sessions": [{"key": k, "lines": [...]}, ...]}  one session per item, raw lines
+                      {"sessions": [{"key": k, "templates": [...]}]}   template texts or event ids
+                      → {"verdicts": [SessionVerdict.to_dict(), ...], "stats": {...}}
+    GET  /healthz     liveness + what is loaded (never needs the token)
+    GET  /metrics     Prometheus text format
+    GET  /docs, /openapi.json   FastAPI's generated docs
+
+Edge rules: the body is read with a byte cap (413 before or while reading), must be UTF-8 and JSON,
+and is validated strictly (no coercion: `"lines": "x"` or `[1]` is an error naming the field). Every
+error is a 4xx JSON object `{"error": kind, "detail": message}`; an unexpected failure is a 500 of the
+same shape and the service keeps serving. Scoring runs under one lock, because the scorer's parser
+state (template cache, new templates) and the model are not thread-safe: small bodies on the event
+loop (a thread hop costs more than their scoring), big ones in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fusionlog import __version__
+from fusionlog.errors import ConfigError, FusionLogError
+from fusionlog.stream import HeaderParser, StreamLimits, StreamSessionizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+DEFAULT_MAX_LINES = 20_000
+#: Bodies up to this size are scored on the event loop; bigger ones in a worker thread.
+INLINE_MAX_BYTES = 16 * 1024
+TOKEN_ENV = "FUSIONLOG_TOKEN"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_KNOWN_PATHS = {"/v1/detect", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
+
+
+# -- request / response schema (validation and OpenAPI docs) -----------------------------------
+
+
+class SessionIn(BaseModel):
+    """One ready session: raw lines (headers parsed with the model's format) or templates."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: str = Field(description="session id echoed in the verdict")
+    lines: list[str] | None = Field(None, description="raw log lines of this session, in order")
+    templates: list[str | int] | None = Field(
+        None, description="template texts, or event ids of the model's template table, in order"
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SessionIn:
+        if (self.lines is None) == (self.templates is None):
+            raise ValueError("give exactly one of 'lines' or 'templates'")
+        return self
+
+
+class DetectRequest(BaseModel):
+    """Either raw `lines` (cut into sessions by the model's rule) or ready `sessions`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lines: list[str] | None = Field(None, description="raw log lines; every session is flushed at the end")
+    sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DetectRequest:
+        if (self.lines is None) == (self.sessions is None):
+            raise ValueError("give exactly one of 'lines' or 'sessions'")
+        return self
+
+
+class TemplateWeight(BaseModel):
+    template: str
+    attention: float
+
+
+class VerdictOut(BaseModel):
+    key: str
+    score: float
+    anomalous: bool
+    events: int
+    top_templates: list[TemplateWeight]
+    nearest_source_template: str | None
+    reason: str
+    new_templates: int
+
+
+class DetectResponse(BaseModel):
+    verdicts: list[VerdictOut]
+    stats: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="machine-readable kind, e.g. malformed_json, body_too_large")
+    detail: str = Field(description="what is wrong, naming the field or limit")
+
+
+# -- errors and metrics --------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+
+
+def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+
+class Metrics:
+    """A tiny thread-safe Prometheus registry: counters with labels and one latency histogram."""
+
+    HELP = {
+        "fusionlog_requests_total": ("counter", "HTTP requests by path and status code"),
+        "fusionlog_lines_total": ("counter", "raw log lines received"),
+        "fusionlog_skipped_lines_total": ("counter", "lines not used, by reason"),
+        "fusionlog_sessions_scored_total": ("counter", "sessions scored"),
+        "fusionlog_anomalies_total": ("counter", "sessions judged anomalous"),
+        "fusionlog_sessions_with_new_templates_total": (
+            "counter", "scored sessions holding a template first seen at detection time"
+        ),
+        "fusionlog_errors_total": ("counter", "failed requests by error kind"),
+    }
+
+    _UNLABELLED = ("fusionlog_lines_total", "fusionlog_sessions_scored_total", "fusionlog_anomalies_total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {k: {} for k in self.HELP}
+        self._hist: dict[str, list[float]] = {}  # path -> per-bucket counts (+Inf last), then sum, count
+        self.in_flight = 0
+        self.started = time.time()
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            family = self._counters[name]
+            family[key] = family.get(key, 0.0) + value
+
+    def observe(self, path: str, seconds: float) -> None:
+        with self._lock:
+            h = self._hist.setdefault(path, [0.0] * (len(LATENCY_BUCKETS) + 3))
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    h[i] += 1
+            h[len(LATENCY_BUCKETS)] += 1  # +Inf
+            h[-2] += seconds
+            h[-1] += 1
+
+    def value(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._counters[name].get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+        out: list[str] = []
+        with self._lock:
+            for name, (kind, help_) in self.HELP.items():
+                out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+                family = self._counters[name]
+                if not family and name in self._UNLABELLED:
+                    out.append(f"{name} 0")  # present from the start, so rate() has a first sample
+                for labels, v in sorted(family.items()):
+                    out.append(f"{name}{_labels(labels)} {_num(v)}")
+            name = "fusionlog_request_duration_seconds"
+            out += [f"# HELP {name} request latency by path", f"# TYPE {name} histogram"]
+            for path, h in sorted(self._hist.items()):
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    out.append(f'{name}_bucket{{le="{bound}",path="{path}"}} {_num(h[i])}')
+                out.append(f'{name}_bucket{{le="+Inf",path="{path}"}} {_num(h[len(LATENCY_BUCKETS)])}')
+                out.append(f'{name}_sum{{path="{path}"}} {h[-2]!r}')
+                out.append(f'{name}_count{{path="{path}"}} {_num(h[-1])}')
+            gauges = dict(gauges, fusionlog_in_flight_requests=("requests being handled", float(self.in_flight)))
+        for name, (help_, v) in gauges.items():
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {_num(v)}"]
+        return "\n".join(out) + "\n"
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    esc = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in labels)
+    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(labels, esc, strict=True)) + "}"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class _MetricsMiddleware:
+    """Pure ASGI: counts every response by path and status and times it (also 401/404/413/500)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        path = path if path in _KNOWN_PATHS else "other"  # bounded label set
+        status = {"code": 500}
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        self.metrics.in_flight += 1
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight -= 1
+            self.metrics.observe(path, time.perf_counter() - t0)
+            self.metrics.inc("fusionlog_requests_total", path=path, status=str(status["code"]))
+
+
+_BEARER = HTTPBearer(auto_error=False, description="required when the service was started with a token")
+
+
+# -- the service -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceLimits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_lines: int = DEFAULT_MAX_LINES  # lines + templates over the whole request
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1 or self.max_lines < 1:
+            raise ConfigError(f"max_body_bytes={self.max_body_bytes} and max_lines={self.max_lines}: both must be >= 1")
+
+
+class DetectService:
+    """The request logic without HTTP: validated request → verdicts + stats, one request at a time."""
+
+    def __init__(self, scorer, limits: ServiceLimits, stream_limits: StreamLimits | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.scorer = scorer
+        self.limits = limits
+        # One request is a batch: no idle timeouts, room for every key it can hold.
+        self.stream_limits = stream_limits or StreamLimits(
+            max_open_sessions=limits.max_lines, idle_seconds=None, wall_idle_seconds=None
+        )
+        self.metrics = metrics or Metrics()
+        self.parser = HeaderParser(scorer.log_format)
+        self.lock = threading.Lock()
+
+    def handle(self, body: bytes) -> dict:
+        """Body bytes → response dict; raises ApiError for anything the client got wrong."""
+        result = self.score(self.parse(body))
+        assert result is not None
+        return result
+
+    def parse(self, body: bytes) -> DetectRequest:
+        """Decode and validate a body (no lock needed)."""
+        req = self._decode(body)
+        n_items = len(req.lines) if req.lines is not None else sum(
+            len(s.lines if s.lines is not None else s.templates or []) for s in req.sessions or []
+        )
+        if n_items > self.limits.max_lines:
+            raise ApiError(413, "too_many_lines", f"{n_items} lines/templates in the request; the limit is "
+                           f"{self.limits.max_lines} (split the request)")
+        return req
+
+    def score(self, req: DetectRequest, *, wait: bool = True) -> dict | None:
+        """Sessionize and score under the scorer lock; with `wait=False`, None if the lock is busy."""
+        t0 = time.perf_counter()
+        if not self.lock.acquire(blocking=wait):
+            return None
+        try:
+            if req.lines is not None:
+                keys, sessions, stats = self._from_lines(req.lines)
+            else:
+                keys, sessions, stats = self._from_sessions(req.sessions or [])
+            verdicts = self.scorer.verdicts(keys, sessions) if sessions else []
+        finally:
+            self.lock.release()
+        out = [v.to_dict() for v in verdicts]
+        anomalous = sum(1 for v in out if v["anomalous"])
+        stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
+        m = self.metrics
+        m.inc("fusionlog_lines_total", stats.get("lines", 0))
+        for reason in ("empty", "unmatched_format", "no_session_key"):
+            if stats.get(reason):
+                m.inc("fusionlog_skipped_lines_total", stats[reason], reason=reason)
+        m.inc("fusionlog_sessions_scored_total", len(out))
+        m.inc("fusionlog_anomalies_total", anomalous)
+        with_new = sum(1 for v in out if v.get("new_templates"))
+        if with_new:
+            m.inc("fusionlog_sessions_with_new_templates_total", with_new)
+        return {"verdicts": out, "stats": stats}
+
+    def _decode(self, body: bytes) -> DetectRequest:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError(
+                400, "not_utf8", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from None
+        if not text.strip():
+            raise ApiError(400, "malformed_json", "request body is empty; expected a JSON object")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ApiError(
+                400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ApiError(
+                422, "invalid_request", f"expected a JSON object with 'lines' or 'sessions', got {type(obj).__name__}"
+            )
+        try:
+            return DetectRequest.model_validate(obj)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe(exc)) from None
+        except RecursionError:
+            raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+
+    def _from_lines(self, lines: list[str]) -> tuple[list[str], list[list[int]], dict]:
+        # Verdicts carry no times, so only a time rule needs them parsed; one parser for all requests.
+        sz = StreamSessionizer(self.scorer.event_id, self.scorer.rule, self.scorer.log_format, self.stream_limits,
+                               timestamps=False, parser=self.parser)
+        finished = []
+        for line in lines:
+            finished += sz.feed(_one_line(line))
+        finished += sz.flush()
+        st = sz.stats.to_dict()
+        names = ("lines", "events", "empty", "unmatched_format", "no_session_key", "evicted", "split")
+        stats = {k: st[k] for k in names}
+        return [s.key for s in finished], [s.event_ids for s in finished], stats
+
+    def _from_sessions(self, items: list[SessionIn]) -> tuple[list[str], list[list[int]], dict]:
+        keys: list[str] = []
+        sessions: list[list[int]] = []
+        stats = {"lines": 0, "events": 0, "empty": 0, "unmatched_format": 0, "empty_sessions": 0}
+        for i, item in enumerate(items):
+            ids: list[int] = []
+            if item.lines is not None:
+                for line in item.lines:
+                    stats["lines"] += 1
+                    text = _one_line(line).strip()
+                    if not text:
+                        stats["empty"] += 1
+                        continue
+                    parsed = self.parser.parse(text)
+                    if parsed is None:
+                        stats["unmatched_format"] += 1
+                        continue
+                    ids.append(self.scorer.event_id(parsed[0]))
+            else:
+                for j, t in enumerate(item.templates or []):
+                    if isinstance(t, int):
+                        ids.append(self._check_id(t, f"sessions[{i}].templates[{j}]"))
+                    else:
+                        ids.append(self.scorer.event_id(t.strip()))
+            if not ids:
+                stats["empty_sessions"] += 1  # nothing to score; no verdict for this key
+                continue
+            stats["events"] += len(ids)
+            keys.append(item.key)
+            sessions.append(ids)
+        return keys, sessions, stats
+
+    def _check_id(self, eid: int, where: str) -> int:
+        try:
+            if eid < 0:
+                raise KeyError(eid)
+            self.scorer.template(eid)
+        except (KeyError, IndexError):
+            raise ApiError(422, "invalid_request", f"{where}: {eid} is not an event id of this model") from None
+        return eid
+
+
+def _one_line(line: str) -> str:
+    # A JSON string may hold newlines; a log line may not. Keep the first line's worth.
+    return line.replace("\r", " ").replace("\n", " ") if ("\n" in line or "\r" in line) else line
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _openapi_request_body() -> dict:
+    schema = DetectRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(
+    scorer,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_lines: int = DEFAULT_MAX_LINES,
+    stream_limits: StreamLimits | None = None,
+) -> FastAPI:
+    """The HTTP app over one loaded scorer. `token`: require `Authorization: Bearer <token>` (None = open)."""
+    metrics = Metrics()
+    service = DetectService(scorer, ServiceLimits(max_body_bytes, max_lines), stream_limits, metrics)
+    token_bytes = token.encode("utf-8") if token else None
+
+    app = FastAPI(
+        title="FusionLog detector",
+        version=__version__,
+        description="Score log sessions with a distilled FusionLog detector (no LLM behind it).",
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+
+    async def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        # async: a sync dependency would cost a worker-thread hop on every request
+        if token_bytes is None:
+            return
+        given = creds.credentials.encode("utf-8") if creds is not None else b""
+        # compare_digest takes time independent of where the strings differ
+        if creds is None or not hmac.compare_digest(given, token_bytes):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.inc("fusionlog_errors_total", kind=exc.kind)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.kind, exc.detail, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.inc("fusionlog_errors_total", kind=kind)
+        return _error(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    error_responses = {
+        s: {"model": ErrorOut, "description": d}
+        for s, d in {
+            400: "malformed JSON or not UTF-8", 401: "missing or wrong token", 413: "body or line count over the limit",
+            422: "wrong field or type", 500: "internal error",
+        }.items()
+    }
+
+    @app.post(
+        "/v1/detect",
+        response_model=DetectResponse,
+        responses=error_responses,
+        dependencies=[Depends(auth)],
+        openapi_extra=_openapi_request_body(),
+        summary="Score raw lines or ready sessions",
+    )
+    async def detect(request: Request) -> JSONResponse:
+        body = await _read_body(request, max_body_bytes)
+        try:
+            # A small request is handled right here (about a millisecond: cheaper than a thread hop)
+            # unless a big one holds the scorer, which must never block the event loop; a big one is
+            # parsed and scored in a worker thread, so /healthz and other requests keep flowing.
+            if len(body) <= INLINE_MAX_BYTES:
+                req = service.parse(body)
+                result = service.score(req, wait=False)
+                if result is None:
+                    result = await run_in_threadpool(service.score, req)
+            else:
+                result = await run_in_threadpool(service.handle, body)
+        except ApiError:
+            raise
+        except FusionLogError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        except Exception:  # the service must survive whatever one request does
+            logger.exception("detect request failed")
+            metrics.inc("fusionlog_errors_total", kind="internal")
+            return _error(500, "internal", "internal error while scoring; see the server log")
+        return JSONResponse(result)
+
+    @app.get("/healthz", summary="Liveness and what is loaded")
+    async def healthz() -> dict:
+        rule = scorer.rule
+        return {
+            "status": "ok",
+            "version": __version__,
+            "threshold": float(scorer.threshold),
+            "rule": {
+                "kind": rule.kind, "key_pattern": rule.key_pattern, "window": rule.window, "seconds": rule.seconds
+            },
+            "log_format": scorer.log_format,
+            "auth": token_bytes is not None,
+            "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
+            "uptime_s": round(time.time() - metrics.started, 3),
+        }
+
+    @app.get("/metrics", dependencies=[Depends(auth)], response_class=PlainTextResponse,
+             summary="Prometheus metrics")
+    async def metrics_endpoint() -> PlainTextResponse:
+        gauges = {
+            "fusionlog_up": ("1 while the service runs", 1.0),
+            "fusionlog_threshold": ("decision threshold of the loaded model", float(scorer.threshold)),
+            "fusionlog_uptime_seconds": ("seconds since start", time.time() - metrics.started),
+        }
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    _add_schemas(app)
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number") from None
+        if n > limit:
+            raise ApiError(413, "body_too_large", f"body of {n} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # also caps chunked bodies that declare no length
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _add_schemas(app: FastAPI) -> None:
+    """Put the request models into the OpenAPI components (the body is read by hand, not by FastAPI)."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        defs = DetectRequest.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def serve(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_lines: int = DEFAULT_MAX_LINES,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Load the artifact in `model_dir` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    from fusionlog.stream import load_scorer
+
+    scorer = load_scorer(model_dir)
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without a token: anyone who can reach the port can use it", host)
+    app = create_app(scorer, token=token or None, max_body_bytes=max_body_bytes, max_lines=max_lines)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

@@ -1,0 +1,747 @@
+"""Live logs → finished sessions → verdicts, with bounded memory.
+
+`StreamSessionizer` is the streaming twin of `fusionlog.data.sessionize`: it takes raw lines one at a
+time (header parsed with the artifact's loghub format, Content → event id through the scorer) and emits
+a session as soon as it is finished:
+
+* `lines` rule: the window is full; `time` rule: a line of a later time window arrives;
+* `key` rule: the key has been idle longer than `idle_seconds` in *log* time (the newest timestamp
+  seen), or longer than `wall_idle_seconds` in wall time (checked by `poll()`, for quiet live logs);
+* any rule: `flush()` at end of input.
+
+Memory is bounded: at most `max_open_sessions` open keys (the least recently updated one is evicted)
+and at most `max_events_per_session` events per session (a full session is emitted and the key starts
+a new part). Evicted and split sessions are *emitted and scored*, never dropped, and counted.
+
+With no limit hit, the sessions equal the batch sessionizer's (same keys, same event ids), so streaming
+detection scores exactly what the in-process detector scores.
+
+`follow(path)` reads a growing file like `tail -F` (polling; survives truncation and rotation) and
+`read_stream(fh)` reads a pipe; both yield `None` heartbeats while no line arrives, so callers can run
+wall-clock timeouts, and both stop when a `threading.Event` is set. `detect_stream` ties it together.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from operator import itemgetter
+from pathlib import Path
+from typing import BinaryIO
+
+from fusionlog.config import SessionRule
+from fusionlog.constants import MAX_LINE_BYTES
+from fusionlog.data.formats import _TIME_FORMATS, compile_format, parse_timestamp
+from fusionlog.data.readers import decode_line
+from fusionlog.errors import ConfigError, DataError, FusionLogError
+from fusionlog.types import ReadStats
+
+logger = logging.getLogger(__name__)
+
+_TIME_FIELDS = ("Timestamp", "Date", "Time")  # what fusionlog.data.formats.parse_timestamp reads
+
+#: Why a session was emitted.
+CLOSED_WINDOW = "window"  # lines rule: window full; time rule: a later window began
+CLOSED_IDLE = "idle"  # key rule: no line for idle_seconds of log time
+CLOSED_WALL_IDLE = "wall_idle"  # no line for wall_idle_seconds of wall time (poll)
+CLOSED_EVICTED = "evicted"  # too many open sessions: the least recently updated one went out
+CLOSED_SIZE = "size"  # max_events_per_session reached: emitted, the key continues as a new part
+CLOSED_FLUSH = "flush"  # end of input
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds and timeouts of the streaming sessionizer (defaults suit one busy service's logs)."""
+
+    max_open_sessions: int = 10_000
+    max_events_per_session: int = 1_000
+    idle_seconds: float | None = 3_600.0  # key rule, log time; None = only size/eviction/flush close
+    wall_idle_seconds: float | None = None  # any rule, wall time, checked by poll(); None = never
+
+    def __post_init__(self) -> None:
+        if self.max_open_sessions < 1:
+            raise ConfigError(f"StreamLimits.max_open_sessions={self.max_open_sessions}: must be >= 1")
+        if self.max_events_per_session < 1:
+            raise ConfigError(f"StreamLimits.max_events_per_session={self.max_events_per_session}: must be >= 1")
+        for name in ("idle_seconds", "wall_idle_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"StreamLimits.{name}={value}: must be > 0 or None")
+
+
+@dataclass
+class FinishedSession:
+    key: str
+    event_ids: list[int]
+    start: float | None
+    end: float | None
+    closed_by: str
+    part: int = 0  # > 0 for the continuation of a key that hit max_events_per_session
+    first_line: int = 0
+    last_line: int = 0
+
+
+@dataclass
+class StreamStats:
+    """Counts of the stream so far; every line is accounted for and every closed session counted."""
+
+    read: ReadStats = field(default_factory=ReadStats)  # lines, empty, unmatched_format, no_session_key, ...
+    events: int = 0
+    sessions: int = 0
+    closed_by: Counter = field(default_factory=Counter)
+    max_open: int = 0  # high-water mark of open sessions
+
+    @property
+    def evicted(self) -> int:
+        return self.closed_by[CLOSED_EVICTED]
+
+    @property
+    def split(self) -> int:
+        return self.closed_by[CLOSED_SIZE]
+
+    def to_dict(self) -> dict:
+        return {
+            **self.read.to_dict(),
+            "events": self.events,
+            "sessions": self.sessions,
+            "evicted": self.evicted,
+            "split": self.split,
+            "max_open": self.max_open,
+            "closed_by": dict(sorted(self.closed_by.items())),
+        }
+
+
+class HeaderParser:
+    """A loghub format string applied to raw lines: `parse(line)` → (content, header fields) or None.
+
+    A format of plain space-separated fields ending in `<Content>` (BGL, HPC-like) is split with
+    `str.split` instead of the lazy-group regex: same fields for every line with enough tokens and
+    several times faster. Lines with fewer tokens fall back to the regex, so results never differ.
+    """
+
+    def __init__(self, log_format: str = "<Content>") -> None:
+        self.log_format = log_format
+        self.pattern, self.fields = compile_format(log_format)
+        self.whole_line = self.fields == ["Content"]  # no header: skip the regex
+        simple = " ".join(f"<{n}>" for n in self.fields)
+        self._split = len(self.fields) - 1 if (log_format == simple and self.fields[-1] == "Content") else 0
+        #: the header fields `parse_timestamp` reads, in format order
+        self.time_fields = [n for n in self.fields if n in _TIME_FIELDS]
+        idx = [self.fields.index(n) for n in self.time_fields]
+        self._time_of_parts = itemgetter(*idx) if idx else None
+        self._ts_memo: dict[object, float | None] = {}
+        self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
+        self._ts_layout: tuple[str, tuple[str, ...]] | None = None
+
+    def parse(self, line: str) -> tuple[str, dict[str, str] | None] | None:
+        """Content of a stripped, non-empty line, or None when the header does not fit the format."""
+        if self.whole_line:
+            return line, None
+        if self._split:
+            parts = line.split(None, self._split)
+            if len(parts) == self._split + 1:
+                return parts[-1], dict(zip(self.fields, parts, strict=True))
+        m = self.pattern.match(line)
+        if m is None:
+            return None
+        fields = m.groupdict()
+        return (fields.get("Content") or "").strip(), fields
+
+    def parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
+        """Like `parse`, but returns only the time fields' values (a str for one field, else a tuple)."""
+        if self.whole_line:
+            return line, None
+        if self._split:
+            parts = line.split(None, self._split)
+            if len(parts) == self._split + 1:
+                return parts[-1], (self._time_of_parts(parts) if self._time_of_parts else None)
+        m = self.pattern.match(line)
+        if m is None:
+            return None
+        sig = m.group(*self.time_fields) if self.time_fields else None
+        return (m.group("Content") or "").strip(), sig
+
+    def timestamp(self, sig: str | tuple[str, ...] | None) -> float | None:
+        """Epoch seconds from `parse_timed`'s time values (`parse_timestamp` semantics), memoised.
+
+        Log times repeat (second resolution), so the memo saves most parsing; a miss first tries the
+        layout that worked last time, because a failing strptime costs as much as a working one and
+        `parse_timestamp` tries up to nine.
+        """
+        if sig is None:
+            return None
+        if self._epoch_at is not None:  # an epoch `Timestamp` field wins, as in parse_timestamp
+            epoch = sig if isinstance(sig, str) else sig[self._epoch_at]
+            if epoch and epoch.isdigit():
+                return float(epoch)
+        try:
+            return self._ts_memo[sig]
+        except KeyError:
+            pass
+        values = (sig,) if isinstance(sig, str) else sig
+        fields = {n: v or "" for n, v in zip(self.time_fields, values, strict=True)}
+        ts = None
+        if self._ts_layout is not None and not (fields.get("Timestamp") or "").isdigit():
+            fmt, keys = self._ts_layout
+            try:
+                text = " ".join(fields[k] for k in keys)
+                ts = datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+            except (KeyError, ValueError):
+                ts = None
+        if ts is None:
+            ts = parse_timestamp(fields)
+            if ts is not None:
+                self._ts_layout = _layout_of(fields)
+        if len(self._ts_memo) >= 10_000:
+            self._ts_memo.clear()
+        self._ts_memo[sig] = ts
+        return ts
+
+
+def _layout_of(fields: dict[str, str]) -> tuple[str, tuple[str, ...]] | None:
+    """The first `_TIME_FORMATS` layout that parses these fields (the one parse_timestamp used)."""
+    for fmt, keys in _TIME_FORMATS:
+        if all(k in fields for k in keys):
+            try:
+                datetime.strptime(" ".join(fields[k] for k in keys), fmt)
+                return fmt, keys
+            except ValueError:
+                continue
+    return None
+
+
+@dataclass
+class _Open:
+    key: str
+    part: int
+    first_line: int
+    event_ids: list[int] = field(default_factory=list)
+    start: float | None = None
+    end: float | None = None
+    last_wall: float = 0.0
+    last_line: int = 0
+
+    def add(self, eid: int, ts: float | None, line_no: int) -> None:
+        self.event_ids.append(eid)
+        self.last_line = line_no
+        if ts is not None:
+            if self.start is None or ts < self.start:
+                self.start = ts
+            if self.end is None or ts > self.end:
+                self.end = ts  # = the newest log time of the session (what idle closing compares)
+
+
+_NOTHING: tuple = ()
+
+
+class StreamSessionizer:
+    """Feed raw lines, get finished sessions back. One instance per stream; not thread-safe."""
+
+    def __init__(
+        self,
+        event_id: Callable[[str], int],
+        rule: SessionRule,
+        log_format: str = "<Content>",
+        limits: StreamLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        timestamps: bool = True,
+        parser: HeaderParser | None = None,
+    ) -> None:
+        """`timestamps=False` skips time parsing where nothing needs it (no time rule, no log-time idle
+        closing, no start/end wanted); `parser` lets many short-lived sessionizers share one parser."""
+        self.event_id = event_id
+        self.rule = rule
+        self.log_format = log_format
+        self.limits = limits or StreamLimits()
+        self.clock = clock
+        self.stats = StreamStats()
+        self.parser = parser if parser is not None and parser.log_format == log_format else HeaderParser(log_format)
+        self._key_re = re.compile(rule.key_pattern) if rule.kind == "key" else None
+        self._timestamps = timestamps or rule.kind == "time" or (
+            rule.kind == "key" and self.limits.idle_seconds is not None
+        )
+        # key rule: open sessions, least recently updated first; window rules: at most one (`_cur`)
+        self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._cur: _Open | None = None
+        self._parts: dict[str, int] = {}  # key -> next part number, only for keys that were split
+        self._line_no = 0
+        self._log_now: float | None = None
+        self._window_count = 0  # records in the current lines window
+        self._bucket: int | None = None
+        self._wall = self.limits.wall_idle_seconds is not None
+        self._max_events = self.limits.max_events_per_session
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open) + (self._cur is not None)
+
+    # -- input ---------------------------------------------------------------------------------
+    def feed(self, line: str) -> Sequence[FinishedSession]:
+        """One raw line (without newline); returns the sessions this line finished (often none).
+
+        The hot path: an empty result is a shared empty tuple, not a new list.
+        """
+        self._line_no += 1
+        read = self.stats.read
+        read.lines += 1
+        text = line.strip()
+        if not text:
+            read.empty += 1
+            return _NOTHING
+        parsed = self.parser.parse_timed(text)
+        if parsed is None:
+            read.unmatched_format += 1
+            return _NOTHING
+        content, sig = parsed
+        ts = self.parser.timestamp(sig) if (sig is not None and self._timestamps) else None
+        kind = self.rule.kind
+        if kind == "key":
+            keys = self._keys(line)
+            if not keys:
+                read.no_session_key += 1
+                return _NOTHING
+            eid = self.event_id(content)
+            done: list[FinishedSession] = []
+            if ts is not None and (self._log_now is None or ts > self._log_now):
+                self._log_now = ts
+            for key in keys:
+                self._add_keyed(key, eid, ts, done)
+            if ts is not None and self.limits.idle_seconds is not None:
+                self._close_idle_log(done)
+            self.stats.events += 1
+            return done
+        eid = self.event_id(content)
+        done = _NOTHING  # type: ignore[assignment]
+        cur = self._cur
+        if kind == "lines":
+            if self._window_count % self.rule.window == 0:
+                if cur is not None:
+                    done = [self._finish(cur, CLOSED_WINDOW)]
+                cur = None
+                self._window_count = 0
+            self._window_count += 1
+            if cur is None:
+                cur = self._cur = self._new(f"lines:{self._line_no}")
+                self.stats.max_open = 1
+        else:
+            bucket = self._bucket if ts is None else int(ts // self.rule.seconds)
+            if cur is not None and bucket != self._bucket:
+                done = [self._finish(cur, CLOSED_WINDOW)]
+                cur = None
+            if cur is None:
+                self._bucket = bucket
+                cur = self._cur = self._new(f"time:{bucket}")
+                self.stats.max_open = 1
+        cur.add(eid, ts, self._line_no)
+        if self._wall:
+            cur.last_wall = self.clock()
+        if len(cur.event_ids) >= self._max_events:
+            self._parts[cur.key] = cur.part + 1  # a time window continues under its key as a new part
+            done = [*done, self._finish(cur, CLOSED_SIZE)]
+        self.stats.events += 1
+        return done
+
+    def feed_many(self, lines: Iterable[str]) -> list[FinishedSession]:
+        out: list[FinishedSession] = []
+        for line in lines:
+            out += self.feed(line)
+        return out
+
+    def poll(self) -> list[FinishedSession]:
+        """Close sessions idle for `wall_idle_seconds` of wall time; call it while the input is quiet."""
+        limit = self.limits.wall_idle_seconds
+        done: list[FinishedSession] = []
+        if limit is None:
+            return done
+        now = self.clock()
+        while self._open:
+            sess = next(iter(self._open.values()))
+            if now - sess.last_wall <= limit:
+                break
+            done.append(self._finish(self._open.popitem(last=False)[1], CLOSED_WALL_IDLE))
+        if self._cur is not None and now - self._cur.last_wall > limit:
+            done.append(self._finish(self._cur, CLOSED_WALL_IDLE))
+            self._window_count = 0
+        return done
+
+    def flush(self) -> list[FinishedSession]:
+        """Emit every open session (end of input)."""
+        done: list[FinishedSession] = []
+        while self._open:
+            done.append(self._finish(self._open.popitem(last=False)[1], CLOSED_FLUSH))
+        if self._cur is not None:
+            done.append(self._finish(self._cur, CLOSED_FLUSH))
+        self._window_count = 0
+        return done
+
+    # -- internals -----------------------------------------------------------------------------
+    def _keys(self, line: str) -> list[str]:
+        found: list[str] = []
+        for m in self._key_re.finditer(line):  # type: ignore[union-attr]
+            key = m.group(1) if m.groups() else m.group(0)
+            if key and key not in found:
+                found.append(key)
+        return found
+
+    def _new(self, key: str) -> _Open:
+        return _Open(key, self._parts.get(key, 0), self._line_no)
+
+    def _add_keyed(self, key: str, eid: int, ts: float | None, done: list[FinishedSession]) -> None:
+        sess = self._open.get(key)
+        if sess is None:
+            if len(self._open) >= self.limits.max_open_sessions:
+                done.append(self._finish(self._open.popitem(last=False)[1], CLOSED_EVICTED))
+            sess = self._open[key] = self._new(key)
+            if len(self._open) > self.stats.max_open:
+                self.stats.max_open = len(self._open)
+        else:
+            self._open.move_to_end(key)
+        sess.add(eid, ts, self._line_no)
+        if self._wall:
+            sess.last_wall = self.clock()
+        if len(sess.event_ids) >= self._max_events:
+            del self._open[key]
+            self._parts[key] = sess.part + 1
+            done.append(self._finish(sess, CLOSED_SIZE))
+
+    def _close_idle_log(self, done: list[FinishedSession]) -> None:
+        limit = self.limits.idle_seconds
+        now = self._log_now
+        if limit is None or now is None:
+            return
+        # Sessions are ordered by last update; with (mostly) ordered log times the front is the stalest.
+        while self._open:
+            sess = next(iter(self._open.values()))
+            if sess.end is None or now - sess.end <= limit:
+                break
+            done.append(self._finish(self._open.popitem(last=False)[1], CLOSED_IDLE))
+
+    def _finish(self, sess: _Open, reason: str) -> FinishedSession:
+        if sess is self._cur:
+            self._cur = None
+        self.stats.sessions += 1
+        self.stats.closed_by[reason] += 1
+        if len(self._parts) > 4 * self.limits.max_open_sessions:
+            # part numbers of long-gone keys: forget them rather than grow without bound
+            self._parts = {k: v for k, v in self._parts.items() if k in self._open}
+        return FinishedSession(
+            sess.key, sess.event_ids, sess.start, sess.end, reason, sess.part, sess.first_line, sess.last_line
+        )
+
+
+# -- line sources ------------------------------------------------------------------------------
+
+
+def read_stream(
+    fh: BinaryIO,
+    stats: ReadStats | None = None,
+    *,
+    stop: threading.Event | None = None,
+    heartbeat: float | None = 0.5,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[str | None]:
+    """Lines of a binary stream (a pipe, stdin); `None` every `heartbeat` seconds while it is quiet.
+
+    A reader thread does the blocking reads, so the consumer keeps running timeouts while a pipe is
+    silent. With `heartbeat=None` the stream is read inline (no thread, no heartbeats).
+    """
+    stats = stats if stats is not None else ReadStats()
+    if heartbeat is None:
+        for chunk in _chunks(fh, max_line_bytes, stats):
+            for raw in chunk:
+                yield decode_line(raw, stats)
+            if stop is not None and stop.is_set():
+                return
+        return
+    q: queue.Queue = queue.Queue(maxsize=64)  # chunks of lines: bounded memory, little locking
+    end = object()
+
+    def reader() -> None:
+        try:
+            for chunk in _chunks(fh, max_line_bytes, stats):
+                while True:
+                    try:
+                        q.put(chunk, timeout=0.2)
+                        break
+                    except queue.Full:
+                        if stop is not None and stop.is_set():
+                            return
+                if stop is not None and stop.is_set():
+                    return
+        except (OSError, ValueError) as exc:  # closed pipe: end of input, not a crash
+            logger.warning("input stream ended with an error: %s", exc)
+        finally:
+            q.put(end)
+
+    threading.Thread(target=reader, name="fusionlog-stdin", daemon=True).start()
+    while stop is None or not stop.is_set():
+        try:
+            item = q.get(timeout=heartbeat)
+        except queue.Empty:
+            yield None
+            continue
+        if item is end:
+            return
+        for raw in item:
+            yield decode_line(raw, stats)
+
+
+def _chunks(fh: BinaryIO, max_line_bytes: int, stats: ReadStats) -> Iterator[list[bytes]]:
+    """Complete lines of a binary stream, in chunks of whatever is available (read1 never waits for more).
+
+    An over-long line keeps its first `max_line_bytes` (counted in `truncated`); the rest is skipped.
+    """
+    read1 = getattr(fh, "read1", None) or fh.read
+    pending = b""
+    skipping = False  # inside the dropped tail of an over-long line
+    while True:
+        data = read1(1 << 16)
+        if not data:
+            break
+        if skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                continue
+            data, skipping = data[nl + 1 :], False
+        pending += data
+        parts = pending.split(b"\n")
+        pending = parts.pop()
+        out: list[bytes] = []
+        for part in parts:
+            if len(part) > max_line_bytes:
+                stats.truncated += 1
+                part = part[:max_line_bytes]
+            out.append(part)
+        if len(pending) > max_line_bytes:
+            stats.truncated += 1
+            out.append(pending[:max_line_bytes])
+            pending, skipping = b"", True
+        if out:
+            yield out
+    if pending:
+        yield [pending]
+
+
+def follow(
+    path: Path | str,
+    stats: ReadStats | None = None,
+    *,
+    stop: threading.Event | None = None,
+    poll_interval: float = 0.25,
+    from_end: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[str | None]:
+    """Lines of a growing file, like `tail -F`; yields `None` after each empty poll. Runs until `stop`.
+
+    `stats` counts decode errors and truncations (lines are counted by whoever consumes them).
+
+    * partial last lines wait for their newline (the writer may be mid-line);
+    * truncation (size below the read position) restarts at the top, counted in `truncated`;
+    * rotation (the path now names another file) finishes the old file, then opens the new one;
+    * a missing file is waited for.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    stop = stop or threading.Event()
+    fh: BinaryIO | None = None
+    ident: tuple[int, int] | None = None
+    pending = b""
+    first_open = True
+    drained = False  # after seeing a rotation: one more read pass over the old file before leaving it
+    try:
+        while not stop.is_set():
+            if fh is None:
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 - held across polls
+                except FileNotFoundError:
+                    yield None
+                    stop.wait(poll_interval)
+                    continue
+                except IsADirectoryError as exc:
+                    raise DataError(f"{path}: is a directory, expected a log file") from exc
+                st = os.fstat(fh.fileno())
+                ident = (st.st_dev, st.st_ino)
+                if first_open and from_end:
+                    fh.seek(0, os.SEEK_END)
+                first_open = False
+                pending, drained = b"", False
+            got = False
+            while True:
+                raw = fh.readline(max_line_bytes + 1)
+                if not raw:
+                    break
+                got = True
+                if not raw.endswith(b"\n"):
+                    if len(pending) + len(raw) > max_line_bytes:
+                        stats.truncated += 1
+                        yield decode_line((pending + raw)[:max_line_bytes], stats)
+                        pending = b""
+                        _skip_rest_of_line(fh, stats)
+                        continue
+                    pending += raw  # mid-line: the rest comes later
+                    continue
+                line, pending = pending + raw, b""
+                yield decode_line(line[:max_line_bytes], stats)
+                if stop.is_set():
+                    return
+            if got:
+                continue
+            # At EOF: rotated, truncated, or just quiet?
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) != ident:
+                if not drained:  # the writer may have added lines just before rotating
+                    drained = True
+                    continue
+                if pending:  # the old file's unterminated last line
+                    yield decode_line(pending, stats)
+                fh.close()
+                fh = None
+                logger.info("%s: rotated, reopening", path)
+                continue
+            if st is not None and st.st_size < fh.tell():
+                logger.info("%s: truncated, reading from the top", path)
+                stats.truncated += 1
+                fh.seek(0)
+                pending = b""
+                continue
+            yield None
+            stop.wait(poll_interval)
+        if pending:
+            yield decode_line(pending, stats)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _skip_rest_of_line(fh: BinaryIO, stats: ReadStats) -> None:
+    while True:
+        raw = fh.readline(1 << 16)
+        if not raw or raw.endswith(b"\n"):
+            return
+
+
+def file_lines(
+    path: Path | str, stats: ReadStats | None = None, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[str]:
+    """Lines of a finished file (plain or .gz), read in 64 KiB blocks; bad bytes replaced and counted."""
+    from fusionlog.data.readers import open_binary
+
+    stats = stats if stats is not None else ReadStats()
+    with open_binary(Path(path)) as fh:
+        for chunk in _chunks(fh, max_line_bytes, stats):  # type: ignore[arg-type]
+            # Fast path: a clean block decodes in one call; any oddity falls back to line by line.
+            try:
+                text = b"\n".join(chunk).decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None and "\x00" not in text:
+                if "\r" in text:  # CRLF files (BGL_2k is one)
+                    yield from (line.rstrip("\r") for line in text.split("\n"))
+                else:
+                    yield from text.split("\n")
+                continue
+            for raw in chunk:
+                yield decode_line(raw, stats)
+
+
+# -- the scorer ---------------------------------------------------------------------------------
+
+
+def load_scorer(model_dir: Path | str):
+    """The artifact's `SessionScorer`, via `fusionlog.detector.load_scorer(dir)`; a clear error if absent."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise DataError(f"{path}: model directory not found (expected a detector artifact folder)")
+    try:
+        detector = importlib.import_module("fusionlog.detector")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fusionlog.detector":
+            raise
+        raise FusionLogError(
+            "fusionlog.detector is not available in this install: detection needs "
+            "fusionlog.detector.load_scorer(model_dir) -> SessionScorer"
+        ) from None
+    loader = getattr(detector, "load_scorer", None)
+    if loader is None:
+        raise FusionLogError(
+            "fusionlog.detector has no load_scorer(model_dir) -> SessionScorer yet; cannot load " + str(path)
+        )
+    return loader(path)
+
+
+# -- detection loop ----------------------------------------------------------------------------
+
+
+def detect_stream(
+    scorer,
+    lines: Iterable[str | None],
+    limits: StreamLimits | None = None,
+    *,
+    batch_size: int = 256,
+    max_delay: float = 1.0,
+    sessionizer: StreamSessionizer | None = None,
+) -> Iterator[dict]:
+    """Raw lines (and `None` heartbeats) → one verdict dict per finished session, in closing order.
+
+    Finished sessions are scored in batches of up to `batch_size`; a heartbeat, `max_delay` seconds of
+    waiting, or the end of input scores what is pending, so a live log never sits on a verdict.
+    Each dict is `SessionVerdict.to_dict()` plus `closed_by`, `part`, `start`, `end`, `first_line`,
+    `last_line`.
+    """
+    sz = sessionizer or StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits)
+    pending: list[FinishedSession] = []
+    since = time.monotonic()
+
+    def score() -> Iterator[dict]:
+        nonlocal pending
+        batch, pending = pending, []
+        if not batch:
+            return
+        verdicts = scorer.verdicts([s.key for s in batch], [s.event_ids for s in batch])
+        for sess, verdict in zip(batch, verdicts, strict=True):
+            out = verdict.to_dict()
+            out.update(
+                closed_by=sess.closed_by, part=sess.part, start=sess.start, end=sess.end,
+                first_line=sess.first_line, last_line=sess.last_line,
+            )
+            yield out
+
+    feed = sz.feed
+    fed = 0
+    for line in lines:
+        if line is None:
+            pending += sz.poll()
+            yield from score()
+            since = time.monotonic()
+            continue
+        done = feed(line)
+        fed += 1
+        if fed & 4095 == 0:
+            # A busy stream never heartbeats: run the wall-clock timeout now and then, and do not
+            # let finished sessions wait longer than max_delay for their batch to fill.
+            done = [*done, *sz.poll()]
+            if pending and time.monotonic() - since > max_delay:
+                pending += done
+                yield from score()
+                continue
+        if done:
+            if not pending:
+                since = time.monotonic()
+            pending += done
+            if len(pending) >= batch_size or time.monotonic() - since > max_delay:
+                yield from score()
+    pending += sz.flush()
+    yield from score()

@@ -1,0 +1,235 @@
+"""Streaming sessionizer (same sessions as the batch one, bounded memory), tail -F follower, pipe reader."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from fusionlog.config import SessionRule
+from fusionlog.data.readers import iter_lines
+from fusionlog.data.registry import BLOCK_KEY, INSTANCE_KEY, LOGHUB_FORMATS, load_dataset
+from fusionlog.errors import ConfigError
+from fusionlog.stream import (
+    CLOSED_EVICTED,
+    CLOSED_FLUSH,
+    CLOSED_IDLE,
+    CLOSED_SIZE,
+    CLOSED_WALL_IDLE,
+    CLOSED_WINDOW,
+    HeaderParser,
+    StreamLimits,
+    StreamSessionizer,
+    follow,
+    read_stream,
+)
+from fusionlog.types import ReadStats
+
+NO_TIMEOUTS = StreamLimits(idle_seconds=None, wall_idle_seconds=None)
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for _, line in iter_lines(path)]
+
+
+@pytest.fixture(scope="module")
+def hdfs2k(data_dir):
+    ds = load_dataset("hdfs-2k", data_dir, progress=False)
+    return ds, _lines(data_dir / "loghub2k/HDFS/HDFS_2k.log")
+
+
+@pytest.fixture(scope="module")
+def bgl_lines(data_dir):
+    return _lines(data_dir / "loghub2k/BGL/BGL_2k.log")
+
+
+def _run(sz: StreamSessionizer, lines):
+    return sz.feed_many(lines) + sz.flush()
+
+
+def test_key_sessions_equal_the_batch_sessionizer(hdfs2k):
+    ds, lines = hdfs2k
+    sz = StreamSessionizer(ds.store.match_line, SessionRule("key", key_pattern=BLOCK_KEY),
+                           LOGHUB_FORMATS["HDFS"], NO_TIMEOUTS)
+    out = _run(sz, lines)
+    assert {s.key: s.event_ids for s in out} == {s.key: s.event_ids for s in ds.sessions}
+    assert all(s.closed_by == CLOSED_FLUSH for s in out)
+    assert sz.stats.read.lines == 2000 and sz.stats.sessions == len(ds.sessions)
+
+
+@pytest.mark.parametrize("rule", [SessionRule("lines", window=20), SessionRule("time", seconds=600)],
+                         ids=["lines", "time"])
+def test_window_sessions_equal_the_batch_sessionizer(data_dir, bgl_lines, rule):
+    ds = load_dataset("bgl", data_dir, rule=rule, progress=False)
+    sz = StreamSessionizer(ds.store.match_line, rule, LOGHUB_FORMATS["BGL"], NO_TIMEOUTS)
+    out = _run(sz, bgl_lines)
+    assert [(s.key, s.event_ids) for s in out] == [(s.key, s.event_ids) for s in ds.sessions]
+    assert [(s.start, s.end) for s in out] == [(s.start, s.end) for s in ds.sessions]
+    assert {s.closed_by for s in out[:-1]} == {CLOSED_WINDOW} and out[-1].closed_by == CLOSED_FLUSH
+
+
+def test_bounded_memory_emits_every_event_once(data_dir):
+    lines = _lines(data_dir / "openstack/kalaki_openstack_logs/openstack-nova-dhcpoff.log")
+    rule = SessionRule("key", key_pattern=INSTANCE_KEY)
+    fmt = "<Level> <Component> <Content>"
+    full = _run(StreamSessionizer(len, rule, fmt, NO_TIMEOUTS), lines)
+    sz = StreamSessionizer(len, rule, fmt, StreamLimits(max_open_sessions=20, max_events_per_session=5,
+                                                        idle_seconds=None))
+    open_seen = []
+    out = []
+    for line in lines:
+        out += sz.feed(line)
+        open_seen.append(sz.open_sessions)
+    out += sz.flush()
+    assert max(open_seen) <= 20 and sz.stats.max_open == 20
+    assert all(len(s.event_ids) <= 5 for s in out)
+    assert sz.stats.evicted > 0 and sz.stats.split > 0
+    closed = sz.stats.closed_by
+    assert closed[CLOSED_EVICTED] + closed[CLOSED_SIZE] + closed[CLOSED_FLUSH] == len(out) == sz.stats.sessions
+    # nothing lost: a key's parts, in emission order, are exactly its unbounded session
+    joined: dict[str, list[int]] = defaultdict(list)
+    for s in out:
+        joined[s.key] += s.event_ids
+    assert dict(joined) == {s.key: s.event_ids for s in full}
+    assert sum(len(s.event_ids) for s in out) == sz.stats.events == 3185
+    assert any(s.part > 0 for s in out)
+
+
+def test_key_session_closes_after_idle_log_time():
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Date> <Time> <Content>",
+                           StreamLimits(idle_seconds=60))
+    assert not sz.feed("2024-01-01 00:00:00 start id=a")
+    assert not sz.feed("2024-01-01 00:00:30 start id=b")
+    done = sz.feed("2024-01-01 00:01:40 more id=b")  # a idle for 100 s > 60, b only 70 s since... b updated now
+    assert [(s.key, s.closed_by) for s in done] == [("a", CLOSED_IDLE)]
+    assert done[0].start == done[0].end  # one line
+    done = sz.feed("2024-01-01 00:05:00 again id=a")
+    assert [(s.key, s.closed_by, len(s.event_ids)) for s in done] == [("b", CLOSED_IDLE, 2)]
+    assert [s.key for s in sz.flush()] == ["a"]
+
+
+def test_wall_idle_poll_with_a_fake_clock():
+    now = [0.0]
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>",
+                           StreamLimits(idle_seconds=None, wall_idle_seconds=5), clock=lambda: now[0])
+    sz.feed("x id=a")
+    now[0] = 3.0
+    sz.feed("y id=b")
+    assert sz.poll() == []
+    now[0] = 6.0
+    assert [(s.key, s.closed_by) for s in sz.poll()] == [("a", CLOSED_WALL_IDLE)]
+    now[0] = 9.0
+    assert [s.key for s in sz.poll()] == ["b"] and sz.open_sessions == 0
+
+
+def test_skipped_lines_are_counted_not_sessionized():
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Level> <Content>", NO_TIMEOUTS)
+    out = _run(sz, ["", "   ", "INFO no key here", "justoneword", "INFO ok id=1"])
+    st = sz.stats.read
+    assert (st.lines, st.empty, st.no_session_key, st.unmatched_format) == (5, 2, 1, 1)
+    assert [(s.key, s.event_ids) for s in out] == [("1", [len("ok id=1")])]
+
+
+def test_line_naming_two_keys_joins_both_sessions():
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=BLOCK_KEY), "<Content>", NO_TIMEOUTS)
+    out = _run(sz, ["ask to delete blk_1 blk_2", "more blk_2"])
+    assert {s.key: len(s.event_ids) for s in out} == {"blk_1": 1, "blk_2": 2}
+
+
+@pytest.mark.parametrize("system", ["BGL", "HPC", "HDFS"])
+def test_header_parser_fast_split_equals_the_format_regex(data_dir, system):
+    parser = HeaderParser(LOGHUB_FORMATS[system])
+    lines = [ln.strip() for ln in _lines(data_dir / f"loghub2k/{system}/{system}_2k.log") if ln.strip()]
+    lines += ["too few tokens", "a  b\tc d e f g h i j  content  with  gaps"]
+    for line in lines:
+        m = parser.pattern.match(line)
+        expected = None if m is None else ((m.group("Content") or "").strip(), m.groupdict())
+        assert parser.parse(line) == expected
+
+
+def test_limits_are_validated():
+    with pytest.raises(ConfigError, match="max_open_sessions"):
+        StreamLimits(max_open_sessions=0)
+    with pytest.raises(ConfigError, match="idle_seconds"):
+        StreamLimits(idle_seconds=-1)
+
+
+# -- follow (tail -F) ---------------------------------------------------------------------------------
+
+
+def _until_quiet(gen, limit=1000):
+    """Lines the follower yields until its next empty poll (None)."""
+    out = []
+    for _ in range(limit):
+        item = next(gen)
+        if item is None:
+            return out
+        out.append(item)
+    raise AssertionError("follower never went quiet")
+
+
+def test_follow_partial_lines_truncation_rotation_and_stop(tmp_path):
+    path = tmp_path / "app.log"
+    stop = threading.Event()
+    stats = ReadStats()
+    gen = follow(path, stats, stop=stop, poll_interval=0.001)
+    assert _until_quiet(gen) == []  # file missing: waits
+    path.write_bytes(b"one\ntwo\nhalf")
+    assert _until_quiet(gen) == ["one", "two"]  # "half" waits for its newline
+    with open(path, "ab") as fh:
+        fh.write(b"-done\nbad \xff byte\n")
+    assert _until_quiet(gen) == ["half-done", "bad \ufffd byte"]
+    assert stats.decode_errors == 1
+    path.write_bytes(b"fresh\n")  # truncated (copytruncate-style): read again from the top
+    assert _until_quiet(gen) == ["fresh"]
+    assert stats.truncated == 1
+    os.rename(path, tmp_path / "app.log.1")  # rotated: the old file's last lines, then the new file
+    with open(tmp_path / "app.log.1", "ab") as fh:
+        fh.write(b"late in old\n")
+    path.write_bytes(b"new file\n")
+    assert _until_quiet(gen) + _until_quiet(gen) == ["late in old", "new file"]
+    stop.set()
+    assert list(gen) == []
+
+
+def test_follow_from_end_skips_history(tmp_path):
+    path = tmp_path / "app.log"
+    path.write_bytes(b"old\n")
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, from_end=True)
+    assert _until_quiet(gen) == []
+    with open(path, "ab") as fh:
+        fh.write(b"new\n")
+    assert _until_quiet(gen) == ["new"]
+    gen.close()
+
+
+# -- pipes ------------------------------------------------------------------------------------------
+
+
+def test_read_stream_pipe_heartbeats_and_bad_bytes():
+    r, w = os.pipe()
+    stats = ReadStats()
+    with os.fdopen(r, "rb") as fh:
+        gen = read_stream(fh, stats, heartbeat=0.01, max_line_bytes=16)
+        assert next(gen) is None  # nothing written yet: a heartbeat, not a block
+        os.write(w, b"first\nsecond \xfe\n" + b"x" * 40 + b"\npartial")
+        got = []
+        while len(got) < 3:
+            item = next(gen)
+            if item is not None:
+                got.append(item)
+        os.close(w)
+        rest = [x for x in gen if x is not None]
+    assert got == ["first", "second \ufffd", "x" * 16]
+    assert rest == ["partial"]
+    assert stats.decode_errors == 1 and stats.truncated == 1
+
+
+def test_read_stream_without_thread(tmp_path):
+    path = tmp_path / "a.log"
+    path.write_bytes(b"a\r\nb\n\nc")
+    with open(path, "rb") as fh:
+        assert list(read_stream(fh, heartbeat=None)) == ["a", "b", "", "c"]
