@@ -8,9 +8,19 @@ Two halves, both needed at detection time and neither needing training code:
   the target's unlabelled adaptation pool). Rarity is the one signal that means the same thing in every
   system ("this template / this set of templates is unusual here"), which the shared vectors alone do
   not give a cross-system model; see `ReferenceStats`.
-* **Network** (`SessionModelConfig`, `SessionModel`): bidirectional 2-layer GRU → self-attention over
-  time steps (paper eq. 4) → head → one anomaly logit. `forward` also returns the pooled feature (the
-  domain discriminator and the router read it) and per-step attention weights (for explanations).
+* **Network** (`SessionModelConfig`, `SessionModel`), two paths summed into one anomaly logit:
+  - *deep*: template vectors → cosines to fixed anchor phrases (a frozen, system-agnostic projection of
+    the shared space) → bidirectional 2-layer GRU (hidden 100) → self-attention over time steps (paper
+    eq. 4) → non-linear head, bounded to ±`deep_bound`;
+  - *wide*: the session's rarity features through non-negative weights (monotone: rarer is never more
+    normal).
+  `forward` also returns the pooled GRU feature (the domain discriminator and the router read it) and
+  per-step attention weights (for explanations).
+
+Why this shape (measured, see the eval report of issue 3): a GRU reading all 384 dimensions learned the
+source systems' vocabulary and ranked target anomalies *below* normal sessions (ROC-AUC 0.47-0.71 on
+OpenStack/HDFS); rarity alone ranks them well, and an unbounded deep path learned to cancel it. The wide
+path carries what transfers; the deep path may adjust it, not overturn it.
 
 Persistence follows sentence-transformers' `Dense`: `config.json` + `model.safetensors`, reloaded
 with `cls(**config)` and `load_state_dict`. No pickle anywhere.
@@ -42,6 +52,21 @@ from fusionlog.types import Session
 N_EVENT_FEATURES = 1
 #: Per-session features fed to the head beside the pooled feature: [set rarity, max rarity, mean rarity].
 N_SESSION_FEATURES = 3
+
+#: Gain of the wide path's weight parametrisation (see SessionModel.__init__).
+RARITY_GAIN = 10.0
+
+#: Fixed phrases whose cosine similarity to each template is a system-agnostic semantic input (a frozen
+#: projection of the shared space onto axes every system's logs share: failure words vs routine words).
+#: Why: a GRU reading all 384 dimensions learns the *source* systems' vocabulary and transfers poorly;
+#: these axes mean the same in every system.
+ANCHOR_TEXTS: tuple[str, ...] = (
+    "error", "exception", "failed", "failure", "fatal", "critical", "timeout", "timed out", "abort",
+    "interrupted", "denied", "refused", "not found", "unexpected", "corrupt", "crash", "killed",
+    "terminated", "lost connection", "retry", "warning", "invalid", "cannot", "unable to",
+    "success", "completed successfully", "done", "started", "finished", "received", "added", "connected",
+    "info", "ok", "created", "stopped",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,16 +308,40 @@ class SessionModelConfig:
     head_hidden: int = field(default=64, metadata={"help": "hidden units of the non-linear head"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between GRU layers and in the head"})
     max_len: int = field(default=64, metadata={"help": "events read per session (see cap_events)"})
+    anchors: int = field(default=len(ANCHOR_TEXTS), metadata={"help": "anchor phrases (cosine inputs), 0 = off"})
+    vector_features: int = field(
+        default=0, metadata={"help": "learned projection of the raw vector fed to the GRU (0 = anchors only)"}
+    )
+    vector_dropout: float = field(default=0.5, metadata={"help": "dropout on the projected raw vector"})
+    rarity_in_gru: bool = field(
+        default=False,
+        metadata={"help": "also feed per-step rarity to the GRU (lets the deep path undo the monotone path)"},
+    )
+    deep_bound: float = field(
+        default=1.0,
+        metadata={"help": "the GRU path adds at most +-deep_bound to the logit (0 = unbounded)"},
+    )
+    monotone_rarity: bool = field(
+        default=True,
+        metadata={"help": "session features enter the logit through non-negative weights (rarer = never more normal)"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden", "layers", "attention_dim", "head_hidden", "max_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("event_features", "session_features"):
+        for name in ("event_features", "session_features", "anchors", "vector_features"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"SessionModelConfig.dropout={self.dropout}: must be in [0, 1)")
+        if self.deep_bound < 0:
+            raise ConfigError(f"SessionModelConfig.deep_bound={self.deep_bound}: must be >= 0")
+        for name in ("dropout", "vector_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be in [0, 1)")
+
+    @property
+    def gru_input_dim(self) -> int:
+        return (self.event_features if self.rarity_in_gru else 0) + self.anchors + self.vector_features
 
     @property
     def feature_dim(self) -> int:
@@ -307,7 +356,10 @@ class SessionModelOutput(NamedTuple):
 
 
 class SessionModel(nn.Module):
-    """GRU + time attention + head over a padded batch of template vectors (MetaLog section 3.4)."""
+    """GRU + time attention + head over a padded batch of template vectors (MetaLog section 3.4).
+
+    Call `set_anchor_vectors` once after construction (the trainer does) when `config.anchors` > 0.
+    """
 
     def __init__(self, config: SessionModelConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -317,8 +369,12 @@ class SessionModel(nn.Module):
             raise ConfigError(f"SessionModel: pass a config or keyword settings, not both ({sorted(kwargs)})")
         self.config = config
         c = config
+        # Frozen anchor directions (unit vectors of ANCHOR_TEXTS); a buffer, so saved with the weights.
+        self.register_buffer("anchor_vectors", torch.zeros(c.anchors, c.input_dim))
+        self.vector_proj = nn.Linear(c.input_dim, c.vector_features) if c.vector_features else None
+        self.vector_drop = nn.Dropout(c.vector_dropout)
         self.gru = nn.GRU(
-            c.input_dim + c.event_features,
+            c.gru_input_dim,
             c.hidden,
             num_layers=c.layers,
             batch_first=True,
@@ -330,8 +386,21 @@ class SessionModel(nn.Module):
         # is unused there; we follow the equation as written and pool the GRU states themselves.
         self.query = nn.Linear(d, c.attention_dim, bias=False)
         self.key = nn.Linear(d, c.attention_dim, bias=False)
+        # Session features reach the logit by a separate linear path whose weights are kept >= 0 (softplus)
+        # when monotone_rarity is on: "rarer here" can only raise the score, in every system. Why: a deep
+        # head learns non-monotone rules from a few source systems that do not transfer; the sign of
+        # "unusual = suspicious" does.
+        # Stored divided by RARITY_GAIN: under Adam every parameter moves ~lr per step, and these three
+        # weights must be able to move as fast as the deep path's output scale does (gain 10).
+        init = math.log(math.expm1(1.0)) / RARITY_GAIN  # softplus(gain * init) = 1
+        self.rarity_weight = (
+            nn.Parameter(torch.full((c.session_features,), init)) if c.monotone_rarity else None
+        )
+        head_extra = 0 if c.monotone_rarity else c.session_features
+        # The logit's offset lives outside the bounded deep path, so bounding never clips the bias.
+        self.bias = nn.Parameter(torch.zeros(1))
         self.head = nn.Sequential(
-            nn.Linear(d + c.session_features, c.head_hidden),
+            nn.Linear(d + head_extra, c.head_hidden),
             nn.Tanh(),  # MetaLog's non-linear layer is tanh(W_n H)
             nn.Dropout(c.dropout),
             nn.Linear(c.head_hidden, 1),
@@ -340,10 +409,20 @@ class SessionModel(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, session_features: torch.Tensor | None = None
     ) -> SessionModelOutput:
-        """x: (B, T, input_dim + event_features); mask: (B, T) True at real steps (each row >= 1 step)."""
+        """x: (B, T, input_dim + event_features); mask: (B, T) True at real steps (each row >= 1 step).
+
+        The GRU reads [event features, anchor cosines, projected vector] per step (see the config).
+        """
         c = self.config
         b, t, _ = x.shape
         lengths = mask.sum(dim=1).clamp(min=1)  # (B,)
+        v, f = x[..., : c.input_dim], x[..., c.input_dim :]  # (B, T, 384), (B, T, event_features)
+        parts = [f] if c.rarity_in_gru else []
+        if c.anchors:
+            parts.append(v @ self.anchor_vectors.T)  # (B, T, K) cosine to each anchor (unit vectors)
+        if self.vector_proj is not None:
+            parts.append(self.vector_drop(self.vector_proj(v)))  # (B, T, vector_features)
+        x = torch.cat(parts, dim=-1)  # (B, T, gru_input_dim)
         # Packing keeps the backward direction from reading padding first.
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.gru(packed)
@@ -359,12 +438,36 @@ class SessionModel(nn.Module):
         w = (p * qmask).sum(dim=1) / lengths[:, None].to(p.dtype)  # (B, T)
         pooled = (w[:, :, None] * h).sum(dim=1)  # (B, D)
         head_in = pooled
+        wide = None
         if c.session_features:
             if session_features is None:
                 raise ConfigError(f"SessionModel expects {c.session_features} session features per row")
-            head_in = torch.cat([pooled, session_features.to(pooled.dtype)], dim=-1)
+            sf = session_features.to(pooled.dtype)  # (B, S)
+            if self.rarity_weight is not None:
+                # centred on 0.5 so the wide path needs no large offset (rarity is in [0, 1])
+                wide = (sf - 0.5) @ self.rarity_weights()  # (B,) non-negative weights
+            else:
+                head_in = torch.cat([pooled, sf], dim=-1)
         logits = self.head(head_in).squeeze(-1)  # (B,)
+        if c.deep_bound > 0:
+            # A bounded correction: what the GRU learned from the sources' *words* may adjust the
+            # rarity score but not overturn it; learned semantics transfer far less than rarity does.
+            logits = c.deep_bound * torch.tanh(logits / c.deep_bound)
+        logits = logits + RARITY_GAIN * self.bias  # same gain as the wide weights (one scalar under Adam)
+        if wide is not None:
+            logits = logits + wide
         return SessionModelOutput(logits, pooled, w)
+
+    def rarity_weights(self) -> torch.Tensor:
+        """(session_features,) the non-negative weights of the wide (rarity) path."""
+        return nn.functional.softplus(RARITY_GAIN * self.rarity_weight)
+
+    def set_anchor_vectors(self, vectors: np.ndarray | torch.Tensor) -> None:
+        """Install the (anchors, input_dim) unit vectors of ANCHOR_TEXTS from the shared embedder."""
+        t = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if tuple(t.shape) != tuple(self.anchor_vectors.shape):
+            raise ConfigError(f"anchor vectors {tuple(t.shape)}: expected {tuple(self.anchor_vectors.shape)}")
+        self.anchor_vectors.copy_(t.to(self.anchor_vectors.device))
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -394,11 +497,20 @@ class SessionModel(nn.Module):
             raise ArtifactError(f"{cfg_path}: model_type {meta.get('model_type')!r} is not 'SessionModel'")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        model = cls(config_from_dict(SessionModelConfig, meta["model"]))
+        return cls.from_config_and_weights(meta["model"], weights, device)
+
+    @classmethod
+    def from_config_and_weights(
+        cls, config: dict | SessionModelConfig, weights: Path, device: str | torch.device = "cpu"
+    ) -> SessionModel:
+        """Rebuild from a config (dict from JSON, unknown keys refused) and a safetensors file."""
+        if isinstance(config, dict):
+            config = config_from_dict(SessionModelConfig, config)
+        model = cls(config)
         try:
-            model.load_state_dict(load_file(str(weights), device=str(device)))
+            model.load_state_dict(load_file(str(weights), device="cpu"))
         except (RuntimeError, OSError) as exc:
-            raise ArtifactError(f"{weights}: does not match the config ({exc})") from exc
+            raise ArtifactError(f"{weights}: cannot load weights for this config ({exc})") from exc
         return model.to(device).eval()
 
 

@@ -1,0 +1,282 @@
+"""Multi-round collaborative distillation (FusionLog's core loop).
+
+Round 0 is the general-path model. Each later round:
+  1. score the target's unlabelled pool with the small model (P = sigmoid(score - threshold));
+  2. route the pool: *proprietary* sessions the LLM has not labelled yet go to the LLM, most
+     uncertain first, within the round's call budget;
+  3. *collaboration*: where the small model is confident and a previous LLM verdict disagrees, the
+     session goes back to the LLM with the small model's view in the prompt;
+  4. fine-tune the small model on source labels + confident general pseudo-labels (its own) + LLM
+     soft labels weighted by the LLM's confidence (`distill.finetune`);
+  5. re-threshold without labels, checkpoint, and stop when fewer than `stop_change` of the pool's
+     predictions changed, or after `rounds` rounds.
+
+Every round ends with a full checkpoint (detector + `state.json` written last), so `--resume` starts
+after the last complete round, and LLM calls go through the labeller's SQLite cache, so a rerun never
+pays twice for a call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from distill.finetune import FinetuneConfig, finetune
+from fusionlog.config import register_config_type
+from fusionlog.errors import ArtifactError, ConfigError
+from fusionlog.io import atomic_write_json, replace_dir
+from fusionlog.types import Session
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+ROUNDS_DIR = "rounds"
+
+
+@register_config_type
+@dataclass(frozen=True)
+class DistillConfig:
+    rounds: int = field(default=3, metadata={"help": "distillation rounds after round 0 (the general path)"})
+    calls_per_round: int = field(default=16, metadata={"help": "distinct sequences sent to the LLM per round"})
+    max_fraction: float | None = field(
+        default=None, metadata={"help": "cap on LLM-labelled sessions as a share of the pool (None = no cap)"})
+    stop_change: float = field(default=0.01, metadata={"help": "stop when fewer than this share of labels change"})
+    confident: float = field(default=0.9, metadata={"help": "small-model probability counted as confident"})
+    general_weight: float = field(default=0.5, metadata={"help": "weight of confident general pseudo-labels"})
+    recheck: bool = field(default=True, metadata={"help": "send strong disagreements back to the LLM"})
+    max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.calls_per_round < 0 or self.max_rechecks < 0:
+            raise ConfigError("DistillConfig: rounds, calls_per_round and max_rechecks must be >= 0")
+        if not 0.5 < self.confident < 1.0:
+            raise ConfigError(f"DistillConfig.confident={self.confident}: must be in (0.5, 1)")
+        if self.max_fraction is not None and not 0.0 < self.max_fraction <= 1.0:
+            raise ConfigError(f"DistillConfig.max_fraction={self.max_fraction}: must be in (0, 1]")
+
+
+@dataclass
+class LLMVerdict:
+    prob: float
+    label: int
+    rechecked: bool = False
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    llm_calls: int = 0  # backend calls paid this round (retries included, cache hits excluded)
+    llm_cache_hits: int = 0
+    llm_tokens: int = 0
+    llm_labelled_sequences: int = 0
+    rechecked_sequences: int = 0
+    abstained: int = 0
+    general_sessions: int = 0
+    proprietary_sessions: int = 0
+    pseudo_general: int = 0
+    labels_changed: float | None = None  # share of pool predictions that changed vs the previous round
+    pool_flagged: float = 0.0
+    threshold: float = 0.0
+    finetune: dict = field(default_factory=dict)
+    test: dict | None = None  # metrics on the held-out test part (labels used only here)
+    seconds: float = 0.0
+
+
+LabelFn = Callable[[list[Session], np.ndarray, bool], tuple[dict[tuple, float], dict]]
+"""(sessions, small-model probabilities, recheck?) -> ({event sequence: P(anomalous)}, stats)."""
+
+
+@dataclass
+class RoundContext:
+    """Everything the loop needs; built by `fusionlog.pipeline` (or a test)."""
+
+    detector: object  # fusionlog.detector.Detector, fitted (round 0)
+    sources: Sequence[object]  # fusionlog.detector.SystemSessions, labelled
+    pool: list[Session]  # target adaptation pool, labels hidden
+    general_mask: np.ndarray  # (len(pool),) bool, from the router
+    label_fn: LabelFn
+    rethreshold: Callable[[object], None]  # recompute detector.threshold_ without labels
+    evaluate: Callable[[object], dict | None] = lambda det: None  # test metrics, or None when unlabelled
+    save_detector: Callable[[object, Path], None] = lambda det, path: det.save_pretrained(path)
+    load_detector: Callable[[Path], object] | None = None
+
+
+def small_probs(detector, sessions: Sequence[Session]) -> np.ndarray:
+    """The small model's P(anomalous), centred on its threshold (0.5 = on the threshold)."""
+    scores = detector.decision_function(sessions)
+    return 1.0 / (1.0 + np.exp(-(scores - detector.threshold_)))
+
+
+def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: bool = False,
+               on_round: Callable[[RoundRecord], None] | None = None) -> tuple[object, list[RoundRecord]]:
+    """Run (or resume) the rounds; returns the final detector and one record per round (round 0 first)."""
+    out_dir = Path(out_dir)
+    rounds_dir = out_dir / ROUNDS_DIR
+    seqs = [tuple(s.event_ids) for s in ctx.pool]
+    llm: dict[tuple, LLMVerdict] = {}
+    history: list[RoundRecord] = []
+    detector = ctx.detector
+    start = 0
+    if resume:
+        found = last_complete_round(rounds_dir)
+        if found is not None:
+            r, state = found
+            if ctx.load_detector is None:
+                raise ArtifactError("resume needs a detector loader")
+            detector = ctx.load_detector(rounds_dir / f"round_{r}")
+            llm = {tuple(json.loads(k)): LLMVerdict(**v) for k, v in state["llm"].items()}
+            history = [RoundRecord(**h) for h in state["history"]]
+            start = r + 1
+            logger.info("resuming after round %d (%d LLM verdicts kept)", r, len(llm))
+    if start == 0:
+        t0 = time.perf_counter()
+        rec = RoundRecord(0, general_sessions=int(ctx.general_mask.sum()),
+                          proprietary_sessions=int((~ctx.general_mask).sum()))
+        rec.threshold = float(detector.threshold_)
+        preds = small_probs(detector, ctx.pool) > 0.5
+        rec.pool_flagged = round(float(preds.mean()), 4) if len(preds) else 0.0
+        rec.test = ctx.evaluate(detector)
+        rec.seconds = round(time.perf_counter() - t0, 2)
+        history.append(rec)
+        _checkpoint(ctx, detector, rounds_dir, 0, llm, history)
+        if on_round:
+            on_round(rec)
+        start = 1
+    prev_pred = small_probs(detector, ctx.pool) > 0.5
+    budget_left = _overall_budget(config, len(ctx.pool), llm)
+    for r in range(start, config.rounds + 1):
+        t0 = time.perf_counter()
+        rec = RoundRecord(r, general_sessions=int(ctx.general_mask.sum()),
+                          proprietary_sessions=int((~ctx.general_mask).sum()))
+        p_small = small_probs(detector, ctx.pool)
+        # 2. new LLM labels for proprietary sessions not labelled yet
+        todo = [i for i in np.flatnonzero(~ctx.general_mask) if seqs[i] not in llm]
+        n_calls = min(config.calls_per_round, budget_left)
+        if todo and n_calls > 0:
+            chosen = _most_uncertain(todo, seqs, p_small, n_calls)
+            got, stats = ctx.label_fn([ctx.pool[i] for i in chosen], p_small[chosen], False)
+            for seq, prob in got.items():
+                llm[seq] = LLMVerdict(float(prob), int(prob >= 0.5))
+            _add_stats(rec, stats)
+            rec.llm_labelled_sequences = len(got)
+            budget_left -= len({seqs[i] for i in chosen})
+        # 3. collaboration: confident small model vs disagreeing LLM verdict -> ask again with its view
+        if config.recheck and llm:
+            disagree = _disagreements(seqs, p_small, llm, config.confident, config.max_rechecks)
+            if disagree:
+                got, stats = ctx.label_fn([ctx.pool[i] for i in disagree], p_small[disagree], True)
+                for seq, prob in got.items():
+                    llm[seq] = LLMVerdict(float(prob), int(prob >= 0.5), rechecked=True)
+                _add_stats(rec, stats)
+                rec.rechecked_sequences = len(got)
+        # 4. teacher signal per pool session
+        teacher = np.full(len(ctx.pool), np.nan, dtype=np.float32)
+        weight = np.zeros(len(ctx.pool), dtype=np.float32)
+        conf_general = ctx.general_mask & ((p_small >= config.confident) | (p_small <= 1 - config.confident))
+        teacher[conf_general] = (p_small[conf_general] >= 0.5).astype(np.float32)
+        weight[conf_general] = config.general_weight
+        rec.pseudo_general = int(conf_general.sum())
+        for i, seq in enumerate(seqs):
+            v = llm.get(seq)
+            if v is not None:
+                teacher[i] = v.prob
+                weight[i] = max(abs(2 * v.prob - 1), 0.05)
+        rec.finetune = finetune(detector, ctx.sources, ctx.pool, teacher, weight, config.finetune)
+        ctx.rethreshold(detector)
+        # 5. bookkeeping, checkpoint, stop rule
+        pred = small_probs(detector, ctx.pool) > 0.5
+        rec.labels_changed = round(float((pred != prev_pred).mean()), 4) if len(pred) else 0.0
+        rec.pool_flagged = round(float(pred.mean()), 4) if len(pred) else 0.0
+        rec.threshold = float(detector.threshold_)
+        rec.test = ctx.evaluate(detector)
+        rec.seconds = round(time.perf_counter() - t0, 2)
+        history.append(rec)
+        _checkpoint(ctx, detector, rounds_dir, r, llm, history)
+        if on_round:
+            on_round(rec)
+        prev_pred = pred
+        if rec.labels_changed < config.stop_change and r > 1:
+            logger.info("round %d: %.2f%% of labels changed < %.2f%%: stop", r, 100 * rec.labels_changed,
+                        100 * config.stop_change)
+            break
+    return detector, history
+
+
+def _overall_budget(config: DistillConfig, n_pool: int, llm: dict) -> int:
+    if config.max_fraction is None:
+        return 10**9
+    return max(int(np.ceil(config.max_fraction * n_pool)) - len(llm), 0)
+
+
+def _most_uncertain(todo: list[int], seqs: list[tuple], p_small: np.ndarray, n: int) -> list[int]:
+    """One representative per distinct sequence, closest to 0.5 first, ties by how many sessions share it."""
+    reps: dict[tuple, list[int]] = {}
+    for i in todo:
+        reps.setdefault(seqs[i], []).append(i)
+    order = sorted(reps.items(), key=lambda kv: (abs(float(p_small[kv[1]].mean()) - 0.5), -len(kv[1])))
+    return [idx[0] for _, idx in order[:n]]
+
+
+def _disagreements(seqs, p_small, llm, confident, limit) -> list[int]:
+    seen: set[tuple] = set()
+    out: list[tuple[float, int]] = []
+    for i, seq in enumerate(seqs):
+        v = llm.get(seq)
+        if v is None or v.rechecked or seq in seen:
+            continue
+        small_label = int(p_small[i] >= 0.5)
+        sure = p_small[i] >= confident or p_small[i] <= 1 - confident
+        if sure and small_label != v.label:
+            seen.add(seq)
+            out.append((abs(float(p_small[i]) - 0.5), i))
+    out.sort(reverse=True)
+    return [i for _, i in out[:limit]]
+
+
+def _add_stats(rec: RoundRecord, stats: dict) -> None:
+    rec.llm_calls += int(stats.get("calls", 0))
+    rec.llm_cache_hits += int(stats.get("cache_hits", 0))
+    rec.llm_tokens += int(stats.get("prompt_tokens", 0)) + int(stats.get("completion_tokens", 0))
+    rec.abstained += int(stats.get("abstained_sequences", 0))
+
+
+def _checkpoint(ctx: RoundContext, detector, rounds_dir: Path, r: int, llm: dict, history: list[RoundRecord]) -> None:
+    """Detector + state.json into a temp folder, renamed into place: a kill leaves the last round whole."""
+    rounds_dir.mkdir(parents=True, exist_ok=True)
+    tmp = rounds_dir / f".round_{r}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ctx.save_detector(detector, tmp)
+    state = {
+        "round": r,
+        "llm": {json.dumps(list(k)): asdict(v) for k, v in llm.items()},
+        "history": [asdict(h) for h in history],
+    }
+    atomic_write_json(tmp / STATE_NAME, state)
+    replace_dir(tmp, rounds_dir / f"round_{r}")
+
+
+def last_complete_round(rounds_dir: Path) -> tuple[int, dict] | None:
+    best: tuple[int, dict] | None = None
+    if not rounds_dir.is_dir():
+        return None
+    for d in rounds_dir.glob("round_*"):
+        state_path = d / STATE_NAME
+        if not state_path.is_file():
+            continue
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            r = int(state["round"])
+        except (ValueError, KeyError):
+            continue
+        if best is None or r > best[0]:
+            best = (r, state)
+    return best

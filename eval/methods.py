@@ -1,0 +1,127 @@
+"""Method registry of the benchmark: each method turns a `TargetContext` into test scores + threshold.
+
+To add a method (later: `llm-only`, `fusionlog`), write a function ``(ctx, seed, options) ->
+MethodOutput`` and decorate it with ``@register_method("name", "one-line description")``. A method that
+routes sessions (the semantic router) fills ``MethodOutput.parts`` with one part name per test session
+("general" / "proprietary"); the harness then adds per-part precision/recall/F1 to the results.
+Extra per-run figures (LLM calls, tokens, router sizes) go in ``MethodOutput.extra`` and are copied into
+that seed's entry of results.json: new keys, never renamed ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fusionlog.detector import SystemSessions
+from fusionlog.types import Session
+
+
+@dataclass
+class TargetContext:
+    """Everything a method may see. No target label is in here: `pool` and `test` are label-free."""
+
+    target: str
+    system: str
+    sources: list[SystemSessions]  # labelled source systems
+    pool: SystemSessions  # the target's unlabelled adaptation pool (+ the target's template vectors)
+    test: list[Session]  # the target's test sessions, labels hidden (the harness keeps them apart)
+    anchor_vectors: np.ndarray | None = None  # embeddings of fusionlog.model.ANCHOR_TEXTS (shared space)
+
+
+@dataclass
+class MethodOutput:
+    scores: np.ndarray  # (n_test,) higher = more anomalous
+    threshold: float  # verdict = scores > threshold
+    train_seconds: float = 0.0
+    score_seconds: float = 0.0
+    parts: np.ndarray | None = None  # (n_test,) part name per test session, for per-part F1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Run-wide settings every method may read."""
+
+    train_overrides: dict = field(default_factory=dict)  # TrainConfig fields given on the command line
+    threshold_rule: str | None = None  # None = the detector default
+    device: str = "cpu"
+
+
+MethodFn = Callable[[TargetContext, int, MethodOptions], MethodOutput]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    fn: MethodFn
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, description: str) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = MethodSpec(name, description, fn)
+        return fn
+
+    return deco
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+# -- the methods of issue 3 -------------------------------------------------------------------------
+
+
+@register_method(
+    "unseen-template", "label-free baseline: anomalous if a test session has a template unseen in the pool"
+)
+def unseen_template(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
+    t0 = time.perf_counter()
+    seen = {e for s in ctx.pool.sessions for e in s.event_ids}
+    t1 = time.perf_counter()
+    scores = np.array([len(set(s.event_ids) - seen) for s in ctx.test], dtype=np.float32)
+    t2 = time.perf_counter()
+    # score = number of distinct unseen templates; > 0.5 means "at least one"
+    return MethodOutput(scores, 0.5, t1 - t0, t2 - t1, extra={"threshold_rule": "any unseen template"})
+
+
+def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forced: dict) -> MethodOutput:
+    from fusionlog.detector import DEFAULT_THRESHOLD_RULE, Detector
+    from fusionlog.training import TrainConfig
+
+    fields = {**options.train_overrides, **forced, "seed": seed, "device": options.device}
+    cfg = replace(TrainConfig(), **fields)
+    det = Detector(train_config=cfg, threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
+    t0 = time.perf_counter()
+    det.fit(ctx.sources, ctx.pool, ctx.anchor_vectors)
+    t1 = time.perf_counter()
+    scores = det.decision_function(ctx.test)
+    t2 = time.perf_counter()
+    info = det.threshold_info_
+    return MethodOutput(
+        scores, det.threshold_, t1 - t0, t2 - t1,
+        extra={
+            "threshold_rule": info.rule,
+            "threshold_source": info.source,
+            "best_epoch": det.report_.best_epoch,
+            "epochs_run": len(det.report_.history),
+        },
+    )
+
+
+@register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")
+def source_only(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
+    return _detector_method(ctx, seed, options, {"meta": False, "adversarial_weight": 0.0})
+
+
+@register_method("general", "meta-learning across sources + domain-adversarial alignment to the unlabelled pool")
+def general(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
+    return _detector_method(ctx, seed, options, {})

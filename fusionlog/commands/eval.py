@@ -1,0 +1,115 @@
+"""`fusionlog eval`: the zero-label benchmark (issue 3) for one or more targets.
+
+    fusionlog eval --target openstack --methods unseen-template source-only general --seeds 3 --out runs/os
+
+Writes results.json, results.md, roc.png and pr.png per target (in OUT, or OUT/<target> when several
+targets are given, plus OUT/summary.md). Training flags (--epochs, --meta-order, ...) come from
+`TrainConfig`'s fields, so defaults live in one place; they apply to the trained methods
+(`source-only` always keeps meta and the discriminator off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+NAME = "eval"
+HELP = "zero-label benchmark: unseen-template / source-only / general on a target (results.json, table, plots)"
+
+#: TrainConfig fields not exposed as flags (set per seed / by --device).
+_SKIP_FIELDS = ("seed", "device")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", nargs="+", required=True,
+                   help="labelled target dataset(s): openstack hdfs hadoop hdfs-100k bgl")
+    p.add_argument("--sources", nargs="+", help="source datasets (default: one labelled set per other system)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods to run (default: unseen-template source-only general); see --list-methods")
+    p.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
+    p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--pool-fraction", type=float, default=0.6, help="share of the target used as unlabelled pool")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the shuffle split (sets without times)")
+    p.add_argument("--threshold", default=None, help="label-free threshold rule (default: the detector's)")
+    p.add_argument("--device", default="cpu", help="torch device for training and scoring")
+    p.add_argument("--data-dir", help="data folder (default: $FUSIONLOG_DATA, ./data, ../shared/data)")
+    p.add_argument("--cache-dir", help="prepared-data folder (default: $FUSIONLOG_CACHE/prepared)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--prepared-dir", help="read already-prepared folders from here, never re-prepare "
+                   "(machines without the raw data or the embedding model)")
+    p.add_argument("--anchors", help=".npy of the anchor-phrase embeddings (default: embed them now)")
+    add_train_flags(p)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (vLLM's add_cli_args idea); unset flags keep the dataclass default."""
+    from fusionlog.training.config import TrainConfig
+
+    g = p.add_argument_group("training (TrainConfig)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SKIP_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.type in (bool, "bool"):
+            g.add_argument(flag, dest=f"train_{f.name}", action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            g.add_argument(flag, dest=f"train_{f.name}", type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                           help=help_text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eval.methods import METHODS
+    from eval.protocol import EvalConfig, prepared_dir_loader, run_eval
+    from eval.report import summary_markdown, write_run
+    from fusionlog.errors import ConfigError
+    from fusionlog.io import atomic_write_text, load_npy
+
+    if args.list_methods:
+        for name, spec in METHODS.items():
+            print(f"{name:18s} {spec.description}")
+        return 0
+    if not args.out:
+        raise ConfigError("give --out DIR for results.json, results.md and the plots")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+    overrides = {k[len("train_"):]: v for k, v in vars(args).items() if k.startswith("train_")}
+    out = Path(args.out)
+    loader = prepared_dir_loader(Path(args.prepared_dir)) if args.prepared_dir else None
+    anchors = load_npy(Path(args.anchors)) if args.anchors else None
+    all_results = []
+    for target in args.target:
+        cfg = EvalConfig(
+            target=target,
+            sources=tuple(args.sources) if args.sources else None,
+            methods=tuple(args.methods) if args.methods else EvalConfig.__dataclass_fields__["methods"].default,
+            seeds=tuple(range(args.seeds)),
+            pool_fraction=args.pool_fraction,
+            split_seed=args.split_seed,
+            threshold_rule=args.threshold,
+            device=args.device,
+            train_overrides=overrides,
+        )
+        result = run_eval(cfg, args.data_dir, Path(args.cache_dir) if args.cache_dir else None,
+                          progress=not args.quiet, loader=loader, anchor_vectors=anchors)
+        folder = out / target if len(args.target) > 1 else out
+        write_run(result, folder, plots=not args.no_plots)
+        all_results.append(result.results)
+        _print_summary(result.results)
+    if len(args.target) > 1:
+        atomic_write_text(out / "summary.md", summary_markdown(all_results))
+    print(f"wrote {out}")
+    return 0
+
+
+def _print_summary(results: dict) -> None:
+    ceiling = results.get("sequence_ceiling")
+    for name, m in results["methods"].items():
+        print(f"{results['target']:10s} {name:16s} F1 {m['f1']:.3f} ± {m['f1_std']:.3f}  "
+              f"ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  train {m['train_seconds']:.1f}s  "
+              f"ceiling {ceiling if ceiling is not None else '-'}")

@@ -1,0 +1,244 @@
+"""`Detector`: the general path's estimator for one target system (pyod/sklearn contract).
+
+``fit(sources, target)`` trains a `SessionModel` on labelled source systems and the target's
+*unlabelled* adaptation pool, then sets ``threshold_`` with a label-free rule;
+``decision_function(sessions)`` returns one score per session (a logit: higher = more anomalous);
+``predict`` is ``decision_function > threshold_``. Learned state ends in ``_``.
+
+The saved folder holds `config.json`, `model.safetensors`, `vectors.npy` (the target's template
+vectors), `reference.json` (the pool's rarity statistics), `threshold.json`, `report.json` and, when
+known, `templates.json`; it loads with no training code, no LLM and no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionlog import __version__
+from fusionlog.constants import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    MODEL_WEIGHTS_NAME,
+    REPORT_NAME,
+    TEMPLATES_NAME,
+    THRESHOLD_NAME,
+    VECTORS_NAME,
+)
+from fusionlog.errors import ArtifactError, ConfigError, NotFittedError
+from fusionlog.io import atomic_save_npy, atomic_write_json, load_npy
+from fusionlog.model import (
+    ANCHOR_TEXTS,
+    ReferenceStats,
+    SessionModel,
+    SessionModelConfig,
+    encode_sessions,
+    score_encoded,
+)
+from fusionlog.threshold import THRESHOLD_RULES, ThresholdResult, choose_threshold
+from fusionlog.types import Session
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_NAME = "reference.json"
+DEFAULT_THRESHOLD_RULE = "pool-otsu"
+
+
+@dataclass
+class SystemSessions:
+    """One system's template vectors and some of its sessions (labelled for a source, not for a target)."""
+
+    name: str
+    system: str
+    vectors: np.ndarray  # (n_templates, dim) float32, row i = template i
+    sessions: list[Session]
+    templates: list[str] | None = None
+
+    @classmethod
+    def from_prepared(cls, prepared, sessions: Sequence[Session] | None = None) -> SystemSessions:
+        """From a `fusionlog.prepare.PreparedDataset`; `sessions` defaults to all of its sessions."""
+        ds = prepared.dataset
+        return cls(ds.name, ds.system, prepared.vectors, list(ds.sessions if sessions is None else sessions),
+                   list(ds.templates))
+
+
+@dataclass
+class DetectorReport:
+    """What a fit did, for `report.json` and the eval harness."""
+
+    train_seconds: float = 0.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    target: str = ""
+    pool_sessions: int = 0
+    train_config: dict = field(default_factory=dict)
+
+
+def embed_anchors(embedder=None) -> np.ndarray:
+    """(len(ANCHOR_TEXTS), dim) unit vectors of the anchor phrases in the shared space (cached by text)."""
+    if embedder is None:
+        from fusionlog.embedding import Embedder
+
+        embedder = Embedder()
+    return embedder.encode(list(ANCHOR_TEXTS))
+
+
+class Detector:
+    """Zero-label session anomaly detector for one target system (see module docstring)."""
+
+    def __init__(
+        self,
+        model_config: SessionModelConfig | None = None,
+        train_config=None,  # fusionlog.training.TrainConfig; imported lazily so loading needs no trainer
+        threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+        contamination: float = 0.05,
+        score_batch_size: int = 256,
+    ) -> None:
+        if threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold_rule={threshold_rule!r}: must be one of {THRESHOLD_RULES}")
+        self.model_config = model_config or SessionModelConfig()
+        self.train_config = train_config
+        self.threshold_rule = threshold_rule
+        self.contamination = contamination
+        self.score_batch_size = score_batch_size
+
+    # -- fit ---------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        sources: Sequence[SystemSessions],
+        target: SystemSessions,
+        anchor_vectors: np.ndarray | None = None,
+    ) -> Detector:
+        """Train on labelled `sources` and the unlabelled `target` pool; set `threshold_`. Returns self.
+
+        `anchor_vectors` are the embeddings of `model.ANCHOR_TEXTS` (computed with the default
+        `Embedder` when not given). Raises `LabelLeakError` if any target session carries a label.
+        """
+        from fusionlog.training import SystemData, TrainConfig, assert_unlabelled, train_model
+
+        assert_unlabelled(target.sessions, f"target {target.name} adaptation pool")
+        cfg = self.train_config or TrainConfig()
+        same = [s.name for s in sources if s.system == target.system]
+        if same:
+            raise ConfigError(f"sources {same} are the target's system {target.system!r}; use other systems")
+        mc = self.model_config
+        src_data = [
+            SystemData.build(s.name, s.system, s.vectors, s.sessions, mc.max_len, True, cfg.device) for s in sources
+        ]
+        tgt_data = SystemData.build(target.name, target.system, target.vectors, target.sessions, mc.max_len, False,
+                                    cfg.device)
+        if mc.anchors and anchor_vectors is None:
+            anchor_vectors = embed_anchors()
+        result = train_model(src_data, tgt_data, mc, cfg, anchor_vectors)
+        self.model_ = result.model.cpu().eval()
+        self._set_target(target, tgt_data.stats)
+        pool_logits = score_encoded(self.model_, tgt_data.encoded, self._vectors_t, self.score_batch_size)
+        self.threshold_info_ = choose_threshold(
+            self.threshold_rule,
+            pool_scores=pool_logits,
+            pool_weights=tgt_data.encoded.counts,
+            source_validation=[(v.system, v.scores, v.labels, v.counts) for v in result.validation],
+            contamination=self.contamination,
+        )
+        self.threshold_ = float(self.threshold_info_.value)
+        self.report_ = DetectorReport(
+            round(result.seconds, 3), result.best_epoch, result.history, [s.name for s in sources], target.name,
+            len(target.sessions), asdict(cfg),
+        )
+        return self
+
+    def _set_target(self, target: SystemSessions, stats: ReferenceStats) -> None:
+        self.system_ = target.system
+        self.target_name_ = target.name
+        self.vectors_ = np.asarray(target.vectors, dtype=np.float32)
+        self._vectors_t = torch.from_numpy(self.vectors_)
+        self.stats_ = stats
+        self.templates_ = list(target.templates) if target.templates is not None else None
+
+    # -- inference (never mutates state) -------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("Detector is not fitted: call fit(...) or Detector.from_pretrained(dir)")
+
+    def decision_function(self, sessions: Sequence[Session]) -> np.ndarray:
+        """(n,) float32 anomaly scores (logits), higher = more anomalous. Labels are ignored."""
+        self._check_fitted()
+        if not sessions:
+            return np.zeros(0, dtype=np.float32)
+        enc = encode_sessions(sessions, self.stats_, self.model_.config.max_len, in_corpus=False,
+                              system=self.system_)
+        return score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)[enc.index]
+
+    def predict(self, sessions: Sequence[Session]) -> np.ndarray:
+        """(n,) int 0/1: 1 where the score is above `threshold_`."""
+        return (self.decision_function(sessions) > self.threshold_).astype(np.int64)
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self._check_fitted()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        atomic_write_json(folder / CONFIG_NAME, {
+            "format_version": FORMAT_VERSION,
+            "model_type": "Detector",
+            "model": asdict(self.model_.config),
+            "threshold_rule": self.threshold_rule,
+            "contamination": self.contamination,
+            "system": self.system_,
+            "target": self.target_name_,
+            "versions": {"fusionlog": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        })
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(tensors, str(folder / MODEL_WEIGHTS_NAME))
+        atomic_save_npy(folder / VECTORS_NAME, self.vectors_)
+        atomic_write_json(folder / REFERENCE_NAME, self.stats_.to_dict())
+        atomic_write_json(folder / THRESHOLD_NAME, self.threshold_info_.to_dict())
+        atomic_write_json(folder / REPORT_NAME, asdict(self.report_))
+        if self.templates_ is not None:
+            atomic_write_json(folder / TEMPLATES_NAME, {"system": self.system_, "templates": self.templates_})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Detector:
+        folder = Path(folder)
+        needed = (CONFIG_NAME, MODEL_WEIGHTS_NAME, VECTORS_NAME, REFERENCE_NAME, THRESHOLD_NAME)
+        for name in needed:
+            if not (folder / name).is_file():
+                raise ArtifactError(f"{folder}: missing {name}")
+        try:
+            cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+            threshold = ThresholdResult.from_dict(json.loads((folder / THRESHOLD_NAME).read_text(encoding="utf-8")))
+            stats = ReferenceStats.from_dict(json.loads((folder / REFERENCE_NAME).read_text(encoding="utf-8")))
+            report_path = folder / REPORT_NAME
+            report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+            templates_path = folder / TEMPLATES_NAME
+            templates = (json.loads(templates_path.read_text(encoding="utf-8"))["templates"]
+                         if templates_path.is_file() else None)
+        except (ValueError, KeyError) as exc:
+            raise ArtifactError(f"{folder}: unreadable detector file ({exc})") from exc
+        if cfg.get("model_type") != "Detector":
+            raise ArtifactError(f"{folder / CONFIG_NAME}: model_type {cfg.get('model_type')!r} is not 'Detector'")
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{folder}: format_version {cfg.get('format_version')} != {FORMAT_VERSION}")
+        model = SessionModel.from_config_and_weights(cfg["model"], folder / MODEL_WEIGHTS_NAME)
+        det = cls(model.config, None, cfg.get("threshold_rule", DEFAULT_THRESHOLD_RULE),
+                  cfg.get("contamination", 0.05))
+        det.model_ = model
+        vectors = load_npy(folder / VECTORS_NAME)
+        det._set_target(SystemSessions(cfg.get("target", ""), cfg.get("system", ""), vectors, [], templates), stats)
+        det.threshold_info_ = threshold
+        det.threshold_ = threshold.value
+        det.report_ = DetectorReport(**{k: v for k, v in report.items() if k in DetectorReport.__dataclass_fields__})
+        return det

@@ -1,0 +1,412 @@
+"""`fuse(cfg)`: the main job. Data → parse → embed → general path → route → LLM rounds → artifact.
+
+This is the one module that composes the stages (and the one allowed to import `router` and
+`distill`, lazily). `scripts/fuse.py` and `fusionlog fuse` only build a `FuseConfig` and call `fuse`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from fusionlog.config import SessionRule, config_from_dict, config_to_dict, register_config_type
+from fusionlog.errors import ConfigError
+from fusionlog.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+#: Labelled session sets, one per system, the default sources (the target's own system is left out).
+DEFAULT_SOURCES: tuple[str, ...] = ("hdfs", "openstack", "hadoop", "bgl")
+SERVING_NAME = "serving.json"
+DRAIN_STATE_NAME = "drain_state.json"
+ROUTER_DIR = "router"
+FUSE_CONFIG_NAME = "fuse_config.json"
+
+
+def _distill_config():
+    from distill.rounds import DistillConfig
+
+    return DistillConfig()
+
+
+@register_config_type
+@dataclass(frozen=True)
+class FuseConfig:
+    """Everything `fuse` needs; `scripts/fuse.py` and `fusionlog fuse` fill it from flags."""
+
+    target: str
+    sources: tuple[str, ...] = ()
+    llm: str = field(default="qwen2.5-coder-0.5b", metadata={"help": "LLM alias, .gguf file, folder or model id"})
+    llm_backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
+    llm_base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "openai backend endpoint"})
+    llm_adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (transformers backend)"})
+    k_examples: int = field(default=2, metadata={"help": "retrieved source sessions per prompt"})
+    out: str = field(default="", metadata={"help": "output folder (default runs/<target>)"})
+    data_dir: str | None = None
+    seed: int = 0
+    resume: bool = False
+    epochs: int | None = field(default=None, metadata={"help": "override the general path's max epochs"})
+    steps_per_epoch: int | None = None
+    device: str = "cpu"
+    pool_fraction: float = 0.6
+    rule: SessionRule | None = None
+    log_format: str | None = None
+    progress: bool = True
+    distill: object = field(default_factory=_distill_config)
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise ConfigError("FuseConfig.target is empty: give a dataset name, a .jsonl file or a raw log")
+        if self.llm_backend not in ("auto", "transformers", "vllm", "openai"):
+            raise ConfigError(f"FuseConfig.llm_backend={self.llm_backend!r}: auto, transformers, vllm or openai")
+        if isinstance(self.distill, dict):
+            from distill.rounds import DistillConfig
+
+            object.__setattr__(self, "distill", config_from_dict(DistillConfig, self.distill))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{Path(self.target).name.split('.')[0]}")
+
+
+def resolve_backend(llm: str, backend: str) -> str:
+    """auto: GPU-only aliases (qwen2.5-7b) go to vLLM, local weights to transformers."""
+    if backend != "auto":
+        return backend
+    from distill.models import ALIASES
+
+    alias = ALIASES.get(llm.lower())
+    if alias is not None and alias.source is None:
+        return "vllm"
+    return "transformers"
+
+
+def default_sources(target_system: str, given: tuple[str, ...]) -> list[str]:
+    from fusionlog.data import system_of
+
+    if given:
+        clash = [s for s in given if system_of(s) == target_system]
+        if clash:
+            raise ConfigError(f"sources {clash} are the target's own system ({target_system}); use other systems")
+        return list(given)
+    return [s for s in DEFAULT_SOURCES if system_of(s) != target_system]
+
+
+@dataclass
+class FuseResult:
+    out_dir: Path
+    report: dict
+    detector: object = None
+
+
+def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = None) -> FuseResult:
+    """Run the main job; returns the artifact folder and the report (also written to disk).
+
+    `backend` replaces the LLM named in `cfg` (an object with the `distill.backends.LLMBackend` API);
+    `cache_path` moves the verdict cache (default: the user cache).
+    """
+    from distill.rounds import RoundContext, run_rounds
+    from fusionlog.data import hide_labels, split_sessions
+    from fusionlog.detector import Detector, SystemSessions
+    from fusionlog.prepare import prepare
+    from fusionlog.training import TrainConfig
+    from router import SemanticRouter
+
+    t_start = time.perf_counter()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / FUSE_CONFIG_NAME, _jsonable(config_to_dict(cfg)))
+    stage = _Stages(cfg.progress)
+
+    with stage("prepare target"):
+        target = prepare(cfg.target, cfg.data_dir, rule=cfg.rule, spec=spec, progress=cfg.progress)
+    ds = target.dataset
+    src_names = default_sources(ds.system, cfg.sources)
+    with stage(f"prepare sources {','.join(src_names)}"):
+        sources = [prepare(name, cfg.data_dir, progress=cfg.progress) for name in src_names]
+    labelled = ds.labelled
+    if labelled:
+        split = split_sessions(ds, cfg.pool_fraction, cfg.seed)
+        pool, test, split_method = hide_labels(split.pool), split.test, split.method
+    else:
+        pool, test, split_method = hide_labels(ds.sessions), [], "none (unlabelled target: all sessions adapt)"
+    src_ss = [SystemSessions.from_prepared(p) for p in sources]
+    tgt_ss = SystemSessions.from_prepared(target, pool)
+
+    train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device)
+    overrides = {k: v for k, v in (("epochs", cfg.epochs), ("steps_per_epoch", cfg.steps_per_epoch)) if v}
+    train_cfg = replace(train_cfg, **overrides)
+    rounds_dir = out / "rounds"
+    from distill.rounds import last_complete_round
+
+    resumed = cfg.resume and last_complete_round(rounds_dir) is not None
+    if resumed:
+        detector = Detector.from_pretrained(rounds_dir / f"round_{last_complete_round(rounds_dir)[0]}")
+    else:
+        with stage("round 0: general path (meta-learning + domain-adversarial)"):
+            detector = Detector(train_config=train_cfg).fit(src_ss, tgt_ss)
+
+    with stage("route"):
+        router = SemanticRouter().fit(sources)
+        route = router.split(ds, target.vectors, sessions=pool, idf_sessions=pool)
+    labeller = _LazyLabeller(cfg, router, route, pool, ds, backend, cache_path)
+
+    def rethreshold(det) -> None:
+        from fusionlog.threshold import choose_threshold
+
+        scores = det.decision_function(pool)
+        if det.threshold_rule in ("pool-otsu", "pool-quantile"):
+            det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores,
+                                                   contamination=det.contamination)
+            det.threshold_ = float(det.threshold_info_.value)
+
+    def evaluate(det) -> dict | None:
+        if not test:
+            return None
+        from eval.metrics import binary_metrics
+
+        labels = np.array([s.label for s in test], dtype=np.int64)
+        m = binary_metrics(labels, det.decision_function(test), det.threshold_)
+        return {k: round(float(v), 4) for k, v in m.items()}
+
+    ctx = RoundContext(
+        detector=detector, sources=src_ss, pool=pool, general_mask=np.asarray(route.general_mask, dtype=bool),
+        label_fn=labeller, rethreshold=rethreshold, evaluate=evaluate,
+        load_detector=Detector.from_pretrained,
+    )
+    with stage(f"distillation rounds (LLM {cfg.llm})"):
+        detector, history = run_rounds(ctx, cfg.distill, out, resume=cfg.resume,
+                                       on_round=lambda r: _print_round(r, cfg.progress))
+    labeller.close()
+
+    with stage("write artifact"):
+        detector.save_pretrained(out)
+        router.save(out / ROUTER_DIR)
+        if ds.store is not None:
+            ds.store.save(out / DRAIN_STATE_NAME)
+        rule = cfg.rule or (spec.rule if spec is not None else _registry_rule(cfg.target))
+        log_format = cfg.log_format or (spec.log_format if spec is not None else _registry_format(cfg.target))
+        atomic_write_json(out / SERVING_NAME, {
+            "system": ds.system,
+            "parser": "drain" if ds.store is not None else "templates",
+            "rule": config_to_dict(rule) if rule is not None else None,
+            "log_format": log_format,
+        })
+    final = history[-1]
+    report = {
+        "target": cfg.target,
+        "system": ds.system,
+        "sources": src_names,
+        "llm": cfg.llm,
+        "llm_backend": resolve_backend(cfg.llm, cfg.llm_backend),
+        "split": {"method": split_method, "pool_sessions": len(pool), "test_sessions": len(test),
+                  "test_anomalies": int(sum(1 for s in test if s.label == 1))},
+        "router": route.summary(),
+        "threshold": {"value": float(detector.threshold_), "rule": detector.threshold_info_.rule,
+                      "source": detector.threshold_info_.source},
+        "rounds": [asdict(h) for h in history],
+        "test": final.test,
+        "llm_calls": int(sum(h.llm_calls for h in history)),
+        "llm_tokens": int(sum(h.llm_tokens for h in history)),
+        "llm_labelled_sequences": int(sum(h.llm_labelled_sequences for h in history)),
+        "llm_calls_share_of_target_sessions": round(sum(h.llm_calls for h in history) / max(len(ds.sessions), 1), 4),
+        "target_sessions": len(ds.sessions),
+        "resumed": bool(resumed),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "labels_note": ("target labels used only to score the held-out test part" if labelled
+                        else "target unlabelled: no metrics; the artifact adapted to all of it"),
+    }
+    atomic_write_json(out / "report.json", _jsonable(report))
+    atomic_write_text(out / "report.md", report_markdown(report))
+    _plot_rounds(report, out)
+    _print_summary(report, cfg.progress)
+    return FuseResult(out, report, detector)
+
+
+class _LazyLabeller:
+    """Builds the LLM backend on first use: a resumed or cached run may never need to load it."""
+
+    def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None) -> None:
+        self.cfg, self.router, self.route, self.pool, self.ds = cfg, router, route, pool, ds
+        self._row = {id(s): i for i, s in enumerate(pool)}
+        self._main = self._recheck = self._cache = None
+        self._backend = backend
+        self._owns_backend = backend is None
+        self._cache_path = cache_path
+
+    def _build(self) -> None:
+        from distill.backends import make_backend
+        from distill.cache import VerdictCache
+        from distill.config import BackendConfig, LabelConfig
+        from distill.labeller import Labeller
+        from distill.prompts import load_prompt
+
+        if self._backend is None:
+            backend_name = resolve_backend(self.cfg.llm, self.cfg.llm_backend)
+            self._backend = make_backend(BackendConfig(backend=backend_name, model=self.cfg.llm,
+                                                       adapter=self.cfg.llm_adapter,
+                                                       base_url=self.cfg.llm_base_url))
+        self._cache = VerdictCache(self._cache_path)
+        lc = LabelConfig(k_examples=self.cfg.k_examples)
+        examples = self.examples_for
+        self._main = Labeller(self._backend, load_prompt("label_session"), lc, self._cache, examples,
+                              progress=self.cfg.progress)
+        self._recheck = Labeller(self._backend, load_prompt("recheck_disagreement"),
+                                 replace(lc, prompt="recheck_disagreement"), self._cache, examples,
+                                 progress=self.cfg.progress)
+
+    def examples_for(self, session):
+        """Nearest labelled source sessions through the router's FAISS index, half anomalous, half normal."""
+        from distill.render import Example
+
+        row = self._row.get(id(session))
+        if row is None or self.cfg.k_examples == 0:
+            return []
+        vec = self.route.session_vector(row)
+        k = self.cfg.k_examples
+        picks = []
+        for label, n in ((1, (k + 1) // 2), (0, k // 2)):
+            picks += self.router.nearest_source_sessions(vec, n, label=label) if n else []
+        picks.sort(key=lambda nb: -nb.similarity)
+        return [Example(nb.system, tuple(nb.templates), int(nb.label), nb.similarity, nb.key) for nb in picks]
+
+    def __call__(self, sessions, probs, recheck):
+        if self._main is None:
+            self._build()
+        labeller = self._recheck if recheck else self._main
+        run = labeller.label(sessions, self.ds.templates, self.ds.system, small_probs=np.asarray(probs))
+        got: dict[tuple, float] = {}
+        by_key = {s.key: tuple(s.event_ids) for s in sessions}
+        for v in run.verdicts:
+            if v.prob is not None and not v.abstained:
+                got[by_key[v.key]] = float(v.prob)
+        return got, run.stats.to_dict()
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+        if self._backend is not None and self._owns_backend:
+            self._backend.close()
+
+
+def _registry_rule(target: str) -> SessionRule | None:
+    from fusionlog.data.registry import _REGISTRY
+
+    info = _REGISTRY.get(target.lower())
+    return info.spec.rule if info is not None and info.spec is not None else None
+
+
+def _registry_format(target: str) -> str:
+    from fusionlog.data.registry import _REGISTRY
+
+    info = _REGISTRY.get(target.lower())
+    return info.spec.log_format if info is not None and info.spec is not None else "<Content>"
+
+
+class _Stages:
+    """Logs each stage with its wall time (the long inner loops have their own progress bars)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            t0 = time.perf_counter()
+            logger.info("%s ...", name)
+            yield
+            logger.info("%s done in %.1fs", name, time.perf_counter() - t0)
+
+        return cm()
+
+
+def _print_round(rec, progress: bool) -> None:
+    if not progress:
+        return
+    test = rec.test or {}
+    print(f"round {rec.round}: llm_calls={rec.llm_calls} labelled={rec.llm_labelled_sequences} "
+          f"rechecked={rec.rechecked_sequences} changed={rec.labels_changed} "
+          f"test_f1={test.get('f1', '-')} ({rec.seconds}s)", flush=True)
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        f"# FusionLog run: {report['target']}",
+        "",
+        f"- sources: {', '.join(report['sources'])}",
+        f"- LLM: {report['llm']} ({report['llm_backend']}), calls {report['llm_calls']} "
+        f"({100 * report['llm_calls_share_of_target_sessions']:.2f}% of {report['target_sessions']} sessions)",
+        f"- split: {report['split']['method']}; pool {report['split']['pool_sessions']}, "
+        f"test {report['split']['test_sessions']} ({report['split']['test_anomalies']} anomalous)",
+        f"- router: {report['router'].get('general', '?')} general / {report['router'].get('proprietary', '?')} "
+        f"proprietary pool sessions",
+        f"- threshold: {report['threshold']['value']:.4f} ({report['threshold']['rule']}, "
+        f"{report['threshold']['source']})",
+        f"- wall time: {report['wall_seconds']} s",
+        f"- {report['labels_note']}",
+        "",
+        "| round | LLM calls | labelled seq | rechecked | labels changed | precision | recall | F1 | ROC-AUC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["rounds"]:
+        t = r.get("test") or {}
+        lines.append(
+            f"| {r['round']} | {r['llm_calls']} | {r['llm_labelled_sequences']} | {r['rechecked_sequences']} | "
+            f"{r['labels_changed'] if r['labels_changed'] is not None else '-'} | {_f(t.get('precision'))} | "
+            f"{_f(t.get('recall'))} | {_f(t.get('f1'))} | {_f(t.get('roc_auc'))} |"
+        )
+    lines += ["", "![rounds](rounds.png)", ""]
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _plot_rounds(report: dict, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are a nicety; the JSON report is the contract
+        return
+    rounds = [r["round"] for r in report["rounds"]]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    f1 = [(r.get("test") or {}).get("f1") for r in report["rounds"]]
+    if any(v is not None for v in f1):
+        ax.plot(rounds, [v if v is not None else np.nan for v in f1], marker="o", label="test F1")
+    ax.plot(rounds, [r["pool_flagged"] for r in report["rounds"]], marker="s", label="pool flagged share")
+    ax.set_xlabel("round")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"FusionLog rounds: {report['target']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "rounds.png", dpi=110)
+    plt.close(fig)
+
+
+def _print_summary(report: dict, progress: bool) -> None:
+    if not progress:
+        return
+    t = report.get("test") or {}
+    rows = [
+        ("target", report["target"]), ("sources", ",".join(report["sources"])),
+        ("sessions", report["target_sessions"]), ("LLM calls", report["llm_calls"]),
+        ("rounds", len(report["rounds"]) - 1), ("precision", _f(t.get("precision"))),
+        ("recall", _f(t.get("recall"))), ("F1", _f(t.get("f1"))), ("ROC-AUC", _f(t.get("roc_auc"))),
+        ("wall seconds", report["wall_seconds"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), flush=True)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))

@@ -1,0 +1,125 @@
+"""Label-free decision thresholds (pyod's `_process_decision_scores` idea, without target labels).
+
+A threshold turns scores (higher = more anomalous) into verdicts. In the zero-label setting no target
+label may pick it, so every rule here reads only one of:
+
+* ``fixed``         - a constant (logit 0 = posterior 0.5 under class-balanced training);
+* ``source-f1``     - held-out *source* data: the F1-best threshold of each source system, median;
+* ``pool-otsu``     - the target's unlabelled pool scores: Otsu's split of their histogram;
+* ``pool-quantile`` - the target's unlabelled pool scores: flag the top `contamination` share.
+
+Each rule returns a `ThresholdResult` that says which rule and which data set it, for reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusionlog.errors import ConfigError
+
+THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile")
+
+
+@dataclass
+class ThresholdResult:
+    value: float
+    rule: str
+    source: str  # which data set it: "constant", "held-out source data", "target pool scores (unlabelled)"
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"value": float(self.value), "rule": self.rule, "source": self.source, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ThresholdResult:
+        return cls(float(d["value"]), str(d["rule"]), str(d.get("source", "")), dict(d.get("details", {})))
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """(threshold, F1) maximising the weighted F1 of `scores > threshold`; midpoints between scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    w = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
+    if not labels.any() or labels.all():
+        return float("nan"), float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, y, w = scores[order], labels[order], w[order]
+    tp = np.cumsum(w * y)
+    fp = np.cumsum(w * ~y)
+    pos = tp[-1]
+    last = np.r_[s[1:] != s[:-1], True]  # cut only between distinct scores
+    f1 = np.where(last, 2 * tp / np.maximum(tp + fp + pos, 1e-12), -1.0)
+    i = int(np.argmax(f1))
+    thr = (s[i] + s[i + 1]) / 2 if i + 1 < len(s) else s[i] - 1e-6
+    return float(thr), float(f1[i])
+
+
+def otsu_threshold(scores: np.ndarray, weights: np.ndarray | None = None, bins: int = 256) -> float:
+    """Otsu's method: the cut that maximises between-class variance of the score histogram."""
+    scores = np.asarray(scores, dtype=np.float64)
+    w = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi - lo < 1e-12:
+        return hi  # one score value: nothing is above it
+    hist, edges = np.histogram(scores, bins=bins, range=(lo, hi), weights=w)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1e-12)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    between[(w0 <= 0) | (w1 <= 0)] = -1
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def quantile_threshold(scores: np.ndarray, contamination: float, weights: np.ndarray | None = None) -> float:
+    """Score above which the top `contamination` share of (weighted) sessions lies."""
+    if not 0.0 < contamination < 1.0:
+        raise ConfigError(f"contamination={contamination}: must be in (0, 1)")
+    scores = np.asarray(scores, dtype=np.float64)
+    w = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
+    order = np.argsort(scores)
+    cum = np.cumsum(w[order]) / w.sum()
+    i = int(np.searchsorted(cum, 1.0 - contamination))
+    return float(scores[order][min(i, len(scores) - 1)])
+
+
+def choose_threshold(
+    rule: str,
+    *,
+    pool_scores: np.ndarray | None = None,
+    pool_weights: np.ndarray | None = None,
+    source_validation: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = (),
+    value: float = 0.0,
+    contamination: float = 0.05,
+) -> ThresholdResult:
+    """Apply one label-free rule. `source_validation` holds (system, scores, labels, weights) per source."""
+    if rule == "fixed":
+        return ThresholdResult(value, rule, "constant")
+    if rule == "source-f1":
+        per = {}
+        for system, scores, labels, weights in source_validation:
+            thr, f1 = best_f1_threshold(scores, labels, weights)
+            if np.isfinite(thr):
+                per[system] = {"threshold": round(thr, 5), "f1": round(f1, 4)}
+        if not per:
+            raise ConfigError("threshold rule 'source-f1' needs held-out source data with both classes")
+        med = float(np.median([v["threshold"] for v in per.values()]))
+        return ThresholdResult(med, rule, "held-out source data", {"per_system": per})
+    if rule in ("pool-otsu", "pool-quantile"):
+        if pool_scores is None or len(pool_scores) == 0:
+            raise ConfigError(f"threshold rule {rule!r} needs the target's unlabelled pool scores")
+        if rule == "pool-otsu":
+            thr = otsu_threshold(pool_scores, pool_weights)
+            details: dict = {}
+        else:
+            thr = quantile_threshold(pool_scores, contamination, pool_weights)
+            details = {"contamination": contamination}
+        w = np.ones(len(pool_scores)) if pool_weights is None else np.asarray(pool_weights, dtype=np.float64)
+        details["pool_flagged_share"] = round(float(w[np.asarray(pool_scores) > thr].sum() / w.sum()), 4)
+        return ThresholdResult(thr, rule, "target pool scores (unlabelled)", details)
+    raise ConfigError(f"threshold rule {rule!r}: must be one of {THRESHOLD_RULES}")

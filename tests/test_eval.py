@@ -1,0 +1,128 @@
+"""Benchmark harness: metrics, threshold rules, the label guard, and one tiny end-to-end `fusionlog eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eval.methods import METHODS, MethodOptions, TargetContext, register_method
+from eval.metrics import average_precision, binary_metrics, prf, roc_auc
+from eval.protocol import default_sources, run_method
+from fusionlog.data import hide_labels
+from fusionlog.detector import SystemSessions
+from fusionlog.threshold import best_f1_threshold, choose_threshold, otsu_threshold, quantile_threshold
+from fusionlog.training import LabelLeakError
+
+
+def test_metrics_on_a_hand_computed_case():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    # positives 0.35, 0.8, 0.9 vs negatives 0.1, 0.2, 0.4: 8 of 9 pairs ordered
+    assert roc_auc(labels, scores) == pytest.approx(8 / 9)
+    # ranking 0.9(+) 0.8(+) 0.4(-) 0.35(+): AP = (1 + 1 + 3/4) / 3
+    assert average_precision(labels, scores) == pytest.approx((1 + 1 + 0.75) / 3)
+    assert prf(labels, scores > 0.5) == pytest.approx((1.0, 2 / 3, 0.8))
+    assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)  # ties count half
+    m = binary_metrics(labels, scores, 0.3)
+    assert set(m) == {"precision", "recall", "f1", "roc_auc", "pr_auc"}
+
+
+def test_metrics_agree_with_sklearn_when_installed():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: many ties
+    assert roc_auc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores))
+    assert average_precision(labels, scores) == pytest.approx(sk.average_precision_score(labels, scores))
+
+
+def test_threshold_rules_use_no_target_labels():
+    rng = np.random.default_rng(0)
+    pool = np.r_[rng.normal(-3, 0.5, 950), rng.normal(3, 0.5, 50)]
+    assert -1.5 < otsu_threshold(pool) < 1.5
+    assert (pool > quantile_threshold(pool, 0.05)).mean() == pytest.approx(0.05)
+    thr, f1 = best_f1_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    assert 0.2 < thr < 0.8 and f1 == pytest.approx(1.0)
+    res = choose_threshold(
+        "source-f1", source_validation=[("a", np.array([0.0, 1.0]), np.array([0, 1]), np.array([1, 1]))]
+    )
+    assert res.source == "held-out source data" and 0.0 < res.value < 1.0
+    assert choose_threshold("pool-otsu", pool_scores=pool).source == "target pool scores (unlabelled)"
+
+
+def _context(prepared, pool_labels: bool = False, test_labels: bool = False) -> TargetContext:
+    target = prepared("bgl")
+    sessions = target.dataset.sessions
+    pool, test = sessions[:60], sessions[60:]
+    return TargetContext(
+        "bgl", "bgl",
+        [SystemSessions.from_prepared(prepared("openstack"))],
+        SystemSessions.from_prepared(target, pool if pool_labels else hide_labels(pool)),
+        test if test_labels else hide_labels(test),
+    )
+
+
+def test_harness_refuses_target_labels_in_training_data(prepared):
+    calls = []
+
+    @register_method("_spy", "records that it was called")
+    def spy(ctx, seed, options):  # pragma: no cover - must never run
+        calls.append(ctx)
+        raise AssertionError("a method ran on labelled target data")
+
+    try:
+        with pytest.raises(LabelLeakError, match="pool"):
+            run_method("_spy", _context(prepared, pool_labels=True), 0, MethodOptions())
+        with pytest.raises(LabelLeakError, match="test"):
+            run_method("_spy", _context(prepared, test_labels=True), 0, MethodOptions())
+        assert not calls
+        # the real methods are guarded the same way
+        with pytest.raises(LabelLeakError):
+            run_method("source-only", _context(prepared, pool_labels=True), 0, MethodOptions())
+    finally:
+        METHODS.pop("_spy", None)
+
+
+def test_unseen_template_baseline(prepared):
+    ctx = _context(prepared)
+    out = run_method("unseen-template", ctx, 0, MethodOptions())
+    seen = {e for s in ctx.pool.sessions for e in s.event_ids}
+    expected = [len(set(s.event_ids) - seen) for s in ctx.test]
+    np.testing.assert_array_equal(out.scores, expected)
+    assert out.threshold == 0.5
+
+
+def test_default_sources_never_share_the_target_system():
+    assert default_sources("hdfs-100k") == ["openstack", "hadoop", "bgl"]
+    assert default_sources("openstack") == ["hdfs", "hadoop", "bgl"]
+
+
+def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_path):
+    from fusionlog.cli import main
+
+    for name in ("bgl", "hdfs", "openstack", "hadoop"):
+        prepared(name)  # fill the test session's prepared cache
+    out = tmp_path / "run"
+    rc = main([
+        "-q", "eval", "--target", "bgl", "--methods", "unseen-template", "source-only", "--seeds", "1",
+        "--out", str(out), "--cache-dir", str(cache_root / "prepared"),
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+    ])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["target"] == "bgl"
+    assert res["sources"] == ["hdfs", "openstack", "hadoop"]
+    assert {"pool_sessions", "test_sessions", "test_anomalies"} <= set(res["split"])
+    assert res["split"]["pool_sessions"] + res["split"]["test_sessions"] == 100
+    keys = {"precision", "recall", "f1", "f1_std", "roc_auc", "pr_auc", "train_seconds", "score_seconds", "seeds"}
+    for name in ("unseen-template", "source-only"):
+        m = res["methods"][name]
+        assert keys <= set(m)
+        assert len(m["seeds"]) == 1
+        seed = m["seeds"][0]
+        assert {"seed", "threshold", "precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(seed)
+    assert res["methods"]["source-only"]["seeds"][0]["threshold_rule"]
+    assert (out / "results.md").read_text().count("| bgl |") == 2
+    assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0

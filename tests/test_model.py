@@ -1,0 +1,133 @@
+"""SessionModel and its inputs: length cap, rarity statistics, shapes, padding, save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusionlog.constants import CONFIG_NAME, MODEL_WEIGHTS_NAME
+from fusionlog.errors import ArtifactError, ConfigError
+from fusionlog.model import (
+    ANCHOR_TEXTS,
+    ReferenceStats,
+    SessionModel,
+    SessionModelConfig,
+    cap_events,
+    collapse_repeats,
+    encode_sessions,
+    make_batch,
+    score_encoded,
+)
+from fusionlog.types import Session
+
+TINY = SessionModelConfig(hidden=8, attention_dim=8, head_hidden=8, max_len=16, dropout=0.0)
+
+
+def _sessions(ids_list, label=None, system="t"):
+    return [Session(system, f"k{i}", list(ids), label) for i, ids in enumerate(ids_list)]
+
+
+def _tiny_model(seed: int = 0, config: SessionModelConfig = TINY) -> SessionModel:
+    torch.manual_seed(seed)
+    model = SessionModel(config)
+    model.set_anchor_vectors(torch.nn.functional.normalize(torch.randn(config.anchors, config.input_dim), dim=1))
+    return model.eval()
+
+
+def test_collapse_and_cap_keep_every_distinct_template():
+    assert collapse_repeats([1, 1, 2, 2, 2, 1]) == [1, 2, 1]
+    assert cap_events([5, 5, 5, 6], 8) == [5, 6]
+    # 40 steps alternating over 10 templates: too long after collapsing, so first occurrences are kept
+    seq = [i % 10 for i in range(40)]
+    assert cap_events(seq, 12) == list(range(10))
+    # 30 distinct templates > max_len: first and last halves
+    assert cap_events(list(range(30)), 10) == [0, 1, 2, 3, 4, 25, 26, 27, 28, 29]
+
+
+def test_reference_stats_rarity_and_leave_one_out():
+    corpus = _sessions([[0, 1], [0, 1], [0, 2]])
+    stats = ReferenceStats.from_sessions(corpus, n_templates=4)
+    assert stats.doc_freq.tolist() == [3, 2, 1, 0]
+    r = stats.event_rarity([0, 2, 3, -1], in_corpus=False)
+    assert r[0] == pytest.approx(0.0)  # in every session
+    assert r[2] == pytest.approx(1.0) and r[3] == pytest.approx(1.0)  # unseen and unknown
+    assert 0.0 < r[1] < 1.0
+    # template 2 occurs once: counted out for the session that holds it, it is "in no other session"
+    assert stats.event_rarity([2], in_corpus=True)[0] == pytest.approx(1.0)
+    f_new = stats.session_features([0, 1], in_corpus=False)
+    f_own = stats.session_features([0, 1], in_corpus=True)
+    assert f_own[0] > f_new[0]  # one fewer *other* session shares the set
+    back = ReferenceStats.from_dict(stats.to_dict())
+    assert back.set_counts == stats.set_counts and back.doc_freq.tolist() == stats.doc_freq.tolist()
+
+
+def test_encode_deduplicates_identical_sessions():
+    sess = _sessions([[0, 1], [0, 1], [0, 0, 1], [2]], label=0)
+    stats = ReferenceStats.from_sessions(sess, 3)
+    enc = encode_sessions(sess, stats, max_len=8, in_corpus=True)
+    # [0,1] twice and [0,0,1] (same after collapsing repeats, same set) form one group
+    assert len(enc) == 2
+    assert enc.counts.tolist() == [3, 1]
+    assert enc.index.tolist() == [0, 0, 0, 1]
+
+
+def test_forward_shapes_attention_and_padding_invariance(prepared):
+    p = prepared("openstack")
+    sessions = p.dataset.sessions[:6]
+    stats = ReferenceStats.from_sessions(p.dataset.sessions, len(p.dataset.templates))
+    enc = encode_sessions(sessions, stats, TINY.max_len, in_corpus=True)
+    vectors = torch.from_numpy(p.vectors)
+    model = _tiny_model()
+    batch = make_batch(enc, list(range(len(enc))), vectors)
+    out = model(batch.x, batch.mask, batch.session_features)
+    b, t = batch.mask.shape
+    assert out.logits.shape == (b,)
+    assert out.features.shape == (b, TINY.feature_dim)
+    assert out.attention.shape == (b, t)
+    assert torch.allclose(out.attention.sum(1), torch.ones(b), atol=1e-5)
+    assert torch.all(out.attention[~batch.mask] == 0)
+    # a session scored alone (no padding) gets the same logit as inside the padded batch
+    for g in range(len(enc)):
+        alone = make_batch(enc, [g], vectors)
+        logit = model(alone.x, alone.mask, alone.session_features).logits
+        assert logit.item() == pytest.approx(out.logits[g].item(), abs=1e-5)
+
+
+def test_save_load_gives_identical_scores(tmp_path, prepared):
+    p = prepared("hdfs")
+    stats = ReferenceStats.from_sessions(p.dataset.sessions, len(p.dataset.templates))
+    enc = encode_sessions(p.dataset.sessions[:300], stats, TINY.max_len, in_corpus=True)
+    vectors = torch.from_numpy(p.vectors)
+    model = _tiny_model(seed=3)
+    with torch.no_grad():  # non-trivial weights: far from the init distribution
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    before = score_encoded(model, enc, vectors)
+    model.save_pretrained(tmp_path)
+    files = {f.name for f in tmp_path.iterdir()}
+    assert {CONFIG_NAME, MODEL_WEIGHTS_NAME} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".bin", ".pickle"))]
+    loaded = SessionModel.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    np.testing.assert_array_equal(before, score_encoded(loaded, enc, vectors))
+
+
+def test_from_pretrained_refuses_missing_or_foreign_files(tmp_path):
+    with pytest.raises(ArtifactError, match="missing"):
+        SessionModel.from_pretrained(tmp_path)
+    _tiny_model().save_pretrained(tmp_path)
+    cfg = tmp_path / CONFIG_NAME
+    cfg.write_text(cfg.read_text().replace('"SessionModel"', '"Evil"'))
+    with pytest.raises(ArtifactError, match="model_type"):
+        SessionModel.from_pretrained(tmp_path)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="hidden"):
+        SessionModelConfig(hidden=0)
+    with pytest.raises(ConfigError, match="dropout"):
+        SessionModelConfig(dropout=1.5)
+    assert len(ANCHOR_TEXTS) == SessionModelConfig().anchors
