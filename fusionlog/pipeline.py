@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 #: Labelled session sets, one per system, the default sources (the target's own system is left out).
 DEFAULT_SOURCES: tuple[str, ...] = ("hdfs", "openstack", "hadoop", "bgl")
 SERVING_NAME = "serving.json"
+NEAREST_NAME = "nearest_source.json"
 DRAIN_STATE_NAME = "drain_state.json"
 ROUTER_DIR = "router"
 FUSE_CONFIG_NAME = "fuse_config.json"
@@ -191,6 +192,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
             ds.store.save(out / DRAIN_STATE_NAME)
         rule = cfg.rule or (spec.rule if spec is not None else _registry_rule(cfg.target))
         log_format = cfg.log_format or (spec.log_format if spec is not None else _registry_format(cfg.target))
+        atomic_write_json(out / NEAREST_NAME, {"nearest": _nearest_sources(route, len(ds.templates))})
         atomic_write_json(out / SERVING_NAME, {
             "system": ds.system,
             "parser": "drain" if ds.store is not None else "templates",
@@ -294,18 +296,34 @@ class _LazyLabeller:
             self._backend.close()
 
 
-def _registry_rule(target: str) -> SessionRule | None:
-    from fusionlog.data.registry import _REGISTRY
+def _nearest_sources(route, n_templates: int) -> list[dict | None]:
+    """Per target template, its nearest source template (for explanations at detection time)."""
+    out: list[dict | None] = []
+    for t in range(n_templates):
+        try:
+            m = route.template_match(t)
+        except (IndexError, KeyError):
+            out.append(None)
+            continue
+        if m.nearest is None or m.similarity is None:
+            out.append(None)
+        else:
+            out.append({"text": m.nearest.text, "system": m.nearest.system, "similarity": round(m.similarity, 4)})
+    return out
 
-    info = _REGISTRY.get(target.lower())
-    return info.spec.rule if info is not None and info.spec is not None else None
+
+def _registry_rule(target: str) -> SessionRule | None:
+    from fusionlog.data.registry import raw_form
+
+    form = raw_form(target)
+    return form[1] if form else None
 
 
 def _registry_format(target: str) -> str:
-    from fusionlog.data.registry import _REGISTRY
+    from fusionlog.data.registry import raw_form
 
-    info = _REGISTRY.get(target.lower())
-    return info.spec.log_format if info is not None and info.spec is not None else "<Content>"
+    form = raw_form(target)
+    return form[0] if form else "<Content>"
 
 
 class _Stages:

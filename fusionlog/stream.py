@@ -23,7 +23,6 @@ wall-clock timeouts, and both stop when a `threading.Event` is set. `detect_stre
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import queue
@@ -42,7 +41,7 @@ from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.formats import _TIME_FORMATS, compile_format, parse_timestamp
 from fusionlog.data.readers import decode_line
-from fusionlog.errors import ConfigError, DataError, FusionLogError
+from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
 logger = logging.getLogger(__name__)
@@ -661,25 +660,13 @@ def file_lines(
 
 
 def load_scorer(model_dir: Path | str):
-    """The artifact's `SessionScorer`, via `fusionlog.detector.load_scorer(dir)`; a clear error if absent."""
+    """The artifact's `SessionScorer` (`fusionlog.served.ArtifactScorer`)."""
     path = Path(model_dir)
     if not path.is_dir():
         raise DataError(f"{path}: model directory not found (expected a detector artifact folder)")
-    try:
-        detector = importlib.import_module("fusionlog.detector")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fusionlog.detector":
-            raise
-        raise FusionLogError(
-            "fusionlog.detector is not available in this install: detection needs "
-            "fusionlog.detector.load_scorer(model_dir) -> SessionScorer"
-        ) from None
-    loader = getattr(detector, "load_scorer", None)
-    if loader is None:
-        raise FusionLogError(
-            "fusionlog.detector has no load_scorer(model_dir) -> SessionScorer yet; cannot load " + str(path)
-        )
-    return loader(path)
+    from fusionlog.served import load_scorer as _load
+
+    return _load(path)
 
 
 # -- detection loop ----------------------------------------------------------------------------

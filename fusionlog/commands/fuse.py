@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         llm_base_url=args.llm_base_url, llm_adapter=args.llm_adapter, k_examples=args.k_examples, out=args.out,
         data_dir=args.data_dir, seed=args.seed, resume=args.resume, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, device=args.device, rule=rule_from_args(args),
+        log_format=args.log_format,
         progress=not args.quiet, distill=distill,
     )
     result = fuse(cfg, spec=spec)

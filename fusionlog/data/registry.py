@@ -264,3 +264,21 @@ def _register_all() -> None:
 
 
 _register_all()
+
+#: How raw lines of a *session* dataset's system look, so an artifact trained on template sequences can
+#: still read raw logs at detection time: (log format, session rule).
+RAW_FORMS: dict[str, tuple[str, SessionRule]] = {
+    "openstack": (r"<Level> <Component> \[<ADDR>\] <Content>", SessionRule("key", key_pattern=INSTANCE_KEY)),
+    "openstack-deeplog": (LOGHUB_FORMATS["OpenStack"], SessionRule("key", key_pattern=INSTANCE_KEY)),
+    "hdfs": (LOGHUB_FORMATS["HDFS"], SessionRule("key", key_pattern=BLOCK_KEY)),
+    "hdfs-100k": (LOGHUB_FORMATS["HDFS"], SessionRule("key", key_pattern=BLOCK_KEY)),
+    "hadoop": (LOGHUB_FORMATS["Hadoop"], SessionRule("lines", window=20)),
+}
+
+
+def raw_form(name: str) -> tuple[str, SessionRule] | None:
+    """(log format, session rule) of a named dataset's raw lines, or None when unknown."""
+    info = _REGISTRY.get(name.lower())
+    if info is not None and info.spec is not None:
+        return info.spec.log_format, info.spec.rule
+    return RAW_FORMS.get(name.lower())
