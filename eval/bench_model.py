@@ -5,6 +5,7 @@ folders (from `fusionlog prepare`), so it runs on a machine without drain3 or th
 a GPU box:
 
     python -m eval.bench_model --target openstack                       # CPU, default settings
+    fusionlog bench model --target openstack                            # the same
     python -m eval.bench_model --target openstack --device cuda --prepared-dir .bench_data --anchors a.npy
 
 Figures: `train_seconds` (general method: meta-learning + discriminator, default TrainConfig),
@@ -24,13 +25,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fusionlog.model import ANCHOR_TEXTS, SessionModelConfig, encode_sessions, make_batch
-from fusionlog.training.config import TrainConfig
-from fusionlog.training.data import SystemData
-from fusionlog.training.loop import train_model
 from fusionlog.types import Session
+
+# torch and the trainer are imported inside main(): `fusionlog bench` imports every eval/bench_*.py to
+# build its parser, and `fusionlog --help` must stay instant.
 
 #: The other-system source of each target (mirrors eval.protocol, kept here so this file stands alone).
 SYSTEM = {"hdfs": "hdfs", "hdfs-100k": "hdfs", "openstack": "openstack", "hadoop": "hadoop", "bgl": "bgl"}
@@ -63,6 +62,8 @@ def load_prepared_folder(folder: Path) -> tuple[str, np.ndarray, list[Session]]:
 
 def anchor_vectors(path: str | None, dim: int) -> tuple[np.ndarray, str]:
     """Anchor embeddings from a .npy, else the embedder, else random unit vectors (timing is unaffected)."""
+    from fusionlog.model import ANCHOR_TEXTS
+
     if path:
         return np.load(path, allow_pickle=False).astype(np.float32), f"file {path}"
     try:
@@ -75,8 +76,7 @@ def anchor_vectors(path: str | None, dim: int) -> tuple[np.ndarray, str]:
         return v / np.linalg.norm(v, axis=1, keepdims=True), f"random (embedder unavailable: {type(exc).__name__})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--target", default="openstack")
     ap.add_argument("--sources", nargs="+", help="default: one labelled set per other system")
     ap.add_argument("--prepared-dir", help="folder of prepared datasets (default: $FUSIONLOG_CACHE/prepared)")
@@ -88,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-repeats", type=int, default=3)
     ap.add_argument("--anchors", help=".npy of the anchor embeddings (else the embedder, else random)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from fusionlog.model import SessionModelConfig, encode_sessions, make_batch
+    from fusionlog.training.config import TrainConfig
+    from fusionlog.training.data import SystemData
+    from fusionlog.training.loop import train_model
 
     root = Path(args.prepared_dir) if args.prepared_dir else (
         Path(os.environ.get("FUSIONLOG_CACHE", Path.home() / ".cache" / "fusionlog")) / "prepared"
@@ -169,5 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(ap)
+    return main(ap.parse_args(argv))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())
