@@ -64,6 +64,7 @@ class EvalConfig:
     threshold_rule: str | None = None
     device: str = "cpu"
     train_overrides: dict = field(default_factory=dict)
+    route: bool = True  # split the test set with the semantic router and report per-part metrics
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -151,6 +152,26 @@ def build_context(
     summary = split.summary()
     summary["split_note"] = target.dataset.split_note or target.dataset.description
     return ctx, test_labels, summary
+
+
+def route_test(ctx: TargetContext) -> tuple[np.ndarray, dict]:
+    """Per test session "general" or "proprietary", from the training-free router (no labels read).
+
+    IDF weights come from the unlabelled pool, so test sessions influence nothing but their own route.
+    """
+    from fusionlog.prepare import PreparedDataset
+    from fusionlog.types import SessionDataset
+    from router import SemanticRouter
+
+    def as_prepared(ss: SystemSessions) -> PreparedDataset:
+        ds = SessionDataset(ss.name, ss.system, list(ss.templates or []), list(ss.sessions), False)
+        return PreparedDataset(ds, ss.vectors)
+
+    router = SemanticRouter().fit([as_prepared(s) for s in ctx.sources])
+    target = as_prepared(ctx.pool).dataset
+    res = router.split(target, ctx.pool.vectors, sessions=ctx.test, idf_sessions=ctx.pool.sessions)
+    parts = np.where(np.asarray(res.general_mask, dtype=bool), "general", "proprietary")
+    return parts, res.summary()
 
 
 def check_context(ctx: TargetContext) -> None:
@@ -253,6 +274,7 @@ def run_eval(
     ctx, labels, split = build_context(cfg, data_dir, cache_root, progress, embedder, loader, anchor_vectors)
     options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device)
     ceiling = SEQUENCE_CEILINGS.get(cfg.target)
+    parts, route_summary = route_test(ctx) if cfg.route else (None, None)
     methods: dict[str, dict] = {}
     curves: dict[str, np.ndarray] = {}
     all_scores: dict[str, list[np.ndarray]] = {}
@@ -260,6 +282,8 @@ def run_eval(
         entries = []
         for seed in cfg.seeds:
             out = run_method(name, ctx, seed, options)
+            if out.parts is None and parts is not None:
+                out.parts = parts
             metrics = binary_metrics(labels, out.scores, out.threshold)
             entries.append(seed_entry(SeedRun(seed, out, metrics), labels))
             curves.setdefault(name, np.asarray(out.scores, dtype=np.float64))
@@ -275,6 +299,7 @@ def run_eval(
         "notes": [TARGET_NOTES[cfg.target]] if cfg.target in TARGET_NOTES else [],
         "config": _jsonable(asdict(cfg)),
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "router": route_summary,
         "methods": methods,
     }
     return EvalRun(results, labels, curves, all_scores)
