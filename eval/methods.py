@@ -50,6 +50,13 @@ class MethodOptions:
     train_overrides: dict = field(default_factory=dict)  # TrainConfig fields given on the command line
     threshold_rule: str | None = None  # None = the detector default
     device: str = "cpu"
+    llm: str = "qwen2.5-coder-0.5b"  # for llm-only and fusionlog
+    llm_backend: str = "auto"
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_budget: int = 32  # llm-only: distinct test sequences asked; fusionlog: LLM calls per round
+    rounds: int = 2  # fusionlog distillation rounds
+    llm_backend_obj: Any = None  # a ready backend object (tests / programmatic use), replaces `llm`
+    llm_cache: str | None = None  # verdict cache path (default: the user cache)
 
 
 MethodFn = Callable[[TargetContext, int, MethodOptions], MethodOutput]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+import eval.fusion_methods  # noqa: F401  (registers llm-only and fusionlog)
 from eval.methods import METHODS, MethodOptions, MethodOutput, TargetContext
 from eval.metrics import binary_metrics, prf
 from fusionlog.config import register_config_type
@@ -65,6 +66,7 @@ class EvalConfig:
     device: str = "cpu"
     train_overrides: dict = field(default_factory=dict)
     route: bool = True  # split the test set with the semantic router and report per-part metrics
+    llm: dict = field(default_factory=dict)  # MethodOptions llm fields (llm, llm_backend, llm_budget, rounds, ...)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -272,7 +274,7 @@ def run_eval(
 ) -> EvalRun:
     t0 = time.perf_counter()
     ctx, labels, split = build_context(cfg, data_dir, cache_root, progress, embedder, loader, anchor_vectors)
-    options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device)
+    options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device, **cfg.llm)
     ceiling = SEQUENCE_CEILINGS.get(cfg.target)
     parts, route_summary = route_test(ctx) if cfg.route else (None, None)
     methods: dict[str, dict] = {}

@@ -155,16 +155,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     with stage("route"):
         router = SemanticRouter().fit(sources)
         route = router.split(ds, target.vectors, sessions=pool, idf_sessions=pool)
-    labeller = _LazyLabeller(cfg, router, route, pool, ds, backend, cache_path)
-
-    def rethreshold(det) -> None:
-        from fusionlog.threshold import choose_threshold
-
-        scores = det.decision_function(pool)
-        if det.threshold_rule in ("pool-otsu", "pool-quantile"):
-            det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores,
-                                                   contamination=det.contamination)
-            det.threshold_ = float(det.threshold_info_.value)
+    labeller = LazyLabeller(cfg, router, route, pool, ds, backend, cache_path)
 
     def evaluate(det) -> dict | None:
         if not test:
@@ -177,7 +168,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
 
     ctx = RoundContext(
         detector=detector, sources=src_ss, pool=pool, general_mask=np.asarray(route.general_mask, dtype=bool),
-        label_fn=labeller, rethreshold=rethreshold, evaluate=evaluate,
+        label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool), evaluate=evaluate,
         load_detector=Detector.from_pretrained,
     )
     with stage(f"distillation rounds (LLM {cfg.llm})"):
@@ -230,7 +221,20 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     return FuseResult(out, report, detector)
 
 
-class _LazyLabeller:
+def pool_rethreshold(det, pool) -> None:
+    """Re-apply the detector's label-free rule to the fine-tuned model's pool scores.
+
+    Rules that read held-out source data (`source-f1`) keep round 0's threshold.
+    """
+    from fusionlog.threshold import choose_threshold
+
+    if det.threshold_rule in ("pool-otsu", "pool-quantile"):
+        det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=det.decision_function(pool),
+                                               contamination=det.contamination)
+        det.threshold_ = float(det.threshold_info_.value)
+
+
+class LazyLabeller:
     """Builds the LLM backend on first use: a resumed or cached run may never need to load it."""
 
     def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None) -> None:

@@ -14,3 +14,24 @@ def test_results_carry_router_split_and_per_part_metrics(cache_root, embedder, d
     assert set(parts) <= {"general", "proprietary"}
     assert sum(p["sessions"] for p in parts.values()) == res["split"]["test_sessions"]
     assert sum(p["anomalies"] for p in parts.values()) == res["split"]["test_anomalies"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow
+def test_llm_methods_run_in_the_harness_with_a_real_small_llm(cache_root, embedder, data_dir, tmp_path):
+    """llm-only and fusionlog with SmolLM2-135M (real weights) on the tiny BGL target."""
+    cfg = EvalConfig(
+        target="bgl", sources=("hdfs", "openstack"), methods=("general", "llm-only", "fusionlog"), seeds=(0,),
+        train_overrides={"epochs": 2, "steps_per_epoch": 6},
+        llm={"llm": "smollm2-135m", "llm_budget": 3, "rounds": 1, "llm_cache": str(tmp_path / "v.sqlite")},
+    )
+    res = run_eval(cfg, data_dir, cache_root / "prepared", embedder=embedder).results
+    for name in ("llm-only", "fusionlog"):
+        seed = res["methods"][name]["seeds"][0]
+        assert seed["llm"] == "smollm2-135m"
+        assert 0 < seed["llm_calls"] <= 3 + 8
+        assert 0.0 <= res["methods"][name]["f1"] <= 1.0
+    assert res["methods"]["llm-only"]["seeds"][0]["unlabelled_sessions"] < res["split"]["test_sessions"]
+    assert res["methods"]["fusionlog"]["seeds"][0]["rounds_run"] == 1

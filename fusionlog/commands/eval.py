@@ -38,6 +38,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--prepared-dir", help="read already-prepared folders from here, never re-prepare "
                    "(machines without the raw data or the embedding model)")
+    p.add_argument("--llm", default="qwen2.5-coder-0.5b", help="LLM of the llm-only and fusionlog methods")
+    p.add_argument("--llm-backend", default="auto", choices=["auto", "transformers", "vllm", "openai"])
+    p.add_argument("--llm-base-url", default="http://127.0.0.1:8000/v1")
+    p.add_argument("--llm-budget", type=int, default=32,
+                   help="llm-only: distinct test sequences asked; fusionlog: LLM calls per round")
+    p.add_argument("--rounds", type=int, default=2, help="fusionlog: distillation rounds")
     p.add_argument("--anchors", help=".npy of the anchor-phrase embeddings (default: embed them now)")
     add_train_flags(p)
 
@@ -94,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             threshold_rule=args.threshold,
             device=args.device,
             train_overrides=overrides,
+            llm={"llm": args.llm, "llm_backend": args.llm_backend, "llm_base_url": args.llm_base_url,
+                 "llm_budget": args.llm_budget, "rounds": args.rounds},
         )
         result = run_eval(cfg, args.data_dir, Path(args.cache_dir) if args.cache_dir else None,
                           progress=not args.quiet, loader=loader, anchor_vectors=anchors)
