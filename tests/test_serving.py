@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -360,16 +359,16 @@ def test_real_uvicorn_on_loopback(scorer_factory, hdfs):
 
 @pytest.fixture()
 def fake_detector(monkeypatch, scorer_factory):
-    """Install `fusionlog.detector.load_scorer` returning the test scorer (the real module may not exist)."""
-    mod = types.ModuleType("fusionlog.detector")
+    """Make `fusionlog.served.load_scorer` return the test scorer (the plumbing under test is the CLI's)."""
+    import fusionlog.served
+
     made = []
 
     def load_scorer(path):
         made.append(scorer_factory())
         return made[-1]
 
-    mod.load_scorer = load_scorer
-    monkeypatch.setitem(sys.modules, "fusionlog.detector", mod)
+    monkeypatch.setattr(fusionlog.served, "load_scorer", load_scorer)
     return made
 
 
@@ -411,9 +410,8 @@ def test_detect_cli_stdin_and_bounded_memory(tmp_path, monkeypatch, fake_detecto
     assert {r["closed_by"] for r in rows} >= {"evicted", "flush"}
 
 
-def test_detect_cli_without_load_scorer_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fusionlog.detector", types.ModuleType("fusionlog.detector"))
-    with pytest.raises(FusionLogError, match="load_scorer"):  # fusionlog.cli prints it as one line, exit 2
+def test_detect_cli_on_a_folder_that_is_no_artifact_is_one_clear_error(tmp_path):
+    with pytest.raises(FusionLogError, match="missing config.json"):  # fusionlog.cli prints one line, exit 2
         _detect(["--model", str(tmp_path), "/dev/null"])
     with pytest.raises(FusionLogError, match="not found"):
         _detect(["--model", str(tmp_path / "missing"), "/dev/null"])
