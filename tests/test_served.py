@@ -66,3 +66,24 @@ def test_session_trained_artifact_reads_raw_lines(tmp_path, data_dir, cache_root
     assert len(scorer.detector.vectors_) > 92
     scores, _ = scorer.score_sessions([[0, 1, eid]])
     assert np.isfinite(scores).all()
+
+
+def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        top = name.split('.')[0]\n"
+        "        if top in ('vllm', 'peft', 'distill', 'router', 'faiss') or name.startswith('fusionlog.training'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fusionlog.served import load_scorer\n"
+        f"s = load_scorer({str(bgl_artifact)!r})\n"
+        "ids = [s.event_id('instruction cache parity error corrected') for _ in range(5)]\n"
+        "v = s.verdicts(['k'], [ids])[0]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('vllm', 'peft', 'distill', 'router', 'faiss')]\n"
+        "print(bad, v.events, type(v.score).__name__)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[] 5 float"
