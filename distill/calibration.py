@@ -50,25 +50,40 @@ class PlattCalibration:
         return cls(float(d["a"]), float(d["b"]), int(d.get("n", 0)), str(d.get("fit_on", "source")))
 
 
-def fit_platt(probs: np.ndarray, labels: np.ndarray, l2: float = 1e-2, iters: int = 50) -> PlattCalibration:
-    """Newton's method on the logistic loss over z = logit(p); a small L2 keeps it finite when the
-    classes separate perfectly (a handful of sessions can)."""
+def fit_platt(probs: np.ndarray, labels: np.ndarray, l2: float = 0.05, iters: int = 100) -> PlattCalibration:
+    """Damped Newton on the logistic loss over z = logit(p), with an L2 pull of `a` towards 1.
+
+    The pull and the step halving keep the fit finite when a handful of held-out sessions separate
+    perfectly (plain Newton then runs `a` off to hundreds and every output saturates at 0 or 1).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if probs.shape != y.shape or probs.size < 2 or len(set(y.tolist())) < 2:
         raise ConfigError("fit_platt: needs >= 2 held-out source sessions with both labels")
     z = np.log(np.clip(probs, _EPS, 1 - _EPS) / np.clip(1 - probs, _EPS, 1 - _EPS))
     x = np.stack([z, np.ones_like(z)], axis=1)
-    w = np.array([1.0, 0.0])
+    prior = np.array([1.0, 0.0])
     reg = np.diag([l2, 0.0]) * len(y)
+
+    def loss(w: np.ndarray) -> float:
+        t = x @ w
+        return float(np.sum(np.logaddexp(0.0, t) - y * t) + 0.5 * (w - prior) @ reg @ (w - prior))
+
+    w = prior.copy()
+    current = loss(w)
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -500, 500)))
-        grad = x.T @ (p - y) + reg @ (w - np.array([1.0, 0.0]))
+        grad = x.T @ (p - y) + reg @ (w - prior)
         hess = (x.T * (p * (1 - p))) @ x + reg + 1e-9 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if float(np.abs(step).max()) < 1e-8:
+        scale = 1.0
+        while scale > 1e-6 and loss(w - scale * step) > current:
+            scale /= 2
+        w_new = w - scale * step
+        new = loss(w_new)
+        if current - new < 1e-10:
             break
+        w, current = w_new, new
     return PlattCalibration(float(w[0]), float(w[1]), int(y.size))
 
 

@@ -152,6 +152,7 @@ class TuneJob:
     prompt: str = "label_session"
     data_dir: str | None = None
     calibrate_only: bool = False
+    adapter: str | None = None  # calibrate-only: calibrate this adapter (written into its folder)
     progress: bool = True
 
 
@@ -170,8 +171,9 @@ def run_tune(job: TuneJob) -> dict:
         return tune(job.model, prompt, datasets, out, job.tune, progress=job.progress)
     from distill.backends.transformers_local import TransformersBackend
 
-    backend = TransformersBackend(job.model)
+    backend = TransformersBackend(job.model, adapter=job.adapter)
     cal, quality = calibrate(backend, prompt, datasets, job.tune)
+    out = Path(job.adapter) if job.adapter else out
     out.mkdir(parents=True, exist_ok=True)
     cal.save(out / CALIBRATION_NAME)
     meta = {"base_identity": backend.model_id, "sources": list(job.sources), "calibration": asdict(cal),

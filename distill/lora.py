@@ -158,6 +158,8 @@ def tune(model_name: str | ResolvedModel, prompt: PromptTemplate, sources: Seque
             "lora_calibrated": _quality(held_y, cal_probs),
         },
         "calibration": asdict(calibration),
+        "heldout_probs": {"labels": held_y.tolist(), "base": [round(float(p), 6) for p in before],
+                          "lora": [round(float(p), 6) for p in after]},
         "seconds": round(time.perf_counter() - t0, 1),
         "train_seconds": round(train_seconds, 1),
     }
