@@ -86,12 +86,13 @@ def run_label(job: LabelJob) -> dict:
 
     examples_for = None
     if need_vectors:
-        from distill.retrieval import MeanVectorRetriever
+        from distill.retrieval import router_examples
         from fusionlog.prepare import prepare
+        from router import SemanticRouter
 
-        retriever = MeanVectorRetriever(k=job.label.k_examples, balanced=job.balanced_examples)
-        retriever.fit([prepare(name, job.data_dir, progress=job.progress) for name in src_names])
-        examples_for = retriever.bind(target_vectors)
+        router = SemanticRouter().fit([prepare(name, job.data_dir, progress=job.progress) for name in src_names])
+        route = router.split(dataset, target_vectors, sessions=sessions, idf_sessions=sessions)
+        examples_for = router_examples(router, route, sessions, job.label.k_examples, job.balanced_examples)
 
     small = load_small_probs(job.small_probs, len(sessions)) if job.small_probs else None
     calibration = _calibration(job)

@@ -1,7 +1,7 @@
-"""Few-shot examples: the labeller asks `examples_for(session) -> list[Example]`; this is the fallback.
+"""Few-shot examples: the labeller asks `examples_for(session) -> list[Example]`.
 
-The router (router/, FAISS) will offer the real k-nearest labelled source sessions; the labeller only
-sees the callable, so wiring it in changes no labeller code. Until then `MeanVectorRetriever` does
+`router_examples` is the real one: k nearest labelled source sessions through the router's FAISS index
+(used by `fusionlog label` and the main job). The labeller only sees the callable. `MeanVectorRetriever` does
 exact cosine search with numpy over labelled SOURCE sessions (never target labels), each session
 represented by the normalised mean of its distinct templates' vectors in the shared space (distinct,
 so a template repeated 200 times does not drown the rare error line).
@@ -110,3 +110,30 @@ class MeanVectorRetriever:
                             float(sims[i]), self.entries_[i].key) for i in picks]
 
         return examples_for
+
+
+def router_examples(router, route, sessions: Sequence[Session], k: int, balanced: bool = True) -> ExamplesFor:
+    """Few-shot examples through the router's FAISS index of labelled source sessions.
+
+    `route` is `router.split(...)` over exactly `sessions` (row i = sessions[i]); the labeller hands back
+    the same session objects, so rows are found by identity. Balanced: ceil(k/2) anomalous and
+    floor(k/2) normal neighbours, most similar first.
+    """
+    rows = {id(s): i for i, s in enumerate(sessions)}
+
+    def examples_for(session: Session) -> list[Example]:
+        row = rows.get(id(session))
+        if row is None or k <= 0:
+            return []
+        vec = route.session_vector(row)
+        if balanced:
+            picks = []
+            for label, n in ((1, math.ceil(k / 2)), (0, k // 2)):
+                picks += router.nearest_source_sessions(vec, n, label=label) if n else []
+        else:
+            picks = list(router.nearest_source_sessions(vec, k))
+        picks.sort(key=lambda nb: -nb.similarity)
+        return [Example(nb.system, tuple(nb.templates), int(nb.label), float(nb.similarity), nb.key)
+                for nb in picks if nb.label is not None]
+
+    return examples_for

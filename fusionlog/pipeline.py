@@ -239,11 +239,11 @@ class LazyLabeller:
 
     def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None) -> None:
         self.cfg, self.router, self.route, self.pool, self.ds = cfg, router, route, pool, ds
-        self._row = {id(s): i for i, s in enumerate(pool)}
         self._main = self._recheck = self._cache = None
         self._backend = backend
         self._owns_backend = backend is None
         self._cache_path = cache_path
+        self._examples = None
 
     def _build(self) -> None:
         from distill.backends import make_backend
@@ -268,18 +268,11 @@ class LazyLabeller:
 
     def examples_for(self, session):
         """Nearest labelled source sessions through the router's FAISS index, half anomalous, half normal."""
-        from distill.render import Example
+        if self._examples is None:
+            from distill.retrieval import router_examples
 
-        row = self._row.get(id(session))
-        if row is None or self.cfg.k_examples == 0:
-            return []
-        vec = self.route.session_vector(row)
-        k = self.cfg.k_examples
-        picks = []
-        for label, n in ((1, (k + 1) // 2), (0, k // 2)):
-            picks += self.router.nearest_source_sessions(vec, n, label=label) if n else []
-        picks.sort(key=lambda nb: -nb.similarity)
-        return [Example(nb.system, tuple(nb.templates), int(nb.label), nb.similarity, nb.key) for nb in picks]
+            self._examples = router_examples(self.router, self.route, self.pool, self.cfg.k_examples)
+        return self._examples(session)
 
     def __call__(self, sessions, probs, recheck):
         if self._main is None:
