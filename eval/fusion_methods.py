@@ -15,13 +15,14 @@ import numpy as np
 from eval.methods import MethodOptions, MethodOutput, TargetContext, register_method
 
 
-def _target_dataset(ctx: TargetContext, sessions):
+def target_dataset(ctx: TargetContext, sessions):
     from fusionlog.types import SessionDataset
 
     return SessionDataset(ctx.pool.name, ctx.system, list(ctx.pool.templates or []), list(sessions), False)
 
 
-def _router(ctx: TargetContext):
+def source_router(ctx: TargetContext):
+    """The training-free router fitted on the context's labelled sources (shared by methods and the harness)."""
     from fusionlog.prepare import PreparedDataset
     from fusionlog.types import SessionDataset
     from router import SemanticRouter
@@ -42,7 +43,7 @@ def _labeller(ctx: TargetContext, options: MethodOptions, sessions, router, rout
     from pathlib import Path
 
     cache = Path(options.llm_cache) if options.llm_cache else None
-    return LazyLabeller(cfg, router, route, list(sessions), _target_dataset(ctx, sessions),
+    return LazyLabeller(cfg, router, route, list(sessions), target_dataset(ctx, sessions),
                         options.llm_backend_obj, cache)
 
 
@@ -50,9 +51,9 @@ def _labeller(ctx: TargetContext, options: MethodOptions, sessions, router, rout
 def llm_only(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
     """Sequences beyond the budget get score 0.5 (no verdict) and are counted in `unlabelled_sessions`."""
     t0 = time.perf_counter()
-    router = _router(ctx)
+    router = source_router(ctx)
     test = list(ctx.test)
-    route = router.split(_target_dataset(ctx, ctx.pool.sessions), ctx.pool.vectors, sessions=test,
+    route = router.split(target_dataset(ctx, ctx.pool.sessions), ctx.pool.vectors, sessions=test,
                          idf_sessions=ctx.pool.sessions)
     labeller = _labeller(ctx, options, test, router, route)
     counts: dict[tuple, list[int]] = {}
@@ -88,8 +89,8 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     det = Detector(train_config=cfg, threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
     det.fit(ctx.sources, ctx.pool, ctx.anchor_vectors)
     pool = list(ctx.pool.sessions)
-    router = _router(ctx)
-    route = router.split(_target_dataset(ctx, pool), ctx.pool.vectors, sessions=pool, idf_sessions=pool)
+    router = source_router(ctx)
+    route = router.split(target_dataset(ctx, pool), ctx.pool.vectors, sessions=pool, idf_sessions=pool)
     labeller = _labeller(ctx, options, pool, router, route)
     rctx = RoundContext(det, ctx.sources, pool, np.asarray(route.general_mask, dtype=bool), labeller,
                         lambda d: pool_rethreshold(d, pool))

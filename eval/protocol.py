@@ -161,17 +161,11 @@ def route_test(ctx: TargetContext) -> tuple[np.ndarray, dict]:
 
     IDF weights come from the unlabelled pool, so test sessions influence nothing but their own route.
     """
-    from fusionlog.prepare import PreparedDataset
-    from fusionlog.types import SessionDataset
-    from router import SemanticRouter
+    from eval.fusion_methods import source_router, target_dataset
 
-    def as_prepared(ss: SystemSessions) -> PreparedDataset:
-        ds = SessionDataset(ss.name, ss.system, list(ss.templates or []), list(ss.sessions), False)
-        return PreparedDataset(ds, ss.vectors)
-
-    router = SemanticRouter().fit([as_prepared(s) for s in ctx.sources])
-    target = as_prepared(ctx.pool).dataset
-    res = router.split(target, ctx.pool.vectors, sessions=ctx.test, idf_sessions=ctx.pool.sessions)
+    router = source_router(ctx)
+    res = router.split(target_dataset(ctx, ctx.pool.sessions), ctx.pool.vectors, sessions=ctx.test,
+                       idf_sessions=ctx.pool.sessions)
     parts = np.where(np.asarray(res.general_mask, dtype=bool), "general", "proprietary")
     return parts, res.summary()
 
