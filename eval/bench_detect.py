@@ -61,13 +61,9 @@ class DemoScorer:
         eid = self.matcher.event_id(content)
         new = self.matcher.take_new()  # cheap unless this line was mined into a new template
         if new:
-            vecs = self.embedder.encode([t for _, t in new])
-            need = max(i for i, _ in new) + 1
-            if need > len(self.vectors):
-                pad = np.zeros((need - len(self.vectors), self.vectors.shape[1]), dtype=np.float32)
-                self.vectors = np.vstack([self.vectors, pad])
-            for (i, _), v in zip(new, vecs, strict=True):
-                self.vectors[i] = v
+            from fusionlog.embedding import grow_vectors
+
+            self.vectors = grow_vectors(self.vectors, new, self.embedder)
         return eid
 
     def template(self, event_id: int) -> str:

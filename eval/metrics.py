@@ -50,8 +50,8 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) at each distinct score, from the highest down."""
+def _cumulative_counts(labels: np.ndarray, scores: np.ndarray):
+    """(y, tp, fp, thresholds): true/false positives when cutting at each distinct score, highest first."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-s, kind="mergesort")
@@ -59,20 +59,20 @@ def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
     last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
     tp = np.cumsum(y)[last].astype(np.float64)
     fp = (last + 1 - tp).astype(np.float64)
+    return y, tp, fp, s[last]
+
+
+def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) at each distinct score, from the highest down."""
+    y, tp, fp, thresholds = _cumulative_counts(labels, scores)
     precision = tp / np.maximum(tp + fp, 1e-12)
     recall = tp / max(float(y.sum()), 1e-12)
-    return precision, recall, s[last]
+    return precision, recall, thresholds
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) from (0, 0) to (1, 1), one point per distinct score."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tp = np.cumsum(y)[last].astype(np.float64)
-    fp = (last + 1 - tp).astype(np.float64)
+    y, tp, fp, _ = _cumulative_counts(labels, scores)
     tpr = np.r_[0.0, tp / max(float(y.sum()), 1e-12)]
     fpr = np.r_[0.0, fp / max(float((~y).sum()), 1e-12)]
     return fpr, tpr

@@ -180,3 +180,20 @@ def _model_identity(path: Path) -> str:
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
         parts.append(f"{f.name}:{f.stat().st_size}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def grow_vectors(table: np.ndarray, new: Sequence[tuple[int, str]], embedder: Embedder) -> np.ndarray:
+    """Set row i to the vector of text t for each (i, t) in `new`, padding the table with zero rows as needed.
+
+    Used at detection time when a line mints a template (or widens one): its id may lie past the table.
+    Returns the (possibly new) table; rows not named in `new` are unchanged.
+    """
+    if not new:
+        return table
+    vecs = embedder.encode([t for _, t in new])
+    need = max(i for i, _ in new) + 1
+    if need > len(table):
+        table = np.vstack([table, np.zeros((need - len(table), table.shape[1]), dtype=np.float32)])
+    for (i, _), v in zip(new, vecs, strict=True):
+        table[i] = v
+    return table

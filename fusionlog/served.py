@@ -67,17 +67,11 @@ class ArtifactScorer:
 
     def _embed_new(self, new: list[tuple[int, str]]) -> None:
         """Grow the vector table for templates first seen now (or widened since their first line)."""
-        if self._embedder is None:
-            from fusionlog.embedding import Embedder
+        from fusionlog.embedding import Embedder, grow_vectors
 
+        if self._embedder is None:
             self._embedder = Embedder()
-        vecs = self._embedder.encode([text for _, text in new])
-        table = self.detector.vectors_
-        top = max(i for i, _ in new) + 1
-        if top > len(table):
-            table = np.concatenate([table, np.zeros((top - len(table), table.shape[1]), np.float32)])
-        for (i, _), v in zip(new, vecs, strict=True):
-            table[i] = v
+        table = grow_vectors(self.detector.vectors_, new, self._embedder)
         self.detector.vectors_ = table
         self.detector._vectors_t = torch.from_numpy(table)
         self.new_templates_embedded += len(new)

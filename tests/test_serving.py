@@ -21,6 +21,7 @@ from fusionlog.config import SessionRule
 from fusionlog.constants import UNKNOWN_EVENT
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.registry import BLOCK_KEY, LOGHUB_FORMATS, load_dataset
+from fusionlog.embedding import grow_vectors
 from fusionlog.errors import FusionLogError
 from fusionlog.matcher import TemplateMatcher
 from fusionlog.scoring import SessionVerdict
@@ -57,13 +58,7 @@ class LinearTestScorer:
         eid = self.matcher.event_id(content)
         new = self.matcher.take_new()
         if new:  # embed templates first seen now; a generalised template gets its vector refreshed
-            vecs = self.embedder.encode([t for _, t in new])
-            need = max(i for i, _ in new) + 1
-            if need > len(self.vectors):
-                self.vectors = np.vstack([self.vectors, np.zeros((need - len(self.vectors), self.vectors.shape[1]),
-                                                                 dtype=np.float32)])
-            for (i, _), v in zip(new, vecs, strict=True):
-                self.vectors[i] = v
+            self.vectors = grow_vectors(self.vectors, new, self.embedder)
         return eid
 
     def template(self, event_id: int) -> str:
