@@ -41,6 +41,7 @@ class MethodOutput:
     score_seconds: float = 0.0
     parts: np.ndarray | None = None  # (n_test,) part name per test session, for per-part F1
     extra: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # diagnostics saved in scores.npz (pool scores)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
     scores = det.decision_function(ctx.test)
     t2 = time.perf_counter()
     info = det.threshold_info_
+    pool_scores, pool_weights = det.pool_scores_
+    arrays = {"pool_scores": pool_scores, "pool_weights": pool_weights}
+    for system, v_scores, v_labels, v_weights in det.source_validation_:
+        arrays |= {f"val/{system}/scores": v_scores, f"val/{system}/labels": v_labels,
+                   f"val/{system}/weights": v_weights}
     return MethodOutput(
         scores, det.threshold_, t1 - t0, t2 - t1,
         extra={
@@ -121,6 +127,7 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
             "best_epoch": det.report_.best_epoch,
             "epochs_run": len(det.report_.history),
         },
+        arrays=arrays,
     )
 
 

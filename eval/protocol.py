@@ -255,6 +255,7 @@ class EvalRun:
     labels: np.ndarray
     curves: dict[str, np.ndarray] = field(default_factory=dict)  # first seed's test scores per method
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)  # every seed's test scores per method
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # "{method}/seed{n}/{name}" diagnostics
 
 
 def run_eval(
@@ -274,6 +275,7 @@ def run_eval(
     methods: dict[str, dict] = {}
     curves: dict[str, np.ndarray] = {}
     all_scores: dict[str, list[np.ndarray]] = {}
+    arrays: dict[str, np.ndarray] = {}
     for name in cfg.methods:
         entries = []
         for seed in cfg.seeds:
@@ -284,6 +286,7 @@ def run_eval(
             entries.append(seed_entry(SeedRun(seed, out, metrics), labels))
             curves.setdefault(name, np.asarray(out.scores, dtype=np.float64))
             all_scores.setdefault(name, []).append(np.asarray(out.scores, dtype=np.float32))
+            arrays |= {f"{name}/seed{seed}/{k}": np.asarray(v) for k, v in out.arrays.items()}
             logger.info("%s %s seed %d: f1 %.3f roc_auc %.3f (%.1fs train)", cfg.target, name, seed,
                         metrics["f1"], metrics["roc_auc"], out.train_seconds)
         methods[name] = summarise(entries, ceiling)
@@ -298,7 +301,7 @@ def run_eval(
         "router": route_summary,
         "methods": methods,
     }
-    return EvalRun(results, labels, curves, all_scores)
+    return EvalRun(results, labels, curves, all_scores, arrays)
 
 
 def _jsonable(d: dict) -> dict:

@@ -22,8 +22,9 @@ SCORES_NPZ = "scores.npz"
 
 
 def save_scores(run: EvalRun, path: Path) -> None:
-    """Test labels and every seed's test scores (plain arrays: np.load(..., allow_pickle=False) reads them)."""
-    arrays = {"labels": run.labels.astype(np.int64)}
+    """Test labels, every seed's test scores and the methods' diagnostics (pool scores, held-out source
+    scores), so threshold rules can be compared offline. Plain arrays: np.load(..., allow_pickle=False)."""
+    arrays = {"labels": run.labels.astype(np.int64), **run.arrays}
     for name, per_seed in run.scores.items():
         for entry, scores in zip(run.results["methods"][name]["seeds"], per_seed, strict=True):
             arrays[f"{name}/seed{entry['seed']}"] = np.asarray(scores, dtype=np.float32)

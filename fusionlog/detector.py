@@ -142,11 +142,14 @@ class Detector:
         self.model_ = result.model.cpu().eval()
         self._set_target(target, tgt_data.stats)
         pool_logits = score_encoded(self.model_, tgt_data.encoded, self._vectors_t, self.score_batch_size)
+        # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
+        self.pool_scores_ = (np.asarray(pool_logits), np.asarray(tgt_data.encoded.counts))
+        self.source_validation_ = [(v.system, v.scores, v.labels, v.counts) for v in result.validation]
         self.threshold_info_ = choose_threshold(
             self.threshold_rule,
             pool_scores=pool_logits,
             pool_weights=tgt_data.encoded.counts,
-            source_validation=[(v.system, v.scores, v.labels, v.counts) for v in result.validation],
+            source_validation=self.source_validation_,
             contamination=self.contamination,
         )
         self.threshold_ = float(self.threshold_info_.value)

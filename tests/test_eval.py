@@ -126,3 +126,12 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     assert res["methods"]["source-only"]["seeds"][0]["threshold_rule"]
     assert (out / "results.md").read_text().count("| bgl |") == 2
     assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0
+    # scores.npz keeps what a threshold rule reads, so rules can be compared offline without retraining
+    z = np.load(out / "scores.npz", allow_pickle=False)
+    assert len(z["labels"]) == res["split"]["test_sessions"]
+    assert len(z["source-only/seed0"]) == res["split"]["test_sessions"]
+    pool, weights = z["source-only/seed0/pool_scores"], z["source-only/seed0/pool_weights"]
+    assert len(pool) == len(weights) > 0 and weights.sum() == res["split"]["pool_sessions"]
+    again = choose_threshold("pool-otsu", pool_scores=pool, pool_weights=weights).value
+    assert again == pytest.approx(res["methods"]["source-only"]["seeds"][0]["threshold"])
+    assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
