@@ -1,6 +1,6 @@
 """Detect benchmark: `fusionlog detect` lines/s against plain drain3 parsing of the same file, in one run.
 
-    fusionlog bench detect [--repeat 20] [--model DIR] [--file LOG]
+    fusionlog bench detect [--repeat 20] [--model DIR] [--file LOG] [--threads 1] [--cache-size 32768]
 
 The file is BGL_2k repeated N times (real logs repeat lines a lot; that is what the template cache is
 for). "detect" is the whole streaming path: read bytes → header → event id (template matcher + exact
@@ -8,6 +8,9 @@ content cache) → 20-line sessions → torch scoring in batches → one JSON li
 sink). "plain drain3" is `TemplateMiner().add_log_message` on each line's content, timed once with the
 file reading and header split included (the same work detect does before parsing) and once on
 pre-split contents. Without `--model`, a `DemoScorer` stands in for the trained detector (see below).
+With `--model`, `--threads` and `--cache-size` set the served scorer's torch threads and score cache
+(`fusionlog.served`; `--cache-size 0` times the network on every session). The repeated file repeats its
+sessions exactly, so after the first round nearly every session is a cache hit; the cache stats are reported.
 Figures only; never asserted.
 """
 
@@ -107,15 +110,15 @@ def _repeat_file(src: Path, repeat: int, workdir: Path) -> Path:
 
 
 def run(repeat: int = 20, model: str | None = None, file: str | None = None, data_dir: str | None = None,
-        dataset: str = "bgl", rounds: int = 5) -> dict:
+        dataset: str = "bgl", rounds: int = 5, threads: int | None = None, cache_size: int | None = None) -> dict:
     from drain3 import TemplateMiner
     from drain3.template_miner_config import TemplateMinerConfig
 
-    from fusionlog.stream import HeaderParser, StreamLimits, detect_stream, file_lines, load_scorer
+    from fusionlog.stream import HeaderParser, StreamLimits, detect_stream, file_lines
 
     ddir = resolve_data_dir(data_dir)
     t_load = time.perf_counter()
-    scorer = load_scorer(model) if model else DemoScorer(dataset, ddir)
+    scorer = _load_model(model, threads, cache_size) if model else DemoScorer(dataset, ddir)
     load_s = time.perf_counter() - t_load
     src = Path(file) if file else ddir / dataset_info(dataset).spec.files[0].path
     workdir = Path(tempfile.mkdtemp(prefix="fusionlog-bench-detect-"))
@@ -169,6 +172,7 @@ def run(repeat: int = 20, model: str | None = None, file: str | None = None, dat
     total_lines = sum(1 for _ in file_lines(path))
     best = {k: min(v) for k, v in times.items()}
     stats = getattr(getattr(scorer, "matcher", None), "stats", None)
+    cache = getattr(scorer, "cache", None)
     return {
         "file": str(src),
         "repeat": repeat,
@@ -187,10 +191,26 @@ def run(repeat: int = 20, model: str | None = None, file: str | None = None, dat
         "detect_first_round_vs_plain_drain3_from_file": round(best["plain_file"] / times["detect"][0], 3),
         "detect_vs_plain_drain3_on_contents": round(best["plain_contents"] / best["detect"], 3),
         "matcher": stats.to_dict() if stats is not None else None,
+        "score_threads": getattr(scorer, "threads", None),
+        "score_cache": cache.stats() if cache is not None else None,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def _load_model(model: str, threads: int | None, cache_size: int | None):
+    """The served scorer; `threads` 0 = torch's own count, None = the served default (as for cache_size)."""
+    from fusionlog import served
+    from fusionlog.stream import load_scorer
+
+    if threads is None and cache_size is None:
+        return load_scorer(model)  # exactly what `fusionlog detect` loads
+    return served.load_scorer(
+        model,
+        threads=served.SCORE_THREADS if threads is None else (threads or None),
+        cache_size=served.CACHE_SIZE if cache_size is None else cache_size,
+    )
 
 
 def _plain_config(cls):
@@ -205,11 +225,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="raw log file to repeat (default: the dataset's 2k file)")
     p.add_argument("--dataset", default="bgl", help="raw-line dataset for the demo scorer (default bgl)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is reported")
+    p.add_argument("--threads", type=int, help="--model only: torch threads while scoring (0 = torch's default)")
+    p.add_argument("--cache-size", type=int, help="--model only: score cache entries (0 = no cache)")
     p.add_argument("--data-dir")
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run(args.repeat, args.model, args.file, args.data_dir, args.dataset, args.rounds)
+    result = run(args.repeat, args.model, args.file, args.data_dir, args.dataset, args.rounds,
+                 args.threads, args.cache_size)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """HTTP benchmark: POST /v1/detect throughput and latency with 64 concurrent clients on 127.0.0.1.
 
     fusionlog bench serve [--model DIR] [--requests 2000] [--duration 30] [--concurrency 64] [--lines 20]
+                          [--threads 1] [--cache-size 32768]
 
 The service runs in its own process (uvicorn, one worker, the real `fusionlog.serving` app) so the
 load generator does not share its interpreter; the clients are a minimal asyncio HTTP/1.1 client, one
@@ -8,6 +9,8 @@ keep-alive connection each.
 Each request carries `--lines` consecutive raw lines of the dataset's 2k file (sessionized and scored
 by the service). The run stops at `--requests` or `--duration` seconds, whichever comes first. Without
 `--model`, a `DemoScorer` (eval/bench_detect.py) stands in for the trained detector. Figures only.
+The payloads cycle through 64 windows, so with the served score cache (`--cache-size`, 0 = off) nearly
+every timed session is a cache hit; the server's hit and miss counters are reported.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ def _serve_only(args: argparse.Namespace) -> int:
     from fusionlog.serving import create_app
 
     if args.model:
-        from fusionlog.stream import load_scorer
+        from eval.bench_detect import _load_model
 
-        scorer = load_scorer(args.model)
+        scorer = _load_model(args.model, args.threads, args.cache_size)
     else:
         from eval.bench_detect import DemoScorer
 
@@ -146,6 +149,8 @@ async def _load(port: int, payloads: list[bytes], requests: int, duration: float
         },
         "server_mean_ms_in_app": round(1e3 * server_s / server_n, 3) if server_s and server_n else None,
         "server_sessions_scored": _metric(metrics, "fusionlog_sessions_scored_total"),
+        "server_score_cache_hits": _metric(metrics, "fusionlog_score_cache_hits_total"),
+        "server_score_cache_misses": _metric(metrics, "fusionlog_score_cache_misses_total"),
     }
 
 
@@ -164,6 +169,9 @@ def run(args: argparse.Namespace) -> dict:
         cmd += ["--model", args.model]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    for flag, value in (("--threads", args.threads), ("--cache-size", args.cache_size)):
+        if value is not None:
+            cmd += [flag, str(value)]
     env = dict(os.environ)
     if token:
         cmd += ["--token", token]
@@ -224,6 +232,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", type=int, default=20, help="raw lines per request (default 20)")
     p.add_argument("--warmup", type=int, default=20, help="requests sent before timing")
     p.add_argument("--token", default=None, help="run the service with this bearer token")
+    p.add_argument("--threads", type=int, help="--model only: torch threads while scoring (0 = torch's default)")
+    p.add_argument("--cache-size", type=int, help="--model only: score cache entries (0 = no cache)")
     p.add_argument("--data-dir")
     p.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
 

@@ -176,6 +176,20 @@ def _set_key(ids: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({int(e) for e in ids}))
 
 
+#: What a session's model input is a function of (given one model, its `ReferenceStats` and vector table).
+InputKey = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def input_key(ids: Sequence[int], max_len: int) -> InputKey:
+    """(capped event ids, sorted distinct ids): the identity of a session's model input, label aside.
+
+    Inference-only. `encode_sessions` groups sessions by exactly these two plus the label: the step
+    rarities are a function of the capped ids, the session features of the distinct-id set, and the
+    vectors of the capped ids' table rows. A serving cache keys scores by it (fusionlog.served).
+    """
+    return tuple(cap_events(ids, max_len) or [-1]), _set_key(ids)
+
+
 @dataclass
 class EncodedSessions:
     """Sessions of ONE system, deduplicated into groups of identical model input.

@@ -5,13 +5,18 @@ peft: serving must run where only the small model is installed. Raw lines are ma
 artifact's template list (`TemplateMatcher`, which also reads artifacts trained on template sequences,
 such as `openstack`); a line that matches nothing becomes a new template, embedded on the fly (the
 embedding model is loaded only then) and counted.
+
+Speed (issue 7): the network runs on one intra-op thread (`torch_threads`) and each distinct model input
+is scored once, then served from a bounded LRU (`ScoreCache`); real logs repeat the same sessions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,8 @@ import torch
 
 from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import UNKNOWN_EVENT
-from fusionlog.errors import ArtifactError
+from fusionlog.errors import ArtifactError, ConfigError
+from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.scoring import SessionVerdict
 from fusionlog.types import Session
 
@@ -28,12 +34,106 @@ logger = logging.getLogger(__name__)
 SERVING_NAME = "serving.json"
 NEAREST_NAME = "nearest_source.json"
 TOP_TEMPLATES = 3
+#: Torch intra-op threads while scoring. Why 1: the GRU runs a few small ops per time step, each an
+#: OpenMP parallel region; with 2 threads on a shared 2-core machine every region waits for the second
+#: thread to be scheduled: 256 sessions of 20 events took 2.3 s with 2 threads and 0.1 s with 1 (issue 7).
+SCORE_THREADS = 1
+#: Distinct model inputs whose score the scorer remembers (at most about 1 KB each: two id tuples of at
+#: most max_len ids and the attention row).
+CACHE_SIZE = 32_768
+
+#: `input_key` + the vector epochs of the session's detection-time templates (see `ScoreCache`).
+CacheKey = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+#: (logit, read-only attention over the capped ids)
+CachedScore = tuple[float, np.ndarray]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch intra-op threads, then restore the previous count (None: leave as is).
+
+    Scoped rather than set once at load, so loading a scorer does not change the thread count of a
+    process that also trains. The setting is process-wide: callers score under one lock (as serving does).
+    """
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ScoreCache:
+    """Bounded LRU: model-input key → (logit, attention), with hit and miss counters.
+
+    Why a hit is exact: for one loaded artifact the model, its `ReferenceStats` and `max_len` are fixed,
+    so a session's input is a function of `input_key` (capped ids → step rarities and table rows; distinct
+    ids → session features) and of the vector rows of its ids. Rows of artifact templates (ids below
+    `matcher.n_known`) never change: growing the table for new templates copies them unchanged. Rows of
+    detection-time templates do change: a new id reads the zero row until embedded, and a template widened
+    by later lines is re-embedded. So the key also carries, per detection-time id in the session, the epoch
+    of its row (bumped at every embedding); a session of artifact templates only carries none and stays
+    valid for the life of the scorer, while an entry that read an older row is never hit again and ages
+    out. Swapping the model or stats in place needs `clear()`.
+
+    Counters: every scored session is a hit (no network run of its own: a cached input, or a repeat of an
+    input earlier in the same call) or a miss. With `max_entries=0` nothing is stored, and the hits are the
+    in-call repeats only (which the scorer always ran once, as `encode_sessions` groups them).
+    Not thread-safe, like the scorer: callers hold the scorer's lock.
+    """
+
+    def __init__(self, max_entries: int = CACHE_SIZE) -> None:
+        if max_entries < 0:
+            raise ConfigError(f"ScoreCache.max_entries={max_entries}: must be >= 0 (0 = off)")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[CacheKey, CachedScore] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> CachedScore | None:
+        """The cached result (now the most recently used), counting a hit or a miss."""
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def record_hit(self) -> None:
+        """Count a session answered without a network run of its own (a repeat within one call)."""
+        self.hits += 1
+
+    def put(self, key: CacheKey, value: CachedScore) -> None:
+        if self.max_entries == 0:
+            return
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self), "max_entries": self.max_entries, "hits": self.hits, "misses": self.misses,
+                "evictions": self.evictions}
 
 
 class ArtifactScorer:
     """Implements `fusionlog.scoring.SessionScorer` over a saved Detector folder."""
 
-    def __init__(self, model_dir: Path | str, embedder=None) -> None:
+    def __init__(self, model_dir: Path | str, embedder=None, *, threads: int | None = SCORE_THREADS,
+                 cache_size: int = CACHE_SIZE) -> None:
+        """`threads`: torch intra-op threads while scoring (None = torch's setting); `cache_size`: 0 = no cache."""
         from fusionlog.detector import Detector
         from fusionlog.matcher import TemplateMatcher
 
@@ -51,6 +151,12 @@ class ArtifactScorer:
         self.nearest: list[dict | None] = list(nearest)
         self._embedder = embedder
         self.new_templates_embedded = 0
+        if threads is not None and threads < 1:
+            raise ConfigError(f"ArtifactScorer threads={threads}: must be >= 1 (or None)")
+        self.threads = threads
+        self.cache = ScoreCache(cache_size)
+        self._row_epoch: dict[int, int] = {}  # detection-time template id -> times its row was (re)embedded
+        self._last_inputs: list[np.ndarray] = []
 
     # -- parsing ---------------------------------------------------------------------------------
     def event_id(self, content: str) -> int:
@@ -75,30 +181,70 @@ class ArtifactScorer:
         self.detector.vectors_ = table
         self.detector._vectors_t = torch.from_numpy(table)
         self.new_templates_embedded += len(new)
+        for eid, _ in new:  # cached scores that read the old row must not be hit again (see ScoreCache)
+            self._row_epoch[eid] = self._row_epoch.get(eid, 0) + 1
 
     # -- scoring ---------------------------------------------------------------------------------
     def score_sessions(self, sessions: list[list[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Scores (n,) and, per session, attention over its model input (capped event ids)."""
-        from fusionlog.model import encode_sessions, make_batch
+        """Scores (n,) and, per session, attention over its model input (capped event ids).
 
-        det = self.detector
+        Each distinct model input runs through the network once: repeats within the call are scored
+        once, and inputs seen before come from `cache` (see `ScoreCache` for why a hit is exact).
+        """
         if not sessions:
+            self._last_inputs = []
             return np.zeros(0, np.float32), []
+        keys = [self._cache_key(ids) for ids in sessions]
+        found: dict[CacheKey, CachedScore] = {}
+        todo: dict[CacheKey, list[int]] = {}
+        for key, ids in zip(keys, sessions, strict=True):
+            if key in found or key in todo:
+                self.cache.record_hit()  # a repeat within this call skips the network too
+                continue
+            cached = self.cache.get(key)
+            if cached is None:
+                todo[key] = ids
+            else:
+                found[key] = cached
+        if todo:
+            for key, result in zip(todo, self._score_uncached(list(todo.values())), strict=True):
+                found[key] = result
+                self.cache.put(key, result)
+        self._last_inputs = [np.asarray(key[0], dtype=np.int64) for key in keys]
+        scores = np.array([found[key][0] for key in keys], dtype=np.float32)
+        return scores, [found[key][1] for key in keys]
+
+    def _cache_key(self, ids: Sequence[int]) -> CacheKey:
+        """`input_key` plus the vector-table epoch of each detection-time template the session holds."""
+        capped, distinct = input_key(ids, self.detector.model_.config.max_len)
+        n_known = self.matcher.n_known
+        if not distinct or distinct[-1] < n_known:  # sorted: only artifact templates (or unknown, -1)
+            return capped, distinct, ()
+        return capped, distinct, tuple(self._row_epoch.get(e, 0) for e in distinct if e >= n_known)
+
+    def _score_uncached(self, sessions: list[list[int]]) -> list[CachedScore]:
+        """Run the network on distinct sessions, in length-sorted batches (less padding) on `threads` threads."""
+        det = self.detector
         objs = [Session(det.system_, str(i), list(ids)) for i, ids in enumerate(sessions)]
         enc = encode_sessions(objs, det.stats_, det.model_.config.max_len, in_corpus=False, system=det.system_)
-        scores = np.empty(len(enc), np.float32)
-        attn: list[np.ndarray] = [np.zeros(0, np.float32)] * len(enc)
-        with torch.no_grad():
-            for start in range(0, len(enc), det.score_batch_size):
-                groups = list(range(start, min(start + det.score_batch_size, len(enc))))
+        out: list[CachedScore | None] = [None] * len(enc)
+        order = np.argsort([len(x) for x in enc.ids], kind="stable")
+        with torch.no_grad(), torch_threads(self.threads):
+            for start in range(0, len(order), det.score_batch_size):
+                groups = order[start : start + det.score_batch_size]
                 b = make_batch(enc, groups, det._vectors_t)
-                out = det.model_(b.x, b.mask, b.session_features)
-                scores[groups] = out.logits.float().numpy()
-                w = out.attention.float().numpy()
+                res = det.model_(b.x, b.mask, b.session_features)
+                logits = res.logits.float().numpy()
+                w = res.attention.float().numpy()
                 for row, g in enumerate(groups):
-                    attn[g] = w[row, : len(enc.ids[g])]
-        self._last_inputs = [enc.ids[g] for g in enc.index]
-        return scores[enc.index], [attn[g] for g in enc.index]
+                    attn = w[row, : len(enc.ids[g])].copy()  # a copy: the cache must not pin the batch
+                    attn.setflags(write=False)  # shared by every later hit
+                    out[g] = (float(logits[row]), attn)
+        return [out[g] for g in enc.index]  # type: ignore[misc]
+
+    def clear_cache(self) -> None:
+        """Forget cached scores; needed only after swapping the model, its stats or known vectors in place."""
+        self.cache.clear()
 
     def verdicts(self, keys: list[str], sessions: list[list[int]]) -> list[SessionVerdict]:
         scores, attn = self.score_sessions(sessions)
@@ -132,8 +278,9 @@ class ArtifactScorer:
         return SessionVerdict(key, score, anomalous, len(ids), top_templates, nearest, "; ".join(parts), new)
 
 
-def load_scorer(model_dir: Path | str) -> ArtifactScorer:
-    return ArtifactScorer(model_dir)
+def load_scorer(model_dir: Path | str, *, threads: int | None = SCORE_THREADS,
+                cache_size: int = CACHE_SIZE) -> ArtifactScorer:
+    return ArtifactScorer(model_dir, threads=threads, cache_size=cache_size)
 
 
 def _read_json(path: Path, default):

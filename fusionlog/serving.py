@@ -5,7 +5,7 @@
                       {"sessions": [{"key": k, "templates": [...]}]}   template texts or event ids
                       → {"verdicts": [SessionVerdict.to_dict(), ...], "stats": {...}}
     GET  /healthz     liveness + what is loaded (never needs the token)
-    GET  /metrics     Prometheus text format
+    GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
 
 Edge rules: the body is read with a byte cap (413 before or while reading), must be UTF-8 and JSON,
@@ -137,9 +137,14 @@ class Metrics:
             "counter", "scored sessions holding a template first seen at detection time"
         ),
         "fusionlog_errors_total": ("counter", "failed requests by error kind"),
+        "fusionlog_score_cache_hits_total": (
+            "counter", "sessions whose score came from the scorer's cache (no network run; 0 without a cache)"
+        ),
+        "fusionlog_score_cache_misses_total": ("counter", "sessions the scorer's network had to score"),
     }
 
-    _UNLABELLED = ("fusionlog_lines_total", "fusionlog_sessions_scored_total", "fusionlog_anomalies_total")
+    _UNLABELLED = ("fusionlog_lines_total", "fusionlog_sessions_scored_total", "fusionlog_anomalies_total",
+                   "fusionlog_score_cache_hits_total", "fusionlog_score_cache_misses_total")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -290,7 +295,9 @@ class DetectService:
                 keys, sessions, stats = self._from_lines(req.lines)
             else:
                 keys, sessions, stats = self._from_sessions(req.sessions or [])
+            cache_before = _cache_counts(self.scorer)
             verdicts = self.scorer.verdicts(keys, sessions) if sessions else []
+            cache_after = _cache_counts(self.scorer)
         finally:
             self.lock.release()
         out = [v.to_dict() for v in verdicts]
@@ -306,6 +313,9 @@ class DetectService:
         with_new = sum(1 for v in out if v.get("new_templates"))
         if with_new:
             m.inc("fusionlog_sessions_with_new_templates_total", with_new)
+        if cache_before is not None and cache_after is not None:
+            m.inc("fusionlog_score_cache_hits_total", cache_after[0] - cache_before[0])
+            m.inc("fusionlog_score_cache_misses_total", cache_after[1] - cache_before[1])
         return {"verdicts": out, "stats": stats}
 
     def _decode(self, body: bytes) -> DetectRequest:
@@ -389,6 +399,17 @@ class DetectService:
         except (KeyError, IndexError):
             raise ApiError(422, "invalid_request", f"{where}: {eid} is not an event id of this model") from None
         return eid
+
+
+def _cache_counts(scorer) -> tuple[int, int] | None:
+    """(hits, misses) of the scorer's score cache (`fusionlog.served.ScoreCache`), None if it has none.
+
+    Read under the scorer lock before and after scoring, so the per-request difference is exact.
+    """
+    cache = getattr(scorer, "cache", None)
+    if cache is None:
+        return None
+    return int(cache.hits), int(cache.misses)
 
 
 def _one_line(line: str) -> str:
@@ -515,6 +536,9 @@ def create_app(
             "fusionlog_threshold": ("decision threshold of the loaded model", float(scorer.threshold)),
             "fusionlog_uptime_seconds": ("seconds since start", time.time() - metrics.started),
         }
+        cache = getattr(scorer, "cache", None)
+        if cache is not None:
+            gauges["fusionlog_score_cache_entries"] = ("distinct model inputs in the score cache", float(len(cache)))
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(_MetricsMiddleware, metrics=metrics)

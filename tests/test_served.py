@@ -1,4 +1,5 @@
-"""Serving a real fused artifact: `detect` equals in-process scores; session-trained artifacts read raw lines."""
+"""Serving a real fused artifact: `detect` equals in-process scores; session-trained artifacts read raw lines;
+the fast scoring path (one torch thread, length-sorted batches, score cache) equals the previous path."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from distill.finetune import FinetuneConfig
 from distill.rounds import DistillConfig
 from fusionlog.data import load_dataset
 from fusionlog.detector import Detector
+from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.pipeline import FuseConfig, fuse
-from fusionlog.served import load_scorer
+from fusionlog.served import ArtifactScorer, load_scorer, torch_threads
+from fusionlog.types import Session
 
 
 def _fuse(out, target, sources):
@@ -87,3 +91,107 @@ def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bg
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[] 5 float"
+
+
+# -- the fast scoring path (issue 7) -----------------------------------------------------------------
+
+
+def _previous_path(scorer: ArtifactScorer, sessions: list[list[int]], threads: int | None = None):
+    """The scorer's path before issue 7: every call encodes all sessions and runs them in input order."""
+    det = scorer.detector
+    objs = [Session(det.system_, str(i), list(ids)) for i, ids in enumerate(sessions)]
+    enc = encode_sessions(objs, det.stats_, det.model_.config.max_len, in_corpus=False, system=det.system_)
+    scores = np.empty(len(enc), np.float32)
+    attn: list[np.ndarray] = [np.zeros(0, np.float32)] * len(enc)
+    with torch.no_grad(), torch_threads(threads):
+        for start in range(0, len(enc), det.score_batch_size):
+            groups = list(range(start, min(start + det.score_batch_size, len(enc))))
+            b = make_batch(enc, groups, det._vectors_t)
+            out = det.model_(b.x, b.mask, b.session_features)
+            scores[groups] = out.logits.float().numpy()
+            w = out.attention.float().numpy()
+            for row, g in enumerate(groups):
+                attn[g] = w[row, : len(enc.ids[g])]
+    return scores[enc.index], [attn[g] for g in enc.index]
+
+
+def _mixed_sessions(data_dir, n_templates: int) -> list[list[int]]:
+    """BGL's real windows, long random ones (past max_len, with unknown ids) and repeats of both."""
+    real = [s.event_ids for s in load_dataset("bgl", data_dir, progress=False).sessions]
+    rng = np.random.default_rng(0)
+    synthetic = [[int(e) for e in rng.integers(-1, n_templates, size=int(k))] for k in rng.integers(1, 150, size=40)]
+    return real + synthetic + real[:15] + synthetic[:5]
+
+
+def test_fast_cached_scores_equal_the_previous_path(bgl_artifact, data_dir):
+    scorer = load_scorer(bgl_artifact)
+    sessions = _mixed_sessions(data_dir, len(scorer.detector.vectors_))
+    threads = torch.get_num_threads()
+    ref_scores, ref_attn = _previous_path(scorer, sessions)
+    scores, attn = scorer.score_sessions(sessions)
+    assert torch.get_num_threads() == threads  # the scorer's one-thread setting is scoped to the call
+    assert np.abs(scores - ref_scores).max() < 1e-4
+    assert all(a.shape == r.shape and np.abs(a - r).max() < 1e-4 for a, r in zip(attn, ref_attn, strict=True))
+    # what the cache keys on is what encode_sessions groups by (all of these are unlabelled)
+    distinct = {input_key(ids, scorer.detector.model_.config.max_len) for ids in sessions}
+    assert scorer.cache.misses == len(distinct) == len(scorer.cache)
+    assert scorer.cache.hits == len(sessions) - len(distinct)
+    hits = scorer.cache.hits
+    again, attn_again = scorer.score_sessions(sessions)  # every session from the cache, bit for bit
+    assert scorer.cache.hits == hits + len(sessions) and scorer.cache.misses == len(distinct)
+    np.testing.assert_array_equal(again, scores)
+    assert all(np.array_equal(a, b) for a, b in zip(attn_again, attn, strict=True))
+    # no cache and torch's own thread count: the same scores
+    plain = ArtifactScorer(bgl_artifact, threads=None, cache_size=0)
+    assert np.abs(plain.score_sessions(sessions)[0] - ref_scores).max() < 1e-4
+    assert len(plain.cache) == 0
+
+
+def test_a_repeated_session_hits_the_cache_with_the_identical_verdict(bgl_artifact, data_dir):
+    scorer = load_scorer(bgl_artifact)
+    ids = load_dataset("bgl", data_dir, progress=False).sessions[3].event_ids
+    first = scorer.verdicts(["w3"], [ids])[0]
+    hits, misses = scorer.cache.hits, scorer.cache.misses
+    second = scorer.verdicts(["w3"], [ids])[0]
+    assert (scorer.cache.hits, scorer.cache.misses) == (hits + 1, misses)
+    assert second.to_dict() == first.to_dict()
+
+
+def test_a_widened_template_is_rescored_not_served_stale(bgl_artifact, embedder):
+    scorer = ArtifactScorer(bgl_artifact, embedder=embedder)
+    old_only = [0, 1, 2]
+    scorer.score_sessions([old_only])
+    eid = scorer.event_id("fan tray alpha overheated badly near rack")
+    assert eid >= scorer.matcher.n_known and scorer.new_templates_embedded == 1
+    session = [0, eid, 1]
+    stale = float(scorer.score_sessions([session])[0][0])
+    # a second line widens the template ("fan tray <*> ..."): same id, its vector row is re-embedded
+    assert scorer.event_id("fan tray beta overheated badly near rack") == eid
+    assert scorer.new_templates_embedded == 2 and "<" in scorer.template(eid)
+    misses = scorer.cache.misses
+    fresh = float(scorer.score_sessions([session])[0][0])
+    assert scorer.cache.misses == misses + 1  # not a hit on the entry that read the old row
+    expected = float(_previous_path(scorer, [session], threads=scorer.threads)[0][0])
+    assert fresh == pytest.approx(expected, abs=1e-7)
+    assert expected != pytest.approx(stale, abs=1e-7)  # the old entry would have been wrong
+    hits = scorer.cache.hits
+    scorer.score_sessions([old_only])  # artifact templates only: rows never change, the entry stays valid
+    assert scorer.cache.hits == hits + 1
+
+
+def test_service_exports_score_cache_counters(bgl_artifact):
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    body = {"sessions": [{"key": "a", "templates": [0, 1, 2]}, {"key": "b", "templates": [0, 1, 2]}]}
+    with TestClient(create_app(load_scorer(bgl_artifact))) as c:
+        first = c.post("/v1/detect", json=body).json()["verdicts"]
+        second = c.post("/v1/detect", json=body).json()["verdicts"]
+        text = c.get("/metrics").text
+    assert first == second
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    # request 1: one miss, and its in-request repeat a hit; request 2: two hits
+    assert float(samples["fusionlog_score_cache_misses_total"]) == 1
+    assert float(samples["fusionlog_score_cache_hits_total"]) == 3
+    assert float(samples["fusionlog_score_cache_entries"]) == 1

@@ -303,6 +303,9 @@ def test_metrics_count_requests_sessions_errors_and_latency(client):
     assert samples['fusionlog_request_duration_seconds_count{path="/v1/detect"}'] == 2
     assert samples['fusionlog_request_duration_seconds_bucket{le="+Inf",path="/v1/detect"}'] == 2
     assert samples["fusionlog_up"] == 1
+    # present from the start; this test scorer has no score cache (fusionlog.served.ScoreCache)
+    assert samples["fusionlog_score_cache_hits_total"] == samples["fusionlog_score_cache_misses_total"] == 0
+    assert "fusionlog_score_cache_entries" not in samples
     assert "# TYPE fusionlog_request_duration_seconds histogram" in text
 
 
