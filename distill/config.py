@@ -99,3 +99,43 @@ class TuneConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TuneConfig.dropout={self.dropout}: must be in [0, 1)")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+
+@register_config_type
+@dataclass(frozen=True)
+class RoundLoraConfig:
+    """LoRA on the LLM between distillation rounds (`--llm-lora`), from labels both models agree on.
+
+    Why agreement: neither model is trustworthy alone on a new system; a session the small model is
+    confident about *and* the LLM labels the same way is the cheapest label we can trust without
+    ground truth. The adapter is retrained from the base (or `--llm-adapter`) each round on every
+    agreement so far, so one round's mistake does not compound. Sized for a GPU; tests shrink it.
+    """
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    epochs: int = field(default=2, metadata={"help": "passes over the round's examples"})
+    max_steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps per round (None = none)"})
+    lr: float = 2e-4
+    grad_accum: int = 4
+    confident: float = field(default=0.8, metadata={"help": "small-model P (or 1-P) counted as confident"})
+    min_agreed: int = field(default=8, metadata={"help": "train only with at least this many agreed sequences"})
+    max_agreed: int = field(default=256, metadata={"help": "most confident agreed sequences used per round"})
+    balance_with_sources: bool = field(
+        default=True, metadata={"help": "top up the rarer class with labelled source sessions"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha < 1 or self.epochs < 1 or self.grad_accum < 1:
+            raise ConfigError("RoundLoraConfig: rank, alpha, epochs and grad_accum must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"RoundLoraConfig.max_steps={self.max_steps}: must be >= 1 or None")
+        if not 0.5 <= self.confident < 1.0:
+            raise ConfigError(f"RoundLoraConfig.confident={self.confident}: must be in [0.5, 1)")
+        if self.min_agreed < 1 or self.max_agreed < self.min_agreed:
+            raise ConfigError("RoundLoraConfig: need 1 <= min_agreed <= max_agreed")
+        if not 0.0 < self.lr < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("RoundLoraConfig: lr must be in (0, 1), dropout in [0, 1)")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))

@@ -9,11 +9,15 @@ Round 0 is the general-path model. Each later round:
   4. fine-tune the small model on source labels + confident general pseudo-labels (its own) + LLM
      soft labels weighted by the LLM's confidence (`distill.finetune`);
   5. re-threshold without labels, checkpoint, and stop when fewer than `stop_change` of the pool's
-     predictions changed, or after `rounds` rounds.
+     predictions changed, or after `rounds` rounds;
+  6. optional (`--llm-lora`, `RoundContext.llm_adapter`): train a LoRA adapter for the LLM on the
+     sequences the fine-tuned small model is confident about and the LLM labelled the same way,
+     save it in the round's checkpoint (`round_N/llm_adapter/`), and label with it from the next
+     round on. Its weights' hash is part of the LLM's identity, hence of every cache key.
 
-Every round ends with a full checkpoint (detector + `state.json` written last), so `--resume` starts
-after the last complete round, and LLM calls go through the labeller's SQLite cache, so a rerun never
-pays twice for a call.
+Every round ends with a full checkpoint (detector, LLM adapter, `state.json` written last), so
+`--resume` starts after the last complete round with that round's adapter, and LLM calls go through
+the labeller's SQLite cache, so a rerun never pays twice for a call.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from distill.config import RoundLoraConfig
 from distill.finetune import FinetuneConfig, finetune
 from fusionlog.config import register_config_type
 from fusionlog.errors import ArtifactError, ConfigError
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
 ROUNDS_DIR = "rounds"
+LLM_ADAPTER_DIR = "llm_adapter"
 
 
 @register_config_type
@@ -53,6 +60,7 @@ class DistillConfig:
     recheck: bool = field(default=True, metadata={"help": "send strong disagreements back to the LLM"})
     max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: RoundLoraConfig = field(default_factory=RoundLoraConfig)  # used only with --llm-lora
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.calls_per_round < 0 or self.max_rechecks < 0:
@@ -61,6 +69,8 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.confident={self.confident}: must be in (0.5, 1)")
         if self.max_fraction is not None and not 0.0 < self.max_fraction <= 1.0:
             raise ConfigError(f"DistillConfig.max_fraction={self.max_fraction}: must be in (0, 1]")
+        if not 0.0 <= self.stop_change < 1.0:
+            raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
 
 
 @dataclass
@@ -87,11 +97,34 @@ class RoundRecord:
     threshold: float = 0.0
     finetune: dict = field(default_factory=dict)
     test: dict | None = None  # metrics on the held-out test part (labels used only here)
+    llm_lora: dict | None = None  # --llm-lora: agreed labels, training summary, adapter path (None: off)
     seconds: float = 0.0
 
 
 LabelFn = Callable[[list[Session], np.ndarray, bool], tuple[dict[tuple, float], dict]]
 """(sessions, small-model probabilities, recheck?) -> ({event sequence: P(anomalous)}, stats)."""
+
+
+@dataclass(frozen=True)
+class AgreedLabel:
+    """One pool sequence both models label the same way, the (fine-tuned) small model confidently."""
+
+    session: Session  # a representative pool session (labels hidden)
+    label: int
+    llm_prob: float
+    small_prob: float  # mean over the pool sessions sharing the sequence
+
+
+class LLMAdapterHooks(Protocol):
+    """How the rounds adapt the LLM (`--llm-lora`); `fusionlog.pipeline.LazyLabeller` implements it."""
+
+    def train(self, agreed: list[AgreedLabel], out_dir: Path) -> dict:
+        """Train an adapter on `agreed` (+ whatever balancing it adds), write it to `out_dir`, return a summary."""
+        ...
+
+    def use(self, adapter: Path | None) -> None:
+        """Label with this adapter from now on (None: the base model / the user's --llm-adapter)."""
+        ...
 
 
 @dataclass
@@ -107,6 +140,7 @@ class RoundContext:
     evaluate: Callable[[object], dict | None] = lambda det: None  # test metrics, or None when unlabelled
     save_detector: Callable[[object, Path], None] = lambda det, path: det.save_pretrained(path)
     load_detector: Callable[[Path], object] | None = None
+    llm_adapter: LLMAdapterHooks | None = None  # set: train + switch the LLM's LoRA adapter every round
 
 
 def small_probs(detector, sessions: Sequence[Session]) -> np.ndarray:
@@ -125,6 +159,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
     history: list[RoundRecord] = []
     detector = ctx.detector
     start = 0
+    adapter: str | None = None  # the LLM adapter in use, relative to out_dir
     if resume:
         found = last_complete_round(rounds_dir)
         if found is not None:
@@ -134,6 +169,11 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
             detector = ctx.load_detector(rounds_dir / f"round_{r}")
             llm = {tuple(json.loads(k)): LLMVerdict(**v) for k, v in state["llm"].items()}
             history = [RoundRecord(**h) for h in state["history"]]
+            adapter = state.get("llm_adapter")
+            if ctx.llm_adapter is not None and adapter is not None:
+                if not (out_dir / adapter).is_dir():
+                    raise ArtifactError(f"resume: round {r} names LLM adapter {out_dir / adapter}, which is missing")
+                ctx.llm_adapter.use(out_dir / adapter)
             start = r + 1
             logger.info("resuming after round %d (%d LLM verdicts kept)", r, len(llm))
     if start == 0:
@@ -146,7 +186,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec.test = ctx.evaluate(detector)
         rec.seconds = round(time.perf_counter() - t0, 2)
         history.append(rec)
-        _checkpoint(ctx, detector, rounds_dir, 0, llm, history)
+        _checkpoint(ctx, detector, rounds_dir, 0, llm, history, adapter)
         if on_round:
             on_round(rec)
         start = 1
@@ -192,14 +232,24 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec.finetune = finetune(detector, ctx.sources, ctx.pool, teacher, weight, config.finetune)
         ctx.rethreshold(detector)
         # 5. bookkeeping, checkpoint, stop rule
-        pred = small_probs(detector, ctx.pool) > 0.5
+        p_end = small_probs(detector, ctx.pool)
+        pred = p_end > 0.5
         rec.labels_changed = round(float((pred != prev_pred).mean()), 4) if len(pred) else 0.0
         rec.pool_flagged = round(float(pred.mean()), 4) if len(pred) else 0.0
         rec.threshold = float(detector.threshold_)
         rec.test = ctx.evaluate(detector)
+        # 6. --llm-lora: the next round's LLM learns from this round's agreements
+        staged = None
+        if ctx.llm_adapter is not None:
+            rec.llm_lora, staged = _adapt_llm(ctx.llm_adapter, config.lora, ctx.pool, seqs, p_end, llm,
+                                              rounds_dir / f".round_{r}.{LLM_ADAPTER_DIR}.tmp", adapter)
+            if staged is not None:
+                adapter = rec.llm_lora["adapter"] = f"{ROUNDS_DIR}/round_{r}/{LLM_ADAPTER_DIR}"
         rec.seconds = round(time.perf_counter() - t0, 2)
         history.append(rec)
-        _checkpoint(ctx, detector, rounds_dir, r, llm, history)
+        _checkpoint(ctx, detector, rounds_dir, r, llm, history, adapter, staged)
+        if staged is not None:
+            ctx.llm_adapter.use(out_dir / adapter)  # type: ignore[union-attr, operator]
         if on_round:
             on_round(rec)
         prev_pred = pred
@@ -208,6 +258,43 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
                         100 * config.stop_change)
             break
     return detector, history
+
+
+def agreed_labels(pool: Sequence[Session], seqs: list[tuple], p_small: np.ndarray, llm: dict[tuple, LLMVerdict],
+                  config: RoundLoraConfig) -> list[AgreedLabel]:
+    """Distinct LLM-labelled sequences the small model labels the same way with P (or 1-P) >= confident.
+
+    Most confident first, at most `max_agreed`; ties keep pool order, so the list is deterministic.
+    """
+    members: dict[tuple, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        if seq in llm:
+            members.setdefault(seq, []).append(i)
+    out: list[tuple[float, int, AgreedLabel]] = []
+    for seq, idx in members.items():
+        v = llm[seq]
+        p = float(np.mean(p_small[idx]))
+        if int(p >= 0.5) == v.label and max(p, 1.0 - p) >= config.confident:
+            out.append((-max(p, 1.0 - p), idx[0], AgreedLabel(pool[idx[0]], v.label, v.prob, round(p, 4))))
+    out.sort(key=lambda t: (t[0], t[1]))
+    return [a for _, _, a in out[:config.max_agreed]]
+
+
+def _adapt_llm(hooks: LLMAdapterHooks, config: RoundLoraConfig, pool: Sequence[Session], seqs: list[tuple],
+               p_small: np.ndarray, llm: dict[tuple, LLMVerdict], staging: Path,
+               current: str | None) -> tuple[dict, Path | None]:
+    """Train the next round's adapter into `staging` (moved into the checkpoint later), or say why not."""
+    agreed = agreed_labels(pool, seqs, p_small, llm, config)
+    record: dict = {"labelled_with": current, "agreed": len(agreed),
+                    "agreed_anomalous": sum(a.label for a in agreed), "adapter": current, "skipped": None}
+    if len(agreed) < config.min_agreed:
+        record["skipped"] = f"{len(agreed)} agreed sequence(s) < min_agreed={config.min_agreed}; adapter kept"
+        logger.info("llm-lora: %s", record["skipped"])
+        return record, None
+    if staging.exists():
+        shutil.rmtree(staging)
+    record.update(hooks.train(agreed, staging))
+    return record, staging
 
 
 def _overall_budget(config: DistillConfig, n_pool: int, llm: dict) -> int:
@@ -248,17 +335,23 @@ def _add_stats(rec: RoundRecord, stats: dict) -> None:
     rec.abstained += int(stats.get("abstained_sequences", 0))
 
 
-def _checkpoint(ctx: RoundContext, detector, rounds_dir: Path, r: int, llm: dict, history: list[RoundRecord]) -> None:
-    """Detector + state.json into a temp folder, renamed into place: a kill leaves the last round whole."""
+def _checkpoint(ctx: RoundContext, detector, rounds_dir: Path, r: int, llm: dict, history: list[RoundRecord],
+                adapter: str | None = None, staged_adapter: Path | None = None) -> None:
+    """Detector (+ this round's LLM adapter) + state.json into a temp folder, renamed into place: a kill
+    leaves the last round whole. `adapter` (relative to the run folder) is the one `--resume` reloads."""
     rounds_dir.mkdir(parents=True, exist_ok=True)
     tmp = rounds_dir / f".round_{r}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     ctx.save_detector(detector, tmp)
+    if staged_adapter is not None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged_adapter), str(tmp / LLM_ADAPTER_DIR))
     state = {
         "round": r,
         "llm": {json.dumps(list(k)): asdict(v) for k, v in llm.items()},
         "history": [asdict(h) for h in history],
+        "llm_adapter": adapter,
     }
     atomic_write_json(tmp / STATE_NAME, state)
     replace_dir(tmp, rounds_dir / f"round_{r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,8 @@ class FuseConfig:
     llm_backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
     llm_base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "openai backend endpoint"})
     llm_adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (transformers backend)"})
+    llm_lora: bool = field(default=False, metadata={
+        "help": "train a LoRA adapter on the LLM each round from agreed labels (transformers backend; GPU advised)"})
     k_examples: int = field(default=2, metadata={"help": "retrieved source sessions per prompt"})
     out: str = field(default="", metadata={"help": "output folder (default runs/<target>)"})
     data_dir: str | None = None
@@ -65,6 +68,11 @@ class FuseConfig:
             raise ConfigError("FuseConfig.target is empty: give a dataset name, a .jsonl file or a raw log")
         if self.llm_backend not in ("auto", "transformers", "vllm", "openai"):
             raise ConfigError(f"FuseConfig.llm_backend={self.llm_backend!r}: auto, transformers, vllm or openai")
+        if self.llm_lora and resolve_backend(self.llm, self.llm_backend) != "transformers":
+            raise ConfigError(
+                f"--llm-lora (FuseConfig.llm_lora) trains and loads LoRA adapters with the transformers backend "
+                f"only; --llm-backend {resolve_backend(self.llm, self.llm_backend)} (--llm {self.llm}) cannot take "
+                f"one. Use --llm-backend transformers with local weights, or drop --llm-lora")
         if isinstance(self.distill, dict):
             from distill.rounds import DistillConfig
 
@@ -118,6 +126,8 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     from fusionlog.training import TrainConfig
     from router import SemanticRouter
 
+    if cfg.llm_lora and backend is not None:
+        raise ConfigError("--llm-lora trains the LLM the pipeline loads itself; it cannot adapt a backend passed in")
     t_start = time.perf_counter()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +165,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     with stage("route"):
         router = SemanticRouter().fit(sources)
         route = router.split(ds, target.vectors, sessions=pool, idf_sessions=pool)
-    labeller = LazyLabeller(cfg, router, route, pool, ds, backend, cache_path)
+    labeller = LazyLabeller(cfg, router, route, pool, ds, backend, cache_path, sources=src_ss)
 
     def evaluate(det) -> dict | None:
         if not test:
@@ -169,7 +179,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     ctx = RoundContext(
         detector=detector, sources=src_ss, pool=pool, general_mask=np.asarray(route.general_mask, dtype=bool),
         label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool), evaluate=evaluate,
-        load_detector=Detector.from_pretrained,
+        load_detector=Detector.from_pretrained, llm_adapter=labeller if cfg.llm_lora else None,
     )
     with stage(f"distillation rounds (LLM {cfg.llm})"):
         detector, history = run_rounds(ctx, cfg.distill, out, resume=cfg.resume,
@@ -191,12 +201,14 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
             "log_format": log_format,
         })
     final = history[-1]
+    adapters = [h.llm_lora["adapter"] for h in history if h.llm_lora and h.llm_lora.get("adapter")]
     report = {
         "target": cfg.target,
         "system": ds.system,
         "sources": src_names,
         "llm": cfg.llm,
         "llm_backend": resolve_backend(cfg.llm, cfg.llm_backend),
+        "llm_lora": {"enabled": bool(cfg.llm_lora), "final_adapter": adapters[-1] if adapters else None},
         "split": {"method": split_method, "pool_sessions": len(pool), "test_sessions": len(test),
                   "test_anomalies": int(sum(1 for s in test if s.label == 1))},
         "router": route.summary(),
@@ -235,36 +247,106 @@ def pool_rethreshold(det, pool) -> None:
 
 
 class LazyLabeller:
-    """Builds the LLM backend on first use: a resumed or cached run may never need to load it."""
+    """Builds the LLM backend on first use: a resumed or cached run may never need to load it.
 
-    def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None) -> None:
+    With `--llm-lora` it is also the rounds' `LLMAdapterHooks`: `train` renders agreed labels with the
+    labeller's own prompt and trains an adapter; `use` drops the backend so the next call rebuilds it
+    with that adapter (whose weights' hash enters the model id, hence every cache key).
+    """
+
+    def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None,
+                 sources=()) -> None:
         self.cfg, self.router, self.route, self.pool, self.ds = cfg, router, route, pool, ds
         self._main = self._recheck = self._cache = None
         self._backend = backend
         self._owns_backend = backend is None
         self._cache_path = cache_path
         self._examples = None
+        self._sources = list(sources)  # labelled SystemSessions, for class balance of LoRA examples
+        self._adapter: Path | None = Path(cfg.llm_adapter) if cfg.llm_adapter else None
+
+    @property
+    def adapter(self) -> Path | None:
+        """The adapter the LLM labels with now (None: the base model)."""
+        return self._adapter
 
     def _build(self) -> None:
         from distill.backends import make_backend
         from distill.cache import VerdictCache
-        from distill.config import BackendConfig, LabelConfig
+        from distill.config import BackendConfig
         from distill.labeller import Labeller
         from distill.prompts import load_prompt
 
         if self._backend is None:
             backend_name = resolve_backend(self.cfg.llm, self.cfg.llm_backend)
             self._backend = make_backend(BackendConfig(backend=backend_name, model=self.cfg.llm,
-                                                       adapter=self.cfg.llm_adapter,
-                                                       base_url=self.cfg.llm_base_url))
-        self._cache = VerdictCache(self._cache_path)
-        lc = LabelConfig(k_examples=self.cfg.k_examples)
+                                                       adapter=str(self._adapter) if self._adapter else None,
+                                                       device=self.cfg.device, base_url=self.cfg.llm_base_url))
+        if self._cache is None:
+            self._cache = VerdictCache(self._cache_path)
+        lc = self._label_config()
         examples = self.examples_for
         self._main = Labeller(self._backend, load_prompt("label_session"), lc, self._cache, examples,
                               progress=self.cfg.progress)
         self._recheck = Labeller(self._backend, load_prompt("recheck_disagreement"),
                                  replace(lc, prompt="recheck_disagreement"), self._cache, examples,
                                  progress=self.cfg.progress)
+
+    def _label_config(self):
+        from distill.config import LabelConfig
+
+        return LabelConfig(k_examples=self.cfg.k_examples)
+
+    def use(self, adapter: Path | None) -> None:
+        """Label with `adapter` from the next call on (None: back to the base / `--llm-adapter`)."""
+        if not self._owns_backend:
+            raise ConfigError("--llm-lora: cannot switch the adapter of a backend passed in to fuse()")
+        adapter = Path(adapter) if adapter is not None else (Path(self.cfg.llm_adapter) if self.cfg.llm_adapter
+                                                             else None)
+        if adapter != self._adapter:
+            self._adapter = adapter
+            self._release_backend()
+
+    def _release_backend(self) -> None:
+        """Free the LLM (training loads its own copy; the next label call rebuilds it)."""
+        if self._backend is not None and self._owns_backend:
+            self._backend.close()
+            self._backend = None
+            self._main = self._recheck = None
+
+    def train(self, agreed, out_dir: Path) -> dict:
+        """LoRA on the agreed labels (+ source sessions of the rarer class), rendered as the labeller asks."""
+        from distill.lora import tune_on_examples
+        from distill.prompts import load_prompt
+
+        lora = self.cfg.distill.lora
+        prompt = load_prompt("label_session")
+        examples = [(self._messages(prompt, a.session, self.ds.templates, self.ds.system), int(a.label))
+                    for a in agreed]
+        counts = [sum(1 for a in agreed if a.label == c) for c in (0, 1)]
+        extra = balance_from_sources(self._sources, counts, lora.seed) if lora.balance_with_sources else []
+        examples += [(self._messages(prompt, s, src.templates or [], src.system), int(s.label)) for s, src in extra]
+        random.Random(lora.seed).shuffle(examples)
+        source_counts = {"normal": sum(1 for s, _ in extra if s.label == 0),
+                         "anomalous": sum(1 for s, _ in extra if s.label == 1)}
+        info = {"kind": "round", "target_system": self.ds.system, "prompt": prompt.name,
+                "prompt_sha256": prompt.sha256, "k_examples": self.cfg.k_examples,
+                "agreed": {"normal": counts[0], "anomalous": counts[1]}, "source_examples": source_counts}
+        self._release_backend()  # one model in memory at a time
+        summary = tune_on_examples(self.cfg.llm, examples, Path(out_dir), lora, info=info,
+                                   init_adapter=Path(self.cfg.llm_adapter) if self.cfg.llm_adapter else None,
+                                   device=self.cfg.device, progress=self.cfg.progress)
+        return {**summary, "source_examples": source_counts}
+
+    def _messages(self, prompt, session, templates, system):
+        """The labeller's own rendering (few-shot examples exist only for pool sessions: none for sources)."""
+        from distill.labeller import render_messages
+
+        lc = self._label_config()
+        examples = None
+        if "examples" in prompt.variables and lc.k_examples:
+            examples = self.examples_for(session)[: lc.k_examples]
+        return render_messages(prompt, lc, session, templates, system, examples)
 
     def examples_for(self, session):
         """Nearest labelled source sessions through the router's FAISS index, half anomalous, half normal."""
@@ -291,6 +373,31 @@ class LazyLabeller:
             self._cache.close()
         if self._backend is not None and self._owns_backend:
             self._backend.close()
+
+
+def balance_from_sources(sources, counts: list[int], seed: int = 0) -> list[tuple[object, object]]:
+    """Labelled source sessions (distinct sequences, seeded pick) that bring each class up to the larger count.
+
+    Why: agreed labels on a new system are mostly "normal"; an adapter trained on one class only
+    learns to say that word. Returns (session, its SystemSessions) pairs; empty when already balanced.
+    """
+    target = max(counts)
+    out: list[tuple[object, object]] = []
+    for label in (0, 1):
+        need = target - counts[label]
+        if need <= 0:
+            continue
+        seen: set[tuple] = set()
+        pool = []
+        for src in sources:
+            for s in src.sessions:
+                key = (src.system, tuple(s.event_ids))
+                if s.label == label and key not in seen:
+                    seen.add(key)
+                    pool.append((s, src))
+        random.Random(seed + label).shuffle(pool)
+        out += pool[:need]
+    return out
 
 
 def _nearest_sources(route, n_templates: int) -> list[dict | None]:
@@ -365,6 +472,8 @@ def report_markdown(report: dict) -> str:
         f"- threshold: {report['threshold']['value']:.4f} ({report['threshold']['rule']}, "
         f"{report['threshold']['source']})",
         f"- wall time: {report['wall_seconds']} s",
+        *([f"- LLM LoRA (--llm-lora): final adapter {report['llm_lora']['final_adapter']}"]
+          if report.get("llm_lora", {}).get("enabled") else []),
         f"- {report['labels_note']}",
         "",
         "| round | LLM calls | labelled seq | rechecked | labels changed | precision | recall | F1 | ROC-AUC |",

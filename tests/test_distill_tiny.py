@@ -20,7 +20,7 @@ from distill.config import LabelConfig, TuneConfig  # noqa: E402
 from distill.labeller import render_messages  # noqa: E402
 from distill.prompts import load_prompt  # noqa: E402
 from fusionlog.data import load_dataset  # noqa: E402
-from fusionlog.errors import ArtifactError  # noqa: E402
+from fusionlog.errors import ArtifactError, ConfigError  # noqa: E402
 
 CHAT = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
         "{% if add_generation_prompt %}<assistant> {% endif %}")
@@ -153,6 +153,28 @@ def test_lora_tune_save_load_round_trip(tiny, tmp_path, ostack):
     (out / ADAPTER_META_NAME).write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="trained on"):
         TransformersBackend(str(tiny), adapter=out)
+
+
+def test_train_adapter_lowers_the_loss_on_its_examples(tiny, ostack):
+    """The one LoRA loop (llm-tune and the rounds' --llm-lora) on given (prompt, label) pairs."""
+    from distill.backends.transformers_local import TransformersBackend
+    from distill.config import RoundLoraConfig
+    from distill.lora import train_adapter
+
+    backend = TransformersBackend(str(tiny))
+    cfg = LabelConfig(k_examples=0, max_session_tokens=48)
+    examples = [(messages_for(ostack, i, cfg), i % 2) for i in range(4)]
+    before = [r.p_anomalous for r in backend.score([m for m, _ in examples])]
+    _, run = train_adapter(backend, examples, RoundLoraConfig(rank=4, alpha=8, epochs=3, grad_accum=2, lr=5e-2))
+    assert (run.examples, run.passes, run.steps, len(run.losses)) == (4, 12, 6, 12)
+    assert run.loss_after < run.loss_before
+    after = [r.p_anomalous for r in backend.score([m for m, _ in examples])]  # the adapter stays on
+    assert not np.allclose(before, after)
+    capped = TransformersBackend(str(tiny))
+    _, short = train_adapter(capped, examples, RoundLoraConfig(epochs=3, grad_accum=2, max_steps=1))
+    assert (short.passes, short.steps) == (2, 1)
+    with pytest.raises(ConfigError, match="no examples"):
+        train_adapter(TransformersBackend(str(tiny)), [], RoundLoraConfig())
 
 
 def run_cli(*argv) -> int:

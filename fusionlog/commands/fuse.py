@@ -19,9 +19,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-backend", default="auto", choices=["auto", "transformers", "vllm", "openai"])
     p.add_argument("--llm-base-url", default="http://127.0.0.1:8000/v1", help="openai backend endpoint")
     p.add_argument("--llm-adapter", help="LoRA adapter folder from `fusionlog llm-tune`")
+    p.add_argument("--llm-lora", action="store_true",
+                   help="after each round, LoRA-train the LLM on labels the small model and the LLM agree on, and "
+                        "label with it next round (transformers backend; meant for GPU runs)")
+    p.add_argument("--llm-lora-rank", type=int, default=8, help="LoRA rank of --llm-lora")
+    p.add_argument("--llm-lora-epochs", type=int, default=2, help="passes over each round's LoRA examples")
+    p.add_argument("--llm-lora-max-steps", type=int, help="cap on LoRA optimizer steps per round")
+    p.add_argument("--llm-lora-min-agreed", type=int, default=8,
+                   help="train the round's adapter only with at least this many agreed sequences")
     p.add_argument("--rounds", type=int, default=3, help="distillation rounds after the general path")
     p.add_argument("--calls-per-round", type=int, default=16, help="distinct sequences sent to the LLM per round")
     p.add_argument("--budget-fraction", type=float, help="cap LLM-labelled sessions at this share of the pool")
+    p.add_argument("--stop-change", type=float, default=0.01,
+                   help="stop when fewer than this share of pool labels change in a round (0: run every round)")
     p.add_argument("--k-examples", type=int, default=2, help="retrieved source sessions per prompt")
     p.add_argument("--out", default="", help="artifact folder (default runs/<target>)")
     p.add_argument("--resume", action="store_true", help="continue after the last complete round in --out")
@@ -36,17 +46,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from distill.config import RoundLoraConfig
     from distill.finetune import FinetuneConfig
     from distill.rounds import DistillConfig
     from fusionlog.pipeline import FuseConfig, fuse
 
     spec = spec_from_args(args.target, args)
+    lora = RoundLoraConfig(rank=args.llm_lora_rank, alpha=2 * args.llm_lora_rank, epochs=args.llm_lora_epochs,
+                           max_steps=args.llm_lora_max_steps, min_agreed=args.llm_lora_min_agreed, seed=args.seed)
     distill = DistillConfig(rounds=args.rounds, calls_per_round=args.calls_per_round,
-                            max_fraction=args.budget_fraction)
+                            max_fraction=args.budget_fraction, stop_change=args.stop_change, lora=lora)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
         target=args.target, sources=tuple(args.sources), llm=args.llm, llm_backend=args.llm_backend,
-        llm_base_url=args.llm_base_url, llm_adapter=args.llm_adapter, k_examples=args.k_examples, out=args.out,
+        llm_base_url=args.llm_base_url, llm_adapter=args.llm_adapter, llm_lora=args.llm_lora,
+        k_examples=args.k_examples, out=args.out,
         data_dir=args.data_dir, seed=args.seed, resume=args.resume, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, device=args.device, rule=rule_from_args(args),
         log_format=args.log_format,
