@@ -86,7 +86,10 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
 
     t0 = time.perf_counter()
     cfg = replace(TrainConfig(), **{**options.train_overrides, "seed": seed, "device": options.device})
-    det = Detector(train_config=cfg, threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
+    from fusionlog.model import SessionModelConfig
+
+    det = Detector(replace(SessionModelConfig(), **options.model_overrides), train_config=cfg,
+                   threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
     det.fit(ctx.sources, ctx.pool, ctx.anchor_vectors)
     pool = list(ctx.pool.sessions)
     router = source_router(ctx)

@@ -58,6 +58,7 @@ class MethodOptions:
     rounds: int = 2  # fusionlog distillation rounds
     llm_backend_obj: Any = None  # a ready backend object (tests / programmatic use), replaces `llm`
     llm_cache: str | None = None  # verdict cache path (default: the user cache)
+    model_overrides: dict = field(default_factory=dict)  # SessionModelConfig fields (`--model KEY=VALUE`)
 
 
 MethodFn = Callable[[TargetContext, int, MethodOptions], MethodOutput]
@@ -103,11 +104,13 @@ def unseen_template(ctx: TargetContext, seed: int, options: MethodOptions) -> Me
 
 def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forced: dict) -> MethodOutput:
     from fusionlog.detector import DEFAULT_THRESHOLD_RULE, Detector
+    from fusionlog.model import SessionModelConfig
     from fusionlog.training import TrainConfig
 
     fields = {**options.train_overrides, **forced, "seed": seed, "device": options.device}
     cfg = replace(TrainConfig(), **fields)
-    det = Detector(train_config=cfg, threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
+    det = Detector(replace(SessionModelConfig(), **options.model_overrides), train_config=cfg,
+                   threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
     t0 = time.perf_counter()
     det.fit(ctx.sources, ctx.pool, ctx.anchor_vectors)
     t1 = time.perf_counter()
@@ -129,6 +132,30 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
         },
         arrays=arrays,
     )
+
+
+@register_method(
+    "rarity", "label-free baseline: mean of the three rarity features vs the pool (no training), pool-otsu threshold"
+)
+def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
+    """How far "unusual here" alone goes: the model's own wide-path inputs, weighted equally, untrained.
+
+    Rarity of the session's template set and of its rarest and average template, each against the
+    unlabelled pool (pool sessions counted leave-one-out, as in training), so 0 = common, 1 = never seen.
+    """
+    from fusionlog.model import ReferenceStats
+    from fusionlog.threshold import choose_threshold
+
+    t0 = time.perf_counter()
+    n_templates = len(ctx.pool.vectors)
+    stats = ReferenceStats.from_sessions(ctx.pool.sessions, n_templates)
+    pool = np.array([stats.session_features(s.event_ids, True).mean() for s in ctx.pool.sessions])
+    rule = options.threshold_rule if options.threshold_rule in ("pool-otsu", "pool-quantile") else "pool-otsu"
+    thr = choose_threshold(rule, pool_scores=pool)
+    t1 = time.perf_counter()
+    scores = np.array([stats.session_features(s.event_ids, False).mean() for s in ctx.test], dtype=np.float32)
+    return MethodOutput(scores, thr.value, t1 - t0, time.perf_counter() - t1,
+                        extra={"threshold_rule": thr.rule, "threshold_source": thr.source})
 
 
 @register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")

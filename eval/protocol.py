@@ -58,7 +58,7 @@ METRIC_KEYS = ("precision", "recall", "f1", "roc_auc", "pr_auc")
 class EvalConfig:
     target: str
     sources: tuple[str, ...] | None = None  # None = DEFAULT_SOURCES minus the target's system
-    methods: tuple[str, ...] = ("unseen-template", "source-only", "general")
+    methods: tuple[str, ...] = ("unseen-template", "rarity", "source-only", "general")
     seeds: tuple[int, ...] = (0, 1, 2)
     pool_fraction: float = 0.6
     split_seed: int = 0
@@ -67,6 +67,7 @@ class EvalConfig:
     train_overrides: dict = field(default_factory=dict)
     route: bool = True  # split the test set with the semantic router and report per-part metrics
     llm: dict = field(default_factory=dict)  # MethodOptions llm fields (llm, llm_backend, llm_budget, rounds, ...)
+    model_overrides: dict = field(default_factory=dict)  # SessionModelConfig fields of the trained methods
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -269,7 +270,8 @@ def run_eval(
 ) -> EvalRun:
     t0 = time.perf_counter()
     ctx, labels, split = build_context(cfg, data_dir, cache_root, progress, embedder, loader, anchor_vectors)
-    options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device, **cfg.llm)
+    options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device, **cfg.llm,
+                            model_overrides=dict(cfg.model_overrides))
     ceiling = SEQUENCE_CEILINGS.get(cfg.target)
     parts, route_summary = route_test(ctx) if cfg.route else (None, None)
     methods: dict[str, dict] = {}

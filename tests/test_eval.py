@@ -94,6 +94,39 @@ def test_unseen_template_baseline(prepared):
     assert out.threshold == 0.5
 
 
+def test_rarity_baseline_ranks_sessions_by_how_unusual_they_are_in_the_pool(prepared):
+    from collections import Counter
+
+    from fusionlog.constants import UNKNOWN_EVENT
+    from fusionlog.types import Session
+
+    target = prepared("openstack")
+    pool, test = target.dataset.sessions[:1500], hide_labels(target.dataset.sessions[1500:2500])
+    sets = Counter(frozenset(s.event_ids) for s in pool)
+    common = next(s for s in test if frozenset(s.event_ids) == max(sets, key=sets.get))
+    test.append(Session("openstack", "odd", [*common.event_ids, UNKNOWN_EVENT]))  # same + one unknown line
+    ctx = TargetContext("openstack", "openstack", [SystemSessions.from_prepared(prepared("bgl"))],
+                        SystemSessions.from_prepared(target, hide_labels(pool)), test)
+    out = run_method("rarity", ctx, 0, MethodOptions())
+    assert out.scores.shape == (len(test),) and ((out.scores >= 0) & (out.scores <= 1)).all()
+    odd, usual = out.scores[-1], out.scores[test.index(common)]
+    assert usual < out.threshold < odd  # the commonest behaviour passes, the same plus an unknown line is flagged
+    assert out.scores.min() == pytest.approx(usual)
+    # the threshold is the pool's Otsu split, read from pool scores only
+    assert out.extra["threshold_rule"] == "pool-otsu" and out.extra["threshold_source"].startswith("target pool")
+
+
+def test_eval_model_overrides_are_typed_and_checked():
+    from fusionlog.commands.eval import parse_model_overrides
+    from fusionlog.errors import ConfigError
+
+    assert parse_model_overrides(["deep_bound=0.25", "rarity_in_gru=true", "hidden=32"]) == {
+        "deep_bound": 0.25, "rarity_in_gru": True, "hidden": 32}
+    for bad in ("deep_bound", "nope=1", "hidden=x", "deep_bound=-1", "bidirectional=maybe"):
+        with pytest.raises(ConfigError):
+            parse_model_overrides([bad])
+
+
 def test_default_sources_never_share_the_target_system():
     assert default_sources("hdfs-100k") == ["openstack", "hadoop", "bgl"]
     assert default_sources("openstack") == ["hdfs", "hadoop", "bgl"]

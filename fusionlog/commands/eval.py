@@ -1,6 +1,6 @@
 """`fusionlog eval`: the zero-label benchmark (issue 3) for one or more targets.
 
-    fusionlog eval --target openstack --methods unseen-template source-only general --seeds 3 --out runs/os
+    fusionlog eval --target openstack --methods unseen-template rarity source-only general --seeds 3 --out runs/os
 
 Writes results.json, results.md, roc.png and pr.png per target (in OUT, or OUT/<target> when several
 targets are given, plus OUT/summary.md). Training flags (--epochs, --meta-order, ...) come from
@@ -25,7 +25,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="labelled target dataset(s): openstack hdfs hadoop hdfs-100k bgl")
     p.add_argument("--sources", nargs="+", help="source datasets (default: one labelled set per other system)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to run (default: unseen-template source-only general); see --list-methods")
+                   help="methods to run (default: unseen-template rarity source-only general); see --list-methods")
     p.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1)")
     p.add_argument("--out", help="output folder")
@@ -45,6 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="llm-only: distinct test sequences asked; fusionlog: LLM calls per round")
     p.add_argument("--rounds", type=int, default=2, help="fusionlog: distillation rounds")
     p.add_argument("--anchors", help=".npy of the anchor-phrase embeddings (default: embed them now)")
+    p.add_argument("--model", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="SessionModelConfig field of the trained methods, e.g. --model deep_bound=0 (repeatable)")
     add_train_flags(p)
 
 
@@ -65,6 +67,31 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             g.add_argument(flag, dest=f"train_{f.name}", type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
                            help=help_text)
+
+
+def parse_model_overrides(items: list[str]) -> dict:
+    """`FIELD=VALUE` strings → typed SessionModelConfig fields; a clear error names a bad one."""
+    from fusionlog.errors import ConfigError
+    from fusionlog.model import SessionModelConfig
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(SessionModelConfig)}
+    out: dict = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in types:
+            raise ConfigError(f"--model {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = types[name]
+        try:
+            if kind == "bool":
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                out[name] = raw.lower() in ("true", "1")
+            else:
+                out[name] = {"int": int, "float": float}.get(kind, str)(raw)
+        except ValueError as exc:
+            raise ConfigError(f"--model {item!r}: {name} takes a {kind}") from exc
+    SessionModelConfig(**out)  # validate ranges now, before any data is read
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             threshold_rule=args.threshold,
             device=args.device,
             train_overrides=overrides,
+            model_overrides=parse_model_overrides(args.model_set),
             llm={"llm": args.llm, "llm_backend": args.llm_backend, "llm_base_url": args.llm_base_url,
                  "llm_budget": args.llm_budget, "rounds": args.rounds},
         )
