@@ -168,3 +168,25 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     again = choose_threshold("pool-otsu", pool_scores=pool, pool_weights=weights).value
     assert again == pytest.approx(res["methods"]["source-only"]["seeds"][0]["threshold"])
     assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
+
+
+def test_model_selection_uses_only_the_source_systems_as_pseudo_targets():
+    from eval.select import select
+
+    def runs(f1_os, f1_hadoop, f1_bgl, f1_hdfs):
+        by_target = {"openstack": f1_os, "hadoop": f1_hadoop, "bgl": f1_bgl, "hdfs": f1_hdfs}
+        systems = ["openstack", "hadoop", "bgl", "hdfs"]
+        out = []
+        for t in systems:  # each system as the pseudo-target of every pair of others
+            others = [s for s in systems if s != t]
+            for drop in others:
+                out.append((t, [s for s in others if s != drop], {"pool-otsu": (by_target[t], 0.1)}))
+        return out
+
+    # "b" is better on hdfs's sources; "a" only on hdfs itself, which must not influence the choice for hdfs
+    selection = {"a": runs(0.5, 0.5, 0.5, 0.99), "b": runs(0.6, 0.6, 0.6, 0.0)}
+    setting, rule, f1, n = select("hdfs", selection)
+    assert (setting, rule, n) == ("b", "pool-otsu", 3) and f1 == pytest.approx(0.6)
+    assert select("hdfs-100k", selection)[0] == "b"  # same system as hdfs: hdfs is excluded too
+    # for openstack, hdfs is a source: a's 0.99 there now counts
+    assert select("openstack", selection)[0] == "a"
