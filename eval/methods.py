@@ -155,7 +155,8 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     t1 = time.perf_counter()
     scores = np.array([stats.session_features(s.event_ids, False).mean() for s in ctx.test], dtype=np.float32)
     return MethodOutput(scores, thr.value, t1 - t0, time.perf_counter() - t1,
-                        extra={"threshold_rule": thr.rule, "threshold_source": thr.source})
+                        extra={"threshold_rule": thr.rule, "threshold_source": thr.source},
+                        arrays={"pool_scores": pool, "pool_weights": np.ones(len(pool))})
 
 
 @register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.metrics import prf
+from fusionlog.errors import ConfigError
 from fusionlog.threshold import THRESHOLD_RULES, best_f1_threshold, choose_threshold
 
 ORACLE = "oracle (test labels)"
@@ -28,15 +29,21 @@ def seed_thresholds(z, prefix: str) -> dict[str, float]:
     val = [(s, z[f"{prefix}/val/{s}/scores"], z[f"{prefix}/val/{s}/labels"], z[f"{prefix}/val/{s}/weights"])
            for s in systems]
     pool, weights = z[f"{prefix}/pool_scores"], z[f"{prefix}/pool_weights"]
-    return {rule: choose_threshold(rule, pool_scores=pool, pool_weights=weights, source_validation=val).value
-            for rule in THRESHOLD_RULES}
+    out = {}
+    for rule in THRESHOLD_RULES:
+        try:
+            out[rule] = choose_threshold(rule, pool_scores=pool, pool_weights=weights, source_validation=val).value
+        except ConfigError:  # the run lacks what this rule reads (e.g. no held-out source data): no figure
+            out[rule] = float("nan")
+    return out
 
 
 def study(run_dir: Path, method: str) -> dict[str, tuple[float, float]]:
     """{rule: (mean test F1, mean share flagged)} over the run's seeds."""
     z = np.load(run_dir / "scores.npz", allow_pickle=False)
     labels = z["labels"]
-    seeds = sorted(k for k in z.files if k.startswith(f"{method}/seed") and k.count("/") == 1)
+    seeds = sorted(k for k in z.files if k.startswith(f"{method}/seed") and k.count("/") == 1
+                   and f"{k}/pool_scores" in z.files)
     if not seeds:
         raise SystemExit(f"{run_dir}: no {method!r} scores with pool diagnostics (rerun `fusionlog eval`)")
     per: dict[str, list[tuple[float, float]]] = {}
@@ -45,6 +52,9 @@ def study(run_dir: Path, method: str) -> dict[str, tuple[float, float]]:
         rules = seed_thresholds(z, prefix)
         rules[ORACLE] = best_f1_threshold(scores, labels)[0]
         for rule, thr in rules.items():
+            if not np.isfinite(thr):
+                per.setdefault(rule, []).append((float("nan"), float("nan")))
+                continue
             flagged = scores > thr
             per.setdefault(rule, []).append((prf(labels, flagged)[2], float(flagged.mean())))
     return {rule: (float(np.mean([f for f, _ in v])), float(np.mean([s for _, s in v]))) for rule, v in per.items()}
