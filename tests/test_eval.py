@@ -190,3 +190,23 @@ def test_model_selection_uses_only_the_source_systems_as_pseudo_targets():
     assert select("hdfs-100k", selection)[0] == "b"  # same system as hdfs: hdfs is excluded too
     # for openstack, hdfs is a source: a's 0.99 there now counts
     assert select("openstack", selection)[0] == "a"
+
+
+def test_threshold_study_applies_every_rule_to_saved_scores(tmp_path):
+    from eval.threshold_study import ORACLE, study
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.1).astype(np.int64)
+    scores = labels * 3.0 + rng.normal(0, 0.5, 400)  # separable: the oracle reaches F1 ~1
+    pool = np.r_[rng.normal(0, 0.5, 540), rng.normal(3, 0.5, 60)]
+    arrays = {"labels": labels, "m/seed0": scores, "m/seed0/pool_scores": pool, "m/seed0/pool_weights": np.ones(600),
+              "m/seed0/val/a/scores": np.r_[rng.normal(0, 0.5, 90), rng.normal(3, 0.5, 10)],
+              "m/seed0/val/a/labels": np.r_[np.zeros(90), np.ones(10)], "m/seed0/val/a/weights": np.ones(100),
+              "other/seed0": scores}  # a method without diagnostics is skipped, not a crash
+    np.savez(tmp_path / "scores.npz", **arrays)
+    res = study(tmp_path, "m")
+    assert set(res) == {"fixed", "source-f1", "pool-otsu", "pool-quantile", ORACLE}
+    assert res[ORACLE][0] > 0.95 and all(res[ORACLE][0] >= f for f, _ in res.values())
+    assert res["pool-otsu"][0] > 0.9 and 0.05 < res["pool-otsu"][1] < 0.15  # bimodal pool: Otsu lands right
+    with pytest.raises(SystemExit, match="no 'other' scores"):
+        study(tmp_path, "other")
