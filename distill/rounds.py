@@ -59,6 +59,8 @@ class DistillConfig:
     general_weight: float = field(default=0.5, metadata={"help": "weight of confident general pseudo-labels"})
     recheck: bool = field(default=True, metadata={"help": "send strong disagreements back to the LLM"})
     max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
+    probe_per_class: int = field(default=6, metadata={
+        "help": "labelled source sequences per class the LLM answers before round 1 (its trust); 0 = off"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: RoundLoraConfig = field(default_factory=RoundLoraConfig)  # used only with --llm-lora
 
@@ -69,6 +71,8 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.confident={self.confident}: must be in (0.5, 1)")
         if self.max_fraction is not None and not 0.0 < self.max_fraction <= 1.0:
             raise ConfigError(f"DistillConfig.max_fraction={self.max_fraction}: must be in (0, 1]")
+        if self.probe_per_class < 0:
+            raise ConfigError(f"DistillConfig.probe_per_class={self.probe_per_class}: must be >= 0")
         if not 0.0 <= self.stop_change < 1.0:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
 
@@ -98,11 +102,16 @@ class RoundRecord:
     finetune: dict = field(default_factory=dict)
     test: dict | None = None  # metrics on the held-out test part (labels used only here)
     llm_lora: dict | None = None  # --llm-lora: agreed labels, training summary, adapter path (None: off)
+    llm_probe: dict | None = None  # round 0: the LLM on labelled source sequences (AUC, trust); None: no probe
     seconds: float = 0.0
 
 
 LabelFn = Callable[[list[Session], np.ndarray, bool], tuple[dict[tuple, float], dict]]
 """(sessions, small-model probabilities, recheck?) -> ({event sequence: P(anomalous)}, stats)."""
+
+
+ProbeFn = Callable[[int], tuple[list[float], list[int], dict]]
+"""(sequences per class) -> (the LLM's P(anomalous) on labelled source sequences, their labels, stats)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ class RoundContext:
     save_detector: Callable[[object, Path], None] = lambda det, path: det.save_pretrained(path)
     load_detector: Callable[[Path], object] | None = None
     llm_adapter: LLMAdapterHooks | None = None  # set: train + switch the LLM's LoRA adapter every round
+    probe_fn: ProbeFn | None = None  # set: measure the LLM on labelled source sequences before trusting it
 
 
 def small_probs(detector, sessions: Sequence[Session]) -> np.ndarray:
@@ -184,12 +194,19 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         preds = small_probs(detector, ctx.pool) > 0.5
         rec.pool_flagged = round(float(preds.mean()), 4) if len(preds) else 0.0
         rec.test = ctx.evaluate(detector)
+        if ctx.probe_fn is not None and config.probe_per_class > 0 and config.rounds > 0:
+            rec.llm_probe = probe_llm(ctx.probe_fn, config.probe_per_class, rec)
         rec.seconds = round(time.perf_counter() - t0, 2)
         history.append(rec)
         _checkpoint(ctx, detector, rounds_dir, 0, llm, history, adapter)
         if on_round:
             on_round(rec)
         start = 1
+    trust = float((history[0].llm_probe or {}).get("trust", 1.0))
+    if trust <= 0.0:
+        logger.warning("the LLM labels source sessions no better than chance (%s): its labels would be noise, so "
+                       "no distillation round runs and the general-path model is kept", history[0].llm_probe)
+        return detector, history
     prev_pred = small_probs(detector, ctx.pool) > 0.5
     budget_left = _overall_budget(config, len(ctx.pool), llm)
     for r in range(start, config.rounds + 1):
@@ -228,7 +245,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
             v = llm.get(seq)
             if v is not None:
                 teacher[i] = v.prob
-                weight[i] = max(abs(2 * v.prob - 1), 0.05)
+                weight[i] = max(abs(2 * v.prob - 1), 0.05) * trust
         rec.finetune = finetune(detector, ctx.sources, ctx.pool, teacher, weight, config.finetune)
         ctx.rethreshold(detector)
         # 5. bookkeeping, checkpoint, stop rule
@@ -258,6 +275,35 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
                         100 * config.stop_change)
             break
     return detector, history
+
+
+def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord) -> dict:
+    """Ask the LLM about labelled *source* sequences and turn its ranking into a trust in [0, 1].
+
+    Why: a teacher that cannot tell the classes apart on systems whose labels we hold (a small model
+    that calls everything anomalous, a server answering garbage) only adds noise to the distillation.
+    trust = 2 * ROC-AUC - 1, clipped: 0 at chance or worse (then no round runs), 1 for a perfect ranking;
+    LLM soft labels are weighted by it. The calls are paid (and cached) like any other.
+    """
+    probs, labels, stats = probe_fn(per_class)
+    _add_stats(rec, stats)
+    y = np.asarray(labels, dtype=np.int64)
+    auc = ranking_auc(np.asarray(probs, dtype=np.float64), y)
+    if auc is None:
+        return {"probes": len(y), "anomalous": int(y.sum()), "auc": None, "trust": 1.0,
+                "note": "too few answered probes of each class: LLM labels used unweighted"}
+    trust = float(np.clip(2.0 * auc - 1.0, 0.0, 1.0))
+    logger.info("LLM probe on %d labelled source sequences: ROC-AUC %.3f -> trust %.2f", len(y), auc, trust)
+    return {"probes": len(y), "anomalous": int(y.sum()), "auc": round(auc, 4), "trust": round(trust, 4)}
+
+
+def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC-AUC by pairwise comparison (ties count half); None without both classes."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
 def agreed_labels(pool: Sequence[Session], seqs: list[tuple], p_small: np.ndarray, llm: dict[tuple, LLMVerdict],

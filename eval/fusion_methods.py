@@ -44,7 +44,7 @@ def _labeller(ctx: TargetContext, options: MethodOptions, sessions, router, rout
 
     cache = Path(options.llm_cache) if options.llm_cache else None
     return LazyLabeller(cfg, router, route, list(sessions), target_dataset(ctx, sessions),
-                        options.llm_backend_obj, cache)
+                        options.llm_backend_obj, cache, sources=ctx.sources)
 
 
 @register_method("llm-only", "the LLM labels the test sessions itself (distinct sequences, within --llm-budget)")
@@ -96,9 +96,9 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     route = router.split(target_dataset(ctx, pool), ctx.pool.vectors, sessions=pool, idf_sessions=pool)
     labeller = _labeller(ctx, options, pool, router, route)
     rctx = RoundContext(det, ctx.sources, pool, np.asarray(route.general_mask, dtype=bool), labeller,
-                        lambda d: pool_rethreshold(d, pool))
+                        lambda d: pool_rethreshold(d, pool), probe_fn=labeller.probe)
     distill = DistillConfig(rounds=options.rounds, calls_per_round=options.llm_budget,
-                            finetune=replace(FinetuneConfig(), seed=seed))
+                            probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed))
     try:
         with tempfile.TemporaryDirectory(prefix="fusionlog-eval-") as tmp:
             det, history = run_rounds(rctx, distill, tmp)
@@ -112,4 +112,5 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
         "llm_tokens": int(sum(h.llm_tokens for h in history)),
         "llm_labelled_sequences": int(sum(h.llm_labelled_sequences for h in history)),
         "rounds_run": len(history) - 1,
+        "llm_probe": history[0].llm_probe,
     })

@@ -180,6 +180,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         detector=detector, sources=src_ss, pool=pool, general_mask=np.asarray(route.general_mask, dtype=bool),
         label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool), evaluate=evaluate,
         load_detector=Detector.from_pretrained, llm_adapter=labeller if cfg.llm_lora else None,
+        probe_fn=labeller.probe,
     )
     with stage(f"distillation rounds (LLM {cfg.llm})"):
         detector, history = run_rounds(ctx, cfg.distill, out, resume=cfg.resume,
@@ -348,6 +349,40 @@ class LazyLabeller:
             examples = self.examples_for(session)[: lc.k_examples]
         return render_messages(prompt, lc, session, templates, system, examples)
 
+    def probe(self, per_class: int) -> tuple[list[float], list[int], dict]:
+        """The LLM's P(anomalous) on `per_class` labelled source sequences of each class (`distill.rounds.probe_llm`).
+
+        Rendered without few-shot examples (the router would retrieve the probe itself, label included) and
+        with labels hidden; one labeller call per source system, since each has its own templates.
+        """
+        from distill.labeller import Labeller
+        from distill.prompts import load_prompt
+
+        seed = self.cfg.seed
+        picks = [p for label in (0, 1) for p in distinct_source_sessions(self._sources, label, per_class, seed)]
+        if not picks:
+            return [], [], {}
+        if self._main is None:
+            self._build()
+        labeller = Labeller(self._backend, load_prompt("label_session"), replace(self._label_config(), k_examples=0),
+                            self._cache, None, progress=self.cfg.progress)
+        probs: list[float] = []
+        labels: list[int] = []
+        totals: dict[str, float] = {}
+        for src in {id(src): src for _, src in picks}.values():
+            mine = [s for s, owner in picks if owner is src]
+            hidden = [replace(s, label=None) for s in mine]
+            run = labeller.label(hidden, src.templates or [], src.system)
+            by_key = {s.key: s.label for s in mine}
+            for v in run.verdicts:
+                if v.prob is not None and not v.abstained:
+                    probs.append(float(v.prob))
+                    labels.append(int(by_key[v.key]))
+            for k, v in run.stats.to_dict().items():
+                if isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0) + v
+        return probs, labels, totals
+
     def examples_for(self, session):
         """Nearest labelled source sessions through the router's FAISS index, half anomalous, half normal."""
         if self._examples is None:
@@ -375,6 +410,25 @@ class LazyLabeller:
             self._backend.close()
 
 
+def distinct_source_sessions(sources, label: int, n: int, seed: int = 0) -> list[tuple[object, object]]:
+    """Up to `n` labelled source sessions of class `label`, one per distinct (system, sequence), seeded pick.
+
+    Returns (session, its SystemSessions) pairs, so a caller can render each with its own templates.
+    """
+    if n <= 0:
+        return []
+    seen: set[tuple] = set()
+    pool = []
+    for src in sources:
+        for s in src.sessions:
+            key = (src.system, tuple(s.event_ids))
+            if s.label == label and key not in seen:
+                seen.add(key)
+                pool.append((s, src))
+    random.Random(seed + label).shuffle(pool)
+    return pool[:n]
+
+
 def balance_from_sources(sources, counts: list[int], seed: int = 0) -> list[tuple[object, object]]:
     """Labelled source sessions (distinct sequences, seeded pick) that bring each class up to the larger count.
 
@@ -382,22 +436,7 @@ def balance_from_sources(sources, counts: list[int], seed: int = 0) -> list[tupl
     learns to say that word. Returns (session, its SystemSessions) pairs; empty when already balanced.
     """
     target = max(counts)
-    out: list[tuple[object, object]] = []
-    for label in (0, 1):
-        need = target - counts[label]
-        if need <= 0:
-            continue
-        seen: set[tuple] = set()
-        pool = []
-        for src in sources:
-            for s in src.sessions:
-                key = (src.system, tuple(s.event_ids))
-                if s.label == label and key not in seen:
-                    seen.add(key)
-                    pool.append((s, src))
-        random.Random(seed + label).shuffle(pool)
-        out += pool[:need]
-    return out
+    return [pair for label in (0, 1) for pair in distinct_source_sessions(sources, label, target - counts[label], seed)]
 
 
 def _nearest_sources(route, n_templates: int) -> list[dict | None]:

@@ -30,7 +30,7 @@ def _cfg(out, **kw) -> FuseConfig:
     # a fine-tune strong enough that the small model takes on the LLM's confident verdicts, so the
     # agreement the adapter trains on exists from round 1 on (this test checks mechanics, not quality)
     distill = DistillConfig(rounds=kw.pop("rounds", 2), calls_per_round=kw.pop("calls", 3), max_rechecks=2,
-                            finetune=FinetuneConfig(steps=30, lr=2e-3), lora=TINY_LORA)
+                            probe_per_class=0, finetune=FinetuneConfig(steps=30, lr=2e-3), lora=TINY_LORA)
     return FuseConfig(target="bgl", sources=("hdfs", "openstack"), out=str(out), progress=False, distill=distill,
                       k_examples=0, epochs=2, steps_per_epoch=6, llm="smollm2-135m", llm_lora=True, **kw)
 

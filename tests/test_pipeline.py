@@ -20,7 +20,7 @@ FAST = {"epochs": 2, "steps_per_epoch": 6}
 
 def _cfg(out, **kw) -> FuseConfig:
     distill = DistillConfig(rounds=kw.pop("rounds", 2), calls_per_round=kw.pop("calls", 3),
-                            finetune=FinetuneConfig(steps=8))
+                            probe_per_class=kw.pop("probe", 0), finetune=FinetuneConfig(steps=8))
     return FuseConfig(target="bgl", sources=("hdfs", "openstack"), out=str(out), progress=False,
                       distill=distill, k_examples=1, **FAST, **kw)
 
@@ -117,3 +117,55 @@ def test_two_round_run_with_a_real_llm_writes_a_loadable_artifact(tmp_path, cach
     test = split_sessions(load_dataset("bgl")).test
     np.testing.assert_allclose(loaded.decision_function(test), result.detector.decision_function(test), rtol=1e-5)
     assert loaded.threshold_ == pytest.approx(result.detector.threshold_)
+
+
+def _round_context(prepared, probe_fn, calls: list):
+    from distill.rounds import RoundContext
+
+    target = prepared("bgl")
+    sources = [SystemSessions.from_prepared(prepared(n)) for n in ("hdfs", "openstack")]
+    pool = hide_labels(split_sessions(target.dataset).pool)
+    det = Detector(train_config=replace(TrainConfig(), **FAST)).fit(sources, SystemSessions.from_prepared(target, pool))
+
+    def label_fn(sessions, probs, recheck):  # scripted teacher: control flow only
+        calls.append(len(sessions))
+        return {tuple(s.event_ids): 0.9 for s in sessions}, {"calls": len(sessions)}
+
+    return RoundContext(det, sources, pool, np.zeros(len(pool), dtype=bool), label_fn, lambda d: None,
+                        probe_fn=probe_fn), pool
+
+
+def test_an_llm_no_better_than_chance_on_source_labels_gets_no_round(prepared, tmp_path):
+    from distill.rounds import run_rounds
+
+    calls: list = []
+    ctx, pool = _round_context(prepared, lambda n: ([0.7] * (2 * n), [0] * n + [1] * n, {"calls": 2 * n}), calls)
+    before = ctx.detector.decision_function(pool)
+    det, history = run_rounds(ctx, DistillConfig(rounds=2, calls_per_round=4, probe_per_class=3), tmp_path)
+    assert [h.round for h in history] == [0]
+    assert history[0].llm_probe == {"probes": 6, "anomalous": 3, "auc": 0.5, "trust": 0.0}
+    assert history[0].llm_calls == 6 and not calls  # the probe was paid; the pool was never sent
+    np.testing.assert_array_equal(det.decision_function(pool), before)
+
+
+def test_an_llm_that_ranks_source_labels_is_trusted(prepared, tmp_path):
+    from distill.rounds import ranking_auc, run_rounds
+
+    assert ranking_auc(np.array([0.1, 0.4, 0.4, 0.9]), np.array([0, 0, 1, 1])) == pytest.approx(0.875)
+    assert ranking_auc(np.array([0.3, 0.4]), np.array([0, 0])) is None
+    calls: list = []
+    ctx, _ = _round_context(prepared, lambda n: ([0.1] * n + [0.9] * n, [0] * n + [1] * n, {}), calls)
+    _, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3), tmp_path)
+    assert [h.round for h in history] == [0, 1]
+    assert history[0].llm_probe["trust"] == 1.0 and calls == [4]
+
+
+@pytest.mark.slow
+def test_the_probe_asks_a_real_llm_about_labelled_source_sessions(tmp_path, cache_root):
+    out = tmp_path / "run"
+    fuse(_cfg(out, rounds=1, calls=2, probe=2, llm="smollm2-135m"), cache_path=tmp_path / "v.sqlite")
+    report = json.loads((out / "report.json").read_text())
+    probe = report["rounds"][0]["llm_probe"]
+    assert probe["probes"] == 4 and probe["anomalous"] == 2 and 0.0 <= probe["trust"] <= 1.0
+    assert report["rounds"][0]["llm_calls"] + report["rounds"][0]["llm_cache_hits"] == 4
+    assert (len(report["rounds"]) == 1) == (probe["trust"] == 0.0)  # no round at chance, one round otherwise

@@ -30,6 +30,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="distillation rounds after the general path")
     p.add_argument("--calls-per-round", type=int, default=16, help="distinct sequences sent to the LLM per round")
     p.add_argument("--budget-fraction", type=float, help="cap LLM-labelled sessions at this share of the pool")
+    p.add_argument("--probe-per-class", type=int, default=6,
+                   help="labelled source sequences per class the LLM answers first; its ROC-AUC on them sets how "
+                        "much its labels count (chance or worse: no distillation round runs); 0 = off")
     p.add_argument("--stop-change", type=float, default=0.01,
                    help="stop when fewer than this share of pool labels change in a round (0: run every round)")
     p.add_argument("--k-examples", type=int, default=2, help="retrieved source sessions per prompt")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     lora = RoundLoraConfig(rank=args.llm_lora_rank, alpha=2 * args.llm_lora_rank, epochs=args.llm_lora_epochs,
                            max_steps=args.llm_lora_max_steps, min_agreed=args.llm_lora_min_agreed, seed=args.seed)
     distill = DistillConfig(rounds=args.rounds, calls_per_round=args.calls_per_round,
-                            max_fraction=args.budget_fraction, stop_change=args.stop_change, lora=lora)
+                            max_fraction=args.budget_fraction, stop_change=args.stop_change,
+                            probe_per_class=args.probe_per_class, lora=lora)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
         target=args.target, sources=tuple(args.sources), llm=args.llm, llm_backend=args.llm_backend,
