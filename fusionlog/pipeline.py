@@ -513,6 +513,7 @@ def report_markdown(report: dict) -> str:
         f"- wall time: {report['wall_seconds']} s",
         *([f"- LLM LoRA (--llm-lora): final adapter {report['llm_lora']['final_adapter']}"]
           if report.get("llm_lora", {}).get("enabled") else []),
+        *([_probe_line(report["rounds"][0]["llm_probe"])] if report["rounds"][0].get("llm_probe") else []),
         f"- {report['labels_note']}",
         "",
         "| round | LLM calls | labelled seq | rechecked | labels changed | precision | recall | F1 | ROC-AUC |",
@@ -527,6 +528,13 @@ def report_markdown(report: dict) -> str:
         )
     lines += ["", "![rounds](rounds.png)", ""]
     return "\n".join(lines)
+
+
+def _probe_line(probe: dict) -> str:
+    auc = "–" if probe.get("auc") is None else f"{probe['auc']:.3f}"
+    verdict = "no distillation round ran" if probe["trust"] <= 0 else f"its labels weigh {probe['trust']:.2f}"
+    return (f"- LLM probe: ROC-AUC {auc} on {probe['probes']} labelled source sequences "
+            f"({probe['anomalous']} anomalous) → trust {probe['trust']:.2f}: {verdict}")
 
 
 def _f(x) -> str:

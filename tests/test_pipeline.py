@@ -169,3 +169,4 @@ def test_the_probe_asks_a_real_llm_about_labelled_source_sessions(tmp_path, cach
     assert probe["probes"] == 4 and probe["anomalous"] == 2 and 0.0 <= probe["trust"] <= 1.0
     assert report["rounds"][0]["llm_calls"] + report["rounds"][0]["llm_cache_hits"] == 4
     assert (len(report["rounds"]) == 1) == (probe["trust"] == 0.0)  # no round at chance, one round otherwise
+    assert "LLM probe: " in (out / "report.md").read_text()
