@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -241,12 +241,15 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         teacher[conf_general] = (p_small[conf_general] >= 0.5).astype(np.float32)
         weight[conf_general] = config.general_weight
         rec.pseudo_general = int(conf_general.sum())
+        trusted = np.ones(len(ctx.pool), dtype=np.float32)  # 1 for the small model's own pseudo-labels
         for i, seq in enumerate(seqs):
             v = llm.get(seq)
             if v is not None:
                 teacher[i] = v.prob
-                weight[i] = max(abs(2 * v.prob - 1), 0.05) * trust
-        rec.finetune = finetune(detector, ctx.sources, ctx.pool, teacher, weight, config.finetune)
+                weight[i] = max(abs(2 * v.prob - 1), 0.05)
+                trusted[i] = trust
+        rec.finetune = finetune(detector, ctx.sources, ctx.pool, teacher, weight * trusted,
+                                _trusted_finetune(config.finetune, weight, trusted))
         ctx.rethreshold(detector)
         # 5. bookkeeping, checkpoint, stop rule
         p_end = small_probs(detector, ctx.pool)
@@ -275,6 +278,21 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
                         100 * config.stop_change)
             break
     return detector, history
+
+
+def _trusted_finetune(ft: FinetuneConfig, weight: np.ndarray, trusted: np.ndarray) -> FinetuneConfig:
+    """Scale the fine-tune's step size by the mean trust of its teacher signal.
+
+    Why: the teacher's information is what justifies moving the model away from round 0 at all, so the
+    move shrinks with the trust. Why not the weights alone: `finetune` normalises teacher weights (they
+    set sampling odds and a weighted mean), so scaling every LLM weight by the trust would cancel out;
+    and shrinking only the distillation term leaves the source term free to pull the model away from
+    its domain-aligned round-0 state (measured on hdfs: F1 0.156 -> 0.037 at trust 0.22).
+    """
+    total = float(weight.sum())
+    if total <= 0:
+        return ft
+    return replace(ft, lr=ft.lr * float((weight * trusted).sum()) / total)
 
 
 def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord) -> dict:

@@ -170,3 +170,13 @@ def test_the_probe_asks_a_real_llm_about_labelled_source_sessions(tmp_path, cach
     assert report["rounds"][0]["llm_calls"] + report["rounds"][0]["llm_cache_hits"] == 4
     assert (len(report["rounds"]) == 1) == (probe["trust"] == 0.0)  # no round at chance, one round otherwise
     assert "LLM probe: " in (out / "report.md").read_text()
+
+
+def test_trust_shrinks_the_fine_tune_step_not_just_relative_weights():
+    from distill.rounds import _trusted_finetune
+
+    ft = FinetuneConfig(lr=2.0)
+    # finetune normalises teacher weights, so trust must reach the step size: here 2 * (0.25*1 + 1*3) / 4
+    assert _trusted_finetune(ft, np.array([1.0, 3.0]), np.array([0.25, 1.0])).lr == pytest.approx(1.625)
+    assert _trusted_finetune(ft, np.array([1.0, 1.0]), np.array([1.0, 1.0])).lr == pytest.approx(2.0)
+    assert _trusted_finetune(ft, np.zeros(2), np.zeros(2)) is ft
