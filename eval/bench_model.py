@@ -38,16 +38,12 @@ DEFAULT_SOURCES = ("hdfs", "openstack", "hadoop", "bgl")
 
 def find_prepared(root: Path, name: str) -> Path:
     """The newest prepared folder under `root` whose meta.json names dataset `name`."""
-    hits = []
-    for meta in root.glob("*/meta.json"):
-        try:
-            if json.loads(meta.read_text(encoding="utf-8")).get("name") == name:
-                hits.append(meta.parent)
-        except ValueError:
-            continue
-    if not hits:
+    from fusionlog.prepare import newest_prepared
+
+    folder = newest_prepared(root, name)
+    if folder is None:
         sys.exit(f"bench_model: no prepared folder for {name!r} under {root}; run `fusionlog prepare {name}` first")
-    return max(hits, key=lambda p: p.stat().st_mtime)
+    return folder
 
 
 def load_prepared_folder(folder: Path) -> tuple[str, np.ndarray, list[Session]]:

@@ -8,7 +8,6 @@ removed before any method sees them; `check_context` refuses to run a method oth
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,21 +87,15 @@ def prepared_dir_loader(root: Path):
     For machines without the raw data or the embedding model (a GPU box): copy the prepared folders.
     """
     from fusionlog.errors import DataError
-    from fusionlog.prepare import load_prepared
+    from fusionlog.prepare import load_prepared, newest_prepared
 
     root = Path(root)
 
     def load(name: str):
-        hits = []
-        for meta in root.glob("*/meta.json"):
-            try:
-                if json.loads(meta.read_text(encoding="utf-8")).get("name") == name:
-                    hits.append(meta.parent)
-            except ValueError:
-                continue
-        if not hits:
+        folder = newest_prepared(root, name)
+        if folder is None:
             raise DataError(f"no prepared folder for {name!r} under {root} (run `fusionlog prepare {name}`)")
-        return load_prepared(max(hits, key=lambda p: p.stat().st_mtime))
+        return load_prepared(folder)
 
     return load
 

@@ -128,6 +128,21 @@ def save_prepared(folder: Path, dataset: SessionDataset, vectors: np.ndarray, me
         raise
 
 
+def newest_prepared(root: Path, name: str) -> Path | None:
+    """The newest prepared folder under `root` whose meta.json names dataset `name` (None: there is none).
+
+    For machines that get prepared folders copied in (a GPU box without the raw data or the embedder).
+    """
+    hits = []
+    for meta in Path(root).glob(f"*/{PREPARE_META_NAME}"):
+        try:
+            if json.loads(meta.read_text(encoding="utf-8")).get("name") == name:
+                hits.append(meta.parent)
+        except ValueError:
+            continue
+    return max(hits, key=lambda p: p.stat().st_mtime) if hits else None
+
+
 def load_prepared(folder: Path) -> PreparedDataset:
     meta_path = folder / PREPARE_META_NAME
     if not meta_path.exists():
