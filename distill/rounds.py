@@ -61,6 +61,8 @@ class DistillConfig:
     max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
     probe_per_class: int = field(default=6, metadata={
         "help": "labelled source sequences per class the LLM answers before round 1 (its trust); 0 = off"})
+    deep_bound: float = field(default=1.0, metadata={
+        "help": "the deep path's bound in the rounds, times the LLM's trust (never below the general path's)"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: RoundLoraConfig = field(default_factory=RoundLoraConfig)  # used only with --llm-lora
 
@@ -75,6 +77,8 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.probe_per_class={self.probe_per_class}: must be >= 0")
         if not 0.0 <= self.stop_change < 1.0:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
+        if self.deep_bound < 0:
+            raise ConfigError(f"DistillConfig.deep_bound={self.deep_bound}: must be >= 0")
 
 
 @dataclass
@@ -103,6 +107,7 @@ class RoundRecord:
     test: dict | None = None  # metrics on the held-out test part (labels used only here)
     llm_lora: dict | None = None  # --llm-lora: agreed labels, training summary, adapter path (None: off)
     llm_probe: dict | None = None  # round 0: the LLM on labelled source sequences (AUC, trust); None: no probe
+    deep_bound: float | None = None  # the model's deep-path bound after this round (widened by trust in round 1)
     seconds: float = 0.0
 
 
@@ -191,6 +196,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec = RoundRecord(0, general_sessions=int(ctx.general_mask.sum()),
                           proprietary_sessions=int((~ctx.general_mask).sum()))
         rec.threshold = float(detector.threshold_)
+        rec.deep_bound = float(detector.model_.config.deep_bound)
         preds = small_probs(detector, ctx.pool) > 0.5
         rec.pool_flagged = round(float(preds.mean()), 4) if len(preds) else 0.0
         rec.test = ctx.evaluate(detector)
@@ -207,6 +213,9 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         logger.warning("the LLM labels source sessions no better than chance (%s): its labels would be noise, so "
                        "no distillation round runs and the general-path model is kept", history[0].llm_probe)
         return detector, history
+    if start == 1 and detector.model_.widen_deep_path(trust * config.deep_bound):
+        logger.info("deep path bound widened to %.3g (trust %.2f x %.3g): the LLM's labels may now move it",
+                    detector.model_.config.deep_bound, trust, config.deep_bound)
     prev_pred = small_probs(detector, ctx.pool) > 0.5
     budget_left = _overall_budget(config, len(ctx.pool), llm)
     for r in range(start, config.rounds + 1):
@@ -257,6 +266,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec.labels_changed = round(float((pred != prev_pred).mean()), 4) if len(pred) else 0.0
         rec.pool_flagged = round(float(pred.mean()), 4) if len(pred) else 0.0
         rec.threshold = float(detector.threshold_)
+        rec.deep_bound = float(detector.model_.config.deep_bound)
         rec.test = ctx.evaluate(detector)
         # 6. --llm-lora: the next round's LLM learns from this round's agreements
         staged = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionlog.detector import SystemSessions
+from fusionlog.detector import DEFAULT_THRESHOLD_RULE, SystemSessions
 from fusionlog.types import Session
 
 
@@ -104,7 +104,7 @@ def unseen_template(ctx: TargetContext, seed: int, options: MethodOptions) -> Me
 
 
 def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forced: dict) -> MethodOutput:
-    from fusionlog.detector import DEFAULT_THRESHOLD_RULE, Detector
+    from fusionlog.detector import Detector
     from fusionlog.model import SessionModelConfig
     from fusionlog.training import TrainConfig
 
@@ -136,7 +136,7 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
 
 
 @register_method(
-    "rarity", "label-free baseline: mean of the three rarity features vs the pool (no training), pool-otsu threshold"
+    "rarity", "label-free baseline: mean of the three rarity features vs the pool (no training), the default threshold"
 )
 def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
     """How far "unusual here" alone goes: the model's own wide-path inputs, weighted equally, untrained.
@@ -144,20 +144,24 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     Rarity of the session's template set and of its rarest and average template, each against the
     unlabelled pool (pool sessions counted leave-one-out, as in training), so 0 = common, 1 = never seen.
     """
-    from fusionlog.model import ReferenceStats
-    from fusionlog.threshold import choose_threshold
+    from fusionlog.model import ReferenceStats, SessionModelConfig, input_key
+    from fusionlog.threshold import POOL_RULES, choose_threshold
 
     t0 = time.perf_counter()
     n_templates = len(ctx.pool.vectors)
     stats = ReferenceStats.from_sessions(ctx.pool.sessions, n_templates)
-    pool = np.array([stats.session_features(s.event_ids, True).mean() for s in ctx.pool.sessions])
-    rule = options.threshold_rule if options.threshold_rule in ("pool-otsu", "pool-quantile") else "pool-otsu"
-    thr = choose_threshold(rule, pool_scores=pool)
+    distinct: dict = {}  # one entry per distinct model input, as the detector's pool-side rules see the pool
+    for s in ctx.pool.sessions:
+        distinct.setdefault(input_key(s.event_ids, SessionModelConfig.max_len), [s, 0])[1] += 1
+    pool = np.array([stats.session_features(s.event_ids, True).mean() for s, _ in distinct.values()])
+    counts = np.array([n for _, n in distinct.values()], dtype=np.float64)
+    rule = options.threshold_rule if options.threshold_rule in POOL_RULES else DEFAULT_THRESHOLD_RULE
+    thr = choose_threshold(rule, pool_scores=pool, pool_weights=counts)
     t1 = time.perf_counter()
     scores = np.array([stats.session_features(s.event_ids, False).mean() for s in ctx.test], dtype=np.float32)
     return MethodOutput(scores, thr.value, t1 - t0, time.perf_counter() - t1,
                         extra={"threshold_rule": thr.rule, "threshold_source": thr.source},
-                        arrays={"pool_scores": pool, "pool_weights": np.ones(len(pool))})
+                        arrays={"pool_scores": pool, "pool_weights": counts})
 
 
 @register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")

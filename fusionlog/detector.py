@@ -48,7 +48,7 @@ from fusionlog.types import Session
 logger = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference.json"
-DEFAULT_THRESHOLD_RULE = "pool-otsu"
+DEFAULT_THRESHOLD_RULE = "pool-otsu-distinct"  # chosen on pseudo-targets (eval.select), see threshold.py
 
 
 @dataclass
@@ -181,6 +181,18 @@ class Detector:
         enc = encode_sessions(sessions, self.stats_, self.model_.config.max_len, in_corpus=False,
                               system=self.system_)
         return score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)[enc.index]
+
+    def pool_decision(self, pool: Sequence[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, counts), one per distinct model input of the detector's own adaptation pool.
+
+        The pool is the reference corpus, so each of its sessions is scored leave-one-out, as `fit`
+        scores it for the threshold; `decision_function` would count a pool session in its own rarity
+        and make a pool-only behaviour look less rare than a new session with it.
+        """
+        self._check_fitted()
+        enc = encode_sessions(pool, self.stats_, self.model_.config.max_len, in_corpus=True, system=self.system_)
+        scores = score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)
+        return np.asarray(scores, dtype=np.float64), np.asarray(enc.counts, dtype=np.float64)
 
     def predict(self, sessions: Sequence[Session]) -> np.ndarray:
         """(n,) int 0/1: 1 where the score is above `threshold_`."""

@@ -237,12 +237,15 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
 def pool_rethreshold(det, pool) -> None:
     """Re-apply the detector's label-free rule to the fine-tuned model's pool scores.
 
-    Rules that read held-out source data (`source-f1`) keep round 0's threshold.
+    Rules that read held-out source data (`source-f1`) keep round 0's threshold. The pool is scored as
+    `Detector.fit` scored it (one score per distinct input, leave-one-out), so a rule means the same in
+    every round.
     """
-    from fusionlog.threshold import choose_threshold
+    from fusionlog.threshold import POOL_RULES, choose_threshold
 
-    if det.threshold_rule in ("pool-otsu", "pool-quantile"):
-        det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=det.decision_function(pool),
+    if det.threshold_rule in POOL_RULES:
+        scores, counts = det.pool_decision(pool)
+        det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores, pool_weights=counts,
                                                contamination=det.contamination)
         det.threshold_ = float(det.threshold_info_.value)
 

@@ -6,7 +6,14 @@ label may pick it, so every rule here reads only one of:
 * ``fixed``         - a constant (logit 0 = posterior 0.5 under class-balanced training);
 * ``source-f1``     - held-out *source* data: the F1-best threshold of each source system, median;
 * ``pool-otsu``     - the target's unlabelled pool scores: Otsu's split of their histogram;
-* ``pool-quantile`` - the target's unlabelled pool scores: flag the top `contamination` share.
+* ``pool-quantile`` - the target's unlabelled pool scores: flag the top `contamination` share;
+* ``pool-otsu-distinct`` - Otsu's split over the pool's *distinct* model inputs, each counted once.
+
+Why the distinct variant: the model's rarity features already say how common a behaviour is, so counting
+each session again in the threshold lets one dominant normal behaviour (half of all HDFS blocks) set the
+split - Otsu then separates "the commonest behaviour" from "everything else" and flags 30% of a pool
+that is 3% anomalous. Over distinct behaviours the split falls between the ordinary behaviours and the
+rare ones. Pool scores passed to it must be one per distinct input (`Detector` and the rounds do that).
 
 Each rule returns a `ThresholdResult` that says which rule and which data set it, for reports.
 """
@@ -20,7 +27,8 @@ import numpy as np
 
 from fusionlog.errors import ConfigError
 
-THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile")
+THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct")
+POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct")  # rules that read the target pool's scores
 
 
 @dataclass
@@ -110,12 +118,15 @@ def choose_threshold(
             raise ConfigError("threshold rule 'source-f1' needs held-out source data with both classes")
         med = float(np.median([v["threshold"] for v in per.values()]))
         return ThresholdResult(med, rule, "held-out source data", {"per_system": per})
-    if rule in ("pool-otsu", "pool-quantile"):
+    if rule in POOL_RULES:
         if pool_scores is None or len(pool_scores) == 0:
             raise ConfigError(f"threshold rule {rule!r} needs the target's unlabelled pool scores")
         if rule == "pool-otsu":
             thr = otsu_threshold(pool_scores, pool_weights)
             details: dict = {}
+        elif rule == "pool-otsu-distinct":
+            thr = otsu_threshold(pool_scores)  # one vote per distinct input: the counts are ignored on purpose
+            details = {"distinct_inputs": len(pool_scores)}
         else:
             thr = quantile_threshold(pool_scores, contamination, pool_weights)
             details = {"contamination": contamination}

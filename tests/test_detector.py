@@ -69,3 +69,19 @@ def test_save_load_identical_scores(fitted, tmp_path):
     np.testing.assert_array_equal(det.decision_function(test), loaded.decision_function(test))
     assert loaded.threshold_ == det.threshold_
     np.testing.assert_array_equal(det.predict(test), loaded.predict(test))
+
+
+def test_rounds_rethreshold_sees_the_pool_as_fit_did(fitted, prepared):
+    """The rounds re-apply the rule on distinct inputs; a different grouping would move the threshold."""
+    from fusionlog.pipeline import pool_rethreshold
+
+    det, _ = fitted
+    pool = hide_labels(prepared("hdfs").dataset.sessions[:600])
+    scores, counts = det.pool_decision(pool)
+    fit_scores, fit_counts = det.pool_scores_
+    assert counts.sum() == len(pool) and len(scores) == len(fit_scores) < len(pool)
+    np.testing.assert_allclose(np.sort(scores), np.sort(fit_scores), atol=1e-5)
+    np.testing.assert_array_equal(np.sort(counts), np.sort(np.asarray(fit_counts, dtype=np.float64)))
+    before = det.threshold_
+    pool_rethreshold(det, pool)
+    assert det.threshold_ == pytest.approx(before, abs=1e-4)

@@ -11,7 +11,7 @@ from eval.methods import METHODS, MethodOptions, TargetContext, register_method
 from eval.metrics import average_precision, binary_metrics, prf, roc_auc
 from eval.protocol import default_sources, run_method
 from fusionlog.data import hide_labels
-from fusionlog.detector import SystemSessions
+from fusionlog.detector import DEFAULT_THRESHOLD_RULE, SystemSessions
 from fusionlog.threshold import best_f1_threshold, choose_threshold, otsu_threshold, quantile_threshold
 from fusionlog.training import LabelLeakError
 
@@ -50,6 +50,21 @@ def test_threshold_rules_use_no_target_labels():
     )
     assert res.source == "held-out source data" and 0.0 < res.value < 1.0
     assert choose_threshold("pool-otsu", pool_scores=pool).source == "target pool scores (unlabelled)"
+
+
+def test_distinct_otsu_is_not_set_by_one_dominant_behaviour():
+    """Half the pool is one normal behaviour: counted per session, Otsu splits it from everything else."""
+    common = np.zeros(1)
+    ordinary = np.linspace(0.9, 1.1, 20)  # 20 other normal behaviours, 10 sessions each
+    rare = np.linspace(2.9, 3.1, 5)  # 5 rare behaviours, once each
+    scores, counts = np.r_[common, ordinary, rare], np.r_[1000.0, np.full(20, 10.0), np.ones(5)]
+    per_session = choose_threshold("pool-otsu", pool_scores=scores, pool_weights=counts)
+    distinct = choose_threshold("pool-otsu-distinct", pool_scores=scores, pool_weights=counts)
+    assert per_session.value < 0.9 and per_session.details["pool_flagged_share"] > 0.15
+    assert 1.1 <= distinct.value < 2.9 and distinct.details["pool_flagged_share"] == pytest.approx(5 / 1205, abs=1e-4)
+    # the counts do not enter: the same behaviours with other multiplicities get the same split
+    again = choose_threshold("pool-otsu-distinct", pool_scores=scores, pool_weights=np.ones(len(scores)))
+    assert again.value == distinct.value and distinct.details["distinct_inputs"] == len(scores)
 
 
 def _context(prepared, pool_labels: bool = False, test_labels: bool = False) -> TargetContext:
@@ -112,8 +127,10 @@ def test_rarity_baseline_ranks_sessions_by_how_unusual_they_are_in_the_pool(prep
     odd, usual = out.scores[-1], out.scores[test.index(common)]
     assert usual < out.threshold < odd  # the commonest behaviour passes, the same plus an unknown line is flagged
     assert out.scores.min() == pytest.approx(usual)
-    # the threshold is the pool's Otsu split, read from pool scores only
-    assert out.extra["threshold_rule"] == "pool-otsu" and out.extra["threshold_source"].startswith("target pool")
+    # the threshold is the default rule's split, read from pool scores only
+    assert out.extra["threshold_rule"] == DEFAULT_THRESHOLD_RULE
+    assert out.extra["threshold_source"].startswith("target pool")
+    assert out.arrays["pool_weights"].sum() == len(pool) > len(out.arrays["pool_scores"])  # one per distinct input
 
 
 def test_eval_model_overrides_are_typed_and_checked():
@@ -165,7 +182,7 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     assert len(z["source-only/seed0"]) == res["split"]["test_sessions"]
     pool, weights = z["source-only/seed0/pool_scores"], z["source-only/seed0/pool_weights"]
     assert len(pool) == len(weights) > 0 and weights.sum() == res["split"]["pool_sessions"]
-    again = choose_threshold("pool-otsu", pool_scores=pool, pool_weights=weights).value
+    again = choose_threshold(DEFAULT_THRESHOLD_RULE, pool_scores=pool, pool_weights=weights).value
     assert again == pytest.approx(res["methods"]["source-only"]["seeds"][0]["threshold"])
     assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
 
@@ -205,7 +222,7 @@ def test_threshold_study_applies_every_rule_to_saved_scores(tmp_path):
               "other/seed0": scores}  # a method without diagnostics is skipped, not a crash
     np.savez(tmp_path / "scores.npz", **arrays)
     res = study(tmp_path, "m")
-    assert set(res) == {"fixed", "source-f1", "pool-otsu", "pool-quantile", ORACLE}
+    assert set(res) == {"fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", ORACLE}
     assert res[ORACLE][0] > 0.95 and all(res[ORACLE][0] >= f for f, _ in res.values())
     assert res["pool-otsu"][0] > 0.9 and 0.05 < res["pool-otsu"][1] < 0.15  # bimodal pool: Otsu lands right
     with pytest.raises(SystemExit, match="no 'other' scores"):

@@ -10,6 +10,9 @@ from fusionlog.constants import CONFIG_NAME, MODEL_WEIGHTS_NAME
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.model import (
     ANCHOR_TEXTS,
+    N_EVENT_FEATURES,
+    N_SESSION_FEATURES,
+    RARITY_GAIN,
     ReferenceStats,
     SessionModel,
     SessionModelConfig,
@@ -131,3 +134,28 @@ def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="dropout"):
         SessionModelConfig(dropout=1.5)
     assert len(ANCHOR_TEXTS) == SessionModelConfig().anchors
+
+
+def test_widening_the_deep_path_starts_it_at_zero():
+    """The rounds widen a tight deep-path bound; the widened path must not shuffle scores before teaching."""
+    torch.manual_seed(0)
+    model = SessionModel(SessionModelConfig(hidden=8, attention_dim=8, head_hidden=8, anchors=0, vector_features=4,
+                                            deep_bound=0.01, dropout=0.0)).eval()
+    x, mask = torch.randn(5, 7, 384 + N_EVENT_FEATURES), torch.ones(5, 7, dtype=torch.bool)
+    sf = torch.rand(5, N_SESSION_FEATURES)
+    with torch.no_grad():
+        wide_only = (sf - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias
+        before = model(x, mask, sf).logits
+        assert (before - wide_only).abs().max() <= 0.01 + 1e-6
+        assert model.widen_deep_path(0.3) and model.config.deep_bound == 0.3
+        torch.testing.assert_close(model(x, mask, sf).logits, wide_only)  # no deep contribution yet
+    assert not model.widen_deep_path(0.2) and model.config.deep_bound == 0.3  # never narrows
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(30):  # the widened path can learn: push one session's score up
+        opt.zero_grad()
+        (-model(x, mask, sf).logits[0]).backward()
+        opt.step()
+    with torch.no_grad():
+        deep = model.eval()(x, mask, sf).logits - ((sf - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias)
+    assert 0.05 < deep[0] <= 0.3  # the deep path itself moved, within its new bound

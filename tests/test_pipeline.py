@@ -155,9 +155,13 @@ def test_an_llm_that_ranks_source_labels_is_trusted(prepared, tmp_path):
     assert ranking_auc(np.array([0.3, 0.4]), np.array([0, 0])) is None
     calls: list = []
     ctx, _ = _round_context(prepared, lambda n: ([0.1] * n + [0.9] * n, [0] * n + [1] * n, {}), calls)
-    _, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3), tmp_path)
+    tight = ctx.detector.model_.config.deep_bound
+    det, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3, deep_bound=0.5),
+                              tmp_path)
     assert [h.round for h in history] == [0, 1]
     assert history[0].llm_probe["trust"] == 1.0 and calls == [4]
+    # trusted labels may move the deep path: its bound widens from the general path's to trust x 0.5
+    assert history[0].deep_bound == tight < 0.5 and history[1].deep_bound == 0.5 == det.model_.config.deep_bound
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ the fast scoring path (one torch thread, length-sorted batches, score cache) equ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -159,6 +160,13 @@ def test_a_repeated_session_hits_the_cache_with_the_identical_verdict(bgl_artifa
 
 def test_a_widened_template_is_rescored_not_served_stale(bgl_artifact, embedder):
     scorer = ArtifactScorer(bgl_artifact, embedder=embedder)
+    # unbounded deep path: the default bound (0.01) saturates, and the score must read the vector row here
+    # an unbounded deep path with a live last layer: at the default bound (0.01) the GRU's share of the
+    # score saturates, and the score must read the vector row for staleness to show
+    model = scorer.detector.model_
+    model.config = dataclasses.replace(model.config, deep_bound=0.0)
+    with torch.no_grad():
+        model.head[-1].weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
     old_only = [0, 1, 2]
     scorer.score_sessions([old_only])
     eid = scorer.event_id("fan tray alpha overheated badly near rack")
