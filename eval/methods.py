@@ -144,21 +144,20 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     Rarity of the session's template set and of its rarest and average template, each against the
     unlabelled pool (pool sessions counted leave-one-out, as in training), so 0 = common, 1 = never seen.
     """
-    from fusionlog.model import ReferenceStats, SessionModelConfig, input_key
+    from fusionlog.model import ReferenceStats, SessionModelConfig, encode_sessions
     from fusionlog.threshold import POOL_RULES, choose_threshold
 
     t0 = time.perf_counter()
-    n_templates = len(ctx.pool.vectors)
-    stats = ReferenceStats.from_sessions(ctx.pool.sessions, n_templates)
-    distinct: dict = {}  # one entry per distinct model input, as the detector's pool-side rules see the pool
-    for s in ctx.pool.sessions:
-        distinct.setdefault(input_key(s.event_ids, SessionModelConfig.max_len), [s, 0])[1] += 1
-    pool = np.array([stats.session_features(s.event_ids, True).mean() for s, _ in distinct.values()])
-    counts = np.array([n for _, n in distinct.values()], dtype=np.float64)
+    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors))
+    max_len = SessionModelConfig.max_len
+    # one score per distinct model input, leave-one-out, as the detector's pool-side rules see the pool
+    enc = encode_sessions(ctx.pool.sessions, stats, max_len, in_corpus=True)
+    pool, counts = enc.session_features.mean(axis=1), enc.counts.astype(np.float64)
     rule = options.threshold_rule if options.threshold_rule in POOL_RULES else DEFAULT_THRESHOLD_RULE
     thr = choose_threshold(rule, pool_scores=pool, pool_weights=counts)
     t1 = time.perf_counter()
-    scores = np.array([stats.session_features(s.event_ids, False).mean() for s in ctx.test], dtype=np.float32)
+    test = encode_sessions(ctx.test, stats, max_len, in_corpus=False)
+    scores = test.session_features.mean(axis=1)[test.index].astype(np.float32)
     return MethodOutput(scores, thr.value, t1 - t0, time.perf_counter() - t1,
                         extra={"threshold_rule": thr.rule, "threshold_source": thr.source},
                         arrays={"pool_scores": pool, "pool_weights": counts})
