@@ -23,6 +23,7 @@ import numpy as np
 from eval.protocol import default_sources
 from eval.threshold_study import ORACLE, study
 from fusionlog.data import system_of
+from fusionlog.detector import DEFAULT_THRESHOLD_RULE
 
 
 def load_runs(root: Path, method: str) -> dict[str, list[tuple[str, list[str], dict]]]:
@@ -64,16 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="general")
     p.add_argument("--rules", nargs="+", help="threshold rules to choose from (default: all label-free rules)")
     p.add_argument("--default", required=True, help="the setting used without selection (a folder name)")
+    p.add_argument("--default-rule", default=DEFAULT_THRESHOLD_RULE, help="the threshold rule used without selection")
     args = p.parse_args(argv)
     selection = load_runs(Path(args.selection), args.method)
     print(f"| target | chosen setting | chosen threshold | pseudo-target F1 (n) | target F1 | "
-          f"default F1 ({args.default}, pool-otsu) |")
+          f"default F1 ({args.default}, {args.default_rule}) |")
     print("|---|---|---|---|---|---|")
     full = Path(args.full)
     for target in args.targets:
         setting, rule, f1, n = select(target, selection, args.rules)
         chosen = study(full / setting / target, args.method)[rule][0]
-        default = study(full / args.default / target, args.method)["pool-otsu"][0]
+        default = study(full / args.default / target, args.method)[args.default_rule][0]
         print(f"| {target} | {setting} | {rule} | {f1:.3f} ({n}) | {chosen:.3f} | {default:.3f} |")
     return 0
 
