@@ -95,6 +95,28 @@ def resolve_backend(llm: str, backend: str) -> str:
     return "transformers"
 
 
+def preflight_llm(llm: str, backend: str) -> None:
+    """Fail now, with the install line, if the LLM cannot load; not after minutes of training.
+
+    Local weights are resolved (chunked aliases are assembled and checksummed once, which the first
+    call would do anyway); vLLM must be importable. An OpenAI-compatible server is only reachable
+    at call time, and a server that goes away is handled there (retries, then a clear error).
+    """
+    kind = resolve_backend(llm, backend)
+    if kind == "transformers":
+        from distill.models import resolve_model
+
+        resolve_model(llm, local=True)
+    elif kind == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            from fusionlog.errors import LLMError
+
+            raise LLMError(f"--llm {llm} runs on vLLM (--llm-backend {backend}), which is not installed here; on a "
+                           f"GPU machine `pip install vllm`, or serve the model and use --llm-backend openai")
+
+
 def default_sources(target_system: str, given: tuple[str, ...]) -> list[str]:
     from fusionlog.data import system_of
 
@@ -128,6 +150,8 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
 
     if cfg.llm_lora and backend is not None:
         raise ConfigError("--llm-lora trains the LLM the pipeline loads itself; it cannot adapt a backend passed in")
+    if backend is None and not cfg.resume and getattr(cfg.distill, "rounds", 0) > 0:
+        preflight_llm(cfg.llm, cfg.llm_backend)  # a resumed run may need no LLM at all: it loads lazily
     t_start = time.perf_counter()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -184,3 +184,20 @@ def test_trust_shrinks_the_fine_tune_step_not_just_relative_weights():
     assert _trusted_finetune(ft, np.array([1.0, 3.0]), np.array([0.25, 1.0])).lr == pytest.approx(1.625)
     assert _trusted_finetune(ft, np.array([1.0, 1.0]), np.array([1.0, 1.0])).lr == pytest.approx(2.0)
     assert _trusted_finetune(ft, np.zeros(2), np.zeros(2)) is ft
+
+
+def test_an_llm_that_cannot_load_stops_the_job_before_any_work(tmp_path, capsys):
+    """Missing weights are a one-line error up front, not a crash after minutes of training."""
+    from fusionlog.cli import main
+    from fusionlog.errors import LLMError
+
+    out = tmp_path / "run"
+    missing = str(tmp_path / "absent.gguf")
+    with pytest.raises(LLMError, match="absent.gguf"):
+        fuse(_cfg(out, llm=missing))
+    assert not out.exists()  # nothing prepared, trained or written
+    rc = main(["eval", "--target", "bgl", "--methods", "fusionlog", "--llm", missing, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "absent.gguf" in err[0] and not out.exists()
+    # without rounds the LLM is never needed, so it is not asked for
+    assert fuse(_cfg(out, llm=missing, rounds=0)).report["rounds"][0]["round"] == 0

@@ -117,12 +117,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     loader = prepared_dir_loader(Path(args.prepared_dir)) if args.prepared_dir else None
     anchors = load_npy(Path(args.anchors)) if args.anchors else None
+    methods = args.methods or EvalConfig.__dataclass_fields__["methods"].default
+    if {"llm-only", "fusionlog"} & set(methods):
+        from fusionlog.pipeline import preflight_llm
+
+        preflight_llm(args.llm, args.llm_backend)  # before any training, not after it
     all_results = []
     for target in args.target:
         cfg = EvalConfig(
             target=target,
             sources=tuple(args.sources) if args.sources else None,
-            methods=tuple(args.methods) if args.methods else EvalConfig.__dataclass_fields__["methods"].default,
+            methods=tuple(methods),
             seeds=tuple(range(args.seeds)),
             pool_fraction=args.pool_fraction,
             split_seed=args.split_seed,
