@@ -88,6 +88,7 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     cfg = replace(TrainConfig(), **{**options.train_overrides, "seed": seed, "device": options.device})
     from fusionlog.model import SessionModelConfig
 
+    stages: list[tuple[np.ndarray, float]] = []  # each round's test scores; the protocol scores them
     det = Detector(replace(SessionModelConfig(), **options.model_overrides), train_config=cfg,
                    threshold_rule=options.threshold_rule or DEFAULT_THRESHOLD_RULE)
     det.fit(ctx.sources, ctx.pool, ctx.anchor_vectors)
@@ -96,7 +97,8 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     route = router.split(target_dataset(ctx, pool), ctx.pool.vectors, sessions=pool, idf_sessions=pool)
     labeller = _labeller(ctx, options, pool, router, route)
     rctx = RoundContext(det, ctx.sources, pool, np.asarray(route.general_mask, dtype=bool), labeller,
-                        lambda d: pool_rethreshold(d, pool), probe_fn=labeller.probe)
+                        lambda d: pool_rethreshold(d, pool), evaluate=lambda d: _stage(stages, d, ctx.test),
+                        probe_fn=labeller.probe)
     distill = DistillConfig(rounds=options.rounds, calls_per_round=options.llm_budget,
                             probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed))
     try:
@@ -113,4 +115,10 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
         "llm_labelled_sequences": int(sum(h.llm_labelled_sequences for h in history)),
         "rounds_run": len(history) - 1,
         "llm_probe": history[0].llm_probe,
-    })
+        "deep_bound": float(det.model_.config.deep_bound),
+    }, stages=stages)
+
+
+def _stage(stages: list, det, test) -> None:
+    """The rounds' `evaluate` hook: keep this round's test scores (round 0 = the general path)."""
+    stages.append((det.decision_function(test), float(det.threshold_)))

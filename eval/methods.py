@@ -42,6 +42,9 @@ class MethodOutput:
     parts: np.ndarray | None = None  # (n_test,) part name per test session, for per-part F1
     extra: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # diagnostics saved in scores.npz (pool scores)
+    # (test scores, threshold) of each intermediate model, e.g. every distillation round; the protocol
+    # scores them with the test labels a method never sees
+    stages: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,9 @@ def seed_entry(run: SeedRun, labels: np.ndarray) -> dict:
              "train_seconds": round(out.train_seconds, 3), "score_seconds": round(out.score_seconds, 4)}
     if out.parts is not None:
         entry["parts"] = part_metrics(labels, out.scores, out.threshold, out.parts)
+    if out.stages:
+        entry["stages"] = [{k: round(float(v), 4) for k, v in binary_metrics(labels, s, t).items()}
+                           for s, t in out.stages]
     for k, v in out.extra.items():
         entry.setdefault(k, v)
     return entry

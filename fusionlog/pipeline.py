@@ -191,18 +191,10 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         route = router.split(ds, target.vectors, sessions=pool, idf_sessions=pool)
     labeller = LazyLabeller(cfg, router, route, pool, ds, backend, cache_path, sources=src_ss)
 
-    def evaluate(det) -> dict | None:
-        if not test:
-            return None
-        from eval.metrics import binary_metrics
-
-        labels = np.array([s.label for s in test], dtype=np.int64)
-        m = binary_metrics(labels, det.decision_function(test), det.threshold_)
-        return {k: round(float(v), 4) for k, v in m.items()}
-
     ctx = RoundContext(
         detector=detector, sources=src_ss, pool=pool, general_mask=np.asarray(route.general_mask, dtype=bool),
-        label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool), evaluate=evaluate,
+        label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool),
+        evaluate=lambda det: heldout_metrics(det, test),
         load_detector=Detector.from_pretrained, llm_adapter=labeller if cfg.llm_lora else None,
         probe_fn=labeller.probe,
     )
@@ -256,6 +248,17 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     _plot_rounds(report, out)
     _print_summary(report, cfg.progress)
     return FuseResult(out, report, detector)
+
+
+def heldout_metrics(det, test) -> dict | None:
+    """Held-out metrics of one round's detector: labels only score it, never reach training."""
+    if not test:
+        return None
+    from eval.metrics import binary_metrics
+
+    labels = np.array([s.label for s in test], dtype=np.int64)
+    m = binary_metrics(labels, det.decision_function(test), det.threshold_)
+    return {k: round(float(v), 4) for k, v in m.items()}
 
 
 def pool_rethreshold(det, pool) -> None:

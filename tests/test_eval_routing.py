@@ -35,4 +35,7 @@ def test_llm_methods_run_in_the_harness_with_a_real_small_llm(cache_root, embedd
         assert 0 < seed["llm_calls"] <= 3 + 8
         assert 0.0 <= res["methods"][name]["f1"] <= 1.0
     assert res["methods"]["llm-only"]["seeds"][0]["unlabelled_sessions"] < res["split"]["test_sessions"]
-    assert res["methods"]["fusionlog"]["seeds"][0]["rounds_run"] == 1
+    fl = res["methods"]["fusionlog"]["seeds"][0]
+    assert fl["rounds_run"] == 1 and len(fl["stages"]) == 2  # round 0 (the general path) and round 1
+    assert fl["stages"][-1]["f1"] == pytest.approx(fl["f1"], abs=1e-4)  # the last round is what was scored
+    assert fl["deep_bound"] == 1.0  # probe off -> trust 1: the rounds widened the deep path to DistillConfig's
