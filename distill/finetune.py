@@ -2,7 +2,10 @@
 
 Why a fine-tune and not a retrain: round 0 already holds what the sources teach (meta-learned,
 domain-aligned); the LLM's labels only have to move it on the target sessions it was wrong about. The
-source loss keeps running beside the distillation loss so the model does not forget the sources.
+source loss keeps running beside the distillation loss so the model does not forget the sources, but
+by default it trains only the wide (rarity) path: what the GRU learns from the sources' words is what
+did not transfer (issue 3's leave-one-source-system-out selection bounded it to 0.01), so in the rounds
+the deep path, widened by the LLM's trust, learns from the target's teacher labels alone.
 
 The distillation loss is the usual temperature-softened cross-entropy: teacher probability p becomes
 q = sigmoid(logit(p) / T), the student's logit z is read as sigmoid(z / T), and the loss is scaled by
@@ -35,6 +38,8 @@ class FinetuneConfig:
     batch_size: int = field(default=32, metadata={"help": "sessions per source / target batch"})
     temperature: float = field(default=2.0, metadata={"help": "distillation temperature T"})
     target_weight: float = field(default=1.0, metadata={"help": "weight of the distillation loss vs the source loss"})
+    source_trains_deep: bool = field(default=False, metadata={
+        "help": "let the source loss train the deep (GRU) path too; off: it learns the target's teacher labels only"})
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,7 +116,8 @@ def finetune(
         loss_src = torch.zeros(())
         for d, s in zip(src_data, samplers, strict=True):
             b = make_batch(d.encoded, s.draw(rng, cfg.batch_size), d.vectors)
-            loss_src = loss_src + weighted_bce(model(b.x, b.mask, b.session_features).logits, b.labels,
+            out_src = model(b.x, b.mask, b.session_features, deep_grad=cfg.source_trains_deep)
+            loss_src = loss_src + weighted_bce(out_src.logits, b.labels,
                                                s.class_weight) / len(src_data)
         groups = rng.choice(len(enc), size=cfg.batch_size, replace=True, p=probs)
         b = make_batch(enc, groups, vectors)

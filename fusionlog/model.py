@@ -426,11 +426,14 @@ class SessionModel(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, session_features: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor, session_features: torch.Tensor | None = None,
+        deep_grad: bool = True,
     ) -> SessionModelOutput:
         """x: (B, T, input_dim + event_features); mask: (B, T) True at real steps (each row >= 1 step).
 
         The GRU reads [event features, anchor cosines, projected vector] per step (see the config).
+        `deep_grad=False` keeps this batch's loss out of the deep path (its share of the logit is
+        detached): the distillation rounds train it on the target's teacher labels only.
         """
         c = self.config
         b, t, _ = x.shape
@@ -472,6 +475,8 @@ class SessionModel(nn.Module):
             # A bounded correction: what the GRU learned from the sources' *words* may adjust the
             # rarity score but not overturn it; learned semantics transfer far less than rarity does.
             logits = c.deep_bound * torch.tanh(logits / c.deep_bound)
+        if not deep_grad:
+            logits = logits.detach()
         logits = logits + RARITY_GAIN * self.bias  # same gain as the wide weights (one scalar under Adam)
         if wide is not None:
             logits = logits + wide

@@ -159,3 +159,18 @@ def test_widening_the_deep_path_starts_it_at_zero():
     with torch.no_grad():
         deep = model.eval()(x, mask, sf).logits - ((sf - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias)
     assert 0.05 < deep[0] <= 0.3  # the deep path itself moved, within its new bound
+
+
+def test_a_batch_can_train_the_wide_path_without_the_deep_one():
+    """The rounds keep the source loss out of the GRU: only the target's teacher labels teach it."""
+    torch.manual_seed(0)
+    model = SessionModel(SessionModelConfig(hidden=8, attention_dim=8, head_hidden=8, anchors=0, vector_features=4,
+                                            deep_bound=1.0, dropout=0.0))
+    x, mask = torch.randn(4, 5, 384 + N_EVENT_FEATURES), torch.ones(4, 5, dtype=torch.bool)
+    sf = torch.rand(4, N_SESSION_FEATURES)
+    for deep_grad in (False, True):
+        model.zero_grad(set_to_none=True)
+        model(x, mask, sf, deep_grad=deep_grad).logits.sum().backward()
+        gru = model.gru.weight_ih_l0.grad
+        assert model.rarity_weight.grad.abs().sum() > 0 and model.bias.grad.abs().sum() > 0
+        assert (gru is not None and gru.abs().sum() > 0) == deep_grad
