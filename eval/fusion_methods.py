@@ -6,9 +6,11 @@ Qwen2.5-Coder-0.5B costs seconds per call, so budgets are small by default (`--l
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -104,6 +106,7 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     try:
         with tempfile.TemporaryDirectory(prefix="fusionlog-eval-") as tmp:
             det, history = run_rounds(rctx, distill, tmp)
+            teacher = _llm_pool_probs(Path(tmp), pool)
     finally:
         labeller.close()
     t1 = time.perf_counter()
@@ -116,7 +119,20 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
         "rounds_run": len(history) - 1,
         "llm_probe": history[0].llm_probe,
         "deep_bound": float(det.model_.config.deep_bound),
-    }, stages=stages)
+    }, stages=stages, arrays={"llm_pool_probs": teacher})
+
+
+def _llm_pool_probs(out_dir: Path, pool: list) -> np.ndarray:
+    """P(anomalous) the LLM gave each pool session (NaN: not asked), from the last round's state.
+
+    Saved in scores.npz so the LLM's label quality on the *target* can be measured afterwards against
+    the pool's labels, which the method never sees (`python -m eval.teacher_quality RUN`).
+    """
+    from distill.rounds import ROUNDS_DIR, last_complete_round
+
+    found = last_complete_round(out_dir / ROUNDS_DIR)
+    verdicts = {tuple(json.loads(k)): float(v["prob"]) for k, v in (found[1]["llm"] if found else {}).items()}
+    return np.array([verdicts.get(tuple(s.event_ids), np.nan) for s in pool], dtype=np.float64)
 
 
 def _stage(stages: list, det, test) -> None:

@@ -227,3 +227,16 @@ def test_threshold_study_applies_every_rule_to_saved_scores(tmp_path):
     assert res["pool-otsu"][0] > 0.9 and 0.05 < res["pool-otsu"][1] < 0.15  # bimodal pool: Otsu lands right
     with pytest.raises(SystemExit, match="no 'other' scores"):
         study(tmp_path, "other")
+
+
+def test_teacher_quality_counts_each_labelled_sequence_once():
+    from eval.teacher_quality import teacher_quality
+
+    nan = float("nan")
+    seqs = [(1, 2), (1, 2), (3,), (4,), (5,), (6,)]
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    probs = np.array([0.9, 0.9, 0.2, 0.7, nan, nan])  # (1,2) twice: one sequence; (5,) and (6,) not asked
+    q = teacher_quality(probs, labels, seqs)
+    assert q == {"sequences": 3, "anomalous": 1, "roc_auc": 1.0, "accuracy": pytest.approx(2 / 3, abs=1e-4),
+                 "called_anomalous": pytest.approx(2 / 3, abs=1e-4)}
+    assert teacher_quality(np.full(2, nan), np.array([0, 1]), [(1,), (2,)]) == {"sequences": 0}

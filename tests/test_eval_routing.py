@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from eval.protocol import EvalConfig, run_eval
 
 
@@ -28,7 +30,8 @@ def test_llm_methods_run_in_the_harness_with_a_real_small_llm(cache_root, embedd
         llm={"llm": "smollm2-135m", "llm_budget": 3, "rounds": 1, "llm_probe": 0,
              "llm_cache": str(tmp_path / "v.sqlite")},
     )
-    res = run_eval(cfg, data_dir, cache_root / "prepared", embedder=embedder).results
+    run = run_eval(cfg, data_dir, cache_root / "prepared", embedder=embedder)
+    res = run.results
     for name in ("llm-only", "fusionlog"):
         seed = res["methods"][name]["seeds"][0]
         assert seed["llm"] == "smollm2-135m"
@@ -39,3 +42,7 @@ def test_llm_methods_run_in_the_harness_with_a_real_small_llm(cache_root, embedd
     assert fl["rounds_run"] == 1 and len(fl["stages"]) == 2  # round 0 (the general path) and round 1
     assert fl["stages"][-1]["f1"] == pytest.approx(fl["f1"], abs=1e-4)  # the last round is what was scored
     assert fl["deep_bound"] == 1.0  # probe off -> trust 1: the rounds widened the deep path to DistillConfig's
+    # the LLM's verdict per pool session is saved for eval.teacher_quality (NaN: not asked)
+    probs = run.arrays["fusionlog/seed0/llm_pool_probs"]
+    assert probs.shape == (res["split"]["pool_sessions"],)
+    assert np.isfinite(probs).sum() >= fl["llm_labelled_sequences"] > 0  # each labelled sequence: >= 1 session
