@@ -61,6 +61,9 @@ class DistillConfig:
     max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
     probe_per_class: int = field(default=6, metadata={
         "help": "labelled source sequences per class the LLM answers before round 1 (its trust); 0 = off"})
+    probe_common: int = field(default=6, metadata={
+        "help": "the target's commonest distinct pool sequences the LLM is asked about before round 1; the share "
+                "it calls anomalous, c, scales its trust by (1 - c); 0 = off"})
     deep_bound: float = field(default=1.0, metadata={
         "help": "the deep path's bound in the rounds, times the LLM's trust (never below the general path's)"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -73,8 +76,8 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.confident={self.confident}: must be in (0.5, 1)")
         if self.max_fraction is not None and not 0.0 < self.max_fraction <= 1.0:
             raise ConfigError(f"DistillConfig.max_fraction={self.max_fraction}: must be in (0, 1]")
-        if self.probe_per_class < 0:
-            raise ConfigError(f"DistillConfig.probe_per_class={self.probe_per_class}: must be >= 0")
+        if self.probe_per_class < 0 or self.probe_common < 0:
+            raise ConfigError("DistillConfig.probe_per_class and probe_common must be >= 0")
         if not 0.0 <= self.stop_change < 1.0:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
         if self.deep_bound < 0:
@@ -202,6 +205,8 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec.test = ctx.evaluate(detector)
         if ctx.probe_fn is not None and config.probe_per_class > 0 and config.rounds > 0:
             rec.llm_probe = probe_llm(ctx.probe_fn, config.probe_per_class, rec)
+        if config.probe_common > 0 and config.rounds > 0 and (rec.llm_probe or {}).get("trust", 1.0) > 0:
+            rec.llm_probe = probe_common(ctx, detector, seqs, llm, config.probe_common, rec)
         rec.seconds = round(time.perf_counter() - t0, 2)
         history.append(rec)
         _checkpoint(ctx, detector, rounds_dir, 0, llm, history, adapter)
@@ -323,6 +328,43 @@ def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord) -> dict:
     trust = float(np.clip(2.0 * auc - 1.0, 0.0, 1.0))
     logger.info("LLM probe on %d labelled source sequences: ROC-AUC %.3f -> trust %.2f", len(y), auc, trust)
     return {"probes": len(y), "anomalous": int(y.sum()), "auc": round(auc, 4), "trust": round(trust, 4)}
+
+
+def probe_common(ctx: RoundContext, detector, seqs: list[tuple], llm: dict, n: int, rec: RoundRecord) -> dict:
+    """Ask the LLM about the target's `n` commonest distinct pool sequences; its trust shrinks by the share
+    it calls anomalous.
+
+    Why: the source probe measures the LLM on *other* systems. This one measures it on the target itself,
+    without a label, under the assumption every zero-label detector here makes (the threshold makes it
+    too): anomalies are a minority, so the target's everyday behaviour is normal, and a teacher that
+    calls it anomalous has nothing to teach about the rare behaviour. Measured: Qwen2.5-Coder-1.5B probed
+    at ROC-AUC 0.81 on source sequences, then called all 64 HDFS pool sequences it labelled anomalous (all
+    normal), and the rounds cut test F1 from 0.84 to 0.74. A system whose commonest behaviour *is*
+    anomalous (hadoop: 83% of applications) lies outside the assumption. The answers are real labels of
+    pool sequences: they join the LLM's verdicts (and the budget) like any other.
+    """
+    probe = dict(rec.llm_probe or {"trust": 1.0})
+    first: dict[tuple, int] = {}
+    counts: dict[tuple, int] = {}
+    for i, seq in enumerate(seqs):
+        first.setdefault(seq, i)
+        counts[seq] = counts.get(seq, 0) + 1
+    common = sorted(counts, key=lambda s: (-counts[s], first[s]))[:n]
+    asked = [ctx.pool[first[s]] for s in common]
+    got, stats = ctx.label_fn(asked, small_probs(detector, asked), False)
+    _add_stats(rec, stats)
+    for seq, prob in got.items():
+        llm[seq] = LLMVerdict(float(prob), int(prob >= 0.5))
+    answered = [got[s] for s in common if s in got]
+    if not answered:
+        probe["common_note"] = "the LLM answered none of the commonest pool sequences: trust unchanged"
+        return probe
+    called = float(np.mean([p >= 0.5 for p in answered]))
+    trust = float(probe.get("trust", 1.0)) * (1.0 - called)
+    logger.info("LLM on the target's %d commonest pool sequences: %.0f%% called anomalous -> trust %.2f",
+                len(answered), 100 * called, trust)
+    probe.update(common=len(answered), common_called_anomalous=round(called, 4), trust=round(trust, 4))
+    return probe
 
 
 def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

@@ -563,8 +563,12 @@ def report_markdown(report: dict) -> str:
 def _probe_line(probe: dict) -> str:
     auc = "–" if probe.get("auc") is None else f"{probe['auc']:.3f}"
     verdict = "no distillation round ran" if probe["trust"] <= 0 else f"its labels weigh {probe['trust']:.2f}"
-    return (f"- LLM probe: ROC-AUC {auc} on {probe['probes']} labelled source sequences "
-            f"({probe['anomalous']} anomalous) → trust {probe['trust']:.2f}: {verdict}")
+    parts = [f"ROC-AUC {auc} on {probe['probes']} labelled source sequences ({probe['anomalous']} anomalous)"
+             ] if "probes" in probe else []
+    if "common" in probe:
+        parts.append(f"{100 * probe['common_called_anomalous']:.0f}% of the target's {probe['common']} commonest "
+                     f"pool sequences called anomalous")
+    return f"- LLM probe: {'; '.join(parts)} → trust {probe['trust']:.2f}: {verdict}"
 
 
 def _f(x) -> str:

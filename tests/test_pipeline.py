@@ -20,7 +20,8 @@ FAST = {"epochs": 2, "steps_per_epoch": 6}
 
 def _cfg(out, **kw) -> FuseConfig:
     distill = DistillConfig(rounds=kw.pop("rounds", 2), calls_per_round=kw.pop("calls", 3),
-                            probe_per_class=kw.pop("probe", 0), finetune=FinetuneConfig(steps=8))
+                            probe_per_class=kw.pop("probe", 0), probe_common=kw.pop("common", 0),
+                            finetune=FinetuneConfig(steps=8))
     return FuseConfig(target="bgl", sources=("hdfs", "openstack"), out=str(out), progress=False,
                       distill=distill, k_examples=1, **FAST, **kw)
 
@@ -119,7 +120,7 @@ def test_two_round_run_with_a_real_llm_writes_a_loadable_artifact(tmp_path, cach
     assert loaded.threshold_ == pytest.approx(result.detector.threshold_)
 
 
-def _round_context(prepared, probe_fn, calls: list):
+def _round_context(prepared, probe_fn, calls: list, answer: float = 0.9):
     from distill.rounds import RoundContext
 
     target = prepared("bgl")
@@ -129,7 +130,7 @@ def _round_context(prepared, probe_fn, calls: list):
 
     def label_fn(sessions, probs, recheck):  # scripted teacher: control flow only
         calls.append(len(sessions))
-        return {tuple(s.event_ids): 0.9 for s in sessions}, {"calls": len(sessions)}
+        return {tuple(s.event_ids): answer for s in sessions}, {"calls": len(sessions)}
 
     return RoundContext(det, sources, pool, np.zeros(len(pool), dtype=bool), label_fn, lambda d: None,
                         probe_fn=probe_fn), pool
@@ -156,12 +157,34 @@ def test_an_llm_that_ranks_source_labels_is_trusted(prepared, tmp_path):
     calls: list = []
     ctx, _ = _round_context(prepared, lambda n: ([0.1] * n + [0.9] * n, [0] * n + [1] * n, {}), calls)
     tight = ctx.detector.model_.config.deep_bound
-    det, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3, deep_bound=0.5),
-                              tmp_path)
+    det, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3, probe_common=0,
+                                                 deep_bound=0.5), tmp_path)
     assert [h.round for h in history] == [0, 1]
     assert history[0].llm_probe["trust"] == 1.0 and calls == [4]
     # trusted labels may move the deep path: its bound widens from the general path's to trust x 0.5
     assert history[0].deep_bound == tight < 0.5 and history[1].deep_bound == 0.5 == det.model_.config.deep_bound
+
+
+@pytest.mark.parametrize("answer", [0.9, 0.1])
+def test_an_llm_that_calls_the_targets_everyday_behaviour_anomalous_gets_no_round(prepared, tmp_path, answer):
+    """Perfect on source labels, but the target's commonest sequences (normal, anomalies being rare) are
+    'anomalous' to it: it has nothing to teach about the rare ones."""
+    from distill.rounds import run_rounds
+
+    calls: list = []
+    perfect = lambda n: ([0.1] * n + [0.9] * n, [0] * n + [1] * n, {})  # noqa: E731
+    ctx, pool = _round_context(prepared, perfect, calls, answer=answer)
+    distinct = len({tuple(s.event_ids) for s in pool})
+    _, history = run_rounds(ctx, DistillConfig(rounds=1, calls_per_round=4, probe_per_class=3, probe_common=5),
+                            tmp_path / str(answer))
+    probe = history[0].llm_probe
+    assert calls[0] == min(5, distinct) and probe["common"] == calls[0]  # asked once, before any round
+    if answer > 0.5:
+        assert probe["common_called_anomalous"] == 1.0 and probe["trust"] == 0.0
+        assert [h.round for h in history] == [0] and len(calls) == 1  # no round: the pool was not sent again
+    else:
+        assert probe["common_called_anomalous"] == 0.0 and probe["trust"] == 1.0
+        assert [h.round for h in history] == [0, 1]
 
 
 @pytest.mark.slow
