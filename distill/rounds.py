@@ -215,8 +215,12 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         start = 1
     trust = float((history[0].llm_probe or {}).get("trust", 1.0))
     if trust <= 0.0:
-        logger.warning("the LLM labels source sessions no better than chance (%s): its labels would be noise, so "
-                       "no distillation round runs and the general-path model is kept", history[0].llm_probe)
+        probe = history[0].llm_probe or {}
+        why = ("it calls the target's everyday (commonest) behaviour anomalous"
+               if probe.get("common_called_anomalous", 0) >= 1 and (probe.get("auc") or 1) > 0.5
+               else "it labels source sessions no better than chance")
+        logger.warning("LLM trust 0: %s (%s); its labels would be noise, so no distillation round runs and the "
+                       "general-path model is kept", why, probe)
         return detector, history
     if start == 1 and detector.model_.widen_deep_path(trust * config.deep_bound):
         logger.info("deep path bound widened to %.3g (trust %.2f x %.3g): the LLM's labels may now move it",
