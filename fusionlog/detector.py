@@ -141,14 +141,15 @@ class Detector:
         result = train_model(src_data, tgt_data, mc, cfg, anchor_vectors)
         self.model_ = result.model.cpu().eval()
         self._set_target(target, tgt_data.stats)
-        pool_logits = score_encoded(self.model_, tgt_data.encoded, self._vectors_t, self.score_batch_size)
+        # the same pool scoring the rounds re-threshold with, so a rule means the same in every round
+        pool_logits, pool_counts = self.pool_decision(target.sessions)
         # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
-        self.pool_scores_ = (np.asarray(pool_logits), np.asarray(tgt_data.encoded.counts))
+        self.pool_scores_ = (pool_logits, pool_counts)
         self.source_validation_ = [(v.system, v.scores, v.labels, v.counts) for v in result.validation]
         self.threshold_info_ = choose_threshold(
             self.threshold_rule,
             pool_scores=pool_logits,
-            pool_weights=tgt_data.encoded.counts,
+            pool_weights=pool_counts,
             source_validation=self.source_validation_,
             contamination=self.contamination,
         )
