@@ -35,6 +35,7 @@ import numpy as np
 
 from distill.config import RoundLoraConfig
 from distill.finetune import FinetuneConfig, finetune
+from distill.template_teacher import TEACHERS, TemplateTeacherConfig
 from fusionlog.config import register_config_type
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.io import atomic_write_json, replace_dir
@@ -66,6 +67,10 @@ class DistillConfig:
                 "it calls anomalous, c, scales its trust by (1 - c); 0 = off"})
     deep_bound: float = field(default=1.0, metadata={
         "help": "the deep path's bound in the rounds, times the LLM's trust (never below the general path's)"})
+    teacher: str = field(default="session", metadata={
+        "help": "how the LLM labels: 'session' (one call per sequence) or 'template' (one call per template, "
+                "read against the system's everyday templates; distill.template_teacher)"})
+    template: TemplateTeacherConfig = field(default_factory=TemplateTeacherConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: RoundLoraConfig = field(default_factory=RoundLoraConfig)  # used only with --llm-lora
 
@@ -82,6 +87,14 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
         if self.deep_bound < 0:
             raise ConfigError(f"DistillConfig.deep_bound={self.deep_bound}: must be >= 0")
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"DistillConfig.teacher={self.teacher!r}: one of {list(TEACHERS)}")
+
+    @property
+    def asks_sessions(self) -> bool:
+        """Session verdicts can change with the small model's view (recheck) and can be probed on the
+        target's commonest sequences; template verdicts already assume those are normal."""
+        return self.teacher == "session"
 
 
 @dataclass
@@ -205,7 +218,8 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         rec.test = ctx.evaluate(detector)
         if ctx.probe_fn is not None and config.probe_per_class > 0 and config.rounds > 0:
             rec.llm_probe = probe_llm(ctx.probe_fn, config.probe_per_class, rec)
-        if config.probe_common > 0 and config.rounds > 0 and (rec.llm_probe or {}).get("trust", 1.0) > 0:
+        if (config.asks_sessions and config.probe_common > 0 and config.rounds > 0
+                and (rec.llm_probe or {}).get("trust", 1.0) > 0):
             rec.llm_probe = probe_common(ctx, detector, seqs, llm, config.probe_common, rec)
         rec.seconds = round(time.perf_counter() - t0, 2)
         history.append(rec)
@@ -244,7 +258,7 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
             rec.llm_labelled_sequences = len(got)
             budget_left -= len({seqs[i] for i in chosen})
         # 3. collaboration: confident small model vs disagreeing LLM verdict -> ask again with its view
-        if config.recheck and llm:
+        if config.recheck and config.asks_sessions and llm:
             disagree = _disagreements(seqs, p_small, llm, config.confident, config.max_rechecks)
             if disagree:
                 got, stats = ctx.label_fn([ctx.pool[i] for i in disagree], p_small[disagree], True)

@@ -41,7 +41,7 @@ def _labeller(ctx: TargetContext, options: MethodOptions, sessions, router, rout
     from fusionlog.pipeline import FuseConfig, LazyLabeller
 
     cfg = FuseConfig(target=ctx.target, llm=options.llm, llm_backend=options.llm_backend,
-                     llm_base_url=options.llm_base_url, progress=False, distill=DistillConfig())
+                     llm_base_url=options.llm_base_url, progress=False, distill=DistillConfig(teacher=options.teacher))
     from pathlib import Path
 
     cache = Path(options.llm_cache) if options.llm_cache else None
@@ -102,7 +102,8 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
                         lambda d: pool_rethreshold(d, pool), evaluate=lambda d: _stage(stages, d, ctx.test),
                         probe_fn=labeller.probe)
     distill = DistillConfig(rounds=options.rounds, calls_per_round=options.llm_budget,
-                            probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed))
+                            probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed),
+                            teacher=options.teacher)
     try:
         with tempfile.TemporaryDirectory(prefix="fusionlog-eval-") as tmp:
             det, history = run_rounds(rctx, distill, tmp)
@@ -119,6 +120,7 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
         "rounds_run": len(history) - 1,
         "llm_probe": history[0].llm_probe,
         "deep_bound": float(det.model_.config.deep_bound),
+        "teacher": options.teacher,
     }, stages=stages, arrays={"llm_pool_probs": teacher})
 
 

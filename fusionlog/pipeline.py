@@ -77,6 +77,9 @@ class FuseConfig:
             from distill.rounds import DistillConfig
 
             object.__setattr__(self, "distill", config_from_dict(DistillConfig, self.distill))
+        if self.llm_lora and getattr(self.distill, "teacher", "session") == "template":
+            raise ConfigError("--llm-lora trains the LLM on session prompts; --teacher template asks about "
+                              "templates. Use one of them")
 
     @property
     def out_dir(self) -> Path:
@@ -288,7 +291,8 @@ class LazyLabeller:
     def __init__(self, cfg: FuseConfig, router, route, pool, ds, backend=None, cache_path=None,
                  sources=()) -> None:
         self.cfg, self.router, self.route, self.pool, self.ds = cfg, router, route, pool, ds
-        self._main = self._recheck = self._cache = None
+        self._main = self._recheck = self._cache = self._template = None
+        self._teachers: dict[str, object] = {}  # system -> distill.template_teacher.TemplateTeacher
         self._backend = backend
         self._owns_backend = backend is None
         self._cache_path = cache_path
@@ -319,6 +323,9 @@ class LazyLabeller:
         examples = self.examples_for
         self._main = Labeller(self._backend, load_prompt("label_session"), lc, self._cache, examples,
                               progress=self.cfg.progress)
+        self._template = Labeller(self._backend, load_prompt("label_template"),
+                                  replace(lc, prompt="label_template", k_examples=0), self._cache, None,
+                                  progress=self.cfg.progress)
         self._recheck = Labeller(self._backend, load_prompt("recheck_disagreement"),
                                  replace(lc, prompt="recheck_disagreement"), self._cache, examples,
                                  progress=self.cfg.progress)
@@ -343,7 +350,7 @@ class LazyLabeller:
         if self._backend is not None and self._owns_backend:
             self._backend.close()
             self._backend = None
-            self._main = self._recheck = None
+            self._main = self._recheck = self._template = None
 
     def train(self, agreed, out_dir: Path) -> dict:
         """LoRA on the agreed labels (+ source sessions of the rarer class), rendered as the labeller asks."""
@@ -394,6 +401,8 @@ class LazyLabeller:
             return [], [], {}
         if self._main is None:
             self._build()
+        if self.template_mode:
+            return self._template_probe(picks)
         labeller = Labeller(self._backend, load_prompt("label_session"), replace(self._label_config(), k_examples=0),
                             self._cache, None, progress=self.cfg.progress)
         probs: list[float] = []
@@ -421,7 +430,42 @@ class LazyLabeller:
             self._examples = router_examples(self.router, self.route, self.pool, self.cfg.k_examples)
         return self._examples(session)
 
+    @property
+    def template_mode(self) -> bool:
+        return self.cfg.distill.teacher == "template"
+
+    def teacher_for(self, system: str, templates, reference):
+        """The system's template teacher (built once: its verdicts and everyday templates persist)."""
+        from distill.template_teacher import TemplateTeacher
+
+        if self._main is None:
+            self._build()
+        t = self._teachers.get(system)
+        if t is None or t.labeller is not self._template:
+            t = self._teachers[system] = TemplateTeacher(self._template, templates, system, reference,
+                                                         self.cfg.distill.template)
+        return t
+
+    def _template_probe(self, picks) -> tuple[list[float], list[int], dict]:
+        """The probe read exactly as the target's labels are: each source against its own everyday templates."""
+        probs: list[float] = []
+        labels: list[int] = []
+        totals: dict[str, float] = {}
+        for src in {id(src): src for _, src in picks}.values():
+            mine = [s for s, owner in picks if owner is src]
+            teacher = self.teacher_for(src.system, src.templates or [], src.sessions)
+            got, stats = teacher.probs([replace(s, label=None) for s in mine])
+            for s in mine:
+                if tuple(s.event_ids) in got:
+                    probs.append(got[tuple(s.event_ids)])
+                    labels.append(int(s.label))
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0) + v
+        return probs, labels, totals
+
     def __call__(self, sessions, probs, recheck):
+        if self.template_mode:
+            return self.teacher_for(self.ds.system, self.ds.templates, self.pool).probs(sessions)
         if self._main is None:
             self._build()
         labeller = self._recheck if recheck else self._main

@@ -36,6 +36,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-common", type=int, default=6,
                    help="the target's commonest distinct pool sequences the LLM answers first; the share it calls "
                         "anomalous (they are everyday behaviour) shrinks its trust by that much; 0 = off")
+    p.add_argument("--teacher", choices=("session", "template"), default="session",
+                   help="how the LLM labels: one call per distinct sequence (session), or one per template, read "
+                        "against the target's everyday templates (template; few calls, no recheck, no common probe)")
     p.add_argument("--stop-change", type=float, default=0.01,
                    help="stop when fewer than this share of pool labels change in a round (0: run every round)")
     p.add_argument("--k-examples", type=int, default=2, help="retrieved source sessions per prompt")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                            max_steps=args.llm_lora_max_steps, min_agreed=args.llm_lora_min_agreed, seed=args.seed)
     distill = DistillConfig(rounds=args.rounds, calls_per_round=args.calls_per_round,
                             max_fraction=args.budget_fraction, stop_change=args.stop_change,
-                            probe_per_class=args.probe_per_class, probe_common=args.probe_common, lora=lora)
+                            probe_per_class=args.probe_per_class, probe_common=args.probe_common, lora=lora,
+                            teacher=args.teacher)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
         target=args.target, sources=tuple(args.sources), llm=args.llm, llm_backend=args.llm_backend,

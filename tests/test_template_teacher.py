@@ -1,0 +1,105 @@
+"""The template teacher: one LLM call per template, read against the system's everyday templates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.backends.fake import ScriptedBackend
+from distill.config import LabelConfig
+from distill.labeller import Labeller
+from distill.prompts import load_prompt
+from distill.rounds import DistillConfig
+from distill.template_teacher import TemplateTeacher, TemplateTeacherConfig, everyday_templates, sequence_prob
+from fusionlog.data import hide_labels, load_dataset, split_sessions
+from fusionlog.errors import ConfigError
+from fusionlog.pipeline import fuse
+from fusionlog.types import Session
+from tests.test_pipeline import CountingBackend, _cfg
+
+
+def _s(*ids: int) -> Session:
+    return Session("sys", "k", list(ids))
+
+
+def test_everyday_templates_are_those_of_the_commonest_sequences():
+    sessions = [_s(1, 2)] * 5 + [_s(3)] * 3 + [_s(4, 5)] * 1
+    assert everyday_templates(sessions, 1) == {1, 2}
+    assert everyday_templates(sessions, 2) == {1, 2, 3}
+
+
+def test_a_sequence_is_anomalous_only_above_the_everyday_templates():
+    logits = {1: 2.0, 2: 0.0, 3: 3.0}
+    shift = 2.0  # the most problem-like everyday template
+    assert sequence_prob([2], logits, shift, 0.5) < 0.5
+    assert sequence_prob([1, 2], logits, shift + 0.1, 0.5) < 0.5  # a tie with everyday behaviour is normal
+    assert sequence_prob([2, 3], logits, shift, 0.5) > 0.8  # more problem-like than anything everyday
+    assert sequence_prob([9], logits, shift, 0.5) is None  # nothing answered: no verdict
+
+
+def _teacher(reply, reference, config=None):
+    ds = load_dataset("bgl")
+    backend = ScriptedBackend(reply)
+    labeller = Labeller(backend, load_prompt("label_template"), LabelConfig(prompt="label_template", k_examples=0,
+                                                                            max_retries=0), progress=False)
+    return TemplateTeacher(labeller, ds.templates, ds.system, reference, config), backend, ds
+
+
+def test_each_template_is_asked_once_and_the_verdict_follows_its_most_problem_like_template():
+    pool = hide_labels(split_sessions(load_dataset("bgl")).pool)
+    keys = ("panic", "kernel terminated")  # words of BGL templates, absent from the prompt itself
+    teacher, backend, ds = _teacher(lambda m: "anomalous" if any(k in str(m) for k in keys) else "normal", pool)
+    got, stats = teacher.probs(pool)
+    asked = teacher.everyday | {e for s in pool for e in s.event_ids}
+    assert backend.calls == stats["calls"] == len(asked)  # one call per template, none per sequence
+    alarming = {e for e in asked if any(k in ds.templates[e] for k in keys)}
+    assert alarming and not alarming & teacher.everyday  # BGL's everyday windows hold no kernel panic
+    for s in pool:
+        assert (got[tuple(s.event_ids)] > 0.5) == bool(alarming & set(s.event_ids))
+    again, stats2 = teacher.probs(pool)
+    assert again == got and backend.calls == len(asked) and stats2.get("calls", 0) == 0
+
+
+def test_garbage_answers_are_abstentions_not_verdicts():
+    pool = hide_labels(split_sessions(load_dataset("bgl")).pool)
+    teacher, _, _ = _teacher(lambda m: "the weather is nice", pool)
+    got, stats = teacher.probs(pool)
+    assert got == {} and stats["abstained_sequences"] == stats["calls"] > 0
+
+
+def test_template_teacher_config_is_checked():
+    with pytest.raises(ConfigError):
+        TemplateTeacherConfig(everyday=0)
+    with pytest.raises(ConfigError):
+        DistillConfig(teacher="oracle")
+
+
+def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_probes(tmp_path):
+    """Control flow with a scripted LLM: the probe reads source templates, the rounds target templates."""
+    from dataclasses import replace
+
+    cfg = _cfg(tmp_path / "run", rounds=2, calls=4, probe=3, common=5)
+    cfg = replace(cfg, distill=replace(cfg.distill, teacher="template"))
+    backend = CountingBackend()
+    result = fuse(cfg, backend=backend, cache_path=tmp_path / "v.sqlite")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    probe = report["rounds"][0]["llm_probe"]
+    assert probe["probes"] == 6 and "common" not in probe  # source probe ran; the common probe is implied
+    assert all(r["rechecked_sequences"] == 0 for r in report["rounds"])
+    templates = sum(len(load_dataset(name).templates) for name in ("bgl", "hdfs", "openstack"))
+    assert 0 < backend.calls <= templates  # per template, never per sequence
+    assert [r["round"] for r in report["rounds"]][0] == 0 and result.detector is not None
+    # a rerun pays nothing: every template's answer is cached
+    again = CountingBackend()
+    fuse(replace(cfg, out=str(tmp_path / "again")), backend=again, cache_path=tmp_path / "v.sqlite")
+    assert again.calls == 0
+
+
+def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path):
+    from dataclasses import replace
+
+    cfg = _cfg(tmp_path / "run")
+    with pytest.raises(ConfigError, match="--teacher template"):
+        replace(cfg, llm="smollm2-135m", llm_backend="transformers", llm_lora=True,
+                distill=replace(cfg.distill, teacher="template"))
