@@ -52,7 +52,8 @@ LLM_ADAPTER_DIR = "llm_adapter"
 @dataclass(frozen=True)
 class DistillConfig:
     rounds: int = field(default=3, metadata={"help": "distillation rounds after round 0 (the general path)"})
-    calls_per_round: int = field(default=16, metadata={"help": "distinct sequences sent to the LLM per round"})
+    calls_per_round: int = field(default=16, metadata={
+        "help": "distinct sequences sent to the LLM per round (session teacher; a template teacher labels all)"})
     max_fraction: float | None = field(
         default=None, metadata={"help": "cap on LLM-labelled sessions as a share of the pool (None = no cap)"})
     stop_change: float = field(default=0.01, metadata={"help": "stop when fewer than this share of labels change"})
@@ -248,7 +249,8 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         p_small = small_probs(detector, ctx.pool)
         # 2. new LLM labels for proprietary sessions not labelled yet
         todo = [i for i in np.flatnonzero(~ctx.general_mask) if seqs[i] not in llm]
-        n_calls = min(config.calls_per_round, budget_left)
+        # a template teacher pays per template, so it labels every sequence the budget allows at once
+        n_calls = min(config.calls_per_round, budget_left) if config.asks_sessions else budget_left
         if todo and n_calls > 0:
             chosen = _most_uncertain(todo, seqs, p_small, n_calls)
             got, stats = ctx.label_fn([ctx.pool[i] for i in chosen], p_small[chosen], False)

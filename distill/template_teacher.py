@@ -9,8 +9,9 @@ system costs a few dozen calls, each cached.
 
 The model's absolute P(anomalous) is still biased (it calls 70-98% of templates anomalous, by system),
 so it is read relative to the system's *everyday* behaviour, the assumption the threshold and the
-common-sequence probe make too: the templates of the system's commonest distinct sequences are
-normal. A sequence's verdict is
+common-sequence probe make too: anomalies are a minority, so a template found in at least half of the
+system's sessions belongs to normal work. (Not "the commonest sequences": one OpenStack failure, a
+network allocation abort, is among its six commonest sequences.) A sequence's verdict is
 
     P = sigmoid((max over its templates of logit p_t  -  max over everyday templates of logit p_t - m) / T)
 
@@ -42,27 +43,30 @@ _EPS = 1e-4
 @register_config_type
 @dataclass(frozen=True)
 class TemplateTeacherConfig:
-    everyday: int = field(default=6, metadata={
-        "help": "commonest distinct sequences whose templates define the system's everyday (normal) behaviour"})
+    everyday_share: float = field(default=0.5, metadata={
+        "help": "a template in at least this share of the system's sessions is everyday (normal) behaviour"})
     temperature: float = field(default=0.5, metadata={"help": "logit scale of a sequence's verdict"})
     margin: float = field(default=0.1, metadata={
         "help": "logits a template must stand above the everyday ones to make its sequence anomalous (ties: normal)"})
 
     def __post_init__(self) -> None:
-        if self.everyday < 1:
-            raise ConfigError(f"TemplateTeacherConfig.everyday={self.everyday}: must be >= 1")
+        if not 0.0 < self.everyday_share <= 1.0:
+            raise ConfigError(f"TemplateTeacherConfig.everyday_share={self.everyday_share}: must be in (0, 1]")
         if self.temperature <= 0 or self.margin < 0:
             raise ConfigError("TemplateTeacherConfig: temperature must be > 0 and margin >= 0")
 
 
-def everyday_templates(sessions: Sequence[Session], n: int) -> set[int]:
-    """Template ids of the `n` commonest distinct event sequences (ties: first seen first)."""
-    counts: Counter[tuple[int, ...]] = Counter(tuple(s.event_ids) for s in sessions)
-    first: dict[tuple[int, ...], int] = {}
-    for i, s in enumerate(sessions):
-        first.setdefault(tuple(s.event_ids), i)
-    common = sorted(counts, key=lambda k: (-counts[k], first[k]))[:n]
-    return {int(e) for seq in common for e in seq}
+def everyday_templates(sessions: Sequence[Session], share: float) -> set[int]:
+    """Template ids found in at least `share` of the sessions; if none is, those of the commonest sequence
+    (a system of short, varied sessions, such as BGL's windows, may have no template that common)."""
+    if not sessions:
+        return set()
+    df: Counter[int] = Counter(int(e) for s in sessions for e in set(s.event_ids))
+    out = {e for e, n in df.items() if n >= share * len(sessions)}
+    if out:
+        return out
+    common = Counter(tuple(s.event_ids) for s in sessions).most_common(1)[0][0]
+    return {int(e) for e in common}
 
 
 def logit(p: float) -> float:
@@ -94,7 +98,7 @@ class TemplateTeacher:
         self.templates = list(templates)
         self.system = system
         self.config = config or TemplateTeacherConfig()
-        self.everyday = everyday_templates(reference, self.config.everyday)
+        self.everyday = everyday_templates(reference, self.config.everyday_share)
         self.logits: dict[int, float] = {}
         self.asked: set[int] = set()
 

@@ -32,10 +32,11 @@ class CountingBackend:
     name = "fake"
     model_id = "counting"
 
-    def __init__(self) -> None:
+    def __init__(self, words: tuple[str, ...] = ("fatal",)) -> None:
         from distill.backends.fake import ScriptedBackend
 
-        self.inner = ScriptedBackend(lambda m: "anomalous" if "fatal" in str(m).lower() else "normal")
+        self.inner = ScriptedBackend(lambda m: "anomalous" if any(w in str(m) or w in str(m).lower() for w in words)
+                                     else "normal")
 
     @property
     def calls(self) -> int:
