@@ -28,8 +28,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from fusionlog.config import register_config_type
 from fusionlog.errors import ConfigError
 from fusionlog.types import Session
@@ -140,10 +138,3 @@ class TemplateTeacher:
         stats["everyday_p"] = round(1.0 / (1.0 + math.exp(-(shift - self.config.margin))), 4)
         return got, stats
 
-
-def template_probs_array(teacher: TemplateTeacher) -> np.ndarray:
-    """(n_templates,) the LLM's P(anomalous) per template, NaN where it was not asked or abstained."""
-    out = np.full(len(teacher.templates), np.nan, dtype=np.float32)
-    for e, z in teacher.logits.items():
-        out[e] = 1.0 / (1.0 + math.exp(-z))
-    return out
