@@ -106,13 +106,15 @@ def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_prob
     assert again.calls == 0
 
 
-def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path):
-    from dataclasses import replace
+def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path, capsys):
+    from fusionlog.cli import main
 
-    cfg = _cfg(tmp_path / "run")
-    with pytest.raises(ConfigError, match="--teacher template"):
-        replace(cfg, llm="smollm2-135m", llm_backend="transformers", llm_lora=True,
-                distill=replace(cfg.distill, teacher="template"))
+    args = ["fuse", "--target", "bgl", "--llm", "smollm2-135m", "--llm-backend", "transformers", "--llm-lora",
+            "--out", str(tmp_path)]
+    assert main(args + ["--teacher", "template"]) == 2  # the flag reaches the config, which refuses the pair
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--teacher template" in err[0]
+    assert not (tmp_path / "rounds").exists()  # refused before any work
 
 
 @pytest.mark.slow
