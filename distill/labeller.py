@@ -78,6 +78,19 @@ class LabelRun:
     verdicts: list[Verdict]  # one per labelled session (abstentions included, label None)
     stats: LabelStats
 
+    def sequence_probs(self, sessions: Sequence[Session]) -> dict[tuple, float]:
+        """{event sequence: P(anomalous)} of the answered verdicts; `sessions` are the ones labelled."""
+        by_key = {s.key: tuple(s.event_ids) for s in sessions}
+        return {by_key[v.key]: float(v.prob) for v in self.verdicts if v.prob is not None and not v.abstained}
+
+
+def add_counts(totals: dict, stats: dict) -> dict:
+    """Sum the numeric entries of `stats` into `totals` (several labeller runs, one summary)."""
+    for k, v in stats.items():
+        if isinstance(v, (int, float)):
+            totals[k] = totals.get(k, 0) + v
+    return totals
+
 
 def sequence_id(event_ids: Sequence[int]) -> str:
     return hashlib.sha256(",".join(map(str, event_ids)).encode()).hexdigest()[:16]

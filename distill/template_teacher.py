@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from distill.labeller import add_counts
 from fusionlog.config import register_config_type
 from fusionlog.errors import ConfigError
 from fusionlog.types import Session
@@ -106,13 +107,10 @@ class TemplateTeacher:
             return
         one = [Session(self.system, f"template:{e}", [e]) for e in todo]
         run = self.labeller.label(one, self.templates, self.system)
-        for v in run.verdicts:
-            if v.prob is not None and not v.abstained:
-                self.logits[int(v.key.split(":", 1)[1])] = logit(v.prob)
+        for (e,), p in run.sequence_probs(one).items():
+            self.logits[e] = logit(p)
         self.asked.update(todo)
-        for k, v in run.stats.to_dict().items():
-            if isinstance(v, (int, float)):
-                stats[k] = stats.get(k, 0) + v
+        add_counts(stats, run.stats.to_dict())
 
     @property
     def shift(self) -> float:

@@ -392,7 +392,7 @@ class LazyLabeller:
         Rendered without few-shot examples (the router would retrieve the probe itself, label included) and
         with labels hidden; one labeller call per source system, since each has its own templates.
         """
-        from distill.labeller import Labeller
+        from distill.labeller import Labeller, add_counts
         from distill.prompts import load_prompt
 
         seed = self.cfg.seed
@@ -402,24 +402,27 @@ class LazyLabeller:
         if self._main is None:
             self._build()
         if self.template_mode:
-            return self._template_probe(picks)
-        labeller = Labeller(self._backend, load_prompt("label_session"), replace(self._label_config(), k_examples=0),
-                            self._cache, None, progress=self.cfg.progress)
+            answer = self._template_answers
+        else:
+            labeller = Labeller(self._backend, load_prompt("label_session"),
+                                replace(self._label_config(), k_examples=0), self._cache, None,
+                                progress=self.cfg.progress)
+
+            def answer(src, hidden):
+                run = labeller.label(hidden, src.templates or [], src.system)
+                return run.sequence_probs(hidden), run.stats.to_dict()
+
         probs: list[float] = []
         labels: list[int] = []
         totals: dict[str, float] = {}
         for src in {id(src): src for _, src in picks}.values():
             mine = [s for s, owner in picks if owner is src]
-            hidden = [replace(s, label=None) for s in mine]
-            run = labeller.label(hidden, src.templates or [], src.system)
-            by_key = {s.key: s.label for s in mine}
-            for v in run.verdicts:
-                if v.prob is not None and not v.abstained:
-                    probs.append(float(v.prob))
-                    labels.append(int(by_key[v.key]))
-            for k, v in run.stats.to_dict().items():
-                if isinstance(v, (int, float)):
-                    totals[k] = totals.get(k, 0) + v
+            got, stats = answer(src, [replace(s, label=None) for s in mine])
+            for s in mine:
+                if tuple(s.event_ids) in got:
+                    probs.append(got[tuple(s.event_ids)])
+                    labels.append(int(s.label))
+            add_counts(totals, stats)
         return probs, labels, totals
 
     def examples_for(self, session):
@@ -446,22 +449,9 @@ class LazyLabeller:
                                                          self.cfg.distill.template)
         return t
 
-    def _template_probe(self, picks) -> tuple[list[float], list[int], dict]:
-        """The probe read exactly as the target's labels are: each source against its own everyday templates."""
-        probs: list[float] = []
-        labels: list[int] = []
-        totals: dict[str, float] = {}
-        for src in {id(src): src for _, src in picks}.values():
-            mine = [s for s, owner in picks if owner is src]
-            teacher = self.teacher_for(src.system, src.templates or [], src.sessions)
-            got, stats = teacher.probs([replace(s, label=None) for s in mine])
-            for s in mine:
-                if tuple(s.event_ids) in got:
-                    probs.append(got[tuple(s.event_ids)])
-                    labels.append(int(s.label))
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0) + v
-        return probs, labels, totals
+    def _template_answers(self, src, hidden) -> tuple[dict[tuple, float], dict]:
+        """A source's probe read exactly as the target's labels are: against its own everyday templates."""
+        return self.teacher_for(src.system, src.templates or [], src.sessions).probs(hidden)
 
     def __call__(self, sessions, probs, recheck):
         if self.template_mode:
@@ -470,12 +460,7 @@ class LazyLabeller:
             self._build()
         labeller = self._recheck if recheck else self._main
         run = labeller.label(sessions, self.ds.templates, self.ds.system, small_probs=np.asarray(probs))
-        got: dict[tuple, float] = {}
-        by_key = {s.key: tuple(s.event_ids) for s in sessions}
-        for v in run.verdicts:
-            if v.prob is not None and not v.abstained:
-                got[by_key[v.key]] = float(v.prob)
-        return got, run.stats.to_dict()
+        return run.sequence_probs(sessions), run.stats.to_dict()
 
     def close(self) -> None:
         if self._cache is not None:
