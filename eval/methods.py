@@ -140,13 +140,14 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
 
 
 @register_method(
-    "rarity", "label-free baseline: mean of the three rarity features vs the pool (no training), the default threshold"
+    "rarity", "label-free baseline: mean of the model's rarity features vs the pool (no training), the default threshold"
 )
 def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
     """How far "unusual here" alone goes: the model's own wide-path inputs, weighted equally, untrained.
 
-    Rarity of the session's template set and of its rarest and average template, each against the
-    unlabelled pool (pool sessions counted leave-one-out, as in training), so 0 = common, 1 = never seen.
+    Rarity of the session's template set and of its rarest and average template, and how much of the
+    everyday templates it lacks, each against the unlabelled pool (pool sessions counted leave-one-out, as
+    in training), so 0 = common, 1 = never seen.
     """
     from fusionlog.model import ReferenceStats, SessionModelConfig, encode_sessions
     from fusionlog.threshold import POOL_RULES, choose_threshold

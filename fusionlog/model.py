@@ -55,8 +55,10 @@ from fusionlog.types import Session
 
 #: Per-step features appended to each template vector: [template rarity].
 N_EVENT_FEATURES = 1
-#: Per-session features fed to the head beside the pooled feature: [set rarity, max rarity, mean rarity].
-N_SESSION_FEATURES = 3
+#: Per-session features fed to the head beside the pooled feature: [set rarity, max rarity, mean rarity,
+#: missing-everyday]. Append-only: a model reads the first `SessionModelConfig.session_features` of them,
+#: so artifacts trained with fewer keep scoring as they were trained.
+N_SESSION_FEATURES = 4
 
 #: Gain of the wide path's weight parametrisation (see SessionModel.__init__).
 RARITY_GAIN = 10.0
@@ -150,13 +152,39 @@ class ReferenceStats:
         return self._rarity(counts)
 
     def session_features(self, ids: Sequence[int], in_corpus: bool) -> np.ndarray:
-        """(3,) [rarity of the exact template set, max and mean template rarity over distinct templates]."""
+        """(4,) [rarity of the exact template set, max and mean template rarity over distinct templates,
+        missing-everyday (`missing_everyday`)]."""
         key = _set_key(ids)
         set_count = self.set_counts.get(key, 0) - (1 if in_corpus else 0)
         per_template = self.event_rarity(key, in_corpus) if key else np.ones(1, np.float32)
         return np.array(
-            [float(self._rarity(set_count)), per_template.max(), per_template.mean()], dtype=np.float32
+            [float(self._rarity(set_count)), per_template.max(), per_template.mean(),
+             self.missing_everyday(key, in_corpus)],
+            dtype=np.float32,
         )
+
+    def missing_everyday(self, key: Sequence[int], in_corpus: bool) -> float:
+        """How much of what most sessions have this one lacks: the sum, over the *everyday* templates (in more
+        than half of the corpus) absent from the session, of the rarity of lacking each (the same normalised
+        surprise as `_rarity`, applied to the count of sessions without it), capped at 1.
+
+        Why: the other features only see what a session *has*. A broken workflow (an instance that never
+        finished spawning, a block write that never completed) is told by the steps it lacks, while a rare
+        but benign session (a routine periodic message attached to an ordinary lifecycle) has everything
+        the ordinary one has plus one rare template; set and max rarity cannot tell the two apart. Lacking a
+        template that nearly half of the corpus also lacks costs little; lacking one that all others have
+        costs 1. Only everyday templates count: every session lacks the many rare ones, and their small costs
+        would add up to a constant that saturates the cap in systems with hundreds of templates.
+        """
+        n = len(self.doc_freq)
+        if self.n_sessions <= 1 or n == 0:
+            return 0.0
+        own = 1 if in_corpus else 0
+        lack = self._rarity(self.n_sessions - self.doc_freq - own).astype(np.float64)  # (n_templates,)
+        lack[2 * self.doc_freq <= self.n_sessions] = 0.0  # not everyday: lacking it is the usual case
+        present = [e for e in key if 0 <= e < n]
+        total = float(lack.sum() - lack[present].sum())
+        return float(min(1.0, max(0.0, total)))
 
     def to_dict(self) -> dict:
         return {
@@ -464,7 +492,7 @@ class SessionModel(nn.Module):
         if c.session_features:
             if session_features is None:
                 raise ConfigError(f"SessionModel expects {c.session_features} session features per row")
-            sf = session_features.to(pooled.dtype)  # (B, S)
+            sf = session_features[:, : c.session_features].to(pooled.dtype)  # (B, S): append-only features
             if self.rarity_weight is not None:
                 # centred on 0.5 so the wide path needs no large offset (rarity is in [0, 1])
                 wide = (sf - 0.5) @ self.rarity_weights()  # (B,) non-negative weights

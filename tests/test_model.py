@@ -65,6 +65,33 @@ def test_reference_stats_rarity_and_leave_one_out():
     assert back.set_counts == stats.set_counts and back.doc_freq.tolist() == stats.doc_freq.tolist()
 
 
+def test_missing_everyday_tells_a_broken_workflow_from_a_rare_extra():
+    # 20 ordinary lifecycles [0..4], 4 of them with a rare benign extra (5); template 3 is optional (12/20)
+    ordinary = [[0, 1, 2, 4] if i % 2 else [0, 1, 2, 3, 4] for i in range(16)]
+    corpus = _sessions(ordinary + [[0, 1, 2, 3, 4, 5]] * 4)
+    stats = ReferenceStats.from_sessions(corpus, n_templates=7)
+    full, extra = stats.session_features([0, 1, 2, 3, 4], False), stats.session_features([0, 1, 2, 3, 4, 5], False)
+    no_optional = stats.session_features([0, 1, 2, 4], False)
+    broken = stats.session_features([0, 6], False)  # never got past step 0, plus an unseen error line
+    assert full[3] == pytest.approx(0.0, abs=1e-6)  # lacks nothing
+    assert extra[3] == pytest.approx(full[3], abs=1e-6)  # a rare extra adds nothing missing...
+    assert extra[1] > full[1] + 0.3  # ...though its max rarity is high: the features disagree on purpose
+    assert 0.0 < no_optional[3] < 0.5  # lacking what nearly half the corpus lacks costs little
+    assert broken[3] == pytest.approx(1.0)  # lacking 4 templates every session has: capped at 1
+    # leave-one-out: a corpus session lacking the optional template counts one fewer other such session
+    assert stats.session_features([0, 1, 2, 4], True)[3] > no_optional[3]
+
+
+def test_model_reads_only_its_own_number_of_session_features():
+    """Features are append-only: an artifact trained on 3 scores the same when 4 are computed."""
+    model = _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "session_features": 3}))
+    x, mask = torch.randn(2, 5, 384 + N_EVENT_FEATURES), torch.ones(2, 5, dtype=torch.bool)
+    sf = torch.rand(2, N_SESSION_FEATURES)
+    assert N_SESSION_FEATURES > 3
+    with torch.no_grad():
+        assert torch.equal(model(x, mask, sf).logits, model(x, mask, sf[:, :3]).logits)
+
+
 def test_encode_deduplicates_identical_sessions():
     sess = _sessions([[0, 1], [0, 1], [0, 0, 1], [2]], label=0)
     stats = ReferenceStats.from_sessions(sess, 3)
