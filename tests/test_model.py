@@ -82,6 +82,24 @@ def test_missing_everyday_tells_a_broken_workflow_from_a_rare_extra():
     assert stats.session_features([0, 1, 2, 4], True)[3] > no_optional[3]
 
 
+def test_missing_everyday_ranks_real_openstack_failures_above_rare_normal_lifecycles(data_dir):
+    """On real OpenStack instances (labels only score): adding the feature to the untrained rarity mean
+    lifts the ranking, because failed builds lack the spawn steps while rare normal ones only add a line."""
+    from sklearn.metrics import roc_auc_score
+
+    from fusionlog.data import load_dataset
+
+    ds = load_dataset("openstack", data_dir, progress=False)
+    stats = ReferenceStats.from_sessions(ds.sessions, len(ds.templates))
+    feats = np.stack([stats.session_features(s.event_ids, in_corpus=True) for s in ds.sessions])
+    labels = np.array([s.label for s in ds.sessions])
+    spawned = next(i for i, t in enumerate(ds.templates) if "Instance spawned successfully" in t)
+    lacks_spawn = np.array([spawned not in s.event_ids for s in ds.sessions])
+    assert feats[lacks_spawn, 3].mean() > 0.5 > feats[~lacks_spawn, 3].mean()
+    without, with_missing = roc_auc_score(labels, feats[:, :3].mean(1)), roc_auc_score(labels, feats.mean(1))
+    assert with_missing > without + 0.01, (without, with_missing)
+
+
 def test_model_reads_only_its_own_number_of_session_features():
     """Features are append-only: an artifact trained on 3 scores the same when 4 are computed."""
     model = _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "session_features": 3}))
