@@ -123,7 +123,7 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
     t2 = time.perf_counter()
     info = det.threshold_info_
     pool_scores, pool_weights = det.pool_scores_
-    arrays = {"pool_scores": pool_scores, "pool_weights": pool_weights}
+    arrays = {"pool_scores": pool_scores, "pool_weights": pool_weights, "pool_surprising": det.pool_surprising_}
     for system, v_scores, v_labels, v_weights in det.source_validation_:
         arrays |= {f"val/{system}/scores": v_scores, f"val/{system}/labels": v_labels,
                    f"val/{system}/weights": v_weights}
@@ -140,7 +140,7 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
 
 
 @register_method(
-    "rarity", "label-free baseline: mean of the model's rarity features vs the pool (no training), the default threshold"
+    "rarity", "label-free baseline: mean of the model's rarity features vs the pool (no training), default threshold"
 )
 def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
     """How far "unusual here" alone goes: the model's own wide-path inputs, weighted equally, untrained.
@@ -149,7 +149,7 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     everyday templates it lacks, each against the unlabelled pool (pool sessions counted leave-one-out, as
     in training), so 0 = common, 1 = never seen.
     """
-    from fusionlog.model import ReferenceStats, SessionModelConfig, encode_sessions
+    from fusionlog.model import ReferenceStats, SessionModelConfig, encode_sessions, surprising
     from fusionlog.threshold import POOL_RULES, choose_threshold
 
     t0 = time.perf_counter()
@@ -159,13 +159,38 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     enc = encode_sessions(ctx.pool.sessions, stats, max_len, in_corpus=True)
     pool, counts = enc.session_features.mean(axis=1), enc.counts.astype(np.float64)
     rule = options.threshold_rule if options.threshold_rule in POOL_RULES else DEFAULT_THRESHOLD_RULE
-    thr = choose_threshold(rule, pool_scores=pool, pool_weights=counts)
+    pool_surprising = surprising(enc.session_features)
+    thr = choose_threshold(rule, pool_scores=pool, pool_weights=counts, pool_surprising=pool_surprising)
     t1 = time.perf_counter()
     test = encode_sessions(ctx.test, stats, max_len, in_corpus=False)
     scores = test.session_features.mean(axis=1)[test.index].astype(np.float32)
     return MethodOutput(scores, thr.value, t1 - t0, time.perf_counter() - t1,
                         extra={"threshold_rule": thr.rule, "threshold_source": thr.source},
-                        arrays={"pool_scores": pool, "pool_weights": counts})
+                        arrays={"pool_scores": pool, "pool_weights": counts, "pool_surprising": pool_surprising})
+
+
+@register_method(
+    "surprise", "label-free baseline: the session's set surprise vs the pool (no training), flagged above 1 unit"
+)
+def surprise(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutput:
+    """The template set's negative log-likelihood under the pool's per-template frequencies, in units of
+    one never-seen template (`ReferenceStats.surprise`), with the threshold fixed a priori at 1 unit: a
+    session departs from the pool in more ways than one new line would. No training, no threshold search.
+    """
+    from fusionlog.model import SURPRISE_UNIT, ReferenceStats
+
+    t0 = time.perf_counter()
+    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors))
+    pool = np.array([stats.surprise(_distinct(s), in_corpus=True) for s in ctx.pool.sessions], np.float32)
+    t1 = time.perf_counter()
+    scores = np.array([stats.surprise(_distinct(s), in_corpus=False) for s in ctx.test], dtype=np.float32)
+    return MethodOutput(scores, SURPRISE_UNIT, t1 - t0, time.perf_counter() - t1,
+                        extra={"threshold_rule": "fixed: 1 unit of surprise", "threshold_source": "constant"},
+                        arrays={"pool_scores": pool, "pool_weights": np.ones(len(pool))})
+
+
+def _distinct(session: Session) -> list[int]:
+    return sorted(set(session.event_ids))
 
 
 @register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")

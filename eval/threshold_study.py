@@ -29,10 +29,12 @@ def seed_thresholds(z, prefix: str) -> dict[str, float]:
     val = [(s, z[f"{prefix}/val/{s}/scores"], z[f"{prefix}/val/{s}/labels"], z[f"{prefix}/val/{s}/weights"])
            for s in systems]
     pool, weights = z[f"{prefix}/pool_scores"], z[f"{prefix}/pool_weights"]
+    surprising = z[f"{prefix}/pool_surprising"] if f"{prefix}/pool_surprising" in z.files else None  # newer runs
     out = {}
     for rule in THRESHOLD_RULES:
         try:
-            out[rule] = choose_threshold(rule, pool_scores=pool, pool_weights=weights, source_validation=val).value
+            out[rule] = choose_threshold(rule, pool_scores=pool, pool_weights=weights, pool_surprising=surprising,
+                                         source_validation=val).value
         except ConfigError:  # the run lacks what this rule reads (e.g. no held-out source data): no figure
             out[rule] = float("nan")
     return out

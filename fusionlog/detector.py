@@ -41,6 +41,7 @@ from fusionlog.model import (
     SessionModelConfig,
     encode_sessions,
     score_encoded,
+    surprising,
 )
 from fusionlog.threshold import THRESHOLD_RULES, ThresholdResult, choose_threshold
 from fusionlog.types import Session
@@ -145,11 +146,13 @@ class Detector:
         pool_logits, pool_counts = self.pool_decision(target.sessions)
         # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
         self.pool_scores_ = (pool_logits, pool_counts)
+        self.pool_surprising_ = self.pool_surprising(target.sessions)
         self.source_validation_ = [(v.system, v.scores, v.labels, v.counts) for v in result.validation]
         self.threshold_info_ = choose_threshold(
             self.threshold_rule,
             pool_scores=pool_logits,
             pool_weights=pool_counts,
+            pool_surprising=self.pool_surprising_,
             source_validation=self.source_validation_,
             contamination=self.contamination,
         )
@@ -194,6 +197,15 @@ class Detector:
         enc = encode_sessions(pool, self.stats_, self.model_.config.max_len, in_corpus=True, system=self.system_)
         scores = score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)
         return np.asarray(scores, dtype=np.float64), np.asarray(enc.counts, dtype=np.float64)
+
+    def pool_surprising(self, pool: Sequence[Session]) -> np.ndarray:
+        """(G,) bool per distinct pool input, in `pool_decision`'s order: surprise above 1 unit (leave-one-out).
+
+        The pseudo-labels of the `pool-surprise` threshold rule; a function of the pool alone, not the model.
+        """
+        self._check_fitted()
+        enc = encode_sessions(pool, self.stats_, self.model_.config.max_len, in_corpus=True, system=self.system_)
+        return surprising(enc.session_features)
 
     def predict(self, sessions: Sequence[Session]) -> np.ndarray:
         """(n,) int 0/1: 1 where the score is above `threshold_`."""

@@ -58,9 +58,15 @@ from fusionlog.types import Session
 #: Per-step features appended to each template vector: [template rarity].
 N_EVENT_FEATURES = 1
 #: Per-session features fed to the head beside the pooled feature: [set rarity, max rarity, mean rarity,
-#: missing-everyday]. Append-only: a model reads the first `SessionModelConfig.session_features` of them,
-#: so artifacts trained with fewer keep scoring as they were trained.
-N_SESSION_FEATURES = 4
+#: missing-everyday, squashed set surprise]. Append-only: a model reads the first
+#: `SessionModelConfig.session_features` of them, so artifacts trained with fewer keep scoring as they were trained.
+N_SESSION_FEATURES = 5
+
+#: One unit of `ReferenceStats.surprise`: the surprise of a single template never seen in the corpus.
+SURPRISE_UNIT = 1.0
+
+#: Column of the squashed surprise, s / (1 + s), in the session features (1 unit sits at 0.5).
+SURPRISE_FEATURE = 4
 
 #: Gain of the wide path's weight parametrisation (see SessionModel.__init__).
 RARITY_GAIN = 10.0
@@ -126,8 +132,8 @@ class ReferenceStats:
     n_sessions: int
     doc_freq: np.ndarray  # (n_templates,) number of corpus sessions containing each template
     set_counts: dict[tuple[int, ...], int] = field(default_factory=dict)  # distinct-id set -> sessions
-    # (lack cost per template, its sum) per leave-one-out offset; derived from doc_freq, never saved
-    _lack: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False, compare=False)
+    # (lack cost per template, its sum) per (leave-one-out offset, everyday only); derived from doc_freq, never saved
+    _lack: dict[tuple[int, bool], tuple[np.ndarray, float]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_sessions(cls, sessions: Sequence[Session], n_templates: int) -> ReferenceStats:
@@ -156,16 +162,38 @@ class ReferenceStats:
         return self._rarity(counts)
 
     def session_features(self, ids: Sequence[int], in_corpus: bool) -> np.ndarray:
-        """(4,) [rarity of the exact template set, max and mean template rarity over distinct templates,
-        missing-everyday (`missing_everyday`)]."""
+        """(5,) [rarity of the exact template set, max and mean template rarity over distinct templates,
+        missing-everyday (`missing_everyday`), set surprise squashed to [0, 1) as s / (1 + s) (`surprise`)]."""
         key = _set_key(ids)
         set_count = self.set_counts.get(key, 0) - (1 if in_corpus else 0)
         per_template = self.event_rarity(key, in_corpus) if key else np.ones(1, np.float32)
+        surprise = self.surprise(key, in_corpus)
         return np.array(
             [float(self._rarity(set_count)), per_template.max(), per_template.mean(),
-             self.missing_everyday(key, in_corpus)],
+             self.missing_everyday(key, in_corpus), surprise / (1.0 + surprise)],
             dtype=np.float32,
         )
+
+    def surprise(self, key: Sequence[int], in_corpus: bool) -> float:
+        """How many ways the session departs from the corpus, in units of "one never-seen template": the sum,
+        over every template of the system, of the rarity of agreeing with this session about it (having it
+        when present, lacking it when absent). The negative log-likelihood of the template set under
+        independent per-template frequencies, divided by log(N+1).
+
+        Why a sum: a benign rarity is usually one odd line on an ordinary lifecycle (about 1 unit), while a
+        failure breaks several things at once: it lacks the steps that follow the fault and adds error lines
+        (several units). Max and mean rarity see one template at a time and cannot count departures. The
+        unit is the same in every system, so "more than one never-seen template's worth" means the same
+        everywhere (squashed, 1 unit sits at 0.5, the wide path's centre).
+        """
+        n = len(self.doc_freq)
+        present = [e for e in key if 0 <= e < n]
+        unknown = len(key) - len(present)  # ids outside the corpus' table: never seen, 1 each
+        if self.n_sessions <= 1 or n == 0:
+            return float(len(key))
+        lack, everything = self._lack_costs(1 if in_corpus else 0, everyday_only=False)
+        have = float(self.event_rarity(present, in_corpus).sum()) if present else 0.0
+        return max(0.0, everything - float(lack[present].sum())) + have + unknown
 
     def missing_everyday(self, key: Sequence[int], in_corpus: bool) -> float:
         """How much of what most sessions have this one lacks: the sum, over the *everyday* templates (in more
@@ -183,17 +211,18 @@ class ReferenceStats:
         n = len(self.doc_freq)
         if self.n_sessions <= 1 or n == 0:
             return 0.0
-        lack, everything = self._lack_costs(1 if in_corpus else 0)
+        lack, everything = self._lack_costs(1 if in_corpus else 0, everyday_only=True)
         present = [e for e in key if 0 <= e < n]
         return float(min(1.0, max(0.0, everything - float(lack[present].sum()))))
 
-    def _lack_costs(self, own: int) -> tuple[np.ndarray, float]:
+    def _lack_costs(self, own: int, everyday_only: bool) -> tuple[np.ndarray, float]:
         """Per-template cost of lacking it, and the cost of lacking all (cached: detection calls this per session)."""
-        if own not in self._lack:
+        if (own, everyday_only) not in self._lack:
             lack = self._rarity(self.n_sessions - self.doc_freq - own).astype(np.float64)  # (n_templates,)
-            lack[2 * self.doc_freq <= self.n_sessions] = 0.0  # not everyday: lacking it is the usual case
-            self._lack[own] = (lack, float(lack.sum()))
-        return self._lack[own]
+            if everyday_only:
+                lack[2 * self.doc_freq <= self.n_sessions] = 0.0  # not everyday: lacking it is the usual case
+            self._lack[(own, everyday_only)] = (lack, float(lack.sum()))
+        return self._lack[(own, everyday_only)]
 
     def to_dict(self) -> dict:
         return {
@@ -212,6 +241,11 @@ class ReferenceStats:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"reference stats: malformed ({exc})") from exc
+
+
+def surprising(session_features: np.ndarray) -> np.ndarray:
+    """(G,) bool: rows whose session surprise is above 1 unit (read from the squashed feature column)."""
+    return np.asarray(session_features)[:, SURPRISE_FEATURE] > SURPRISE_UNIT / (1.0 + SURPRISE_UNIT)
 
 
 def _set_key(ids: Sequence[int]) -> tuple[int, ...]:

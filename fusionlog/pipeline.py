@@ -276,6 +276,7 @@ def pool_rethreshold(det, pool) -> None:
     if det.threshold_rule in POOL_RULES:
         scores, counts = det.pool_decision(pool)
         det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores, pool_weights=counts,
+                                               pool_surprising=det.pool_surprising(pool),
                                                contamination=det.contamination)
         det.threshold_ = float(det.threshold_info_.value)
 

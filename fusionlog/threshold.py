@@ -7,13 +7,21 @@ label may pick it, so every rule here reads only one of:
 * ``source-f1``     - held-out *source* data: the F1-best threshold of each source system, median;
 * ``pool-otsu``     - the target's unlabelled pool scores: Otsu's split of their histogram;
 * ``pool-quantile`` - the target's unlabelled pool scores: flag the top `contamination` share;
-* ``pool-otsu-distinct`` - Otsu's split over the pool's *distinct* model inputs, each counted once.
+* ``pool-otsu-distinct`` - Otsu's split over the pool's *distinct* model inputs, each counted once;
+* ``pool-surprise`` - the target's unlabelled pool: the cut on the scores that best agrees with "surprise
+  above 1 unit" (`fusionlog.model.ReferenceStats.surprise`) over the pool's sessions.
 
 Why the distinct variant: the model's rarity features already say how common a behaviour is, so counting
 each session again in the threshold lets one dominant normal behaviour (half of all HDFS blocks) set the
 split - Otsu then separates "the commonest behaviour" from "everything else" and flags 30% of a pool
 that is 3% anomalous. Over distinct behaviours the split falls between the ordinary behaviours and the
 rare ones. Pool scores passed to it must be one per distinct input (`Detector` and the rounds do that).
+
+Why the surprise variant: a score's *ranking* is learned, but where to cut it has no label to learn
+from. Surprise has a unit that means the same in every system (one never-seen template's worth of
+departure from the pool), so "more than one unit" is an a-priori cut. It pseudo-labels the pool, and the
+model's threshold is the one whose verdicts agree best with those pseudo-labels (F1 over pool sessions):
+the model keeps its own ranking and borrows only the cut.
 
 Each rule returns a `ThresholdResult` that says which rule and which data set it, for reports.
 """
@@ -27,8 +35,9 @@ import numpy as np
 
 from fusionlog.errors import ConfigError
 
-THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct")
-POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct")  # rules that read the target pool's scores
+THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
+#: rules that read the target pool's scores
+POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
 
 
 @dataclass
@@ -96,16 +105,32 @@ def quantile_threshold(scores: np.ndarray, contamination: float, weights: np.nda
     return float(scores[order][min(i, len(scores) - 1)])
 
 
+def agreement_threshold(scores: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The cut on `scores` whose verdicts best agree (weighted F1) with boolean pseudo-labels.
+
+    All pseudo-labels positive: below every score (flag all); none: above every score (flag none of these).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    pseudo = np.asarray(pseudo, dtype=bool)
+    if pseudo.all():
+        return float(scores.min()) - 1e-6
+    if not pseudo.any():
+        return float(scores.max())
+    return best_f1_threshold(scores, pseudo, weights)[0]
+
+
 def choose_threshold(
     rule: str,
     *,
     pool_scores: np.ndarray | None = None,
     pool_weights: np.ndarray | None = None,
+    pool_surprising: np.ndarray | None = None,
     source_validation: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = (),
     value: float = 0.0,
     contamination: float = 0.05,
 ) -> ThresholdResult:
-    """Apply one label-free rule. `source_validation` holds (system, scores, labels, weights) per source."""
+    """Apply one label-free rule. `source_validation` holds (system, scores, labels, weights) per source;
+    `pool_surprising` is True where a pool score's input has surprise above 1 unit (for `pool-surprise`)."""
     if rule == "fixed":
         return ThresholdResult(value, rule, "constant")
     if rule == "source-f1":
@@ -127,6 +152,12 @@ def choose_threshold(
         elif rule == "pool-otsu-distinct":
             thr = otsu_threshold(pool_scores)  # one vote per distinct input: the counts are ignored on purpose
             details = {"distinct_inputs": len(pool_scores)}
+        elif rule == "pool-surprise":
+            if pool_surprising is None or len(pool_surprising) != len(pool_scores):
+                raise ConfigError("threshold rule 'pool-surprise' needs one surprise verdict per pool score")
+            thr = agreement_threshold(pool_scores, pool_surprising, pool_weights)
+            w = np.ones(len(pool_scores)) if pool_weights is None else np.asarray(pool_weights, dtype=np.float64)
+            details = {"pool_surprising_share": round(float(w[np.asarray(pool_surprising, bool)].sum() / w.sum()), 4)}
         else:
             thr = quantile_threshold(pool_scores, contamination, pool_weights)
             details = {"contamination": contamination}

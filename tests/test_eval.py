@@ -12,6 +12,7 @@ from eval.metrics import average_precision, binary_metrics, prf, roc_auc
 from eval.protocol import default_sources, run_method
 from fusionlog.data import hide_labels
 from fusionlog.detector import DEFAULT_THRESHOLD_RULE, SystemSessions
+from fusionlog.errors import ConfigError
 from fusionlog.threshold import best_f1_threshold, choose_threshold, otsu_threshold, quantile_threshold
 from fusionlog.training import LabelLeakError
 
@@ -65,6 +66,20 @@ def test_distinct_otsu_is_not_set_by_one_dominant_behaviour():
     # the counts do not enter: the same behaviours with other multiplicities get the same split
     again = choose_threshold("pool-otsu-distinct", pool_scores=scores, pool_weights=np.ones(len(scores)))
     assert again.value == distinct.value and distinct.details["distinct_inputs"] == len(scores)
+
+
+def test_surprise_rule_borrows_the_one_unit_cut_and_keeps_the_model_ranking():
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 1.0, 1.5])
+    counts = np.array([100.0, 50.0, 10.0, 3.0, 2.0, 1.0])
+    pseudo = np.array([False, False, False, True, True, False])  # the model ranks one input above the cut
+    res = choose_threshold("pool-surprise", pool_scores=scores, pool_weights=counts, pool_surprising=pseudo)
+    assert 0.3 < res.value < 0.9  # best agreement: flag the three top-scored inputs (F1 10/11 over sessions)
+    assert res.details["pool_surprising_share"] == pytest.approx(5 / 166, abs=1e-4)
+    everything = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.ones(6, bool))
+    nothing = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.zeros(6, bool))
+    assert (scores > everything.value).all() and not (scores > nothing.value).any()
+    with pytest.raises(ConfigError, match="surprise verdict"):
+        choose_threshold("pool-surprise", pool_scores=scores)
 
 
 def _context(prepared, pool_labels: bool = False, test_labels: bool = False) -> TargetContext:
@@ -131,6 +146,26 @@ def test_rarity_baseline_ranks_sessions_by_how_unusual_they_are_in_the_pool(prep
     assert out.extra["threshold_rule"] == DEFAULT_THRESHOLD_RULE
     assert out.extra["threshold_source"].startswith("target pool")
     assert out.arrays["pool_weights"].sum() == len(pool) > len(out.arrays["pool_scores"])  # one per distinct input
+
+
+def test_surprise_baseline_flags_a_common_lifecycle_with_unknown_lines_not_the_lifecycle(prepared):
+    from collections import Counter
+
+    from fusionlog.constants import UNKNOWN_EVENT
+    from fusionlog.types import Session
+
+    target = prepared("openstack")
+    pool, test = target.dataset.sessions[:1500], hide_labels(target.dataset.sessions[1500:2500])
+    sets = Counter(frozenset(s.event_ids) for s in pool)
+    common = next(s for s in test if frozenset(s.event_ids) == max(sets, key=sets.get))
+    test.append(Session("openstack", "odd", [*common.event_ids, UNKNOWN_EVENT]))
+    ctx = TargetContext("openstack", "openstack", [SystemSessions.from_prepared(prepared("bgl"))],
+                        SystemSessions.from_prepared(target, hide_labels(pool)), test)
+    out = run_method("surprise", ctx, 0, MethodOptions())
+    usual, odd = out.scores[test.index(common)], out.scores[-1]
+    assert out.threshold == 1.0 and usual < 1.0 < odd
+    assert odd == pytest.approx(usual + 1.0, abs=1e-5)  # one unknown line adds exactly one unit
+    assert len(out.arrays["pool_scores"]) == len(pool)
 
 
 def test_eval_model_overrides_are_typed_and_checked():
@@ -217,14 +252,20 @@ def test_threshold_study_applies_every_rule_to_saved_scores(tmp_path):
     scores = labels * 3.0 + rng.normal(0, 0.5, 400)  # separable: the oracle reaches F1 ~1
     pool = np.r_[rng.normal(0, 0.5, 540), rng.normal(3, 0.5, 60)]
     arrays = {"labels": labels, "m/seed0": scores, "m/seed0/pool_scores": pool, "m/seed0/pool_weights": np.ones(600),
+              "m/seed0/pool_surprising": pool > 1.5,
               "m/seed0/val/a/scores": np.r_[rng.normal(0, 0.5, 90), rng.normal(3, 0.5, 10)],
               "m/seed0/val/a/labels": np.r_[np.zeros(90), np.ones(10)], "m/seed0/val/a/weights": np.ones(100),
               "other/seed0": scores}  # a method without diagnostics is skipped, not a crash
     np.savez(tmp_path / "scores.npz", **arrays)
     res = study(tmp_path, "m")
-    assert set(res) == {"fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", ORACLE}
+    assert set(res) == {"fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise",
+                        ORACLE}
     assert res[ORACLE][0] > 0.95 and all(res[ORACLE][0] >= f for f, _ in res.values())
     assert res["pool-otsu"][0] > 0.9 and 0.05 < res["pool-otsu"][1] < 0.15  # bimodal pool: Otsu lands right
+    assert res["pool-surprise"][0] > 0.9  # pseudo-labels that match the pool's upper mode
+    del arrays["m/seed0/pool_surprising"]  # an older run saved no surprise verdicts: no figure, not a crash
+    np.savez(tmp_path / "scores.npz", **arrays)
+    assert np.isnan(study(tmp_path, "m")["pool-surprise"][0])
     with pytest.raises(SystemExit, match="no 'other' scores"):
         study(tmp_path, "other")
 

@@ -13,6 +13,7 @@ from fusionlog.model import (
     N_EVENT_FEATURES,
     N_SESSION_FEATURES,
     RARITY_GAIN,
+    SURPRISE_FEATURE,
     ReferenceStats,
     SessionModel,
     SessionModelConfig,
@@ -21,6 +22,7 @@ from fusionlog.model import (
     encode_sessions,
     make_batch,
     score_encoded,
+    surprising,
 )
 from fusionlog.types import Session
 
@@ -98,6 +100,48 @@ def test_missing_everyday_ranks_real_openstack_failures_above_rare_normal_lifecy
     assert feats[lacks_spawn, 3].mean() > 0.5 > feats[~lacks_spawn, 3].mean()
     without, with_missing = roc_auc_score(labels, feats[:, :3].mean(1)), roc_auc_score(labels, feats.mean(1))
     assert with_missing > without + 0.01, (without, with_missing)
+
+
+def test_surprise_counts_departures_in_units_of_one_unseen_template():
+    # 16 ordinary lifecycles [0..4] (template 3 optional, in half), 4 of them with a rare benign extra (5)
+    ordinary = [[0, 1, 2, 4] if i % 2 else [0, 1, 2, 3, 4] for i in range(16)]
+    corpus = _sessions(ordinary + [[0, 1, 2, 3, 4, 5]] * 4)
+    stats = ReferenceStats.from_sessions(corpus, n_templates=8)
+    full = stats.surprise([0, 1, 2, 3, 4], False)
+    extra_unseen = stats.surprise([0, 1, 2, 3, 4, 6], False)
+    broken = stats.surprise([0, 6, 7], False)  # stopped after step 0, two unseen error lines
+    assert full < 0.5  # the ordinary lifecycle departs in no strong way
+    assert extra_unseen == pytest.approx(full + 1.0, abs=1e-6)  # one never-seen template = exactly one unit
+    assert broken > 4.0  # three everyday steps lacking plus two unseen lines: several units
+    # the negative log-likelihood under independent per-template frequencies, (count+1)/(N+1), over log(N+1)
+    n, df = 20, stats.doc_freq
+    key = {0, 1, 2, 4}
+    agree = [df[t] if t in key else n - df[t] for t in range(8)]
+    expected = sum(np.log((n + 1) / (a + 1)) for a in agree) / np.log(n + 1)
+    assert stats.surprise(sorted(key), False) == pytest.approx(expected, rel=1e-6)
+    assert stats.surprise([0, 1, 2, 4], True) > stats.surprise([0, 1, 2, 4], False)  # leave-one-out
+    assert stats.surprise([0, 1, 2, 3, 4, 99], False) == pytest.approx(full + 1.0, abs=1e-6)  # unknown id: unseen
+    # the squashed feature: 1 unit sits at 0.5, and `surprising` reads that column
+    feats = np.stack([stats.session_features(k, False) for k in ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 6], [0, 6, 7])])
+    assert feats[:, SURPRISE_FEATURE] == pytest.approx([f / (1 + f) for f in (full, extra_unseen, broken)], rel=1e-5)
+    assert surprising(feats).tolist() == [False, True, True]
+
+
+def test_surprise_flags_real_openstack_failures_at_one_unit(data_dir):
+    """On real OpenStack instances (labels only score): failed builds lack several spawn steps and add error
+    lines, rare normal ones add one line, so the a-priori cut at 1 unit separates them; max rarity does not."""
+    from sklearn.metrics import f1_score
+
+    from fusionlog.data import load_dataset, split_sessions
+
+    ds = load_dataset("openstack", data_dir, progress=False)
+    split = split_sessions(ds)
+    stats = ReferenceStats.from_sessions(split.pool, len(ds.templates))
+    labels = np.array([s.label for s in split.test])
+    feats = np.stack([stats.session_features(s.event_ids, in_corpus=False) for s in split.test])
+    at_one_unit = f1_score(labels, surprising(feats))
+    best_max_rarity = max(f1_score(labels, feats[:, 1] > t) for t in np.unique(feats[:, 1]))
+    assert at_one_unit > 0.9 and at_one_unit > best_max_rarity + 0.1, (at_one_unit, best_max_rarity)
 
 
 def test_model_reads_only_its_own_number_of_session_features():
