@@ -50,6 +50,8 @@ def select(target: str, selection: dict, rules: list[str] | None = None,
             continue  # this setting lacks a pseudo-target run: not comparable
         for rule in rules or list(used[0][1]):
             f1 = float(np.mean([r[rule][0] for _, r in used]))
+            if not np.isfinite(f1):
+                continue  # a run lacks what this rule reads (older runs saved no surprise verdicts)
             if best is None or f1 > best[0] + 1e-9:
                 best = (f1, setting, rule, len(used))
     if best is None:

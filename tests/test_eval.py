@@ -242,6 +242,9 @@ def test_model_selection_uses_only_the_source_systems_as_pseudo_targets():
     assert select("hdfs-100k", selection)[0] == "b"  # same system as hdfs: hdfs is excluded too
     # for openstack, hdfs is a source: a's 0.99 there now counts
     assert select("openstack", selection)[0] == "a"
+    # a setting whose runs lack what a rule reads (NaN) is skipped for that rule, not chosen by default
+    nan_first = {"old": runs(float("nan"), float("nan"), float("nan"), float("nan")), "new": runs(0.2, 0.2, 0.2, 0.2)}
+    assert select("hdfs", nan_first)[:2] == ("new", "pool-otsu")
 
 
 def test_threshold_study_applies_every_rule_to_saved_scores(tmp_path):
