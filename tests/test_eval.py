@@ -217,7 +217,8 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     assert len(z["source-only/seed0"]) == res["split"]["test_sessions"]
     pool, weights = z["source-only/seed0/pool_scores"], z["source-only/seed0/pool_weights"]
     assert len(pool) == len(weights) > 0 and weights.sum() == res["split"]["pool_sessions"]
-    again = choose_threshold(DEFAULT_THRESHOLD_RULE, pool_scores=pool, pool_weights=weights).value
+    again = choose_threshold(DEFAULT_THRESHOLD_RULE, pool_scores=pool, pool_weights=weights,
+                             pool_surprising=z["source-only/seed0/pool_surprising"]).value
     assert again == pytest.approx(res["methods"]["source-only"]["seeds"][0]["threshold"])
     assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
 
