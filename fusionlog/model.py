@@ -68,6 +68,10 @@ SURPRISE_UNIT = 1.0
 #: Column of the squashed surprise, s / (1 + s), in the session features (1 unit sits at 0.5).
 SURPRISE_FEATURE = 4
 
+#: What the wide path reads: every session feature with source-learned weights, or the surprise alone
+#: (the one feature whose unit means the same in every system; see `ReferenceStats.surprise`).
+WIDE_FEATURES = ("all", "surprise")
+
 #: Gain of the wide path's weight parametrisation (see SessionModel.__init__).
 RARITY_GAIN = 10.0
 
@@ -415,6 +419,10 @@ class SessionModelConfig:
         default=True,
         metadata={"help": "session features enter the logit through non-negative weights (rarer = never more normal)"},
     )
+    wide_features: str = field(
+        default="all",
+        metadata={"help": "session features on the wide path: 'all' (weights learned on the sources) or 'surprise'"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden", "layers", "attention_dim", "head_hidden", "max_len"):
@@ -425,6 +433,10 @@ class SessionModelConfig:
                 raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be >= 0")
         if self.deep_bound < 0:
             raise ConfigError(f"SessionModelConfig.deep_bound={self.deep_bound}: must be >= 0")
+        if self.wide_features not in WIDE_FEATURES:
+            raise ConfigError(f"SessionModelConfig.wide_features={self.wide_features!r}: one of {WIDE_FEATURES}")
+        if self.wide_features == "surprise" and self.session_features <= SURPRISE_FEATURE:
+            raise ConfigError(f"wide_features='surprise' needs session_features > {SURPRISE_FEATURE}")
         for name in ("dropout", "vector_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"SessionModelConfig.{name}={getattr(self, name)}: must be in [0, 1)")
@@ -432,6 +444,11 @@ class SessionModelConfig:
     @property
     def gru_input_dim(self) -> int:
         return (self.event_features if self.rarity_in_gru else 0) + self.anchors + self.vector_features
+
+    @property
+    def wide_dim(self) -> int:
+        """Session features the wide path (or the head, when not monotone) reads."""
+        return 1 if self.wide_features == "surprise" else self.session_features
 
     @property
     def feature_dim(self) -> int:
@@ -484,9 +501,9 @@ class SessionModel(nn.Module):
         # weights must be able to move as fast as the deep path's output scale does (gain 10).
         init = math.log(math.expm1(1.0)) / RARITY_GAIN  # softplus(gain * init) = 1
         self.rarity_weight = (
-            nn.Parameter(torch.full((c.session_features,), init)) if c.monotone_rarity else None
+            nn.Parameter(torch.full((c.wide_dim,), init)) if c.monotone_rarity else None
         )
-        head_extra = 0 if c.monotone_rarity else c.session_features
+        head_extra = 0 if c.monotone_rarity else c.wide_dim
         # The logit's offset lives outside the bounded deep path, so bounding never clips the bias.
         self.bias = nn.Parameter(torch.zeros(1))
         self.head = nn.Sequential(
@@ -535,7 +552,10 @@ class SessionModel(nn.Module):
         if c.session_features:
             if session_features is None:
                 raise ConfigError(f"SessionModel expects {c.session_features} session features per row")
-            sf = session_features[:, : c.session_features].to(pooled.dtype)  # (B, S): append-only features
+            if c.wide_features == "surprise":
+                sf = session_features[:, SURPRISE_FEATURE : SURPRISE_FEATURE + 1].to(pooled.dtype)  # (B, 1)
+            else:
+                sf = session_features[:, : c.session_features].to(pooled.dtype)  # (B, S): append-only features
             if self.rarity_weight is not None:
                 # centred on 0.5 so the wide path needs no large offset (rarity is in [0, 1])
                 wide = (sf - 0.5) @ self.rarity_weights()  # (B,) non-negative weights
@@ -574,7 +594,7 @@ class SessionModel(nn.Module):
         return True
 
     def rarity_weights(self) -> torch.Tensor:
-        """(session_features,) the non-negative weights of the wide (rarity) path."""
+        """(wide_dim,) the non-negative weights of the wide (rarity) path."""
         return nn.functional.softplus(RARITY_GAIN * self.rarity_weight)
 
     def set_anchor_vectors(self, vectors: np.ndarray | torch.Tensor) -> None:

@@ -154,6 +154,32 @@ def test_model_reads_only_its_own_number_of_session_features():
         assert torch.equal(model(x, mask, sf).logits, model(x, mask, sf[:, :3]).logits)
 
 
+def test_surprise_wide_path_ranks_by_surprise_alone_and_round_trips(tmp_path):
+    """With wide_features='surprise' the other features cannot move the logit, and the bounded deep path only
+    breaks near-ties: sessions rank by surprise."""
+    config = SessionModelConfig(**{**TINY.__dict__, "wide_features": "surprise"})
+    model = _tiny_model(config=config)
+    assert model.rarity_weights().shape == (1,)
+    x, mask = torch.randn(4, 5, 384 + N_EVENT_FEATURES), torch.ones(4, 5, dtype=torch.bool)
+    sf = torch.rand(4, N_SESSION_FEATURES)
+    sf[:, SURPRISE_FEATURE] = torch.tensor([0.1, 0.7, 0.3, 0.5])
+    shuffled = sf.clone()
+    shuffled[:, :SURPRISE_FEATURE] = torch.rand(4, SURPRISE_FEATURE)  # other features change, surprise does not
+    with torch.no_grad():
+        logits = model(x, mask, sf).logits
+        assert torch.equal(logits, model(x, mask, shuffled).logits)
+    assert logits.argsort().tolist() == [0, 2, 3, 1]
+    model.save_pretrained(tmp_path)
+    back = SessionModel.from_pretrained(tmp_path)
+    assert back.config.wide_features == "surprise"
+    with torch.no_grad():
+        assert torch.allclose(back(x, mask, sf).logits, logits)
+    with pytest.raises(ConfigError, match="wide_features"):
+        SessionModelConfig(wide_features="everything")
+    with pytest.raises(ConfigError, match="needs session_features"):
+        SessionModelConfig(wide_features="surprise", session_features=4)
+
+
 def test_encode_deduplicates_identical_sessions():
     sess = _sessions([[0, 1], [0, 1], [0, 0, 1], [2]], label=0)
     stats = ReferenceStats.from_sessions(sess, 3)
