@@ -420,8 +420,8 @@ class SessionModelConfig:
         metadata={"help": "session features enter the logit through non-negative weights (rarer = never more normal)"},
     )
     wide_features: str = field(
-        default="all",
-        metadata={"help": "session features on the wide path: 'all' (weights learned on the sources) or 'surprise'"},
+        default="surprise",
+        metadata={"help": "session features on the wide path: 'surprise' or 'all' (weights learned on the sources)"},
     )
 
     def __post_init__(self) -> None:
@@ -552,10 +552,7 @@ class SessionModel(nn.Module):
         if c.session_features:
             if session_features is None:
                 raise ConfigError(f"SessionModel expects {c.session_features} session features per row")
-            if c.wide_features == "surprise":
-                sf = session_features[:, SURPRISE_FEATURE : SURPRISE_FEATURE + 1].to(pooled.dtype)  # (B, 1)
-            else:
-                sf = session_features[:, : c.session_features].to(pooled.dtype)  # (B, S): append-only features
+            sf = self.wide_inputs(session_features).to(pooled.dtype)  # (B, wide_dim)
             if self.rarity_weight is not None:
                 # centred on 0.5 so the wide path needs no large offset (rarity is in [0, 1])
                 wide = (sf - 0.5) @ self.rarity_weights()  # (B,) non-negative weights
@@ -592,6 +589,14 @@ class SessionModel(nn.Module):
             last.weight.zero_()
             last.bias.zero_()
         return True
+
+    def wide_inputs(self, session_features: torch.Tensor) -> torch.Tensor:
+        """(B, wide_dim) the session features the wide path reads (features are append-only: a model reads
+        the first `config.session_features`, or only the surprise column)."""
+        c = self.config
+        if c.wide_features == "surprise":
+            return session_features[:, SURPRISE_FEATURE : SURPRISE_FEATURE + 1]
+        return session_features[:, : c.session_features]
 
     def rarity_weights(self) -> torch.Tensor:
         """(wide_dim,) the non-negative weights of the wide (rarity) path."""
@@ -640,7 +645,8 @@ class SessionModel(nn.Module):
     ) -> SessionModel:
         """Rebuild from a config (dict from JSON, unknown keys refused) and a safetensors file."""
         if isinstance(config, dict):
-            config = config_from_dict(SessionModelConfig, config)
+            # artifacts written before `wide_features` existed learned weights for all their session features
+            config = config_from_dict(SessionModelConfig, {"wide_features": "all", **config})
         model = cls(config)
         try:
             model.load_state_dict(load_file(str(weights), device="cpu"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -146,7 +148,7 @@ def test_surprise_flags_real_openstack_failures_at_one_unit(data_dir):
 
 def test_model_reads_only_its_own_number_of_session_features():
     """Features are append-only: an artifact trained on 3 scores the same when 4 are computed."""
-    model = _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "session_features": 3}))
+    model = _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "session_features": 3, "wide_features": "all"}))
     x, mask = torch.randn(2, 5, 384 + N_EVENT_FEATURES), torch.ones(2, 5, dtype=torch.bool)
     sf = torch.rand(2, N_SESSION_FEATURES)
     assert N_SESSION_FEATURES > 3
@@ -176,6 +178,16 @@ def test_surprise_wide_path_ranks_by_surprise_alone_and_round_trips(tmp_path):
         assert torch.allclose(back(x, mask, sf).logits, logits)
     with pytest.raises(ConfigError, match="wide_features"):
         SessionModelConfig(wide_features="everything")
+    # an artifact saved before the field existed learned weights for all its features: it loads as 'all'
+    old = _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "wide_features": "all"}))
+    old.save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
+    del meta["model"]["wide_features"]
+    (tmp_path / "old" / CONFIG_NAME).write_text(json.dumps(meta))
+    loaded = SessionModel.from_pretrained(tmp_path / "old")
+    assert loaded.config.wide_features == "all" and loaded.rarity_weights().shape == (N_SESSION_FEATURES,)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, mask, sf).logits, old(x, mask, sf).logits)
     with pytest.raises(ConfigError, match="needs session_features"):
         SessionModelConfig(wide_features="surprise", session_features=4)
 
@@ -259,7 +271,7 @@ def test_widening_the_deep_path_starts_it_at_zero():
     x, mask = torch.randn(5, 7, 384 + N_EVENT_FEATURES), torch.ones(5, 7, dtype=torch.bool)
     sf = torch.rand(5, N_SESSION_FEATURES)
     with torch.no_grad():
-        wide_only = (sf - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias
+        wide_only = (model.wide_inputs(sf) - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias
         before = model(x, mask, sf).logits
         assert (before - wide_only).abs().max() <= 0.01 + 1e-6
         assert model.widen_deep_path(0.3) and model.config.deep_bound == 0.3
@@ -272,7 +284,8 @@ def test_widening_the_deep_path_starts_it_at_zero():
         (-model(x, mask, sf).logits[0]).backward()
         opt.step()
     with torch.no_grad():
-        deep = model.eval()(x, mask, sf).logits - ((sf - 0.5) @ model.rarity_weights() + RARITY_GAIN * model.bias)
+        deep = model.eval()(x, mask, sf).logits - ((model.wide_inputs(sf) - 0.5) @ model.rarity_weights()
+                                                  + RARITY_GAIN * model.bias)
     assert 0.05 < deep[0] <= 0.3  # the deep path itself moved, within its new bound
 
 

@@ -76,17 +76,20 @@ def test_distillation_moves_model_toward_teacher(prepared):
     pool = hide_labels(split_sessions(target.dataset).pool)
     det = Detector(train_config=replace(TrainConfig(), **FAST)).fit(sources, SystemSessions.from_prepared(target, pool))
     before = det.decision_function(pool)
-    low = np.argsort(before)[:10]  # the sessions the model finds most normal
+    order = np.argsort(before, kind="stable")
+    low, high = order[:10], order[-10:]  # the sessions the model finds most normal / most anomalous
     teacher = np.full(len(pool), np.nan, dtype=np.float32)
-    teacher[low] = 0.95  # the teacher says: anomalous
+    teacher[low], teacher[high] = 0.95, 0.05  # the teacher disagrees on both ends
     weights = np.where(np.isfinite(teacher), 1.0, 0.0).astype(np.float32)
+    assert det.model_.widen_deep_path(1.0)  # as the rounds do (by the LLM's trust): the deep path learns the target
     info = finetune(det, sources, pool, teacher, weights, FinetuneConfig(steps=30, lr=2e-3))
     after = det.decision_function(pool)
-    assert info["teacher_sessions"] == 10
-    others = np.setdiff1d(np.arange(len(pool)), low)
-    # the taught sessions rise, and rise more than the rest of the pool
-    assert (after[low] - before[low]).mean() > 0
-    assert (after[low] - before[low]).mean() > (after[others] - before[others]).mean()
+    assert info["teacher_sessions"] == 20
+    # toward the teacher: the sessions it calls anomalous gain on those it calls normal (a shift of every
+    # score, which is all the source loss and the bias can do, leaves this gap unchanged)
+    gap_before = before[high].mean() - before[low].mean()
+    gap_after = after[high].mean() - after[low].mean()
+    assert gap_after < gap_before - 0.1, (gap_before, gap_after)
 
 
 def test_finetune_refuses_labelled_pool(prepared):
