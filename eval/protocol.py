@@ -57,7 +57,7 @@ METRIC_KEYS = ("precision", "recall", "f1", "roc_auc", "pr_auc")
 class EvalConfig:
     target: str
     sources: tuple[str, ...] | None = None  # None = DEFAULT_SOURCES minus the target's system
-    methods: tuple[str, ...] = ("unseen-template", "rarity", "source-only", "general")
+    methods: tuple[str, ...] = ("unseen-template", "rarity", "surprise", "source-only", "general")
     seeds: tuple[int, ...] = (0, 1, 2)
     pool_fraction: float = 0.6
     split_seed: int = 0
