@@ -28,6 +28,7 @@ Each rule returns a `ThresholdResult` that says which rule and which data set it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,9 +36,15 @@ import numpy as np
 
 from fusionlog.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
 #: rules that read the target pool's scores
 POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
+
+
+#: The threshold that flags every finite score (JSON-safe, unlike -inf).
+FLAG_ALL = float(-np.finfo(np.float32).max)
 
 
 @dataclass
@@ -108,12 +115,15 @@ def quantile_threshold(scores: np.ndarray, contamination: float, weights: np.nda
 def agreement_threshold(scores: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The cut on `scores` whose verdicts best agree (weighted F1) with boolean pseudo-labels.
 
-    All pseudo-labels positive: below every score (flag all); none: above every score (flag none of these).
+    All pseudo-labels positive: `FLAG_ALL`, below any score, not just below the pool's (a new session is
+    scored against the whole pool, not leave-one-out, so it can score under every pool session while still
+    departing as much; with no pool session as a normal reference there is no cut to place). None positive:
+    the pool's top score (only what departs more than all of the pool is flagged).
     """
     scores = np.asarray(scores, dtype=np.float64)
     pseudo = np.asarray(pseudo, dtype=bool)
     if pseudo.all():
-        return float(scores.min()) - 1e-6
+        return FLAG_ALL
     if not pseudo.any():
         return float(scores.max())
     return best_f1_threshold(scores, pseudo, weights)[0]
@@ -158,6 +168,10 @@ def choose_threshold(
             thr = agreement_threshold(pool_scores, pool_surprising, pool_weights)
             w = np.ones(len(pool_scores)) if pool_weights is None else np.asarray(pool_weights, dtype=np.float64)
             details = {"pool_surprising_share": round(float(w[np.asarray(pool_surprising, bool)].sum() / w.sum()), 4)}
+            if thr == FLAG_ALL:
+                logger.warning("every pool session departs from the others by more than 1 unit of surprise: no "
+                               "session is a normal reference, so everything is flagged (too small or too diverse "
+                               "a pool for this rule; consider another --threshold rule)")
         else:
             thr = quantile_threshold(pool_scores, contamination, pool_weights)
             details = {"contamination": contamination}

@@ -1,6 +1,7 @@
 """`fusionlog eval`: the zero-label benchmark (issue 3) for one or more targets.
 
-    fusionlog eval --target openstack --methods unseen-template rarity surprise source-only general --seeds 3 --out runs/os
+    fusionlog eval --target openstack --methods unseen-template rarity surprise source-only general \
+        --seeds 3 --out runs/os
 
 Writes results.json, results.md, roc.png and pr.png per target (in OUT, or OUT/<target> when several
 targets are given, plus OUT/summary.md). Training flags (--epochs, --meta-order, ...) come from
@@ -25,7 +26,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="labelled target dataset(s): openstack hdfs hadoop hdfs-100k bgl")
     p.add_argument("--sources", nargs="+", help="source datasets (default: one labelled set per other system)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to run (default: unseen-template rarity surprise source-only general); see --list-methods")
+                   help="methods to run (default: unseen-template rarity surprise source-only general); "
+                        "see --list-methods")
     p.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1)")
     p.add_argument("--out", help="output folder")
