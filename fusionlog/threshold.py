@@ -43,10 +43,6 @@ THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-ots
 POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
 
 
-#: The threshold that flags every finite score (JSON-safe, unlike -inf).
-FLAG_ALL = float(-np.finfo(np.float32).max)
-
-
 @dataclass
 class ThresholdResult:
     value: float
@@ -115,15 +111,15 @@ def quantile_threshold(scores: np.ndarray, contamination: float, weights: np.nda
 def agreement_threshold(scores: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The cut on `scores` whose verdicts best agree (weighted F1) with boolean pseudo-labels.
 
-    All pseudo-labels positive: `FLAG_ALL`, below any score, not just below the pool's (a new session is
-    scored against the whole pool, not leave-one-out, so it can score under every pool session while still
-    departing as much; with no pool session as a normal reference there is no cut to place). None positive:
-    the pool's top score (only what departs more than all of the pool is flagged).
+    All pseudo-labels positive: just under the pool's lowest score (every pool input flagged; a new session
+    scored under all of them is not). A cut at -inf would flag everything but leaves the rounds no graded
+    small-model probability (sigmoid of score minus threshold). None positive: the pool's top score (only
+    what departs more than all of the pool is flagged).
     """
     scores = np.asarray(scores, dtype=np.float64)
     pseudo = np.asarray(pseudo, dtype=bool)
     if pseudo.all():
-        return FLAG_ALL
+        return float(scores.min()) - 1e-6
     if not pseudo.any():
         return float(scores.max())
     return best_f1_threshold(scores, pseudo, weights)[0]
@@ -168,10 +164,10 @@ def choose_threshold(
             thr = agreement_threshold(pool_scores, pool_surprising, pool_weights)
             w = np.ones(len(pool_scores)) if pool_weights is None else np.asarray(pool_weights, dtype=np.float64)
             details = {"pool_surprising_share": round(float(w[np.asarray(pool_surprising, bool)].sum() / w.sum()), 4)}
-            if thr == FLAG_ALL:
+            if np.asarray(pool_surprising, bool).all():
                 logger.warning("every pool session departs from the others by more than 1 unit of surprise: no "
-                               "session is a normal reference, so everything is flagged (too small or too diverse "
-                               "a pool for this rule; consider another --threshold rule)")
+                               "session is a normal reference, so the cut falls under the whole pool (too small or "
+                               "too diverse a pool for this rule; consider another --threshold rule)")
         else:
             thr = quantile_threshold(pool_scores, contamination, pool_weights)
             details = {"contamination": contamination}

@@ -78,7 +78,6 @@ def test_surprise_rule_borrows_the_one_unit_cut_and_keeps_the_model_ranking():
     everything = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.ones(6, bool))
     nothing = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.zeros(6, bool))
     assert (scores > everything.value).all() and not (scores > nothing.value).any()
-    assert -1e30 > everything.value > float("-inf")  # below any new session's score too, and JSON-safe
     with pytest.raises(ConfigError, match="surprise verdict"):
         choose_threshold("pool-surprise", pool_scores=scores)
 
