@@ -143,10 +143,9 @@ class Detector:
         self.model_ = result.model.cpu().eval()
         self._set_target(target, tgt_data.stats)
         # the same pool scoring the rounds re-threshold with, so a rule means the same in every round
-        pool_logits, pool_counts = self.pool_decision(target.sessions)
+        pool_logits, pool_counts, self.pool_surprising_ = self.pool_inputs(target.sessions)
         # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
         self.pool_scores_ = (pool_logits, pool_counts)
-        self.pool_surprising_ = self.pool_surprising(target.sessions)
         self.source_validation_ = [(v.system, v.scores, v.labels, v.counts) for v in result.validation]
         self.threshold_info_ = choose_threshold(
             self.threshold_rule,
@@ -193,19 +192,17 @@ class Detector:
         scores it for the threshold; `decision_function` would count a pool session in its own rarity
         and make a pool-only behaviour look less rare than a new session with it.
         """
+        scores, counts, _ = self.pool_inputs(pool)
+        return scores, counts
+
+    def pool_inputs(self, pool: Sequence[Session]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`pool_decision`'s (scores, counts) plus, per input, whether its surprise is above 1 unit (the
+        `pool-surprise` rule's pseudo-labels, a function of the pool alone), from one encoding of the pool."""
         self._check_fitted()
         enc = encode_sessions(pool, self.stats_, self.model_.config.max_len, in_corpus=True, system=self.system_)
         scores = score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)
-        return np.asarray(scores, dtype=np.float64), np.asarray(enc.counts, dtype=np.float64)
-
-    def pool_surprising(self, pool: Sequence[Session]) -> np.ndarray:
-        """(G,) bool per distinct pool input, in `pool_decision`'s order: surprise above 1 unit (leave-one-out).
-
-        The pseudo-labels of the `pool-surprise` threshold rule; a function of the pool alone, not the model.
-        """
-        self._check_fitted()
-        enc = encode_sessions(pool, self.stats_, self.model_.config.max_len, in_corpus=True, system=self.system_)
-        return surprising(enc.session_features)
+        return (np.asarray(scores, dtype=np.float64), np.asarray(enc.counts, dtype=np.float64),
+                surprising(enc.session_features))
 
     def predict(self, sessions: Sequence[Session]) -> np.ndarray:
         """(n,) int 0/1: 1 where the score is above `threshold_`."""

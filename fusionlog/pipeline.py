@@ -274,10 +274,9 @@ def pool_rethreshold(det, pool) -> None:
     from fusionlog.threshold import POOL_RULES, choose_threshold
 
     if det.threshold_rule in POOL_RULES:
-        scores, counts = det.pool_decision(pool)
+        scores, counts, surprising = det.pool_inputs(pool)
         det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores, pool_weights=counts,
-                                               pool_surprising=det.pool_surprising(pool),
-                                               contamination=det.contamination)
+                                               pool_surprising=surprising, contamination=det.contamination)
         det.threshold_ = float(det.threshold_info_.value)
 
 

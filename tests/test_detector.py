@@ -82,6 +82,7 @@ def test_rounds_rethreshold_sees_the_pool_as_fit_did(fitted, prepared):
     assert counts.sum() == len(pool) and len(scores) == len(fit_scores) < len(pool)
     np.testing.assert_allclose(np.sort(scores), np.sort(fit_scores), atol=1e-5)
     np.testing.assert_array_equal(np.sort(counts), np.sort(np.asarray(fit_counts, dtype=np.float64)))
+    np.testing.assert_array_equal(det.pool_inputs(pool)[2], det.pool_surprising_)  # pool-surprise's pseudo-labels
     before = det.threshold_
     pool_rethreshold(det, pool)
     assert det.threshold_ == pytest.approx(before, abs=1e-4)
