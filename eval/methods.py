@@ -181,16 +181,12 @@ def surprise(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOut
 
     t0 = time.perf_counter()
     stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors))
-    pool = np.array([stats.surprise(_distinct(s), in_corpus=True) for s in ctx.pool.sessions], np.float32)
+    pool = np.array([stats.surprise(s.event_ids, in_corpus=True) for s in ctx.pool.sessions], np.float32)
     t1 = time.perf_counter()
-    scores = np.array([stats.surprise(_distinct(s), in_corpus=False) for s in ctx.test], dtype=np.float32)
+    scores = np.array([stats.surprise(s.event_ids, in_corpus=False) for s in ctx.test], dtype=np.float32)
     return MethodOutput(scores, SURPRISE_UNIT, t1 - t0, time.perf_counter() - t1,
                         extra={"threshold_rule": "fixed: 1 unit of surprise", "threshold_source": "constant"},
                         arrays={"pool_scores": pool, "pool_weights": np.ones(len(pool))})
-
-
-def _distinct(session: Session) -> list[int]:
-    return sorted(set(session.event_ids))
 
 
 @register_method("source-only", "GRU trained supervised on the sources, applied to the target as is (zero-shot)")

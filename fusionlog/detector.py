@@ -49,7 +49,7 @@ from fusionlog.types import Session
 logger = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference.json"
-DEFAULT_THRESHOLD_RULE = "pool-surprise"  # chosen on pseudo-targets (eval.select) for all 5 targets, see threshold.py
+DEFAULT_THRESHOLD_RULE = "pool-surprise"  # best mean F1 on pseudo-targets (eval.select), see threshold.py
 
 
 @dataclass

@@ -9,13 +9,14 @@ Two halves, both needed at detection time and neither needing training code:
   system ("this template / this set of templates is unusual here", "this session lacks steps most
   sessions have"), which the shared vectors alone do not give a cross-system model; see `ReferenceStats`.
   The fourth feature (missing-everyday) was adopted by the same leave-one-source-system-out protocol as
-  the bound below: it won for 4 of 5 targets and tied the fifth (openstack, 0.579 vs 0.583).
+  the bound below: it won for 4 of 5 targets and tied the fifth (openstack, 0.579 vs 0.583). The fifth,
+  set surprise (`ReferenceStats.surprise`), has a unit that means the same in every system.
 * **Network** (`SessionModelConfig`, `SessionModel`), two paths summed into one anomaly logit:
   - *deep*: template vectors → cosines to fixed anchor phrases (a frozen, system-agnostic projection of
     the shared space) → bidirectional 2-layer GRU (hidden 100) → self-attention over time steps (paper
     eq. 4) → non-linear head, bounded to ±`deep_bound`;
   - *wide*: the session's rarity features through non-negative weights (monotone: rarer is never more
-    normal).
+    normal); by default only the set surprise (`wide_features`).
   `forward` also returns the pooled GRU feature (the domain discriminator and the router read it) and
   per-step attention weights (for explanations).
 
@@ -24,8 +25,9 @@ source systems' vocabulary and ranked target anomalies *below* normal sessions (
 OpenStack/HDFS); rarity alone ranks them well, and an unbounded deep path learned to cancel it. The wide
 path carries what transfers; the deep path may adjust it, not overturn it. The default bound, 0.01, was
 chosen label-free by leave-one-source-system-out (`eval.select`: each labelled source system in turn the
-target of the others) over {1, 0.3, 0.01}: it won for 4 of 5 targets, so the general path is in effect a
-meta-learned, domain-adapted weighting of the rarity features, the GRU breaking ties. Distillation rounds
+target of the others) over {1, 0.3, 0.01}: it won for 4 of 5 targets. The same protocol then preferred the
+surprise alone on the wide path to source-learned weights over all five features (mean pseudo-target F1
+0.80 vs 0.77), so the general path ranks by surprise, the GRU breaking ties. Distillation rounds
 widen the bound by the LLM's measured trust, so the LLM's labels can teach the deep path what rarity
 cannot see (distill.rounds).
 
@@ -171,14 +173,13 @@ class ReferenceStats:
         key = _set_key(ids)
         set_count = self.set_counts.get(key, 0) - (1 if in_corpus else 0)
         per_template = self.event_rarity(key, in_corpus) if key else np.ones(1, np.float32)
-        surprise = self.surprise(key, in_corpus)
         return np.array(
             [float(self._rarity(set_count)), per_template.max(), per_template.mean(),
-             self.missing_everyday(key, in_corpus), surprise / (1.0 + surprise)],
+             self.missing_everyday(key, in_corpus), squash_surprise(self.surprise(key, in_corpus))],
             dtype=np.float32,
         )
 
-    def surprise(self, key: Sequence[int], in_corpus: bool) -> float:
+    def surprise(self, ids: Sequence[int], in_corpus: bool) -> float:
         """How many ways the session departs from the corpus, in units of "one never-seen template": the sum,
         over every template of the system, of the rarity of agreeing with this session about it (having it
         when present, lacking it when absent). The negative log-likelihood of the template set under
@@ -190,6 +191,7 @@ class ReferenceStats:
         unit is the same in every system, so "more than one never-seen template's worth" means the same
         everywhere (squashed, 1 unit sits at 0.5, the wide path's centre).
         """
+        key = _set_key(ids)
         n = len(self.doc_freq)
         present = [e for e in key if 0 <= e < n]
         unknown = len(key) - len(present)  # ids outside the corpus' table: never seen, 1 each
@@ -247,9 +249,14 @@ class ReferenceStats:
             raise ArtifactError(f"reference stats: malformed ({exc})") from exc
 
 
+def squash_surprise(surprise: float) -> float:
+    """Surprise (>= 0, unbounded) → [0, 1) as s / (1 + s), the range of the other features; 1 unit → 0.5."""
+    return surprise / (1.0 + surprise)
+
+
 def surprising(session_features: np.ndarray) -> np.ndarray:
     """(G,) bool: rows whose session surprise is above 1 unit (read from the squashed feature column)."""
-    return np.asarray(session_features)[:, SURPRISE_FEATURE] > SURPRISE_UNIT / (1.0 + SURPRISE_UNIT)
+    return np.asarray(session_features)[:, SURPRISE_FEATURE] > squash_surprise(SURPRISE_UNIT)
 
 
 def _set_key(ids: Sequence[int]) -> tuple[int, ...]:
