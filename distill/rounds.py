@@ -125,6 +125,7 @@ class RoundRecord:
     llm_lora: dict | None = None  # --llm-lora: agreed labels, training summary, adapter path (None: off)
     llm_probe: dict | None = None  # round 0: the LLM on labelled source sequences (AUC, trust); None: no probe
     deep_bound: float | None = None  # the model's deep-path bound after this round (widened by trust in round 1)
+    reweighted_templates: int = 0  # target templates whose surprise weight the LLM's verdict moved off 1
     seconds: float = 0.0
 
 
@@ -134,6 +135,10 @@ LabelFn = Callable[[list[Session], np.ndarray, bool], tuple[dict[tuple, float], 
 
 ProbeFn = Callable[[int], tuple[list[float], list[int], dict]]
 """(sequences per class) -> (the LLM's P(anomalous) on labelled source sequences, their labels, stats)."""
+
+
+HaveWeightsFn = Callable[[float, np.ndarray], "np.ndarray | None"]
+"""(trust, the weights so far) -> per-template surprise weights with the LLM's verdicts, or None (unchanged)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ class RoundContext:
     load_detector: Callable[[Path], object] | None = None
     llm_adapter: LLMAdapterHooks | None = None  # set: train + switch the LLM's LoRA adapter every round
     probe_fn: ProbeFn | None = None  # set: measure the LLM on labelled source sequences before trusting it
+    have_weights: HaveWeightsFn | None = None  # set (template teacher): the LLM's verdicts reweigh the surprise
 
 
 def small_probs(detector, sessions: Sequence[Session]) -> np.ndarray:
@@ -268,6 +274,13 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
                     llm[seq] = LLMVerdict(float(prob), int(prob >= 0.5), rechecked=True)
                 _add_stats(rec, stats)
                 rec.rechecked_sequences = len(got)
+        # 3b. what the LLM says each template means reweighs the set surprise (the wide path's input)
+        if ctx.have_weights is not None:
+            so_far = detector.stats_.have_weights
+            weights = ctx.have_weights(trust, np.ones(len(detector.stats_.doc_freq)) if so_far is None else so_far)
+            if weights is not None:
+                detector.set_have_weights(weights)
+                rec.reweighted_templates = int(np.count_nonzero(np.abs(weights - 1.0) > 1e-6))
         # 4. teacher signal per pool session
         teacher = np.full(len(ctx.pool), np.nan, dtype=np.float32)
         weight = np.zeros(len(ctx.pool), dtype=np.float32)

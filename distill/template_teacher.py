@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from distill.labeller import add_counts
 from fusionlog.config import register_config_type
 from fusionlog.errors import ConfigError
@@ -117,6 +119,26 @@ class TemplateTeacher:
         """The most problem-like everyday template's logit plus the margin (P 0.5 when none was answered)."""
         known = [self.logits[e] for e in self.everyday if e in self.logits]
         return (max(known) if known else 0.0) + self.config.margin
+
+    def have_weights(self, base: np.ndarray, trust: float) -> np.ndarray:
+        """Per-template weights of the set surprise: `base` (the weights so far, 1 = plain) with every
+        template this teacher has answered set to 1 + trust * (2 P_t - 1), where P_t is the verdict a
+        one-template sequence gets (the template read against the everyday ones, as `probs` reads sequences).
+
+        Why this shape: a template the LLM finds no more problem-like than everyday work (P_t near 0) costs
+        less than its rarity, one it finds a problem (P_t near 1) up to twice, an undecided one (0.5) its
+        rarity, so the unit of surprise and its 1-unit cut are kept. `trust` (the source probe's 2 AUC - 1)
+        shrinks every weight toward 1: an LLM no better than chance changes nothing. Templates not answered
+        here keep `base` (a resumed run has not re-asked what an earlier round set).
+        """
+        trust = float(np.clip(trust, 0.0, 1.0))
+        weights = np.array(base, dtype=np.float64, copy=True)
+        shift = self.shift
+        for e in self.logits:
+            if 0 <= e < len(weights):
+                p = sequence_prob([e], self.logits, shift, self.config.temperature)
+                weights[e] = 1.0 + trust * (2.0 * float(p) - 1.0)
+        return weights
 
     def probs(self, sessions: Sequence[Session]) -> tuple[dict[tuple, float], dict]:
         """({event sequence: P(anomalous)}, labeller stats summed); unanswerable sequences are left out."""

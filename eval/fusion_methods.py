@@ -100,7 +100,7 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
     labeller = _labeller(ctx, options, pool, router, route)
     rctx = RoundContext(det, ctx.sources, pool, np.asarray(route.general_mask, dtype=bool), labeller,
                         lambda d: pool_rethreshold(d, pool), evaluate=lambda d: _stage(stages, d, ctx.test),
-                        probe_fn=labeller.probe)
+                        probe_fn=labeller.probe, have_weights=labeller.have_weights)
     distill = DistillConfig(rounds=options.rounds, calls_per_round=options.llm_budget,
                             probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed),
                             teacher=options.teacher)

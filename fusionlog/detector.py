@@ -170,6 +170,16 @@ class Detector:
         self.stats_ = stats
         self.templates_ = list(target.templates) if target.templates is not None else None
 
+    def set_have_weights(self, weights: np.ndarray | None) -> None:
+        """Count having target template t in the set surprise as `weights[t]` times its rarity (None: plain).
+
+        The distillation rounds set these from the LLM's per-template verdicts (`ReferenceStats.
+        with_have_weights`); they are saved in `reference.json`, so the served model needs no LLM. Scores
+        change: the caller re-thresholds.
+        """
+        self._check_fitted()
+        self.stats_ = self.stats_.with_have_weights(weights)
+
     # -- inference (never mutates state) -------------------------------------------------------------
 
     def _check_fitted(self) -> None:

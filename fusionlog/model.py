@@ -138,6 +138,9 @@ class ReferenceStats:
     n_sessions: int
     doc_freq: np.ndarray  # (n_templates,) number of corpus sessions containing each template
     set_counts: dict[tuple[int, ...], int] = field(default_factory=dict)  # distinct-id set -> sessions
+    # (n_templates,) how much *having* each template counts in `surprise` (None = 1 each); set from what an
+    # LLM says each template means (`with_have_weights`), saved with the stats so serving needs no LLM
+    have_weights: np.ndarray | None = None
     # (lack cost per template, its sum) per (leave-one-out offset, everyday only); derived from doc_freq, never saved
     _lack: dict[tuple[int, bool], tuple[np.ndarray, float]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -198,8 +201,25 @@ class ReferenceStats:
         if self.n_sessions <= 1 or n == 0:
             return float(len(key))
         lack, everything = self._lack_costs(1 if in_corpus else 0, everyday_only=False)
-        have = float(self.event_rarity(present, in_corpus).sum()) if present else 0.0
-        return max(0.0, everything - float(lack[present].sum())) + have + unknown
+        have_costs = self.event_rarity(present, in_corpus).astype(np.float64) if present else np.zeros(0)
+        if self.have_weights is not None and present:
+            have_costs = have_costs * self.have_weights[present]
+        return max(0.0, everything - float(lack[present].sum())) + float(have_costs.sum()) + unknown
+
+    def with_have_weights(self, weights: np.ndarray | None) -> ReferenceStats:
+        """A copy whose `surprise` counts having template t as `weights[t]` times its rarity (None: plain).
+
+        Why: rarity cannot tell a rare routine message (a re-replication's "ask to replicate") from a rare
+        error ("Unexpected error trying to delete block"); an LLM reading the template's words can. A weight
+        of 1 leaves the unit ("one never-seen template") as it was, so the 1-unit cut still means the same.
+        What a session *lacks* is not reweighted: lacking a step says nothing about the step's words.
+        """
+        if weights is None:
+            return replace(self, have_weights=None, _lack=self._lack)
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != self.doc_freq.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ConfigError(f"have weights: need {len(self.doc_freq)} finite values >= 0, got shape {w.shape}")
+        return replace(self, have_weights=w, _lack=self._lack)  # lack costs do not depend on the weights
 
     def missing_everyday(self, key: Sequence[int], in_corpus: bool) -> float:
         """How much of what most sessions have this one lacks: the sum, over the *everyday* templates (in more
@@ -231,21 +251,26 @@ class ReferenceStats:
         return self._lack[(own, everyday_only)]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "n_sessions": int(self.n_sessions),
             "doc_freq": [int(x) for x in self.doc_freq],
             "set_counts": [[list(k), int(v)] for k, v in sorted(self.set_counts.items())],
         }
+        if self.have_weights is not None:
+            d["have_weights"] = [round(float(x), 6) for x in self.have_weights]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ReferenceStats:
         try:
-            return cls(
+            stats = cls(
                 int(d["n_sessions"]),
                 np.asarray(d["doc_freq"], dtype=np.int64),
                 {tuple(int(e) for e in k): int(v) for k, v in d["set_counts"]},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            weights = d.get("have_weights")  # absent in artifacts saved before LLM-weighted surprise
+            return stats if weights is None else stats.with_have_weights(np.asarray(weights, dtype=np.float64))
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArtifactError(f"reference stats: malformed ({exc})") from exc
 
 

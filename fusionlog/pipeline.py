@@ -199,7 +199,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         label_fn=labeller, rethreshold=lambda det: pool_rethreshold(det, pool),
         evaluate=lambda det: heldout_metrics(det, test),
         load_detector=Detector.from_pretrained, llm_adapter=labeller if cfg.llm_lora else None,
-        probe_fn=labeller.probe,
+        probe_fn=labeller.probe, have_weights=labeller.have_weights,
     )
     with stage(f"distillation rounds (LLM {cfg.llm})"):
         detector, history = run_rounds(ctx, cfg.distill, out, resume=cfg.resume,
@@ -452,6 +452,14 @@ class LazyLabeller:
     def _template_answers(self, src, hidden) -> tuple[dict[tuple, float], dict]:
         """A source's probe read exactly as the target's labels are: against its own everyday templates."""
         return self.teacher_for(src.system, src.templates or [], src.sessions).probs(hidden)
+
+    def have_weights(self, trust: float, so_far: np.ndarray) -> np.ndarray | None:
+        """Template teacher: the target's surprise weights with its verdicts so far (None: nothing asked yet
+        in this process, so the detector keeps the weights it has, e.g. from the checkpoint it resumed)."""
+        teacher = self._teachers.get(self.ds.system) if self.template_mode else None
+        if teacher is None or not teacher.logits:
+            return None
+        return teacher.have_weights(so_far, trust)
 
     def __call__(self, sessions, probs, recheck):
         if self.template_mode:

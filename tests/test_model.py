@@ -129,6 +129,31 @@ def test_surprise_counts_departures_in_units_of_one_unseen_template():
     assert surprising(feats).tolist() == [False, True, True]
 
 
+def test_have_weights_scale_only_what_a_session_has_and_survive_saving():
+    ordinary = [[0, 1, 2, 4] if i % 2 else [0, 1, 2, 3, 4] for i in range(16)]
+    stats = ReferenceStats.from_sessions(_sessions(ordinary + [[0, 1, 2, 3, 4, 5]] * 4), n_templates=8)
+    full, routine, unseen = [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 6]
+    plain = {tuple(k): stats.surprise(k, False) for k in (full, routine, unseen, [0, 6, 7])}
+    ones = stats.with_have_weights(np.ones(8))
+    assert all(ones.surprise(list(k), False) == pytest.approx(v, abs=1e-9) for k, v in plain.items())
+    w = np.ones(8)
+    w[5], w[6] = 0.0, 2.0  # an LLM finds 5 routine and 6 a problem
+    weighted = stats.with_have_weights(w)
+    rarity5 = float(stats.event_rarity([5], False)[0])
+    assert weighted.surprise(routine, False) == pytest.approx(plain[tuple(routine)] - rarity5, abs=1e-9)
+    assert weighted.surprise(unseen, False) == pytest.approx(plain[tuple(full)] + 2.0, abs=1e-6)
+    assert weighted.surprise(full, False) == pytest.approx(plain[tuple(full)], abs=1e-9)  # lacking 5, 6: unchanged
+    assert stats.have_weights is None  # a copy: the plain stats are untouched
+    back = ReferenceStats.from_dict(json.loads(json.dumps(weighted.to_dict())))
+    assert back.surprise(unseen, False) == pytest.approx(weighted.surprise(unseen, False), abs=1e-6)
+    assert ReferenceStats.from_dict(stats.to_dict()).have_weights is None  # older artifacts: plain
+    for bad in (np.ones(7), np.full(8, -1.0), np.full(8, np.nan)):
+        with pytest.raises(ConfigError):
+            stats.with_have_weights(bad)
+    with pytest.raises(ArtifactError):
+        ReferenceStats.from_dict({**stats.to_dict(), "have_weights": [1.0] * 3})
+
+
 def test_surprise_flags_real_openstack_failures_at_one_unit(data_dir):
     """On real OpenStack instances (labels only score): failed builds lack several spawn steps and add error
     lines, rare normal ones add one line, so the a-priori cut at 1 unit separates them; max rarity does not."""

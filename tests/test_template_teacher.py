@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from distill.backends.fake import ScriptedBackend
@@ -68,6 +69,26 @@ def test_each_template_is_asked_once_and_the_verdict_follows_its_most_problem_li
     assert again == got and backend.calls == len(asked) and stats2.get("calls", 0) == 0
 
 
+def test_have_weights_follow_the_verdicts_and_shrink_with_trust():
+    pool = hide_labels(split_sessions(load_dataset("bgl")).pool)
+    keys = ("panic", "kernel terminated")
+    teacher, _, ds = _teacher(lambda m: "anomalous" if any(k in str(m) for k in keys) else "normal", pool)
+    teacher.probs(pool)
+    n = len(ds.templates)
+    base = np.ones(n)
+    unasked = next(e for e in range(n) if e not in teacher.logits)
+    base[unasked] = 1.7  # set by an earlier round: kept
+    full = teacher.have_weights(base, 1.0)
+    alarming = [e for e in teacher.logits if any(k in ds.templates[e] for k in keys)]
+    calm = [e for e in teacher.logits if e not in alarming]
+    assert alarming and calm
+    assert all(full[e] > 1.5 for e in alarming) and all(full[e] < 1.0 for e in calm)
+    assert full[unasked] == 1.7 and base[unasked] == 1.7  # base is not modified in place
+    half = teacher.have_weights(base, 0.5)
+    assert np.allclose(half[list(teacher.logits)] - 1, (full[list(teacher.logits)] - 1) / 2)
+    assert np.array_equal(teacher.have_weights(base, 0.0), base)  # an untrusted LLM changes nothing
+
+
 def test_garbage_answers_are_abstentions_not_verdicts():
     pool = hide_labels(split_sessions(load_dataset("bgl")).pool)
     teacher, _, _ = _teacher(lambda m: "the weather is nice", pool)
@@ -100,10 +121,35 @@ def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_prob
     assert probe["trust"] > 0 and len(report["rounds"]) > 1  # the keyword teacher ranks source labels
     # answers cost per template, so round 1 labels past the session teacher's 4 sequences per round
     assert report["rounds"][1]["llm_labelled_sequences"] > 4
+    # the verdicts reweigh the target's surprise, and the artifact keeps the weights (serving needs no LLM)
+    weights = json.loads((tmp_path / "run" / "reference.json").read_text())["have_weights"]
+    assert report["rounds"][1]["reweighted_templates"] > 0
+    assert sum(abs(w - 1) > 1e-6 for w in weights) == report["rounds"][-1]["reweighted_templates"]
+    ds = load_dataset("bgl")
+    alarm = [i for i, t in enumerate(ds.templates) if any(k in t for k in ALARM_WORDS) and abs(weights[i] - 1) > 1e-6]
+    assert alarm and all(weights[i] > 1 for i in alarm)
     # a rerun pays nothing: every template's answer is cached
     again = CountingBackend(ALARM_WORDS)
     fuse(replace(cfg, out=str(tmp_path / "again")), backend=again, cache_path=tmp_path / "v.sqlite")
     assert again.calls == 0
+
+
+def test_a_resumed_run_keeps_the_surprise_weights_of_its_finished_rounds(tmp_path):
+    from dataclasses import replace
+
+    cfg = _cfg(tmp_path / "run", rounds=1, calls=4, probe=3)
+    cfg = replace(cfg, distill=replace(cfg.distill, teacher="template"))
+    fuse(cfg, backend=CountingBackend(ALARM_WORDS), cache_path=tmp_path / "v.sqlite")
+    ref = tmp_path / "run" / "rounds" / "round_1" / "reference.json"
+    after_round_1 = np.array(json.loads(ref.read_text())["have_weights"])
+    assert np.any(np.abs(after_round_1 - 1) > 1e-6)
+    # "crash" after round 1; the resumed process has asked its teacher nothing when round 2 starts
+    resumed = replace(cfg, distill=replace(cfg.distill, rounds=2), resume=True)
+    result = fuse(resumed, backend=CountingBackend(ALARM_WORDS), cache_path=tmp_path / "v.sqlite")
+    final = np.array(json.loads((tmp_path / "run" / "reference.json").read_text())["have_weights"])
+    set_before = np.abs(after_round_1 - 1) > 1e-6
+    assert np.allclose(final[set_before], after_round_1[set_before])
+    assert result.detector.stats_.have_weights is not None
 
 
 def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path, capsys):
@@ -139,6 +185,10 @@ def test_a_real_llm_answers_every_template_once(tmp_path):
             assert len(teacher.logits) >= 0.9 * len(asked)  # a real model answers nearly every template
             assert len(got) == len({tuple(s.event_ids) for s in asked_about})
             assert all(0 < p < 1 for p in got.values())
+            weights = teacher.have_weights(np.ones(len(ds.templates)), 1.0)  # what the rounds give the surprise
+            answered = sorted(teacher.logits)
+            assert np.all((weights[answered] >= 0) & (weights[answered] <= 2))
+            assert np.all(np.delete(weights, answered) == 1)
             fresh = TemplateTeacher(labeller, ds.templates, ds.system, pool)
             again, stats2 = fresh.probs(asked_about)
             assert stats2.get("calls", 0) == 0 and again == pytest.approx(got)
