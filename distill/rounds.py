@@ -6,6 +6,10 @@ Round 0 is the general-path model. Each later round:
      uncertain first, within the round's call budget;
   3. *collaboration*: where the small model is confident and a previous LLM verdict disagrees, the
      session goes back to the LLM with the small model's view in the prompt;
+  3b. with the template teacher (`--teacher template`), the LLM's verdict on each target template
+     reweighs what having that template costs in the set surprise, the wide path's input
+     (`TemplateTeacher.have_weights`: 1 + trust (2P - 1)): rarity cannot tell a rare routine message
+     from a rare error, the LLM reading its words can. The weights are saved with the detector;
   4. fine-tune the small model on source labels + confident general pseudo-labels (its own) + LLM
      soft labels weighted by the LLM's confidence (`distill.finetune`);
   5. re-threshold without labels, checkpoint, and stop when fewer than `stop_change` of the pool's
@@ -66,8 +70,9 @@ class DistillConfig:
     probe_common: int = field(default=6, metadata={
         "help": "the target's commonest distinct pool sequences the LLM is asked about before round 1; the share "
                 "it calls anomalous, c, scales its trust by (1 - c); 0 = off"})
-    deep_bound: float = field(default=1.0, metadata={
-        "help": "the deep path's bound in the rounds, times the LLM's trust (never below the general path's)"})
+    deep_bound: float | None = field(default=None, metadata={
+        "help": "the deep path's bound in the rounds, times the LLM's trust (never below the general path's); "
+                "None: 1 with the session teacher, 0 (keep the general path's) with the template teacher"})
     teacher: str = field(default="session", metadata={
         "help": "how the LLM labels: 'session' (one call per sequence) or 'template' (one call per template, "
                 "read against the system's everyday templates; distill.template_teacher)"})
@@ -86,10 +91,23 @@ class DistillConfig:
             raise ConfigError("DistillConfig.probe_per_class and probe_common must be >= 0")
         if not 0.0 <= self.stop_change < 1.0:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
-        if self.deep_bound < 0:
+        if self.deep_bound is not None and self.deep_bound < 0:
             raise ConfigError(f"DistillConfig.deep_bound={self.deep_bound}: must be >= 0")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"DistillConfig.teacher={self.teacher!r}: one of {list(TEACHERS)}")
+
+    @property
+    def round_deep_bound(self) -> float:
+        """The deep path's bound in the rounds before the trust factor.
+
+        Why 0 for the template teacher: its verdicts already reach the small model per template, through the
+        surprise weights; its sequence verdicts are only the max over those same answers, and teaching the
+        deep path that coarser copy drifted (HDFS, 1.5B teacher, trust 0.58: test F1 0.939 after rounds 1-2,
+        0.836 after round 3), where the weights alone hold 0.924 round after round.
+        """
+        if self.deep_bound is not None:
+            return self.deep_bound
+        return 0.0 if self.teacher == "template" else 1.0
 
     @property
     def asks_sessions(self) -> bool:
@@ -243,9 +261,9 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         logger.warning("LLM trust 0: %s (%s); its labels would be noise, so no distillation round runs and the "
                        "general-path model is kept", why, probe)
         return detector, history
-    if start == 1 and detector.model_.widen_deep_path(trust * config.deep_bound):
+    if start == 1 and detector.model_.widen_deep_path(trust * config.round_deep_bound):
         logger.info("deep path bound widened to %.3g (trust %.2f x %.3g): the LLM's labels may now move it",
-                    detector.model_.config.deep_bound, trust, config.deep_bound)
+                    detector.model_.config.deep_bound, trust, config.round_deep_bound)
     prev_pred = small_probs(detector, ctx.pool) > 0.5
     budget_left = _overall_budget(config, len(ctx.pool), llm)
     for r in range(start, config.rounds + 1):

@@ -101,6 +101,12 @@ def test_template_teacher_config_is_checked():
         TemplateTeacherConfig(everyday_share=0.0)
     with pytest.raises(ConfigError):
         DistillConfig(teacher="oracle")
+    with pytest.raises(ConfigError):
+        DistillConfig(deep_bound=-1.0)
+    # the rounds' deep-path bound: the teacher's choice unless given
+    assert DistillConfig().round_deep_bound == 1.0
+    assert DistillConfig(teacher="template").round_deep_bound == 0.0
+    assert DistillConfig(teacher="template", deep_bound=0.5).round_deep_bound == 0.5
 
 
 def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_probes(tmp_path):
@@ -128,6 +134,8 @@ def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_prob
     ds = load_dataset("bgl")
     alarm = [i for i, t in enumerate(ds.templates) if any(k in t for k in ALARM_WORDS) and abs(weights[i] - 1) > 1e-6]
     assert alarm and all(weights[i] > 1 for i in alarm)
+    # its verdicts act through the weights; the deep path keeps the general path's bound (round_deep_bound)
+    assert report["rounds"][1]["deep_bound"] == report["rounds"][0]["deep_bound"]
     # a rerun pays nothing: every template's answer is cached
     again = CountingBackend(ALARM_WORDS)
     fuse(replace(cfg, out=str(tmp_path / "again")), backend=again, cache_path=tmp_path / "v.sqlite")

@@ -39,6 +39,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", choices=("session", "template"), default="session",
                    help="how the LLM labels: one call per distinct sequence (session), or one per template, read "
                         "against the target's everyday templates (template; few calls, no recheck, no common probe)")
+    p.add_argument("--deep-bound", type=float, default=None,
+                   help="the deep (GRU) path's bound in the rounds, times the LLM's trust; 0 keeps the general "
+                        "path's (default: 1 with the session teacher, 0 with the template teacher, whose "
+                        "verdicts reach the model through the surprise weights)")
     p.add_argument("--stop-change", type=float, default=0.01,
                    help="stop when fewer than this share of pool labels change in a round (0: run every round)")
     p.add_argument("--k-examples", type=int, default=2, help="retrieved source sessions per prompt")
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     distill = DistillConfig(rounds=args.rounds, calls_per_round=args.calls_per_round,
                             max_fraction=args.budget_fraction, stop_change=args.stop_change,
                             probe_per_class=args.probe_per_class, probe_common=args.probe_common, lora=lora,
-                            teacher=args.teacher)
+                            teacher=args.teacher, deep_bound=args.deep_bound)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
         target=args.target, sources=tuple(args.sources), llm=args.llm, llm_backend=args.llm_backend,
