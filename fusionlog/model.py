@@ -29,7 +29,8 @@ target of the others) over {1, 0.3, 0.01}: it won for 4 of 5 targets. The same p
 surprise alone on the wide path to source-learned weights over all five features (mean pseudo-target F1
 0.80 vs 0.77), so the general path ranks by surprise, the GRU breaking ties. Distillation rounds
 widen the bound by the LLM's measured trust, so the LLM's labels can teach the deep path what rarity
-cannot see (distill.rounds).
+cannot see (distill.rounds); with the template teacher the LLM's per-template verdicts reweigh the surprise
+instead (`ReferenceStats.with_have_weights`), which keeps its unit and the served model LLM-free.
 
 Persistence follows sentence-transformers' `Dense`: `config.json` + `model.safetensors`, reloaded
 with `cls(**config)` and `load_state_dict`. No pickle anywhere.
