@@ -67,6 +67,9 @@ class DistillConfig:
     max_rechecks: int = field(default=8, metadata={"help": "rechecks per round"})
     probe_per_class: int = field(default=6, metadata={
         "help": "labelled source sequences per class the LLM answers before round 1 (its trust); 0 = off"})
+    probe_templates: int = field(default=12, metadata={
+        "help": "template teacher: labelled templates per class *and source* it answers before round 1 (its trust; "
+                "replaces the sequence probe, distill.template_teacher.labelled_templates); 0 = off"})
     probe_common: int = field(default=6, metadata={
         "help": "the target's commonest distinct pool sequences the LLM is asked about before round 1; the share "
                 "it calls anomalous, c, scales its trust by (1 - c); 0 = off"})
@@ -87,8 +90,8 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.confident={self.confident}: must be in (0.5, 1)")
         if self.max_fraction is not None and not 0.0 < self.max_fraction <= 1.0:
             raise ConfigError(f"DistillConfig.max_fraction={self.max_fraction}: must be in (0, 1]")
-        if self.probe_per_class < 0 or self.probe_common < 0:
-            raise ConfigError("DistillConfig.probe_per_class and probe_common must be >= 0")
+        if self.probe_per_class < 0 or self.probe_common < 0 or self.probe_templates < 0:
+            raise ConfigError("DistillConfig.probe_per_class, probe_templates and probe_common must be >= 0")
         if not 0.0 <= self.stop_change < 1.0:
             raise ConfigError(f"DistillConfig.stop_change={self.stop_change}: must be in [0, 1)")
         if self.deep_bound is not None and self.deep_bound < 0:
@@ -108,6 +111,16 @@ class DistillConfig:
         if self.deep_bound is not None:
             return self.deep_bound
         return 0.0 if self.teacher == "template" else 1.0
+
+    @property
+    def probe_size(self) -> int:
+        """What the source probe asks per class: sequences (session teacher), or templates per source (template
+        teacher: its answers are used per template, as surprise weights, so its trust is measured per template)."""
+        return self.probe_templates if self.teacher == "template" else self.probe_per_class
+
+    @property
+    def probe_unit(self) -> str:
+        return "templates" if self.teacher == "template" else "sequences"
 
     @property
     def asks_sessions(self) -> bool:
@@ -152,7 +165,8 @@ LabelFn = Callable[[list[Session], np.ndarray, bool], tuple[dict[tuple, float], 
 
 
 ProbeFn = Callable[[int], tuple[list[float], list[int], dict]]
-"""(sequences per class) -> (the LLM's P(anomalous) on labelled source sequences, their labels, stats)."""
+"""(items per class) -> (the LLM's P(anomalous) on labelled source items, their labels, stats); items are
+sequences for the session teacher, templates for the template teacher (`DistillConfig.probe_unit`)."""
 
 
 HaveWeightsFn = Callable[[float, np.ndarray], "np.ndarray | None"]
@@ -241,8 +255,8 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
         preds = small_probs(detector, ctx.pool) > 0.5
         rec.pool_flagged = round(float(preds.mean()), 4) if len(preds) else 0.0
         rec.test = ctx.evaluate(detector)
-        if ctx.probe_fn is not None and config.probe_per_class > 0 and config.rounds > 0:
-            rec.llm_probe = probe_llm(ctx.probe_fn, config.probe_per_class, rec)
+        if ctx.probe_fn is not None and config.probe_size > 0 and config.rounds > 0:
+            rec.llm_probe = probe_llm(ctx.probe_fn, config.probe_size, rec, config.probe_unit)
         if (config.asks_sessions and config.probe_common > 0 and config.rounds > 0
                 and (rec.llm_probe or {}).get("trust", 1.0) > 0):
             rec.llm_probe = probe_common(ctx, detector, seqs, llm, config.probe_common, rec)
@@ -361,8 +375,8 @@ def _trusted_finetune(ft: FinetuneConfig, weight: np.ndarray, trusted: np.ndarra
     return replace(ft, lr=ft.lr * float((weight * trusted).sum()) / total)
 
 
-def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord) -> dict:
-    """Ask the LLM about labelled *source* sequences and turn its ranking into a trust in [0, 1].
+def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord, unit: str = "sequences") -> dict:
+    """Ask the LLM about labelled *source* sequences (or templates) and turn its ranking into a trust in [0, 1].
 
     Why: a teacher that cannot tell the classes apart on systems whose labels we hold (a small model
     that calls everything anomalous, a server answering garbage) only adds noise to the distillation.
@@ -374,11 +388,11 @@ def probe_llm(probe_fn: ProbeFn, per_class: int, rec: RoundRecord) -> dict:
     y = np.asarray(labels, dtype=np.int64)
     auc = ranking_auc(np.asarray(probs, dtype=np.float64), y)
     if auc is None:
-        return {"probes": len(y), "anomalous": int(y.sum()), "auc": None, "trust": 1.0,
+        return {"probes": len(y), "anomalous": int(y.sum()), "auc": None, "trust": 1.0, "unit": unit,
                 "note": "too few answered probes of each class: LLM labels used unweighted"}
     trust = float(np.clip(2.0 * auc - 1.0, 0.0, 1.0))
-    logger.info("LLM probe on %d labelled source sequences: ROC-AUC %.3f -> trust %.2f", len(y), auc, trust)
-    return {"probes": len(y), "anomalous": int(y.sum()), "auc": round(auc, 4), "trust": round(trust, 4)}
+    logger.info("LLM probe on %d labelled source %s: ROC-AUC %.3f -> trust %.2f", len(y), unit, auc, trust)
+    return {"probes": len(y), "anomalous": int(y.sum()), "auc": round(auc, 4), "trust": round(trust, 4), "unit": unit}
 
 
 def probe_common(ctx: RoundContext, detector, seqs: list[tuple], llm: dict, n: int, rec: RoundRecord) -> dict:

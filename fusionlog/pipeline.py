@@ -395,6 +395,8 @@ class LazyLabeller:
         from distill.labeller import Labeller, add_counts
         from distill.prompts import load_prompt
 
+        if self.template_mode:
+            return self._probe_templates(per_class)
         seed = self.cfg.seed
         picks = [p for label in (0, 1) for p in distinct_source_sessions(self._sources, label, per_class, seed)]
         if not picks:
@@ -423,6 +425,33 @@ class LazyLabeller:
                     probs.append(got[tuple(s.event_ids)])
                     labels.append(int(s.label))
             add_counts(totals, stats)
+        return probs, labels, totals
+
+    def _probe_templates(self, per_class: int) -> tuple[list[float], list[int], dict]:
+        """Template teacher: its verdicts on up to `per_class` anomaly and normal templates of each source
+        (`labelled_templates`, seeded pick), each read against its own system's everyday templates exactly as
+        the target's surprise weights are (one-template sequences)."""
+        from distill.labeller import add_counts
+        from distill.template_teacher import labelled_templates
+        from fusionlog.types import Session
+
+        probs: list[float] = []
+        labels: list[int] = []
+        totals: dict[str, float] = {}
+        for i, src in enumerate(self._sources):
+            pos, neg = labelled_templates(src.sessions)
+            rng = random.Random(self.cfg.seed + i)
+            picks = [(e, 1) for e in rng.sample(pos, min(per_class, len(pos)))]
+            picks += [(e, 0) for e in rng.sample(neg, min(per_class, len(neg)))]
+            if not picks:
+                continue
+            teacher = self.teacher_for(src.system, src.templates or [], src.sessions)
+            got, stats = teacher.probs([Session(src.system, f"template:{e}", [e], None) for e, _ in picks])
+            add_counts(totals, stats)
+            for e, label in picks:
+                if (e,) in got:
+                    probs.append(got[(e,)])
+                    labels.append(label)
         return probs, labels, totals
 
     def examples_for(self, session):
@@ -600,7 +629,8 @@ def report_markdown(report: dict) -> str:
 def _probe_line(probe: dict) -> str:
     auc = "–" if probe.get("auc") is None else f"{probe['auc']:.3f}"
     verdict = "no distillation round ran" if probe["trust"] <= 0 else f"its labels weigh {probe['trust']:.2f}"
-    parts = [f"ROC-AUC {auc} on {probe['probes']} labelled source sequences ({probe['anomalous']} anomalous)"
+    parts = [f"ROC-AUC {auc} on {probe['probes']} labelled source {probe.get('unit', 'sequences')} "
+             f"({probe['anomalous']} anomalous)"
              ] if "probes" in probe else []
     if "common" in probe:
         parts.append(f"{100 * probe['common_called_anomalous']:.0f}% of the target's {probe['common']} commonest "

@@ -148,7 +148,8 @@ def test_an_llm_no_better_than_chance_on_source_labels_gets_no_round(prepared, t
     before = ctx.detector.decision_function(pool)
     det, history = run_rounds(ctx, DistillConfig(rounds=2, calls_per_round=4, probe_per_class=3), tmp_path)
     assert [h.round for h in history] == [0]
-    assert history[0].llm_probe == {"probes": 6, "anomalous": 3, "auc": 0.5, "trust": 0.0}
+    assert history[0].llm_probe == {"probes": 6, "anomalous": 3, "auc": 0.5, "trust": 0.0,
+                                      "unit": "sequences"}
     assert history[0].llm_calls == 6 and not calls  # the probe was paid; the pool was never sent
     np.testing.assert_array_equal(det.decision_function(pool), before)
 

@@ -12,7 +12,13 @@ from distill.config import LabelConfig
 from distill.labeller import Labeller
 from distill.prompts import load_prompt
 from distill.rounds import DistillConfig
-from distill.template_teacher import TemplateTeacher, TemplateTeacherConfig, everyday_templates, sequence_prob
+from distill.template_teacher import (
+    TemplateTeacher,
+    TemplateTeacherConfig,
+    everyday_templates,
+    labelled_templates,
+    sequence_prob,
+)
 from fusionlog.data import hide_labels, load_dataset, split_sessions
 from fusionlog.errors import ConfigError
 from fusionlog.pipeline import fuse
@@ -35,6 +41,26 @@ def test_everyday_templates_are_those_in_most_sessions_not_of_the_commonest_sequ
     # no template in half the sessions (BGL-like windows): the commonest sequence's templates
     assert everyday_templates([_s(5, 6)] * 2 + [_s(7)] + [_s(8)], 0.9) == {5, 6}
     assert everyday_templates([], 0.5) == set()
+
+
+def test_labelled_templates_are_those_seen_almost_only_in_anomalies_and_those_no_commoner_there():
+    def lab(label, *ids):
+        return Session("sys", "k", list(ids), label)
+
+    # 1 in every session (no sign), 2 only in anomalies, 3 in one anomaly of two, 4 only in normal ones
+    sessions = [lab(0, 1, 4), lab(0, 1, 4), lab(0, 1, 3), lab(1, 1, 2, 3), lab(1, 1, 2)] + [lab(0, 1)] * 5
+    pos, neg = labelled_templates(sessions)
+    assert pos == [2] and neg == [1, 4]  # 3: half its sessions are anomalous (base 0.2): mixed, left out
+    assert labelled_templates(sessions, sure=0.4) == ([2, 3], [1, 4])
+    assert labelled_templates([_s(1, 2)]) == ([], [])  # unlabelled: nothing to learn from
+
+
+def test_hdfs_anomaly_templates_are_its_error_reports_and_its_everyday_ones_are_normal():
+    ds = load_dataset("hdfs")
+    pos, neg = labelled_templates(ds.sessions)
+    assert not set(pos) & set(neg)
+    assert any("Unexpected error trying to delete block" in ds.templates[e] for e in pos)
+    assert everyday_templates(ds.sessions, 0.5) <= set(neg)  # in every block, so no sign of trouble
 
 
 def test_a_sequence_is_anomalous_only_above_the_everyday_templates():
@@ -114,12 +140,14 @@ def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_prob
     from dataclasses import replace
 
     cfg = _cfg(tmp_path / "run", rounds=2, calls=4, probe=3, common=5)
-    cfg = replace(cfg, distill=replace(cfg.distill, teacher="template"))
+    cfg = replace(cfg, distill=replace(cfg.distill, teacher="template", probe_templates=3))
     backend = CountingBackend(ALARM_WORDS)
     result = fuse(cfg, backend=backend, cache_path=tmp_path / "v.sqlite")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     probe = report["rounds"][0]["llm_probe"]
-    assert probe["probes"] == 6 and "common" not in probe  # source probe ran; the common probe is implied
+    # the probe asks source *templates* (3 per class and source), not the 3 sequences per class of probe_per_class
+    assert probe["unit"] == "templates" and 6 < probe["probes"] <= 12 and probe["anomalous"] >= 3
+    assert "common" not in probe  # the common probe is implied by the everyday reading
     assert all(r["rechecked_sequences"] == 0 for r in report["rounds"])
     templates = sum(len(load_dataset(name).templates) for name in ("bgl", "hdfs", "openstack"))
     assert 0 < backend.calls <= templates  # per template, never per sequence

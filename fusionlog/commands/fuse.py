@@ -33,6 +33,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-per-class", type=int, default=6,
                    help="labelled source sequences per class the LLM answers first; its ROC-AUC on them sets how "
                         "much its labels count (chance or worse: no distillation round runs); 0 = off")
+    p.add_argument("--probe-templates", type=int, default=12,
+                   help="template teacher: labelled source templates per class and source it answers instead "
+                        "(anomaly templates: seen almost only in anomalous sessions); 0 = off")
     p.add_argument("--probe-common", type=int, default=6,
                    help="the target's commonest distinct pool sequences the LLM answers first; the share it calls "
                         "anomalous (they are everyday behaviour) shrinks its trust by that much; 0 = off")
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     distill = DistillConfig(rounds=args.rounds, calls_per_round=args.calls_per_round,
                             max_fraction=args.budget_fraction, stop_change=args.stop_change,
                             probe_per_class=args.probe_per_class, probe_common=args.probe_common, lora=lora,
+                            probe_templates=args.probe_templates,
                             teacher=args.teacher, deep_bound=args.deep_bound)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
