@@ -102,8 +102,8 @@ def fusionlog(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOu
                         lambda d: pool_rethreshold(d, pool), evaluate=lambda d: _stage(stages, d, ctx.test),
                         probe_fn=labeller.probe, have_weights=labeller.have_weights)
     distill = DistillConfig(rounds=options.rounds, calls_per_round=options.llm_budget,
-                            probe_per_class=options.llm_probe, finetune=replace(FinetuneConfig(), seed=seed),
-                            teacher=options.teacher)
+                            probe_per_class=options.llm_probe, probe_templates=options.llm_probe_templates,
+                            finetune=replace(FinetuneConfig(), seed=seed), teacher=options.teacher)
     try:
         with tempfile.TemporaryDirectory(prefix="fusionlog-eval-") as tmp:
             det, history = run_rounds(rctx, distill, tmp)

@@ -60,7 +60,8 @@ class MethodOptions:
     llm_budget: int = 32  # llm-only: distinct test sequences asked; fusionlog: LLM calls per round
     rounds: int = 2  # fusionlog distillation rounds
     llm_probe: int = 6  # fusionlog: labelled source sequences per class that set the LLM's trust (0 = off)
-    teacher: str = "session"  # how the LLM labels: "session" or "template" (distill.template_teacher)
+    llm_probe_templates: int = 12  # fusionlog, template teacher: labelled templates per class and source (0 = off)
+    teacher: str = "template"  # how the LLM labels: "template" (the default; distill.template_teacher) or "session"
     llm_backend_obj: Any = None  # a ready backend object (tests / programmatic use), replaces `llm`
     llm_cache: str | None = None  # verdict cache path (default: the user cache)
     model_overrides: dict = field(default_factory=dict)  # SessionModelConfig fields (`--model KEY=VALUE`)

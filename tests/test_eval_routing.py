@@ -27,7 +27,7 @@ def test_llm_methods_run_in_the_harness_with_a_real_small_llm(cache_root, embedd
     cfg = EvalConfig(
         target="bgl", sources=("hdfs", "openstack"), methods=("general", "llm-only", "fusionlog"), seeds=(0,),
         train_overrides={"epochs": 2, "steps_per_epoch": 6},
-        llm={"llm": "smollm2-135m", "llm_budget": 3, "rounds": 1, "llm_probe": 0,
+        llm={"llm": "smollm2-135m", "llm_budget": 3, "rounds": 1, "llm_probe": 0, "teacher": "session",
              "llm_cache": str(tmp_path / "v.sqlite")},
     )
     run = run_eval(cfg, data_dir, cache_root / "prepared", embedder=embedder)

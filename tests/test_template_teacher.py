@@ -199,6 +199,17 @@ def test_llm_lora_and_the_template_teacher_are_refused_together(tmp_path, capsys
     assert not (tmp_path / "rounds").exists()  # refused before any work
 
 
+def test_the_main_job_asks_about_templates_unless_it_fine_tunes_the_llm():
+    from fusionlog.cli import build_parser
+    from fusionlog.commands.fuse import default_teacher
+
+    parse = build_parser().parse_args
+    assert default_teacher(parse(["fuse", "--target", "openstack"])) == "template"
+    assert default_teacher(parse(["fuse", "--target", "openstack", "--llm-lora"])) == "session"
+    assert default_teacher(parse(["fuse", "--target", "openstack", "--teacher", "session"])) == "session"
+    assert parse(["eval", "--target", "openstack"]).teacher == "template"
+
+
 def _real_labeller(backend, cache) -> Labeller:
     """The template prompt on a real backend, as the rounds build it (no few-shot examples)."""
     return Labeller(backend, load_prompt("label_template"), LabelConfig(prompt="label_template", k_examples=0),

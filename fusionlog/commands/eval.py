@@ -48,8 +48,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="fusionlog: distillation rounds")
     p.add_argument("--llm-probe", type=int, default=6,
                    help="fusionlog: labelled source sequences per class that measure the LLM first (0 = off)")
-    p.add_argument("--teacher", choices=("session", "template"), default="session",
-                   help="fusionlog / llm-only: the LLM labels sequences (session) or templates (template)")
+    p.add_argument("--llm-probe-templates", type=int, default=12,
+                   help="fusionlog, template teacher: labelled source templates per class and source that measure "
+                        "the LLM first (0 = off)")
+    p.add_argument("--teacher", choices=("session", "template"), default="template",
+                   help="fusionlog / llm-only: the LLM labels templates (template, the main job's default) or "
+                        "sequences (session)")
     p.add_argument("--anchors", help=".npy of the anchor-phrase embeddings (default: embed them now)")
     p.add_argument("--model", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="SessionModelConfig field of the trained methods, e.g. --model deep_bound=0 (repeatable)")
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             model_overrides=parse_model_overrides(args.model_set),
             llm={"llm": args.llm, "llm_backend": args.llm_backend, "llm_base_url": args.llm_base_url,
                  "llm_budget": args.llm_budget, "rounds": args.rounds, "llm_probe": args.llm_probe,
-                 "teacher": args.teacher},
+                 "llm_probe_templates": args.llm_probe_templates, "teacher": args.teacher},
         )
         result = run_eval(cfg, args.data_dir, Path(args.cache_dir) if args.cache_dir else None,
                           progress=not args.quiet, loader=loader, anchor_vectors=anchors)

@@ -39,9 +39,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-common", type=int, default=6,
                    help="the target's commonest distinct pool sequences the LLM answers first; the share it calls "
                         "anomalous (they are everyday behaviour) shrinks its trust by that much; 0 = off")
-    p.add_argument("--teacher", choices=("session", "template"), default="session",
-                   help="how the LLM labels: one call per distinct sequence (session), or one per template, read "
-                        "against the target's everyday templates (template; few calls, no recheck, no common probe)")
+    p.add_argument("--teacher", choices=("session", "template"), default=None,
+                   help="how the LLM labels: one call per template, read against the target's everyday templates "
+                        "(template: few calls, no recheck, no common probe; the default), or one per distinct "
+                        "sequence (session; the default with --llm-lora, which trains the LLM on session prompts)")
     p.add_argument("--deep-bound", type=float, default=None,
                    help="the deep (GRU) path's bound in the rounds, times the LLM's trust; 0 keeps the general "
                         "path's (default: 1 with the session teacher, 0 with the template teacher, whose "
@@ -59,6 +60,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
 
 
+def default_teacher(args: argparse.Namespace) -> str:
+    """The template teacher unless asked otherwise: with the embedded 0.5B model it is the one that helps
+    (its session verdicts probe at trust 0, its template verdicts at 0.32-0.61 and lift openstack and hdfs);
+    --llm-lora fine-tunes the LLM on session prompts, so it keeps the session teacher."""
+    if args.teacher:
+        return args.teacher
+    return "session" if args.llm_lora else "template"
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                             max_fraction=args.budget_fraction, stop_change=args.stop_change,
                             probe_per_class=args.probe_per_class, probe_common=args.probe_common, lora=lora,
                             probe_templates=args.probe_templates,
-                            teacher=args.teacher, deep_bound=args.deep_bound)
+                            teacher=default_teacher(args), deep_bound=args.deep_bound)
     distill = replace(distill, finetune=replace(FinetuneConfig(), steps=args.finetune_steps, seed=args.seed))
     cfg = FuseConfig(
         target=args.target, sources=tuple(args.sources), llm=args.llm, llm_backend=args.llm_backend,
