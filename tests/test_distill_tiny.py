@@ -98,7 +98,8 @@ def test_constrained_choice_matches_full_forward(backend, ostack):
         lp.append(m + math.log(sum(math.exp(x - m) for x in xs)))
     assert r.extra["lp_normal"] == pytest.approx(lp[0], abs=1e-4)
     assert r.p_anomalous == pytest.approx(1 / (1 + math.exp(lp[0] - lp[1])), abs=1e-5)
-    assert backend.score([msgs])[0].p_anomalous == r.p_anomalous  # deterministic
+    # deterministic up to float rounding (the repeat reuses the first call's prompt KV)
+    assert backend.score([msgs])[0].p_anomalous == pytest.approx(r.p_anomalous, abs=1e-6)
 
 
 def test_multi_token_option_reuses_kv_cache_correctly(backend, ostack):
@@ -113,6 +114,26 @@ def test_multi_token_option_reuses_kv_cache_correctly(backend, ostack):
         got, n = backend._continuation_logprob(first, _cache_of(out), cont)
         again, _ = backend._continuation_logprob(first, _cache_of(out), cont)  # cache was not consumed
     assert n == len(cont) and got == pytest.approx(full_logprob(backend.model, ids, cont), abs=1e-4) and again == got
+
+
+def test_a_shared_prompt_head_is_computed_once_and_answers_stay_the_same(tiny, ostack):
+    from distill.backends.transformers_local import TransformersBackend
+
+    msgs = [messages_for(ostack, i) for i in range(4)]
+    plain = TransformersBackend(str(tiny), reuse_prefix=False)
+    reusing = TransformersBackend(str(tiny))
+    want = [r.p_anomalous for r in plain.score(msgs)]
+    got = reusing.score(msgs)
+    assert plain.reused_tokens == 0 and reusing.reused_tokens > 0  # the system message's KV was reused
+    assert [r.p_anomalous for r in got] == pytest.approx(want, abs=1e-5)
+    assert [r.prompt_tokens for r in got] == [len(reusing.encode(m)) for m in msgs]  # counts whole prompts
+    # the same prompt again: all but its last token come from the cache, the answer is unchanged
+    assert reusing.score([msgs[3]])[0].p_anomalous == pytest.approx(want[3], abs=1e-5)
+    # a swapped model (what a LoRA round does) never reads a cache made by the old one
+    before = reusing.reused_tokens
+    reusing.model = plain.model
+    assert reusing.score([msgs[0]])[0].p_anomalous == pytest.approx(want[0], abs=1e-5)
+    assert reusing.reused_tokens == before
 
 
 def test_reason_generation_is_short_text(backend, ostack):

@@ -17,6 +17,7 @@ from distill.template_teacher import (
     TemplateTeacherConfig,
     everyday_templates,
     labelled_templates,
+    logit,
     sequence_prob,
 )
 from fusionlog.data import hide_labels, load_dataset, split_sessions
@@ -244,6 +245,15 @@ def test_a_real_llm_answers_every_template_once(tmp_path):
             fresh = TemplateTeacher(labeller, ds.templates, ds.system, pool)
             again, stats2 = fresh.probs(asked_about)
             assert stats2.get("calls", 0) == 0 and again == pytest.approx(got)
+            # the template prompts share their head, whose KV the real model computed once
+            assert backend.reused_tokens > 100 * (stats["calls"] - 1)
+            some = [Session(ds.system, f"template:{e}", [e]) for e in sorted(teacher.logits)[:3]]
+            backend.reuse_prefix = False
+            with VerdictCache(tmp_path / "v2.sqlite") as cache2:
+                whole = _real_labeller(backend, cache2).label(some, ds.templates, ds.system).sequence_probs(some)
+            backend.reuse_prefix = True
+            for (e,), p in whole.items():  # the same answers when every prompt runs in full
+                assert logit(p) == pytest.approx(teacher.logits[e], abs=1e-3)
     finally:
         backend.close()
 

@@ -26,6 +26,9 @@ from fusionlog.errors import LLMError
 
 logger = logging.getLogger(__name__)
 
+#: Shortest shared prompt head worth reusing (below it a fresh forward pass costs about the same).
+MIN_REUSED_TOKENS = 16
+
 
 class TransformersBackend:
     """`score(prompts)` → one LLMResult per prompt with P(anomalous) from log-likelihoods."""
@@ -33,7 +36,8 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str | ResolvedModel, adapter: str | Path | None = None, device: str = "cpu",
-                 max_prompt_tokens: int = 4096, threads: int | None = None, convert_cache: bool = True) -> None:
+                 max_prompt_tokens: int = 4096, threads: int | None = None, convert_cache: bool = True,
+                 reuse_prefix: bool = True) -> None:
         import torch
 
         self.resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, local=True)
@@ -52,6 +56,9 @@ class TransformersBackend:
         self.model_id = self.resolved.identity + (f"+lora:{self.adapter_id}" if self.adapter_id else "")
         self.load_seconds = time.perf_counter() - t0
         self._options = self._option_tokens()
+        self.reuse_prefix = reuse_prefix
+        self._last: tuple[tuple, list[int], object] | None = None  # (which model, prompt ids, its KV cache)
+        self.reused_tokens = 0  # prompt tokens whose KV came from the previous prompt (for benchmarks)
         self._cache_kwarg = _cache_kwarg(self.model)
         logger.info("loaded %s in %.1fs (%s)", self.resolved.name, self.load_seconds, self.model_id)
 
@@ -81,10 +88,11 @@ class TransformersBackend:
         if len(ids) > self.max_prompt_tokens:
             return LLMResult(None, None, prompt_tokens=len(ids), error=f"prompt too long ({len(ids)} tokens)")
         with torch.inference_mode():
-            x = torch.tensor([ids], device=self.device)
-            out = self.model(input_ids=x, use_cache=True)
+            out = self._prompt_forward(ids)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             cache = _cache_of(out)
+            if self.reuse_prefix:
+                self._last = (self._which(), ids, cache)  # _continuation_logprob never mutates it (it copies)
             scored = 0
             class_lp = []
             for spellings in self._options:
@@ -101,6 +109,32 @@ class TransformersBackend:
             reason, gen_tokens = self._reason(ids, label, params.reason_tokens)
         return LLMResult(p, label, reason, prompt_tokens=len(ids), completion_tokens=scored + gen_tokens,
                          extra={"lp_normal": class_lp[0], "lp_anomalous": class_lp[1]})
+
+    def _prompt_forward(self, ids: list[int]):
+        """The model on the prompt, starting from the previous prompt's KV cache over their common prefix.
+
+        Why: the labeller's prompts share a long head (the system message and instructions: ~170 of the
+        ~250 tokens of a template prompt), and on a CPU the forward pass over the prompt is nearly all of a
+        call's cost. The KV of a shared prefix does not depend on what follows it, so the answer is the same
+        up to float rounding. Needs a cache that can be cut back (`crop`); otherwise the whole prompt runs.
+        """
+        import torch
+
+        keep = 0
+        if self.reuse_prefix and self._last is not None and self._last[0] == self._which():
+            _, prev, prev_cache = self._last
+            keep = min(_common_prefix(prev, ids), len(ids) - 1)  # at least one new token gives the logits
+            if keep >= MIN_REUSED_TOKENS and hasattr(prev_cache, "crop"):
+                cache = copy.deepcopy(prev_cache)
+                cache.crop(-(cache.get_seq_length() - keep))  # negative: tokens to drop (transformers 4.x and 5.x)
+                self.reused_tokens += keep
+                x = torch.tensor([ids[keep:]], device=self.device)
+                return self.model(input_ids=x, use_cache=True, **{self._cache_kwarg: cache})
+        return self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+
+    def _which(self) -> tuple:
+        """The model a cached prefix belongs to: a LoRA round swaps `self.model` for a new (trained) object."""
+        return id(self.model), self.model_id
 
     def _continuation_logprob(self, first, cache, toks: list[int]) -> tuple[float, int]:
         """log P(toks | prompt): the first token from the prompt's last logits, the rest by feeding
@@ -223,6 +257,14 @@ def _cache_kwarg(model) -> str:
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _logsumexp(xs: list[float]) -> float:
