@@ -136,6 +136,19 @@ def test_a_shared_prompt_head_is_computed_once_and_answers_stay_the_same(tiny, o
     assert reusing.reused_tokens == before
 
 
+def test_the_llm_benchmark_times_both_modes_from_a_cold_start(tiny):
+    from distill.backends.transformers_local import TransformersBackend
+    from eval.bench_llm import template_prompts, timed_pass
+
+    prompts = template_prompts("openstack", 3)
+    backend = TransformersBackend(str(tiny))
+    tokens = [len(backend.encode(m)) for m in prompts]
+    _, full, none_reused = timed_pass(backend, prompts, False)
+    _, reused_p, reused = timed_pass(backend, prompts, True)
+    assert none_reused == 0 and 0 < reused < sum(tokens[1:])  # the first prompt of a pass always runs in full
+    assert reused_p == pytest.approx(full, abs=1e-5)
+
+
 def test_reason_generation_is_short_text(backend, ostack):
     from distill.backends.base import ScoreParams
 

@@ -132,6 +132,10 @@ class TransformersBackend:
                 return self.model(input_ids=x, use_cache=True, **{self._cache_kwarg: cache})
         return self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
 
+    def forget_prefix(self) -> None:
+        """Drop the kept prompt KV: the next prompt runs in full (benchmarks; frees its memory)."""
+        self._last = None
+
     def _which(self) -> tuple:
         """The model a cached prefix belongs to: a LoRA round swaps `self.model` for a new (trained) object."""
         return id(self.model), self.model_id
@@ -163,6 +167,7 @@ class TransformersBackend:
         return " ".join(text.split())[:240], len(new)
 
     def close(self) -> None:
+        self._last = None
         self.model = None  # type: ignore[assignment]
 
 
