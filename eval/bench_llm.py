@@ -13,10 +13,10 @@ difference between the two modes' P(anomalous) (float rounding only).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
-from pathlib import Path
+
+from eval.figures import report_figures, standalone
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -77,17 +77,12 @@ def main(args: argparse.Namespace) -> int:
         "max_abs_p_difference": max(abs(a - b) for a, b in zip(full_p, reuse_p, strict=True)) if prompts else 0.0,
         "load_seconds": round(backend.load_seconds, 1),
     }
-    for k, v in figures.items():
-        print(f"{k:26s} {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    report_figures(figures, args.json, width=26)
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(ap)
-    return main(ap.parse_args(argv))
+    return standalone(__doc__, add_args, main, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.figures import report_figures, standalone
 from fusionlog.types import Session
 
 # torch and the trainer are imported inside main(): `fusionlog bench` imports every eval/bench_*.py to
@@ -165,18 +166,12 @@ def main(args: argparse.Namespace) -> int:
         "model_inputs_per_s": round(n_groups / min(model_only), 1),
         "anchors": anchor_note,
     }
-    for k, v in figures.items():
-        if k != "train_config":
-            print(f"{k:22s} {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    report_figures(figures, args.json, hide=("train_config",))
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(ap)
-    return main(ap.parse_args(argv))
+    return standalone(__doc__, add_args, main, argv)
 
 
 if __name__ == "__main__":
