@@ -392,11 +392,11 @@ class LazyLabeller:
         Rendered without few-shot examples (the router would retrieve the probe itself, label included) and
         with labels hidden; one labeller call per source system, since each has its own templates.
         """
+        if self.template_mode:
+            return self._probe_templates(per_class)
         from distill.labeller import Labeller, add_counts
         from distill.prompts import load_prompt
 
-        if self.template_mode:
-            return self._probe_templates(per_class)
         seed = self.cfg.seed
         picks = [p for label in (0, 1) for p in distinct_source_sessions(self._sources, label, per_class, seed)]
         if not picks:

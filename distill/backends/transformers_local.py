@@ -120,7 +120,6 @@ class TransformersBackend:
         """
         import torch
 
-        keep = 0
         if self.reuse_prefix and self._last is not None and self._last[0] == self._which():
             _, prev, prev_cache = self._last
             keep = min(_common_prefix(prev, ids), len(ids) - 1)  # at least one new token gives the logits
