@@ -8,7 +8,8 @@ Round 0 is the general-path model. Each later round:
      session goes back to the LLM with the small model's view in the prompt;
   3b. with the template teacher (`--teacher template`), the LLM's verdict on each target template
      reweighs what having that template costs in the set surprise, the wide path's input
-     (`TemplateTeacher.have_weights`: 1 + trust (2P - 1)): rarity cannot tell a rare routine message
+     (`TemplateTeacher.have_weights`: the template prior's weight + trust (2P - 1), see
+     `fusionlog.template_prior`): rarity cannot tell a rare routine message
      from a rare error, the LLM reading its words can. The weights are saved with the detector;
   4. fine-tune the small model on source labels + confident general pseudo-labels (its own) + LLM
      soft labels weighted by the LLM's confidence (`distill.finetune`);
@@ -156,7 +157,7 @@ class RoundRecord:
     llm_lora: dict | None = None  # --llm-lora: agreed labels, training summary, adapter path (None: off)
     llm_probe: dict | None = None  # round 0: the LLM on labelled source sequences (AUC, trust); None: no probe
     deep_bound: float | None = None  # the model's deep-path bound after this round (widened by trust in round 1)
-    reweighted_templates: int = 0  # target templates whose surprise weight the LLM's verdict moved off 1
+    reweighted_templates: int = 0  # target templates whose surprise weight the LLM's verdict moved off the prior's
     seconds: float = 0.0
 
 
@@ -308,11 +309,11 @@ def run_rounds(ctx: RoundContext, config: DistillConfig, out_dir: Path, resume: 
                 rec.rechecked_sequences = len(got)
         # 3b. what the LLM says each template means reweighs the set surprise (the wide path's input)
         if ctx.have_weights is not None:
-            so_far = detector.stats_.have_weights
-            weights = ctx.have_weights(trust, np.ones(len(detector.stats_.doc_freq)) if so_far is None else so_far)
+            base = detector.prior_weights()
+            weights = ctx.have_weights(trust, base)
             if weights is not None:
                 detector.set_have_weights(weights)
-                rec.reweighted_templates = int(np.count_nonzero(np.abs(weights - 1.0) > 1e-6))
+                rec.reweighted_templates = int(np.count_nonzero(np.abs(weights - base) > 1e-6))
         # 4. teacher signal per pool session
         teacher = np.full(len(ctx.pool), np.nan, dtype=np.float32)
         weight = np.zeros(len(ctx.pool), dtype=np.float32)

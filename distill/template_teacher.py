@@ -39,6 +39,7 @@ import numpy as np
 from distill.labeller import add_counts
 from fusionlog.config import register_config_type
 from fusionlog.errors import ConfigError
+from fusionlog.template_prior import labelled_templates  # noqa: F401  (the source probe's labels; re-exported)
 from fusionlog.types import Session
 
 logger = logging.getLogger(__name__)
@@ -74,28 +75,6 @@ def everyday_templates(sessions: Sequence[Session], share: float) -> set[int]:
         return out
     common = Counter(tuple(s.event_ids) for s in sessions).most_common(1)[0][0]
     return {int(e) for e in common}
-
-
-def labelled_templates(sessions: Sequence[Session], sure: float = 0.95) -> tuple[list[int], list[int]]:
-    """(anomaly templates, normal templates) of a labelled system, by where they occur.
-
-    Anomaly: at least `sure` of the sessions holding it are anomalous (it is (nearly) only ever seen when
-    something goes wrong). Normal: no more of its sessions are anomalous than of all sessions (it is no sign
-    of trouble). Templates in between are left out: they are mixed evidence, not a label.
-    """
-    labelled = [s for s in sessions if s.label is not None]
-    if not labelled:
-        return [], []
-    base = sum(int(s.label) for s in labelled) / len(labelled)
-    held: Counter[int] = Counter()
-    bad: Counter[int] = Counter()
-    for s in labelled:
-        for e in set(s.event_ids):
-            held[int(e)] += 1
-            bad[int(e)] += int(s.label)
-    pos = sorted(e for e in held if bad[e] >= sure * held[e])
-    neg = sorted(e for e in held if bad[e] <= base * held[e] and e not in pos)
-    return pos, neg
 
 
 def logit(p: float) -> float:
@@ -149,15 +128,18 @@ class TemplateTeacher:
         return (max(known) if known else 0.0) + self.config.margin
 
     def have_weights(self, base: np.ndarray, trust: float) -> np.ndarray:
-        """Per-template weights of the set surprise: `base` (the weights so far, 1 = plain) with every
-        template this teacher has answered set to 1 + trust * (2 P_t - 1), where P_t is the verdict a
-        one-template sequence gets (the template read against the everyday ones, as `probs` reads sequences).
+        """Per-template weights of the set surprise: `base` (the detector's template prior, 1 = plain) plus,
+        for every template this teacher has answered, trust * (2 P_t - 1), clipped to [0, 2]; P_t is the
+        verdict a one-template sequence gets (the template read against the everyday ones, as `probs` reads
+        sequences).
 
         Why this shape: a template the LLM finds no more problem-like than everyday work (P_t near 0) costs
-        less than its rarity, one it finds a problem (P_t near 1) up to twice, an undecided one (0.5) its
-        rarity, so the unit of surprise and its 1-unit cut are kept. `trust` (the source probe's 2 AUC - 1)
-        shrinks every weight toward 1: an LLM no better than chance changes nothing. Templates not answered
-        here keep `base` (a resumed run has not re-asked what an earlier round set).
+        less than its rarity, one it finds a problem (P_t near 1) more, an undecided one (0.5) what the base
+        says, so the unit of surprise and its 1-unit cut are kept. `trust` (the source probe's 2 AUC - 1)
+        shrinks the LLM's term: an LLM no better than chance changes nothing. Adding to the prior's weight
+        (`fusionlog.template_prior`, itself 1 + its trust (2 P - 1)) sums two measured pieces of evidence
+        about the same words; the base is the prior, never the weights of an earlier round, so a round
+        does not compound them. Templates not answered here keep `base`.
         """
         trust = float(np.clip(trust, 0.0, 1.0))
         weights = np.array(base, dtype=np.float64, copy=True)
@@ -165,7 +147,7 @@ class TemplateTeacher:
         for e in self.logits:
             if 0 <= e < len(weights):
                 p = sequence_prob([e], self.logits, shift, self.config.temperature)
-                weights[e] = 1.0 + trust * (2.0 * float(p) - 1.0)
+                weights[e] = float(np.clip(weights[e] + trust * (2.0 * float(p) - 1.0), 0.0, 2.0))
         return weights
 
     def probs(self, sessions: Sequence[Session]) -> tuple[dict[tuple, float], dict]:

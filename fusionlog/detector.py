@@ -7,7 +7,9 @@
 
 The saved folder holds `config.json`, `model.safetensors`, `vectors.npy` (the target's template
 vectors), `reference.json` (the pool's rarity statistics), `threshold.json`, `report.json` and, when
-known, `templates.json`; it loads with no training code, no LLM and no pickle.
+known, `templates.json` and `template_prior.json` (`fusionlog.template_prior`: what the sources' labelled
+templates say the target's templates mean, already applied to `reference.json`'s surprise weights); it
+loads with no training code, no LLM and no pickle.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fusionlog.model import (
     score_encoded,
     surprising,
 )
+from fusionlog.template_prior import TEMPLATE_PRIOR_NAME, TemplatePrior, fit_template_prior
 from fusionlog.threshold import THRESHOLD_RULES, ThresholdResult, choose_threshold
 from fusionlog.types import Session
 
@@ -141,7 +144,11 @@ class Detector:
             anchor_vectors = embed_anchors()
         result = train_model(src_data, tgt_data, mc, cfg, anchor_vectors)
         self.model_ = result.model.cpu().eval()
+        self.prior_ = (fit_template_prior([(s.system, s.vectors, s.sessions) for s in sources])
+                       if cfg.template_prior else None)
         self._set_target(target, tgt_data.stats)
+        if self.prior_ is not None:  # scoring only: training read the plain surprise of every system
+            self.stats_ = self.stats_.with_have_weights(self.prior_weights())
         # the same pool scoring the rounds re-threshold with, so a rule means the same in every round
         pool_logits, pool_counts, self.pool_surprising_ = self.pool_inputs(target.sessions)
         # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
@@ -169,6 +176,18 @@ class Detector:
         self._vectors_t = torch.from_numpy(self.vectors_)
         self.stats_ = stats
         self.templates_ = list(target.templates) if target.templates is not None else None
+
+    def prior_weights(self) -> np.ndarray:
+        """(n_templates,) the template prior's surprise weights of the target's templates (1 each without one).
+
+        The base the LLM's verdicts add to (`distill.template_teacher.TemplateTeacher.have_weights`): every
+        round recomputes the weights from it, so they never compound over rounds or a resume.
+        """
+        self._check_fitted()
+        prior = getattr(self, "prior_", None)
+        if prior is None or len(self.vectors_) == 0:
+            return np.ones(len(self.stats_.doc_freq), dtype=np.float64)
+        return prior.have_weights(self.vectors_)
 
     def set_have_weights(self, weights: np.ndarray | None) -> None:
         """Count having target template t in the set surprise as `weights[t]` times its rarity (None: plain).
@@ -244,6 +263,11 @@ class Detector:
         atomic_write_json(folder / REPORT_NAME, asdict(self.report_))
         if self.templates_ is not None:
             atomic_write_json(folder / TEMPLATES_NAME, {"system": self.system_, "templates": self.templates_})
+        prior_path = folder / TEMPLATE_PRIOR_NAME
+        if getattr(self, "prior_", None) is not None:
+            atomic_write_json(prior_path, self.prior_.to_dict())
+        elif prior_path.is_file():  # a folder re-used for a detector without one must not keep a stale prior
+            prior_path.unlink()
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Detector:
@@ -261,6 +285,9 @@ class Detector:
             templates_path = folder / TEMPLATES_NAME
             templates = (json.loads(templates_path.read_text(encoding="utf-8"))["templates"]
                          if templates_path.is_file() else None)
+            prior_path = folder / TEMPLATE_PRIOR_NAME
+            prior = (TemplatePrior.from_dict(json.loads(prior_path.read_text(encoding="utf-8")))
+                     if prior_path.is_file() else None)
         except (ValueError, KeyError) as exc:
             raise ArtifactError(f"{folder}: unreadable detector file ({exc})") from exc
         if cfg.get("model_type") != "Detector":
@@ -275,5 +302,6 @@ class Detector:
         det._set_target(SystemSessions(cfg.get("target", ""), cfg.get("system", ""), vectors, [], templates), stats)
         det.threshold_info_ = threshold
         det.threshold_ = threshold.value
+        det.prior_ = prior
         det.report_ = DetectorReport(**{k: v for k, v in report.items() if k in DetectorReport.__dataclass_fields__})
         return det

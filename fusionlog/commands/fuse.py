@@ -55,6 +55,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="max epochs of the general path")
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--finetune-steps", type=int, default=60, help="distillation steps per round")
+    p.add_argument("--template-prior", action="store_true",
+                   help="weigh the surprise by a template classifier trained on the sources' labelled templates "
+                        "(off by default: no gain on the pseudo-targets; fusionlog.template_prior)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_data_args(p)
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         llm_base_url=args.llm_base_url, llm_adapter=args.llm_adapter, llm_lora=args.llm_lora,
         k_examples=args.k_examples, out=args.out,
         data_dir=args.data_dir, seed=args.seed, resume=args.resume, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, device=args.device, rule=rule_from_args(args),
+        steps_per_epoch=args.steps_per_epoch, template_prior=args.template_prior, device=args.device,
+        rule=rule_from_args(args),
         log_format=args.log_format,
         progress=not args.quiet, distill=distill,
     )

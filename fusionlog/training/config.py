@@ -48,6 +48,9 @@ class TrainConfig:
     patience: int = field(
         default=3, metadata={"help": "epochs without a better source-validation loss before stopping"}
     )
+    template_prior: bool = field(default=False, metadata={
+        "help": "weigh the target's surprise by a template classifier trained on the sources' labelled templates "
+                "(fusionlog.template_prior; off by default: no gain on the pseudo-targets)"})
     seed: int = 0
     threads: int = field(default=1, metadata={"help": "torch CPU threads (0 = torch default)"})
     device: str = field(default="cpu", metadata={"help": "'cpu', 'cuda' or 'cuda:N'"})
