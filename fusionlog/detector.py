@@ -184,10 +184,9 @@ class Detector:
         round recomputes the weights from it, so they never compound over rounds or a resume.
         """
         self._check_fitted()
-        prior = getattr(self, "prior_", None)
-        if prior is None or len(self.vectors_) == 0:
+        if self.prior_ is None or len(self.vectors_) == 0:
             return np.ones(len(self.stats_.doc_freq), dtype=np.float64)
-        return prior.have_weights(self.vectors_)
+        return self.prior_.have_weights(self.vectors_)
 
     def set_have_weights(self, weights: np.ndarray | None) -> None:
         """Count having target template t in the set surprise as `weights[t]` times its rarity (None: plain).
@@ -264,7 +263,7 @@ class Detector:
         if self.templates_ is not None:
             atomic_write_json(folder / TEMPLATES_NAME, {"system": self.system_, "templates": self.templates_})
         prior_path = folder / TEMPLATE_PRIOR_NAME
-        if getattr(self, "prior_", None) is not None:
+        if self.prior_ is not None:
             atomic_write_json(prior_path, self.prior_.to_dict())
         elif prior_path.is_file():  # a folder re-used for a detector without one must not keep a stale prior
             prior_path.unlink()

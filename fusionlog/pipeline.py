@@ -258,7 +258,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
 
 def _prior_summary(detector) -> dict | None:
     """What the template prior measured (None: switched off, or too few labelled source systems)."""
-    prior = getattr(detector, "prior_", None)
+    prior = detector.prior_
     if prior is None:
         return None
     return {"trust": round(prior.trust, 4), "strength": prior.strength,
