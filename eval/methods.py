@@ -125,6 +125,9 @@ def _detector_method(ctx: TargetContext, seed: int, options: MethodOptions, forc
     info = det.threshold_info_
     pool_scores, pool_weights = det.pool_scores_
     arrays = {"pool_scores": pool_scores, "pool_weights": pool_weights, "pool_surprising": det.pool_surprising_}
+    floor = det.model_.unit_floor()
+    if floor is not None:  # what `pool-surprise` reads when every pool input is surprising (threshold_study)
+        arrays["unit_floor"] = np.array([floor], dtype=np.float64)
     for system, v_scores, v_labels, v_weights in det.source_validation_:
         arrays |= {f"val/{system}/scores": v_scores, f"val/{system}/labels": v_labels,
                    f"val/{system}/weights": v_weights}

@@ -30,11 +30,12 @@ def seed_thresholds(z, prefix: str) -> dict[str, float]:
            for s in systems]
     pool, weights = z[f"{prefix}/pool_scores"], z[f"{prefix}/pool_weights"]
     surprising = z[f"{prefix}/pool_surprising"] if f"{prefix}/pool_surprising" in z.files else None  # newer runs
+    floor = float(z[f"{prefix}/unit_floor"][0]) if f"{prefix}/unit_floor" in z.files else None  # stop 17 on
     out = {}
     for rule in THRESHOLD_RULES:
         try:
             out[rule] = choose_threshold(rule, pool_scores=pool, pool_weights=weights, pool_surprising=surprising,
-                                         source_validation=val).value
+                                         source_validation=val, unit_floor=floor).value
         except ConfigError:  # the run lacks what this rule reads (e.g. no held-out source data): no figure
             out[rule] = float("nan")
     return out

@@ -161,6 +161,7 @@ class Detector:
             pool_surprising=self.pool_surprising_,
             source_validation=self.source_validation_,
             contamination=self.contamination,
+            unit_floor=self.model_.unit_floor(),
         )
         self.threshold_ = float(self.threshold_info_.value)
         self.report_ = DetectorReport(

@@ -626,6 +626,22 @@ class SessionModel(nn.Module):
             last.bias.zero_()
         return True
 
+    def unit_floor(self) -> float | None:
+        """The lowest logit a session at exactly 1 unit of surprise can get (None where it is not defined).
+
+        Why: the `pool-surprise` threshold borrows its cut from "surprise above 1 unit". When every pool
+        session is above it, the pool has no normal side to cut against, and a cut just under the pool's
+        lowest (leave-one-out) score misses new sessions that repeat a pool behaviour: counted against the
+        whole pool they are less rare than their pool twins, though still above 1 unit. The 1-unit point
+        itself is defined where the wide path reads the surprise alone through a monotone weight (its term
+        is 0 there); the bounded deep path can move any session by at most `deep_bound` below it. An
+        unbounded deep path, or a wide path over other features, has no such point.
+        """
+        c = self.config
+        if self.rarity_weight is None or c.wide_features != "surprise" or c.deep_bound <= 0:
+            return None
+        return float(RARITY_GAIN * self.bias.detach().cpu().item() - c.deep_bound)
+
     def wide_inputs(self, session_features: torch.Tensor) -> torch.Tensor:
         """(B, wide_dim) the session features the wide path reads (features are append-only: a model reads
         the first `config.session_features`, or only the surprise column)."""

@@ -288,7 +288,8 @@ def pool_rethreshold(det, pool) -> None:
     if det.threshold_rule in POOL_RULES:
         scores, counts, surprising = det.pool_inputs(pool)
         det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores, pool_weights=counts,
-                                               pool_surprising=surprising, contamination=det.contamination)
+                                               pool_surprising=surprising, contamination=det.contamination,
+                                               unit_floor=det.model_.unit_floor())
         det.threshold_ = float(det.threshold_info_.value)
 
 

@@ -108,18 +108,22 @@ def quantile_threshold(scores: np.ndarray, contamination: float, weights: np.nda
     return float(scores[order][min(i, len(scores) - 1)])
 
 
-def agreement_threshold(scores: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None = None) -> float:
+def agreement_threshold(scores: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None = None,
+                        positive_floor: float | None = None) -> float:
     """The cut on `scores` whose verdicts best agree (weighted F1) with boolean pseudo-labels.
 
-    All pseudo-labels positive: just under the pool's lowest score (every pool input flagged; a new session
-    scored under all of them is not). A cut at -inf would flag everything but leaves the rounds no graded
+    All pseudo-labels positive: just under the pool's lowest score (every pool input flagged), or at
+    `positive_floor` where that is lower: the lowest score a session the pseudo-labels would call positive
+    can get (`SessionModel.unit_floor`), so a new session the rule calls positive is flagged even when it
+    scores under the whole pool. A cut at -inf would flag everything but leaves the rounds no graded
     small-model probability (sigmoid of score minus threshold). None positive: the pool's top score (only
     what departs more than all of the pool is flagged).
     """
     scores = np.asarray(scores, dtype=np.float64)
     pseudo = np.asarray(pseudo, dtype=bool)
     if pseudo.all():
-        return float(scores.min()) - 1e-6
+        under_pool = float(scores.min()) - 1e-6
+        return under_pool if positive_floor is None else min(under_pool, float(positive_floor))
     if not pseudo.any():
         return float(scores.max())
     return best_f1_threshold(scores, pseudo, weights)[0]
@@ -134,9 +138,12 @@ def choose_threshold(
     source_validation: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = (),
     value: float = 0.0,
     contamination: float = 0.05,
+    unit_floor: float | None = None,
 ) -> ThresholdResult:
     """Apply one label-free rule. `source_validation` holds (system, scores, labels, weights) per source;
-    `pool_surprising` is True where a pool score's input has surprise above 1 unit (for `pool-surprise`)."""
+    `pool_surprising` is True where a pool score's input has surprise above 1 unit (for `pool-surprise`);
+    `unit_floor` is the lowest score a session at 1 unit can get (`SessionModel.unit_floor`; `pool-surprise`
+    cuts there when every pool input is above 1 unit)."""
     if rule == "fixed":
         return ThresholdResult(value, rule, "constant")
     if rule == "source-f1":
@@ -161,12 +168,13 @@ def choose_threshold(
         elif rule == "pool-surprise":
             if pool_surprising is None or len(pool_surprising) != len(pool_scores):
                 raise ConfigError("threshold rule 'pool-surprise' needs one surprise verdict per pool score")
-            thr = agreement_threshold(pool_scores, pool_surprising, pool_weights)
+            thr = agreement_threshold(pool_scores, pool_surprising, pool_weights, unit_floor)
             w = np.ones(len(pool_scores)) if pool_weights is None else np.asarray(pool_weights, dtype=np.float64)
             details = {"pool_surprising_share": round(float(w[np.asarray(pool_surprising, bool)].sum() / w.sum()), 4)}
             if np.asarray(pool_surprising, bool).all():
+                details["cut"] = "1-unit floor" if thr < float(np.min(pool_scores)) - 1e-6 else "under the pool"
                 logger.warning("every pool session departs from the others by more than 1 unit of surprise: no "
-                               "session is a normal reference, so the cut falls under the whole pool (too small or "
+                               "session is a normal reference, so everything above 1 unit is flagged (too small or "
                                "too diverse a pool for this rule; consider another --threshold rule)")
         else:
             thr = quantile_threshold(pool_scores, contamination, pool_weights)

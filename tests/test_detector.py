@@ -86,3 +86,22 @@ def test_rounds_rethreshold_sees_the_pool_as_fit_did(fitted, prepared):
     before = det.threshold_
     pool_rethreshold(det, pool)
     assert det.threshold_ == pytest.approx(before, abs=1e-4)
+
+
+def test_a_pool_with_no_normal_side_still_flags_new_sessions_above_one_unit(prepared, embedder):
+    """Hadoop: every pool application departs from the others by more than 1 unit. A new session repeating a
+    pool behaviour is less rare than its pool twin (counted against the whole pool), so a cut under the pool's
+    lowest score would miss it; the rule cuts at the 1-unit floor and flags every session above 1 unit."""
+    from fusionlog.model import ReferenceStats, encode_sessions, surprising
+
+    hadoop = prepared("hadoop")
+    pool = hide_labels(hadoop.dataset.sessions[:300])
+    sources = [SystemSessions.from_prepared(prepared("openstack")), SystemSessions.from_prepared(prepared("bgl"))]
+    det = Detector(TINY, FAST).fit(sources, SystemSessions.from_prepared(hadoop, pool), embed_anchors(embedder))
+    assert det.pool_surprising_.all() and det.threshold_info_.details["cut"] == "1-unit floor"
+    assert det.threshold_ == det.model_.unit_floor()
+    scores = det.decision_function(pool)  # the pool's behaviours, seen again as new sessions
+    enc = encode_sessions(pool, ReferenceStats.from_sessions(pool, len(hadoop.vectors)), TINY.max_len, False)
+    above_unit = surprising(enc.session_features)[enc.index]
+    assert (scores < det.pool_scores_[0].min()).any()  # under the whole pool: the old cut missed these
+    assert det.predict(pool)[above_unit].all()

@@ -82,6 +82,19 @@ def test_surprise_rule_borrows_the_one_unit_cut_and_keeps_the_model_ranking():
         choose_threshold("pool-surprise", pool_scores=scores)
 
 
+def test_surprise_rule_cuts_at_the_one_unit_floor_when_the_whole_pool_is_surprising():
+    """With no normal side in the pool, the cut falls to the lowest score a 1-unit session can get, never
+    above the pool's lowest score; with a normal side the floor is not read."""
+    scores = np.array([0.4, 0.5, 0.9, 1.2])
+    low = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.ones(4, bool), unit_floor=-0.2)
+    assert low.value == -0.2 and low.details["cut"] == "1-unit floor"
+    high = choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=np.ones(4, bool), unit_floor=3.0)
+    assert 0.39 < high.value < 0.4 and high.details["cut"] == "under the pool"
+    mixed = np.array([False, False, True, True])
+    assert (choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=mixed, unit_floor=-0.2).value
+            == choose_threshold("pool-surprise", pool_scores=scores, pool_surprising=mixed).value)
+
+
 def _context(prepared, pool_labels: bool = False, test_labels: bool = False) -> TargetContext:
     target = prepared("bgl")
     sessions = target.dataset.sessions
@@ -218,7 +231,8 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     pool, weights = z["source-only/seed0/pool_scores"], z["source-only/seed0/pool_weights"]
     assert len(pool) == len(weights) > 0 and weights.sum() == res["split"]["pool_sessions"]
     again = choose_threshold(DEFAULT_THRESHOLD_RULE, pool_scores=pool, pool_weights=weights,
-                             pool_surprising=z["source-only/seed0/pool_surprising"]).value
+                             pool_surprising=z["source-only/seed0/pool_surprising"],
+                             unit_floor=float(z["source-only/seed0/unit_floor"][0])).value
     assert again == pytest.approx(res["methods"]["source-only"]["seeds"][0]["threshold"])
     assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
 

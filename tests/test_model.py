@@ -181,6 +181,29 @@ def test_model_reads_only_its_own_number_of_session_features():
         assert torch.equal(model(x, mask, sf).logits, model(x, mask, sf[:, :3]).logits)
 
 
+def test_unit_floor_is_the_lowest_logit_of_a_session_at_one_unit():
+    config = SessionModelConfig(**{**TINY.__dict__, "wide_features": "surprise", "deep_bound": 0.3})
+    model = _tiny_model(config=config)
+    with torch.no_grad():
+        model.bias.fill_(0.05)
+        for p in model.head.parameters():
+            p.normal_(0.0, 3.0)  # a deep path that uses its whole bound
+    x, mask = torch.randn(64, 5, 384 + N_EVENT_FEATURES), torch.ones(64, 5, dtype=torch.bool)
+    sf = torch.rand(64, N_SESSION_FEATURES)
+    sf[:, SURPRISE_FEATURE] = 0.5  # exactly 1 unit
+    with torch.no_grad():
+        at_unit = model(x, mask, sf).logits
+        sf[:, SURPRISE_FEATURE] = 0.6  # above 1 unit
+        above = model(x, mask, sf).logits
+    floor = model.unit_floor()
+    assert floor == pytest.approx(0.5 - 0.3)
+    assert (at_unit >= floor - 1e-6).all() and (above > floor).all()
+    assert at_unit.min() < floor + 0.1  # the floor is reached, not a loose bound
+    assert _tiny_model(config=SessionModelConfig(**{**TINY.__dict__, "wide_features": "all"})).unit_floor() is None
+    unbounded = SessionModelConfig(**{**TINY.__dict__, "wide_features": "surprise", "deep_bound": 0.0})
+    assert _tiny_model(config=unbounded).unit_floor() is None
+
+
 def test_surprise_wide_path_ranks_by_surprise_alone_and_round_trips(tmp_path):
     """With wide_features='surprise' the other features cannot move the logit, and the bounded deep path only
     breaks near-ties: sessions rank by surprise."""
