@@ -121,6 +121,19 @@ def test_gzip_lines(tmp_path):
     assert [t for _, t in iter_lines(p)] == ["one", "two"]
 
 
+def test_a_format_that_matches_nothing_shows_the_first_line_and_why(tmp_path):
+    """loghub's convention: literal text is a regex, so an unescaped `[` is a character class."""
+    log = tmp_path / "zk.log"
+    log.write_text("2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:2181:FastLeaderElection@774] - time out\n")
+    plain = "<Date> <Time> - <Level>  [<Node>:<Component>@<Id>] - <Content>"
+    proc = run_cli("data", "stats", str(log), "--log-format", plain, "--json")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "2015-07-29 17:41:44,747 - INFO" in proc.stderr and r"escape [ ] as \[ \]" in proc.stderr
+    escaped = r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>"
+    ok = run_cli("data", "stats", str(log), "--log-format", escaped, "--json")
+    assert ok.returncode == 0, ok.stderr
+
+
 @pytest.mark.parametrize("case", ["empty", "missing", "nomatch", "labels"])
 def test_bad_input_is_one_clear_line_exit_2(case, tmp_path):
     log = tmp_path / "app.log"

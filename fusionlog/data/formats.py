@@ -42,6 +42,23 @@ def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
         raise ConfigError(f"log format {log_format!r} is not a valid pattern: {exc}") from exc
 
 
+_BACKSLASH = "\\"
+
+
+def format_hint(log_format: str) -> str:
+    """Why a format string may match no line, for the error that says so ('' when nothing stands out).
+
+    Literal text is a regex fragment (loghub's convention), so an unescaped bracket or parenthesis, as in
+    loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
+    """
+    literal = "".join(re.split(r"<[A-Za-z_][A-Za-z0-9_]*>", log_format))
+    special = sorted(set(re.findall(r"(?<!\\)[\[\]()|]", literal)))
+    if not special:
+        return ""
+    escaped = " ".join(_BACKSLASH + c for c in special)
+    return f"; literal text is a regex (as in loghub): escape {' '.join(special)} as {escaped}"
+
+
 _TIME_FORMATS = (
     ("%Y-%m-%d %H:%M:%S.%f", ("Date", "Time")),
     ("%Y-%m-%d %H:%M:%S", ("Date", "Time")),

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fusionlog.config import ParseConfig, SessionRule, config_from_dict
-from fusionlog.data.formats import compile_format, parse_timestamp
+from fusionlog.data.formats import compile_format, format_hint, parse_timestamp
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
 from fusionlog.errors import ConfigError, DataError
@@ -98,7 +98,9 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         matched_before = stats.lines - stats.unmatched_format - stats.empty - stats.continuation
         n_before = stats.lines
         file_stats = ReadStats()
+        first = ""
         for line_no, line in iter_lines(path, file_stats):
+            first = first or line.strip()
             rec = _parse_line(spec, pattern, names, keep, line, line_no, raw_file, file_stats)
             if rec is None:
                 continue
@@ -110,7 +112,8 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         if matched == 0 and stats.lines > n_before:
             raise DataError(
                 f"{path}: no line matches the log format {spec.log_format!r} "
-                f"({file_stats.lines} lines read); check the format string"
+                f"({file_stats.lines} lines read, the first: {first[:100]!r}); check the format string"
+                f"{format_hint(spec.log_format)}"
             )
 
 
