@@ -50,6 +50,19 @@ def test_detect_cli_matches_in_process_detector(bgl_artifact, data_dir):
     assert isinstance(v["anomalous"], bool)
 
 
+def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_dir, tmp_path):
+    """`fusionlog detect ... | head -1`: the reader closes the pipe; no traceback, the shell's SIGPIPE status."""
+    log = tmp_path / "bgl_x5.log"  # ~5x a pipe's buffer of verdicts, so the writer is still writing at the close
+    log.write_bytes((data_dir / "loghub2k/BGL/BGL_2k.log").read_bytes() * 5)
+    proc = subprocess.Popen([sys.executable, "-m", "fusionlog.cli", "detect", "--model", str(bgl_artifact), str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert json.loads(first)["key"] and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_session_trained_artifact_reads_raw_lines(tmp_path, data_dir, cache_root):
     """`openstack` is template sequences only; its artifact still scores raw Kalaki nova lines."""
     out = tmp_path / "os"
