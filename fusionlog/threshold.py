@@ -21,7 +21,9 @@ Why the surprise variant: a score's *ranking* is learned, but where to cut it ha
 from. Surprise has a unit that means the same in every system (one never-seen template's worth of
 departure from the pool), so "more than one unit" is an a-priori cut. It pseudo-labels the pool, and the
 model's threshold is the one whose verdicts agree best with those pseudo-labels (F1 over pool sessions):
-the model keeps its own ranking and borrows only the cut.
+the model keeps its own ranking and borrows only the cut. A pool with no normal side (every session above
+1 unit: Hadoop's applications, BGL's 60 windows) gives nothing to cut against, so the cut falls to the
+lowest score a 1-unit session can get (`SessionModel.unit_floor`): everything above 1 unit is flagged.
 
 Each rule returns a `ThresholdResult` that says which rule and which data set it, for reports.
 """
