@@ -12,6 +12,7 @@ ROUTER_INDEX_NAME = "router.faiss"
 ROUTER_CONFIG_NAME = "router.json"
 SESSIONS_NAME = "sessions.jsonl"
 PREPARE_META_NAME = "meta.json"
+DRAIN_STATE_NAME = "drain_state.json"  # a raw-line target's fitted Drain3 state (its parse config inside)
 
 #: Event id given at detection time to a line whose template the store has never seen.
 UNKNOWN_EVENT = -1

@@ -310,8 +310,8 @@ class TemplateMatcher:
 
 def _mask_regexes(parse: ParseConfig) -> dict[str, str]:
     """Mask name → one regex (names used by several masks become an alternation), as Drain3 masks."""
-    masks: list[tuple[str, str]] = list(DEFAULT_MASKS) if parse.mask else []
-    masks += [(m.pattern, m.name) for m in parse.extra_masks]
+    masks: list[tuple[str, str]] = [(m.pattern, m.name) for m in parse.extra_masks]  # as Drain3 applies them
+    masks += list(DEFAULT_MASKS) if parse.mask else []
     by_name: dict[str, list[str]] = {}
     for pattern, name in masks:
         by_name.setdefault(name, []).append(pattern)

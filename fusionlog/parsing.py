@@ -161,8 +161,9 @@ def _miner_config(cfg: ParseConfig) -> TemplateMinerConfig:
     mc.profiling_enabled = False
     mc.mask_prefix = "<:"
     mc.mask_suffix = ":>"
-    masks = list(DEFAULT_MASKS) if cfg.mask else []
-    masks += [(m.pattern, m.name) for m in cfg.extra_masks]
+    # a system's own masks first: they are the more specific (a host:port would otherwise lose its port to NUM)
+    masks = [(m.pattern, m.name) for m in cfg.extra_masks]
+    masks += list(DEFAULT_MASKS) if cfg.mask else []
     mc.masking_instructions = [MaskingInstruction(p, name) for p, name in masks]
     return mc
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionlog.config import SessionRule, config_from_dict, config_to_dict, register_config_type
+from fusionlog.constants import DRAIN_STATE_NAME
 from fusionlog.errors import ConfigError
 from fusionlog.io import atomic_write_json, atomic_write_text
 
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SOURCES: tuple[str, ...] = ("hdfs", "openstack", "hadoop", "bgl")
 SERVING_NAME = "serving.json"
 NEAREST_NAME = "nearest_source.json"
-DRAIN_STATE_NAME = "drain_state.json"
 ROUTER_DIR = "router"
 FUSE_CONFIG_NAME = "fuse_config.json"
 

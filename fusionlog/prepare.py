@@ -103,6 +103,9 @@ def cache_key(name_or_path, data_dir, parse, rule, spec, embed) -> str:
     }
     if name_or_path.lower() in _REGISTRY:
         parts["data_dir"] = str(resolve_data_dir(data_dir).resolve())
+        masks = getattr(_REGISTRY[name_or_path.lower()].spec, "masks", ())
+        if masks:  # only where present, so other datasets keep their cached folders
+            parts["masks"] = [config_to_dict(m) for m in masks]
     files = [Path(name_or_path)] + ([Path(f.path) for f in spec.files] if spec else [])
     parts["files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

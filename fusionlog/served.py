@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fusionlog.config import SessionRule, config_from_dict
-from fusionlog.constants import UNKNOWN_EVENT
+from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.scoring import SessionVerdict
@@ -128,6 +128,21 @@ class ScoreCache:
                 "evictions": self.evictions}
 
 
+def _parse_config(model_dir: Path):
+    """The Drain settings the artifact's templates were parsed with (its masks among them), where it kept them.
+
+    Why: a system's own masks (`RawSpec.masks`, `--mask`) put names like <:HOST:> in templates; the matcher
+    needs their regexes to read new lines as training did. Session-trained artifacts have no Drain state.
+    """
+    from fusionlog.config import ParseConfig
+
+    state = _read_json(model_dir / DRAIN_STATE_NAME, {})
+    try:
+        return config_from_dict(ParseConfig, state["config"]) if "config" in state else None
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ArtifactError(f"{model_dir / DRAIN_STATE_NAME}: malformed parse config ({exc})") from exc
+
+
 class ArtifactScorer:
     """Implements `fusionlog.scoring.SessionScorer` over a saved Detector folder."""
 
@@ -146,7 +161,7 @@ class ArtifactScorer:
         self.rule = config_from_dict(SessionRule, rule) if rule else SessionRule("lines", window=20)
         self.log_format = serving.get("log_format") or "<Content>"
         self.threshold = float(self.detector.threshold_)
-        self.matcher = TemplateMatcher(list(self.detector.templates_))
+        self.matcher = TemplateMatcher(list(self.detector.templates_), _parse_config(self.model_dir))
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]
         self.nearest: list[dict | None] = list(nearest)
         self._embedder = embedder

@@ -224,3 +224,57 @@ def test_download_offline_fails_fast(tmp_path):
     proc = run_cli("data", "download", "BGL", "--data-dir", str(tmp_path), "--timeout", "3")
     assert proc.returncode == 2
     assert "BGL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+HOST_MASK = r"HOST=(?<![\w.-])(?:[A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*:\d{1,5}(?!\w)"
+
+
+def test_proxifier_masks_leading_host_ports_so_hosts_share_templates(data_dir):
+    """Drain keys its prefix tree on leading tokens: unmasked, every destination host grows its own templates."""
+    from dataclasses import replace
+
+    from fusionlog.data.raw import load_raw
+    from fusionlog.data.registry import _REGISTRY
+
+    masked = load_dataset("proxifier-2k", data_dir, progress=False)
+    plain = load_raw("proxifier-2k", replace(_REGISTRY["proxifier-2k"].spec, masks=()), data_dir, progress=False)
+    assert any(t.startswith("<:HOST:> open through proxy <:HOST:>") for t in masked.templates)
+    assert not any("cuhk.edu.hk:" in t for t in masked.templates)
+    assert len(masked.templates) < len(plain.templates) * 0.6
+    assert len(masked.sessions) == len(plain.sessions) == 100
+
+
+def test_user_masks_from_the_cli_and_their_clear_errors(tmp_path):
+    log = tmp_path / "proxy.log"
+    hosts = ["a.example.com:443", "b.example.org:80", "c.example.net:8080", "d.example.io:5070"]
+    log.write_text("".join(f"{h} open through proxy gw.example.com:3128 HTTPS\n" for h in hosts * 5))
+    base = ["data", "stats", str(log), "--log-format", "<Content>", "--window", "5", "--json"]
+    plain, masked = run_cli(*base), run_cli(*base, "--mask", HOST_MASK)
+    assert plain.returncode == 0 and masked.returncode == 0, masked.stderr
+    assert json.loads(masked.stdout)["templates"] == 1 < json.loads(plain.stdout)["templates"]
+    for bad, needle in (("HOST", "expected NAME=REGEX"), ("HOST=(", "valid regex"), ("a b=x", "must be a word")):
+        proc = run_cli(*base, "--mask", bad)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    named = run_cli("data", "stats", "bgl", "--json", "--mask", HOST_MASK)
+    assert named.returncode == 2 and "raw log files" in named.stderr
+
+
+def test_a_system_config_carries_its_masks_into_the_saved_drain_state(tmp_path):
+    """The served matcher reads the masks back from drain_state.json, so <:HOST:> keeps its meaning there."""
+    from fusionlog.config import MaskRule
+    from fusionlog.constants import DRAIN_STATE_NAME
+    from fusionlog.parsing import TemplateStore
+    from fusionlog.served import _parse_config
+
+    spec = RawSpec.from_dict({"system": "proxy", "files": ["x.log"], "masks": [{"name": "HOST", "pattern": "h:\\d+"}]})
+    assert spec.masks == (MaskRule("h:\\d+", "HOST"),)
+    parse = spec.parse_config(None)
+    assert parse.extra_masks == spec.masks
+    store = TemplateStore("proxy", parse)
+    eid = store.fit_line("h:443 open")
+    assert store.templates[eid] == "<:HOST:> open"  # before NUM takes the port
+    store.save(tmp_path / DRAIN_STATE_NAME)
+    assert _parse_config(tmp_path).extra_masks == spec.masks
+    assert _parse_config(tmp_path / "none") is None
+    with pytest.raises(ConfigError, match="valid regex"):
+        RawSpec.from_dict({"system": "proxy", "files": ["x.log"], "masks": [{"name": "HOST", "pattern": "("}]})

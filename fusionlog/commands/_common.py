@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from fusionlog.config import SessionRule
+from fusionlog.config import MaskRule, SessionRule
 from fusionlog.data.raw import RawFile, RawSpec
 from fusionlog.data.registry import _REGISTRY
 from fusionlog.errors import ConfigError
@@ -28,6 +28,20 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, help="sessions of N lines (raw logs; default 20)")
     g.add_argument("--seconds", type=float, help="sessions of S-second time windows (raw logs)")
     g.add_argument("--label-file", help="per-key labels for raw logs (key,label CSV or a list of anomalous keys)")
+    g.add_argument("--mask", action="append", default=[], metavar="NAME=REGEX",
+                   help="raw logs: replace text matching REGEX by <:NAME:> before Drain clusters it, ahead of the "
+                        r"default masks (repeatable; e.g. HOST='([\w-]+\.)+[A-Za-z]+:\d+' for host:port)")
+
+
+def masks_from_args(args: argparse.Namespace) -> tuple[MaskRule, ...]:
+    """--mask NAME=REGEX values as MaskRules (checked when the RawSpec is built)."""
+    out = []
+    for item in getattr(args, "mask", None) or []:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name or not pattern:
+            raise ConfigError(f"--mask {item!r}: expected NAME=REGEX, e.g. HOST='([\\w-]+\\.)+[A-Za-z]+:\\d+'")
+        out.append(MaskRule(pattern, name))
+    return tuple(out)
 
 
 def rule_from_args(args: argparse.Namespace) -> SessionRule | None:
@@ -49,8 +63,12 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
         spec = RawSpec.from_json_file(Path(args.system_config))
         if Path(source).is_file():  # the file on the command line wins over the config's list
             spec = dataclasses.replace(spec, files=(RawFile(source),))
+        if masks_from_args(args):
+            spec = dataclasses.replace(spec, masks=spec.masks + masks_from_args(args))
         return spec
     if source.lower() in _REGISTRY or source.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        if masks_from_args(args):
+            raise ConfigError(f"{source}: --mask applies to raw log files (a named dataset has its own parsing)")
         return None
     if args.log_format is None:
         raise ConfigError(
@@ -65,4 +83,5 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
         rule=rule,
         label_mode="key_file" if args.label_file else "none",
         label_file=args.label_file or "",
+        masks=masks_from_args(args),
     )

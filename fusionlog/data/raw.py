@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fusionlog.config import ParseConfig, SessionRule, config_from_dict
+from fusionlog.config import MaskRule, ParseConfig, SessionRule, config_from_dict
 from fusionlog.data.formats import compile_format, format_hint, parse_timestamp
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
@@ -51,6 +51,8 @@ class RawSpec:
     line_filter: str = ""  # regex a record line must match; others are continuation lines (counted)
     strip: str = ""  # regex removed from the content before parsing (e.g. a session-key prefix)
     description: str = ""
+    # the system's own Drain masks, applied before the default ones (JSON: [{"name": "HOST", "pattern": "..."}])
+    masks: tuple[MaskRule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.label_mode not in ("inline", "key_file", "file", "none"):
@@ -60,6 +62,14 @@ class RawSpec:
         if not self.files:
             raise ConfigError("RawSpec.files is empty: give at least one log file")
         compile_format(self.log_format)  # fail early on a bad format string
+        object.__setattr__(self, "masks", tuple(_mask_rule(m) for m in self.masks))
+
+    def parse_config(self, parse: ParseConfig | None) -> ParseConfig:
+        """`parse` with this system's masks in front (the caller's own extra masks after them)."""
+        parse = parse or ParseConfig()
+        if not self.masks:
+            return parse
+        return dataclasses.replace(parse, extra_masks=self.masks + tuple(parse.extra_masks))
 
     @classmethod
     def from_dict(cls, data: dict) -> RawSpec:
@@ -81,6 +91,18 @@ class RawSpec:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read system config JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _mask_rule(m) -> MaskRule:
+    """A MaskRule from itself or a JSON object; the regex must compile (a clear error, not one deep in Drain3)."""
+    try:
+        rule = m if isinstance(m, MaskRule) else MaskRule(**m)
+        re.compile(rule.pattern)
+    except (TypeError, re.error) as exc:
+        raise ConfigError(f"mask {m!r}: needs a name and a valid regex pattern ({exc})") from exc
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule.name):
+        raise ConfigError(f"mask {m!r}: the name must be a word (it becomes <:NAME:> in templates)")
+    return rule
 
 
 def resolve(path: str, data_dir: Path) -> Path:
@@ -189,7 +211,7 @@ def load_raw(
 ) -> SessionDataset:
     """Read → Drain3 (fit) → sessions. The fitted store rides along on the dataset."""
     stats = ReadStats()
-    store = TemplateStore(spec.system, parse)
+    store = TemplateStore(spec.system, spec.parse_config(parse))
     key_labels, default = (None, None)
     if spec.label_mode == "key_file":
         key_labels, default = read_key_labels(resolve(spec.label_file, data_dir))
