@@ -59,15 +59,14 @@ def rule_from_args(args: argparse.Namespace) -> SessionRule | None:
 
 def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
     """A RawSpec for a user's raw log file, or None for named datasets and JSONL files."""
+    masks = masks_from_args(args)
     if args.system_config:
         spec = RawSpec.from_json_file(Path(args.system_config))
         if Path(source).is_file():  # the file on the command line wins over the config's list
             spec = dataclasses.replace(spec, files=(RawFile(source),))
-        if masks_from_args(args):
-            spec = dataclasses.replace(spec, masks=spec.masks + masks_from_args(args))
-        return spec
+        return dataclasses.replace(spec, masks=spec.masks + masks) if masks else spec
     if source.lower() in _REGISTRY or source.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        if masks_from_args(args):
+        if masks:
             raise ConfigError(f"{source}: --mask applies to raw log files (a named dataset has its own parsing)")
         return None
     if args.log_format is None:
@@ -83,5 +82,5 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
         rule=rule,
         label_mode="key_file" if args.label_file else "none",
         label_file=args.label_file or "",
-        masks=masks_from_args(args),
+        masks=masks,
     )
