@@ -46,13 +46,12 @@ from fusionlog.model import (
     surprising,
 )
 from fusionlog.template_prior import TEMPLATE_PRIOR_NAME, TemplatePrior, fit_template_prior
-from fusionlog.threshold import THRESHOLD_RULES, ThresholdResult, choose_threshold
+from fusionlog.threshold import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES, ThresholdResult, choose_threshold
 from fusionlog.types import Session
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference.json"
-DEFAULT_THRESHOLD_RULE = "pool-surprise"  # best mean F1 on pseudo-targets (eval.select), see threshold.py
 
 
 @dataclass

@@ -19,6 +19,7 @@ from fusionlog.config import SessionRule, config_from_dict, config_to_dict, regi
 from fusionlog.constants import DRAIN_STATE_NAME
 from fusionlog.errors import ConfigError
 from fusionlog.io import atomic_write_json, atomic_write_text
+from fusionlog.threshold import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class FuseConfig:
     template_prior: bool = field(default=False, metadata={
         "help": "weigh the target's surprise by what the sources' labelled templates say (fusionlog.template_prior)"})
     device: str = "cpu"
+    threshold: str = field(default=DEFAULT_THRESHOLD_RULE, metadata={
+        "help": "label-free threshold rule (fusionlog.threshold); another one where every pool session is unusual"})
     pool_fraction: float = 0.6
     rule: SessionRule | None = None
     log_format: str | None = None
@@ -68,6 +71,8 @@ class FuseConfig:
     def __post_init__(self) -> None:
         if not self.target:
             raise ConfigError("FuseConfig.target is empty: give a dataset name, a .jsonl file or a raw log")
+        if self.threshold not in THRESHOLD_RULES:
+            raise ConfigError(f"FuseConfig.threshold={self.threshold!r}: one of {', '.join(THRESHOLD_RULES)}")
         if self.llm_backend not in ("auto", "transformers", "vllm", "openai"):
             raise ConfigError(f"FuseConfig.llm_backend={self.llm_backend!r}: auto, transformers, vllm or openai")
         if self.llm_lora and resolve_backend(self.llm, self.llm_backend) != "transformers":
@@ -189,7 +194,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         detector = Detector.from_pretrained(rounds_dir / f"round_{last_complete_round(rounds_dir)[0]}")
     else:
         with stage("round 0: general path (meta-learning + domain-adversarial)"):
-            detector = Detector(train_config=train_cfg).fit(src_ss, tgt_ss)
+            detector = Detector(train_config=train_cfg, threshold_rule=cfg.threshold).fit(src_ss, tgt_ss)
 
     with stage("route"):
         router = SemanticRouter().fit(sources)
@@ -235,7 +240,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
                   "test_anomalies": int(sum(1 for s in test if s.label == 1))},
         "router": route.summary(),
         "threshold": {"value": float(detector.threshold_), "rule": detector.threshold_info_.rule,
-                      "source": detector.threshold_info_.source},
+                      "source": detector.threshold_info_.source, "details": detector.threshold_info_.details},
         "template_prior": _prior_summary(detector),
         "rounds": [asdict(h) for h in history],
         "test": final.test,

@@ -41,6 +41,8 @@ from fusionlog.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 THRESHOLD_RULES = ("fixed", "source-f1", "pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
+#: best mean F1 on the pseudo-targets (eval.select): the default of the detector and the main job
+DEFAULT_THRESHOLD_RULE = "pool-surprise"
 #: rules that read the target pool's scores
 POOL_RULES = ("pool-otsu", "pool-quantile", "pool-otsu-distinct", "pool-surprise")
 

@@ -234,3 +234,22 @@ def test_an_llm_that_cannot_load_stops_the_job_before_any_work(tmp_path, capsys)
     assert rc == 2 and len(err) == 1 and "absent.gguf" in err[0] and not out.exists()
     # without rounds the LLM is never needed, so it is not asked for
     assert fuse(_cfg(out, llm=missing, rounds=0)).report["rounds"][0]["round"] == 0
+
+
+def test_the_main_job_takes_another_threshold_rule_where_the_pool_has_no_normal_side(tmp_path, cache_root):
+    """bgl's 60 pool windows are each more than 1 unit from the others, so `pool-surprise` flags them all and
+    warns "consider another --threshold rule": the main job must offer one."""
+    from fusionlog.cli import build_parser
+    from fusionlog.errors import ConfigError
+
+    parse = build_parser().parse_args
+    assert parse(["fuse", "--target", "bgl"]).threshold == "pool-surprise" == FuseConfig(target="bgl").threshold
+    assert parse(["fuse", "--target", "bgl", "--threshold", "pool-otsu-distinct"]).threshold == "pool-otsu-distinct"
+    with pytest.raises(ConfigError, match="threshold"):
+        FuseConfig(target="bgl", threshold="median")
+    default = fuse(_cfg(tmp_path / "default", rounds=0))
+    other = fuse(_cfg(tmp_path / "otsu", rounds=0, threshold="pool-otsu-distinct"))
+    assert default.report["threshold"]["details"]["pool_flagged_share"] == 1.0
+    saved = Detector.from_pretrained(tmp_path / "otsu").threshold_info_
+    assert saved.rule == "pool-otsu-distinct" == other.report["threshold"]["rule"]
+    assert saved.details["pool_flagged_share"] < 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fusionlog.commands._common import add_data_args, rule_from_args, spec_from_args
+from fusionlog.threshold import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 
 NAME = "fuse"
 HELP = "train a zero-label detector for a target system (general path + LLM distillation rounds)"
@@ -58,6 +59,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template-prior", action="store_true",
                    help="weigh the surprise by a template classifier trained on the sources' labelled templates "
                         "(off by default: no gain on the pseudo-targets; fusionlog.template_prior)")
+    p.add_argument("--threshold", choices=THRESHOLD_RULES, default=DEFAULT_THRESHOLD_RULE,
+                   help="label-free threshold rule; pool-surprise flags what is more than 1 unit of surprise from "
+                        "the pool (where every pool session is, e.g. a small pool of a many-template system, it "
+                        "flags all and warns: try pool-otsu-distinct)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_data_args(p)
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         k_examples=args.k_examples, out=args.out,
         data_dir=args.data_dir, seed=args.seed, resume=args.resume, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, template_prior=args.template_prior, device=args.device,
+        threshold=args.threshold,
         rule=rule_from_args(args),
         log_format=args.log_format,
         progress=not args.quiet, distill=distill,
