@@ -153,15 +153,7 @@ class Detector:
         # kept for diagnostics (the harness saves them so threshold rules can be compared offline)
         self.pool_scores_ = (pool_logits, pool_counts)
         self.source_validation_ = [(v.system, v.scores, v.labels, v.counts) for v in result.validation]
-        self.threshold_info_ = choose_threshold(
-            self.threshold_rule,
-            pool_scores=pool_logits,
-            pool_weights=pool_counts,
-            pool_surprising=self.pool_surprising_,
-            source_validation=self.source_validation_,
-            contamination=self.contamination,
-            unit_floor=self.model_.unit_floor(),
-        )
+        self.threshold_info_ = self.pool_threshold(pool_logits, pool_counts, self.pool_surprising_)
         self.threshold_ = float(self.threshold_info_.value)
         self.report_ = DetectorReport(
             round(result.seconds, 3), result.best_epoch, result.history, [s.name for s in sources], target.name,
@@ -231,6 +223,19 @@ class Detector:
         scores = score_encoded(self.model_, enc, self._vectors_t, self.score_batch_size)
         return (np.asarray(scores, dtype=np.float64), np.asarray(enc.counts, dtype=np.float64),
                 surprising(enc.session_features))
+
+    def pool_threshold(self, scores: np.ndarray, counts: np.ndarray, surprising: np.ndarray) -> ThresholdResult:
+        """The detector's label-free rule on `pool_inputs`' output; `fit` and every distillation round call it,
+        so a rule reads the same inputs (held-out source scores, the 1-unit floor) whichever sets the cut."""
+        return choose_threshold(
+            self.threshold_rule,
+            pool_scores=scores,
+            pool_weights=counts,
+            pool_surprising=surprising,
+            source_validation=getattr(self, "source_validation_", ()),
+            contamination=self.contamination,
+            unit_floor=self.model_.unit_floor(),
+        )
 
     def predict(self, sessions: Sequence[Session]) -> np.ndarray:
         """(n,) int 0/1: 1 where the score is above `threshold_`."""

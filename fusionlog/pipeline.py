@@ -288,13 +288,10 @@ def pool_rethreshold(det, pool) -> None:
     `Detector.fit` scored it (one score per distinct input, leave-one-out), so a rule means the same in
     every round.
     """
-    from fusionlog.threshold import POOL_RULES, choose_threshold
+    from fusionlog.threshold import POOL_RULES
 
     if det.threshold_rule in POOL_RULES:
-        scores, counts, surprising = det.pool_inputs(pool)
-        det.threshold_info_ = choose_threshold(det.threshold_rule, pool_scores=scores, pool_weights=counts,
-                                               pool_surprising=surprising, contamination=det.contamination,
-                                               unit_floor=det.model_.unit_floor())
+        det.threshold_info_ = det.pool_threshold(*det.pool_inputs(pool))
         det.threshold_ = float(det.threshold_info_.value)
 
 

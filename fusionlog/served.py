@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionlog.config import SessionRule, config_from_dict
+from fusionlog.config import ParseConfig, SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.model import encode_sessions, input_key, make_batch
@@ -134,8 +134,6 @@ def _parse_config(model_dir: Path):
     Why: a system's own masks (`RawSpec.masks`, `--mask`) put names like <:HOST:> in templates; the matcher
     needs their regexes to read new lines as training did. Session-trained artifacts have no Drain state.
     """
-    from fusionlog.config import ParseConfig
-
     state = _read_json(model_dir / DRAIN_STATE_NAME, {})
     try:
         return config_from_dict(ParseConfig, state["config"]) if "config" in state else None
