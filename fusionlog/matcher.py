@@ -5,9 +5,11 @@ A session dataset such as ait-aecid's `openstack` ships templates, not a Drain3 
 `<*>Receiving block<*>src:<*>dest:<*>`. `TemplateMatcher` compiles such a list into regular expressions
 so a detector trained on it still reads raw lines:
 
-* `<*>` (and Drain3's `<:*:>`) may span several tokens or nothing (`.*?`); Drain masks (`<:NUM:>`,
+* `<*>` may span several tokens or nothing (`.*?`): loghub-style templates say nothing of token counts.
+  Drain3's `<:*:>` is exactly one token (no whitespace): Drain3 only clusters lines of equal token count, so a
+  one-wildcard template must not swallow its two-wildcard sibling's lines. Drain masks (`<:NUM:>`,
   `<:IP:>`, ...) become the mask's own regex (or the literal mask text); whitespace runs match any
-  whitespace.
+  whitespace. A line no template regex matches is tried again masked as Drain3 masks it (`match_known`).
 * The most specific template wins: candidates are tried in order of literal characters (most first),
   so `[instance: <*>] Claim successful` beats `[instance: <*>]     <*>`.
 * Speed: templates whose first token is literal are indexed by it; each first token gets one
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _PIECE = re.compile(r"<\*>|<:\*:>|<:([A-Za-z_][A-Za-z0-9_]*):>|\s+")
 _WILDCARDS = ("<*>", "<:*:>")  # loghub/ait-aecid style, and Drain3's with our mask prefix/suffix
+DRAIN_WILDCARD = "<:*:>"
 
 #: Lines longer than this are not run through the template regexes (lazy wildcards backtrack
 #: polynomially on pathological input); they go to the new-template miner, like any unmatched line.
@@ -50,11 +53,12 @@ EAGER_COMPILE_MAX = 5_000
 
 @dataclass
 class MatcherStats:
-    """What the matcher did with the lines it saw; every line lands in exactly one of the last four."""
+    """What the matcher did with the lines it saw: every line is a cache hit, matched, new or overflow."""
 
     lines: int = 0
     cache_hits: int = 0  # exact repeats of an earlier line (no regex run)
     matched: int = 0  # matched a known template by regex
+    matched_masked: int = 0  # of those, matched only after masking as Drain3 does (see match_known)
     new_lines: int = 0  # matched no known template; mined into a new template
     overflow: int = 0  # matched nothing and the new-template cap was reached: UNKNOWN_EVENT
     new_templates: int = 0  # distinct new templates created
@@ -124,6 +128,8 @@ class TemplateMatcher:
         self._exact = {t.strip(): i for i, t in reversed(list(enumerate(self.known)))}
         self._cache: dict[str, int] = {}
         self._new = TemplateStore(system, self.parse)
+        # Drain3's own masker (same rules, same order) for lines the template regexes miss (match_known)
+        self._masker = self._new.miner.masker if self.parse.mask or self.parse.extra_masks else None
         self._new_seen: dict[int, str] = {}  # new id -> template text the caller last took
         self._fits = 0  # lines mined into the new-template store (only these can change templates)
         self._fits_taken = 0
@@ -142,7 +148,10 @@ class TemplateMatcher:
                 literal += len(chunk)
                 chunks.append(chunk)
             piece = m.group(0)
-            if piece in _WILDCARDS:
+            if piece == DRAIN_WILDCARD:
+                out.append(r"\S+")  # Drain3 clusters lines of equal token count: one wildcard, one token
+                wild += 1
+            elif piece in _WILDCARDS:
                 out.append(".*?")
                 wild += 1
             elif m.group(1) is not None:
@@ -200,9 +209,24 @@ class TemplateMatcher:
     def match_known(self, content: str) -> int:
         """Id of the most specific known template that matches the whole message, else UNKNOWN_EVENT.
 
-        Never creates templates and never touches the Drain3 store of new templates.
+        Never creates templates and never touches the Drain3 store of new templates. A message the
+        template regexes miss is tried once more as Drain3 saw it in training: masked mask by mask, in
+        order. Why: Drain3 masks sequentially, so a later mask's look-behind reads the earlier mask's
+        text, not the raw characters; in one regex `hdfs://<:IP:><:PATH:>` cannot match
+        `hdfs://10.1.2.3:9000/a/b`, because PATH refuses to follow a digit, and every such line would
+        become a "new" template identical to a known one.
         """
         text = content.strip()
+        best = self._match_text(text)
+        if best == UNKNOWN_EVENT and self._masker is not None and len(text) <= MAX_MATCH_CHARS:
+            masked = self._masker.mask(text)
+            if masked != text:
+                best = self._match_text(masked)
+                if best != UNKNOWN_EVENT:
+                    self.stats.matched_masked += 1
+        return best
+
+    def _match_text(self, text: str) -> int:
         exact = self._exact.get(text)
         if exact is not None:
             return exact
