@@ -226,6 +226,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
             "parser": "drain" if ds.store is not None else "templates",
             "rule": config_to_dict(rule) if rule is not None else None,
             "log_format": log_format,
+            **_line_reading(spec if spec is not None else _registry_spec(cfg.target)),
         })
     final = history[-1]
     adapters = [h.llm_lora["adapter"] for h in history if h.llm_lora and h.llm_lora.get("adapter")]
@@ -571,6 +572,20 @@ def _registry_rule(target: str) -> SessionRule | None:
 
     form = raw_form(target)
     return form[1] if form else None
+
+
+def _registry_spec(target: str):
+    from fusionlog.data.registry import dataset_info, dataset_names
+
+    return dataset_info(target).spec if target.lower() in dataset_names() else None
+
+
+def _line_reading(spec) -> dict[str, str]:
+    """serving.json's `line_filter` and `strip`: detection must drop continuation lines and cut the same
+    content prefix as training did, or every line's template differs from the one learned."""
+    if spec is None:
+        return {"line_filter": "", "strip": ""}
+    return {"line_filter": spec.line_filter, "strip": spec.strip}
 
 
 def _registry_format(target: str) -> str:

@@ -46,6 +46,8 @@ class SessionScorer(Protocol):
     threshold: float
     rule: SessionRule  # how raw lines become sessions
     log_format: str  # loghub-style header format of raw lines ("<Content>" = whole line)
+    line_filter: str  # regex a record line must match ("" = every line); others are continuation lines
+    strip: str  # regex cut from each line's content before matching ("" = none)
 
     def event_id(self, content: str) -> int:
         """Template id of one log message; an unseen message gets a new id (embedded on the fly)."""

@@ -141,6 +141,16 @@ def _parse_config(model_dir: Path):
         raise ArtifactError(f"{model_dir / DRAIN_STATE_NAME}: malformed parse config ({exc})") from exc
 
 
+def _check_reading(model_dir: Path, log_format: str, line_filter: str, strip: str) -> None:
+    """Fail at load, with the file named, rather than on the first line read."""
+    from fusionlog.stream import HeaderParser
+
+    try:
+        HeaderParser(log_format, line_filter, strip)
+    except ConfigError as exc:
+        raise ArtifactError(f"{model_dir / SERVING_NAME}: {exc}") from exc
+
+
 class ArtifactScorer:
     """Implements `fusionlog.scoring.SessionScorer` over a saved Detector folder."""
 
@@ -158,6 +168,10 @@ class ArtifactScorer:
         rule = serving.get("rule")
         self.rule = config_from_dict(SessionRule, rule) if rule else SessionRule("lines", window=20)
         self.log_format = serving.get("log_format") or "<Content>"
+        # the system's continuation-line filter and content prefix cut (RawSpec), as training read lines
+        self.line_filter: str = serving.get("line_filter") or ""
+        self.strip: str = serving.get("strip") or ""
+        _check_reading(self.model_dir, self.log_format, self.line_filter, self.strip)
         self.threshold = float(self.detector.threshold_)
         self.matcher = TemplateMatcher(list(self.detector.templates_), _parse_config(self.model_dir))
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]

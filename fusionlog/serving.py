@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.stream import HeaderParser, StreamLimits, StreamSessionizer
+from fusionlog.stream import StreamLimits, scorer_parser, scorer_sessionizer
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class DetectService:
             max_open_sessions=limits.max_lines, idle_seconds=None, wall_idle_seconds=None
         )
         self.metrics = metrics or Metrics()
-        self.parser = HeaderParser(scorer.log_format)
+        self.parser = scorer_parser(scorer)
         self.lock = threading.Lock()
 
     def handle(self, body: bytes) -> dict:
@@ -305,7 +305,7 @@ class DetectService:
         stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
         m = self.metrics
         m.inc("fusionlog_lines_total", stats.get("lines", 0))
-        for reason in ("empty", "unmatched_format", "no_session_key"):
+        for reason in ("empty", "continuation", "unmatched_format", "no_session_key"):
             if stats.get(reason):
                 m.inc("fusionlog_skipped_lines_total", stats[reason], reason=reason)
         m.inc("fusionlog_sessions_scored_total", len(out))
@@ -348,29 +348,32 @@ class DetectService:
 
     def _from_lines(self, lines: list[str]) -> tuple[list[str], list[list[int]], dict]:
         # Verdicts carry no times, so only a time rule needs them parsed; one parser for all requests.
-        sz = StreamSessionizer(self.scorer.event_id, self.scorer.rule, self.scorer.log_format, self.stream_limits,
-                               timestamps=False, parser=self.parser)
+        sz = scorer_sessionizer(self.scorer, self.stream_limits, timestamps=False, parser=self.parser)
         finished = []
         for line in lines:
             finished += sz.feed(_one_line(line))
         finished += sz.flush()
         st = sz.stats.to_dict()
-        names = ("lines", "events", "empty", "unmatched_format", "no_session_key", "evicted", "split")
+        names = ("lines", "events", "empty", "continuation", "unmatched_format", "no_session_key", "evicted", "split")
         stats = {k: st[k] for k in names}
         return [s.key for s in finished], [s.event_ids for s in finished], stats
 
     def _from_sessions(self, items: list[SessionIn]) -> tuple[list[str], list[list[int]], dict]:
         keys: list[str] = []
         sessions: list[list[int]] = []
-        stats = {"lines": 0, "events": 0, "empty": 0, "unmatched_format": 0, "empty_sessions": 0}
+        stats = {"lines": 0, "events": 0, "empty": 0, "continuation": 0, "unmatched_format": 0, "empty_sessions": 0}
         for i, item in enumerate(items):
             ids: list[int] = []
             if item.lines is not None:
                 for line in item.lines:
                     stats["lines"] += 1
-                    text = _one_line(line).strip()
+                    one = _one_line(line)
+                    text = one.strip()
                     if not text:
                         stats["empty"] += 1
+                        continue
+                    if self.parser.continuation(one):
+                        stats["continuation"] += 1
                         continue
                     parsed = self.parser.parse(text)
                     if parsed is None:
@@ -523,6 +526,8 @@ def create_app(
                 "kind": rule.kind, "key_pattern": rule.key_pattern, "window": rule.window, "seconds": rule.seconds
             },
             "log_format": scorer.log_format,
+            "line_filter": getattr(scorer, "line_filter", ""),
+            "strip": getattr(scorer, "strip", ""),
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),

@@ -127,9 +127,18 @@ class HeaderParser:
     several times faster. Lines with fewer tokens fall back to the regex, so results never differ.
     """
 
-    def __init__(self, log_format: str = "<Content>") -> None:
+    def __init__(self, log_format: str = "<Content>", line_filter: str = "", strip: str = "") -> None:
+        """`line_filter`, `strip`: as `RawSpec`'s (a line the filter misses is a continuation line; `strip`
+        is cut from the content), so detection reads a line exactly as training did."""
         self.log_format = log_format
         self.pattern, self.fields = compile_format(log_format)
+        self.line_filter, self.strip = line_filter, strip
+        try:
+            self._keep = re.compile(line_filter) if line_filter else None
+            self._strip = re.compile(strip) if strip else None
+        except re.error as exc:
+            raise ConfigError(f"line_filter={line_filter!r} / strip={strip!r}: not a regular expression ({exc})") \
+                from exc
         self.whole_line = self.fields == ["Content"]  # no header: skip the regex
         simple = " ".join(f"<{n}>" for n in self.fields)
         self._split = len(self.fields) - 1 if (log_format == simple and self.fields[-1] == "Content") else 0
@@ -141,8 +150,23 @@ class HeaderParser:
         self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
         self._ts_layout: tuple[str, tuple[str, ...]] | None = None
 
+    @property
+    def reading(self) -> tuple[str, str, str]:
+        """What decides how a line reads; sessionizers may share a parser only when this is equal."""
+        return self.log_format, self.line_filter, self.strip
+
+    def continuation(self, line: str) -> bool:
+        """True for a line the system's `line_filter` rejects (a stack-trace line, say): not a record."""
+        return self._keep is not None and self._keep.search(line) is None
+
     def parse(self, line: str) -> tuple[str, dict[str, str] | None] | None:
         """Content of a stripped, non-empty line, or None when the header does not fit the format."""
+        out = self._parse(line)
+        if out is not None and self._strip is not None:
+            return self._cut(out[0]), out[1]
+        return out
+
+    def _parse(self, line: str) -> tuple[str, dict[str, str] | None] | None:
         if self.whole_line:
             return line, None
         if self._split:
@@ -155,8 +179,18 @@ class HeaderParser:
         fields = m.groupdict()
         return (fields.get("Content") or "").strip(), fields
 
+    def _cut(self, content: str) -> str:
+        # as `fusionlog.data.raw.read_records`: a content that is all prefix stays as it was
+        return self._strip.sub("", content).strip() or content  # type: ignore[union-attr]
+
     def parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
         """Like `parse`, but returns only the time fields' values (a str for one field, else a tuple)."""
+        out = self._parse_timed(line)
+        if out is not None and self._strip is not None:
+            return self._cut(out[0]), out[1]
+        return out
+
+    def _parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
         if self.whole_line:
             return line, None
         if self._split:
@@ -255,16 +289,20 @@ class StreamSessionizer:
         *,
         timestamps: bool = True,
         parser: HeaderParser | None = None,
+        line_filter: str = "",
+        strip: str = "",
     ) -> None:
         """`timestamps=False` skips time parsing where nothing needs it (no time rule, no log-time idle
-        closing, no start/end wanted); `parser` lets many short-lived sessionizers share one parser."""
+        closing, no start/end wanted); `parser` lets many short-lived sessionizers share one parser;
+        `line_filter`, `strip`: the system's, as `HeaderParser` reads them."""
         self.event_id = event_id
         self.rule = rule
         self.log_format = log_format
         self.limits = limits or StreamLimits()
         self.clock = clock
         self.stats = StreamStats()
-        self.parser = parser if parser is not None and parser.log_format == log_format else HeaderParser(log_format)
+        reading = (log_format, line_filter, strip)
+        self.parser = parser if parser is not None and parser.reading == reading else HeaderParser(*reading)
         self._key_re = re.compile(rule.key_pattern) if rule.kind == "key" else None
         self._timestamps = timestamps or rule.kind == "time" or (
             rule.kind == "key" and self.limits.idle_seconds is not None
@@ -296,6 +334,9 @@ class StreamSessionizer:
         text = line.strip()
         if not text:
             read.empty += 1
+            return _NOTHING
+        if self.parser.continuation(line):  # on the line as read, as the batch reader does: indented = continuation
+            read.continuation += 1
             return _NOTHING
         parsed = self.parser.parse_timed(text)
         if parsed is None:
@@ -672,6 +713,21 @@ def load_scorer(model_dir: Path | str):
 # -- detection loop ----------------------------------------------------------------------------
 
 
+def _reading(scorer) -> dict[str, str]:
+    # scorers written before line filters existed (or that take no raw lines) have none
+    return {"line_filter": getattr(scorer, "line_filter", ""), "strip": getattr(scorer, "strip", "")}
+
+
+def scorer_parser(scorer) -> HeaderParser:
+    """A parser that reads lines as the scorer's artifact was trained on them (format, filter, strip)."""
+    return HeaderParser(scorer.log_format, **_reading(scorer))
+
+
+def scorer_sessionizer(scorer, limits: StreamLimits | None = None, **kw) -> StreamSessionizer:
+    """A sessionizer that reads lines as the scorer's artifact was trained on them (rule, format, filter, strip)."""
+    return StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits, **_reading(scorer), **kw)
+
+
 def detect_stream(
     scorer,
     lines: Iterable[str | None],
@@ -688,7 +744,7 @@ def detect_stream(
     Each dict is `SessionVerdict.to_dict()` plus `closed_by`, `part`, `start`, `end`, `first_line`,
     `last_line`.
     """
-    sz = sessionizer or StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits)
+    sz = sessionizer or scorer_sessionizer(scorer, limits)
     pending: list[FinishedSession] = []
     since = time.monotonic()
 

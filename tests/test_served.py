@@ -16,6 +16,7 @@ from distill.finetune import FinetuneConfig
 from distill.rounds import DistillConfig
 from fusionlog.data import load_dataset
 from fusionlog.detector import Detector
+from fusionlog.errors import ArtifactError
 from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.pipeline import FuseConfig, fuse
 from fusionlog.served import ArtifactScorer, load_scorer, torch_threads
@@ -84,6 +85,27 @@ def test_session_trained_artifact_reads_raw_lines(tmp_path, data_dir, cache_root
     assert len(scorer.detector.vectors_) > 92
     scores, _ = scorer.score_sessions([[0, 1, eid]])
     assert np.isfinite(scores).all()
+
+
+def test_artifact_reads_lines_with_its_systems_filter_and_prefix_cut(tmp_path, data_dir, cache_root):
+    """`openstack-raw` cuts `[instance: <uuid>]` from the content and skips stack-trace lines before Drain;
+    its artifact must read raw lines the same way, or no line matches a learned template."""
+    from fusionlog.data.registry import dataset_info
+    from fusionlog.stream import StreamLimits, detect_stream, file_lines
+
+    out = tmp_path / "osraw"
+    _fuse(out, "openstack-raw", ("hdfs", "bgl"))
+    spec = dataset_info("openstack-raw").spec
+    scorer = load_scorer(out)
+    assert (scorer.line_filter, scorer.strip) == (spec.line_filter, spec.strip) != ("", "")
+    log = data_dir / "openstack/kalaki_openstack_logs/openstack-nova-dhcpoff.log"
+    verdicts = list(detect_stream(scorer, file_lines(log), StreamLimits()))
+    assert len(verdicts) == 199  # the file's instances (data README)
+    assert scorer.matcher.stats.new_lines == 0 and not any(v["new_templates"] for v in verdicts)
+    serving = json.loads((out / "serving.json").read_text())
+    (out / "serving.json").write_text(json.dumps({**serving, "strip": "("}))
+    with pytest.raises(ArtifactError, match="serving.json"):
+        load_scorer(out)
 
 
 def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):

@@ -60,6 +60,25 @@ def test_key_sessions_equal_the_batch_sessionizer(hdfs2k):
     assert sz.stats.read.lines == 2000 and sz.stats.sessions == len(ds.sessions)
 
 
+def test_filtered_and_stripped_lines_give_the_batch_sessions(data_dir):
+    """Kalaki nova logs: stack-trace lines are continuation lines and `[instance: <uuid>]` is cut from the
+    content before parsing (RawSpec.line_filter / strip); streaming must read them the same way."""
+    from fusionlog.data.registry import dataset_info
+
+    ds = load_dataset("openstack-raw", data_dir, progress=False)
+    spec = dataset_info("openstack-raw").spec
+    lines = [line for f in spec.files for line in _lines(data_dir / f.path)]
+    sz = StreamSessionizer(ds.store.match_line, spec.rule, spec.log_format, NO_TIMEOUTS,
+                           line_filter=spec.line_filter, strip=spec.strip)
+    out = _run(sz, lines)
+    assert {s.key: s.event_ids for s in out} == {s.key: s.event_ids for s in ds.sessions}
+    assert sz.stats.read.continuation == ds.stats.continuation > 0
+    assert HeaderParser("<Content>", strip=r"^\[x\]\s*").parse("[x] Claim successful") == ("Claim successful", None)
+    assert HeaderParser("<Content>", strip=r"^\[x\]\s*").parse("[x]") == ("[x]", None)  # all prefix: kept
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        HeaderParser("<Content>", line_filter="(")
+
+
 @pytest.mark.parametrize("rule", [SessionRule("lines", window=20), SessionRule("time", seconds=600)],
                          ids=["lines", "time"])
 def test_window_sessions_equal_the_batch_sessionizer(data_dir, bgl_lines, rule):

@@ -42,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.errors import ConfigError
     from fusionlog.stream import (
         StreamLimits,
-        StreamSessionizer,
         detect_stream,
         file_lines,
         follow,
         load_scorer,
         read_stream,
+        scorer_sessionizer,
     )
     from fusionlog.types import ReadStats
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             saved[sig] = signal.signal(sig, _stop)
-    sessionizer = StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits)
+    sessionizer = scorer_sessionizer(scorer, limits)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
