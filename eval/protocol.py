@@ -19,7 +19,7 @@ import eval.fusion_methods  # noqa: F401  (registers llm-only and fusionlog)
 from eval.methods import METHODS, MethodOptions, MethodOutput, TargetContext
 from eval.metrics import binary_metrics, prf
 from fusionlog.config import register_config_type
-from fusionlog.data import hide_labels, split_sessions, system_of
+from fusionlog.data import check_pool_size, hide_labels, split_sessions, system_of
 from fusionlog.detector import SystemSessions, embed_anchors
 from fusionlog.errors import ConfigError
 from fusionlog.training.data import assert_labelled, assert_unlabelled
@@ -131,6 +131,7 @@ def build_context(
     if not target.dataset.labelled:
         raise ConfigError(f"target {cfg.target!r} has no labels: nothing to evaluate against")
     split = split_sessions(target.dataset, cfg.pool_fraction, cfg.split_seed)
+    check_pool_size(len(split.pool), len(target.dataset.sessions), cfg.target)
     test_labels = np.array([s.label for s in split.test], dtype=np.int64)
     src = []
     for name in sources:

@@ -152,7 +152,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     `cache_path` moves the verdict cache (default: the user cache).
     """
     from distill.rounds import RoundContext, run_rounds
-    from fusionlog.data import hide_labels, split_sessions
+    from fusionlog.data import check_pool_size, hide_labels, split_sessions
     from fusionlog.detector import Detector, SystemSessions
     from fusionlog.prepare import prepare
     from fusionlog.training import TrainConfig
@@ -163,23 +163,24 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     if backend is None and not cfg.resume and getattr(cfg.distill, "rounds", 0) > 0:
         preflight_llm(cfg.llm, cfg.llm_backend)  # a resumed run may need no LLM at all: it loads lazily
     t_start = time.perf_counter()
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / FUSE_CONFIG_NAME, _jsonable(config_to_dict(cfg)))
     stage = _Stages(cfg.progress)
 
     with stage("prepare target"):
         target = prepare(cfg.target, cfg.data_dir, rule=cfg.rule, spec=spec, progress=cfg.progress)
     ds = target.dataset
-    src_names = default_sources(ds.system, cfg.sources)
-    with stage(f"prepare sources {','.join(src_names)}"):
-        sources = [prepare(name, cfg.data_dir, progress=cfg.progress) for name in src_names]
     labelled = ds.labelled
     if labelled:
         split = split_sessions(ds, cfg.pool_fraction, cfg.seed)
         pool, test, split_method = hide_labels(split.pool), split.test, split.method
     else:
         pool, test, split_method = hide_labels(ds.sessions), [], "none (unlabelled target: all sessions adapt)"
+    check_pool_size(len(pool), len(ds.sessions), cfg.target)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / FUSE_CONFIG_NAME, _jsonable(config_to_dict(cfg)))
+    src_names = default_sources(ds.system, cfg.sources)
+    with stage(f"prepare sources {','.join(src_names)}"):
+        sources = [prepare(name, cfg.data_dir, progress=cfg.progress) for name in src_names]
     src_ss = [SystemSessions.from_prepared(p) for p in sources]
     tgt_ss = SystemSessions.from_prepared(target, pool)
 

@@ -10,8 +10,9 @@ import pytest
 
 from distill.finetune import FinetuneConfig, finetune
 from distill.rounds import DistillConfig, last_complete_round
-from fusionlog.data import hide_labels, load_dataset, split_sessions
+from fusionlog.data import MIN_POOL_SESSIONS, check_pool_size, hide_labels, load_dataset, split_sessions
 from fusionlog.detector import Detector, SystemSessions
+from fusionlog.errors import DataError
 from fusionlog.pipeline import FuseConfig, fuse
 from fusionlog.training import TrainConfig
 
@@ -234,6 +235,25 @@ def test_an_llm_that_cannot_load_stops_the_job_before_any_work(tmp_path, capsys)
     assert rc == 2 and len(err) == 1 and "absent.gguf" in err[0] and not out.exists()
     # without rounds the LLM is never needed, so it is not asked for
     assert fuse(_cfg(out, llm=missing, rounds=0)).report["rounds"][0]["round"] == 0
+
+
+def test_a_target_too_small_to_know_its_everyday_is_refused_before_any_work(tmp_path, data_dir, cache_root, capsys):
+    """30 Zookeeper lines in 10-line windows are 3 sessions: every one is unusual against the others, and the
+    job used to train for two minutes and flag them all. Now a one-line error says what to change."""
+    from fusionlog.cli import main
+
+    log = tmp_path / "tiny.log"
+    log.write_bytes(b"".join((data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log").read_bytes().splitlines(True)[:30]))
+    fmt = r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>"
+    out = tmp_path / "run"
+    args = ["fuse", "--target", str(log), "--log-format", fmt, "--rounds", "0", "--out", str(out)]
+    assert main([*args, "--window", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only 3 target session(s)" in err[0] and "--window" in err[0]
+    assert not out.exists()  # nothing trained or written
+    with pytest.raises(DataError, match="only 9 target session"):  # labelled: the pool is 60% of 15
+        check_pool_size(9, 15, "x")
+    check_pool_size(MIN_POOL_SESSIONS, MIN_POOL_SESSIONS, "x")
 
 
 def test_the_main_job_takes_another_threshold_rule_where_the_pool_has_no_normal_side(tmp_path, cache_root):

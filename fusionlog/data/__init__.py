@@ -2,7 +2,7 @@
 
 from fusionlog.data.raw import RawFile, RawSpec
 from fusionlog.data.registry import dataset_info, dataset_names, load_dataset, system_of
-from fusionlog.data.splits import SplitResult, hide_labels, split_sessions
+from fusionlog.data.splits import MIN_POOL_SESSIONS, SplitResult, check_pool_size, hide_labels, split_sessions
 
 __all__ = [
     "RawFile",
@@ -13,5 +13,7 @@ __all__ = [
     "hide_labels",
     "load_dataset",
     "split_sessions",
+    "check_pool_size",
+    "MIN_POOL_SESSIONS",
     "system_of",
 ]

@@ -9,8 +9,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from fusionlog.errors import ConfigError
+from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import Session, SessionDataset
+
+#: Fewest target sessions the model may learn the target's everyday behaviour from. Why: every label-free
+#: signal here is "unusual against the pool"; with a handful of sessions every session is unusual and the
+#: detector would flag everything after minutes of training (30 Zookeeper lines in 10-line windows did).
+MIN_POOL_SESSIONS = 10
 
 
 @dataclass
@@ -45,3 +50,13 @@ def split_sessions(dataset: SessionDataset, pool_fraction: float = 0.6, seed: in
 def hide_labels(sessions: list[Session]) -> list[Session]:
     """Copies with label=None: what the adaptation pool looks like to every training component."""
     return [Session(s.system, s.key, s.event_ids, None, s.start, s.end) for s in sessions]
+
+
+def check_pool_size(n_pool: int, n_sessions: int, target: str) -> None:
+    """Refuse, before any training, a target with too few sessions to say what is everyday on it."""
+    if n_pool < MIN_POOL_SESSIONS:
+        raise DataError(
+            f"{target}: only {n_pool} target session(s) to learn this system's everyday behaviour from "
+            f"({n_sessions} in all); at least {MIN_POOL_SESSIONS} are needed. Give more log lines, or cut "
+            f"them into more, shorter sessions (--window N lines or --seconds S)."
+        )
