@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,40 @@ def test_artifact_reads_lines_with_its_systems_filter_and_prefix_cut(tmp_path, d
     (out / "serving.json").write_text(json.dumps({**serving, "strip": "("}))
     with pytest.raises(ArtifactError, match="serving.json"):
         load_scorer(out)
+
+
+def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_artifact, data_dir, tmp_path):
+    """`fusionlog serve` (and scripts/serve.py, the same command) as a user starts it: any free port, real HTTP."""
+    import re
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "fusionlog.cli", "serve", "--model", str(bgl_artifact),
+                             "--port", "0", "--no-access-log"], stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:  # uvicorn names the port it bound
+            m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "the server never said where it listens"
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=60) as r:
+            health = json.load(r)
+        assert health["status"] == "ok" and health["rule"]["kind"] == "lines"
+        lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:40]
+        req = urllib.request.Request(f"{base}/v1/detect", data=json.dumps({"lines": lines}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.load(r)
+        assert len(body["verdicts"]) == 2 and body["stats"]["lines"] == 40  # two 20-line windows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    serve_py = Path(__file__).resolve().parents[1] / "scripts" / "serve.py"
+    script = subprocess.run([sys.executable, str(serve_py), "--model", str(tmp_path / "absent")],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 2 and script.stderr.strip().count("\n") == 0 and "absent" in script.stderr
 
 
 def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):

@@ -1,0 +1,35 @@
+"""`fusionlog serve --model DIR [--port 8000] [--token T]`: the HTTP service over a trained detector."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "serve"
+HELP = "serve a trained detector over HTTP (POST /v1/detect, GET /healthz, GET /metrics, OpenAPI at /docs)"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    from fusionlog.serving import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LINES, TOKEN_ENV
+
+    p.add_argument("--model", required=True, help="detector artifact folder (written by `fusionlog fuse`)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port; the log says which)")
+    p.add_argument("--token", default=None,
+                   help=f"require this bearer token (default: ${TOKEN_ENV}, else none; prefer the variable: "
+                        "a command line is visible to other users)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="request size limit")
+    p.add_argument("--max-lines", type=int, default=DEFAULT_MAX_LINES, help="lines + templates per request")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the web server's log level")
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from fusionlog.serving import TOKEN_ENV, serve
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
+          max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log)
+    return 0
