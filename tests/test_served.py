@@ -143,6 +143,17 @@ def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_art
     assert script.returncode == 2 and script.stderr.strip().count("\n") == 0 and "absent" in script.stderr
 
 
+def test_served_check_reads_spark_back_as_training_parsed_it(tmp_path, data_dir, cache_root):
+    """`python -m eval.served_check`: Spark's `hdfs://<:IP:><:PATH:>` lines reach the served model as the
+    templates training learned (matched only once masked as Drain3 masks), so scores equal the batch's."""
+    from eval.served_check import check_one
+
+    r = check_one("spark-2k", tmp_path / "spark", data_dir)
+    assert r["same_keys"] and r["batch_sessions"] == 100
+    assert r["new_template_lines"] == 0 and r["masked_matches"] > 0
+    assert r["max_score_diff"] < 1e-4
+
+
 def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):
     code = (
         "import sys\n"
