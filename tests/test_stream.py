@@ -252,3 +252,11 @@ def test_read_stream_without_thread(tmp_path):
     path.write_bytes(b"a\r\nb\n\nc")
     with open(path, "rb") as fh:
         assert list(read_stream(fh, heartbeat=None)) == ["a", "b", "", "c"]
+
+
+def test_detect_summary_says_why_lines_were_skipped():
+    from fusionlog.commands.detect import _why_skipped
+
+    st = ReadStats(lines=10, unmatched_format=2, no_session_key=3, continuation=4).to_dict()
+    assert _why_skipped(st) == " (unmatched format 2, no session key 3), 4 continuation lines"
+    assert _why_skipped(ReadStats(lines=5).to_dict()) == ""

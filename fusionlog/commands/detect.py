@@ -107,9 +107,18 @@ def run(args: argparse.Namespace) -> int:
     stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, anomalous=anomalous,
                  written=written, seconds=round(time.perf_counter() - t0, 3))
     logger.info(
-        "detect: %d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines, %.0f lines/s",
+        "detect: %d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s, %.0f lines/s",
         stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"], stats["skipped"],
-        stats["lines"] / max(stats["seconds"], 1e-9),
+        _why_skipped(stats), stats["lines"] / max(stats["seconds"], 1e-9),
     )
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
+
+
+def _why_skipped(stats: dict) -> str:
+    """' (no session key 380, ...)': a user whose lines vanish needs to know which setting to check."""
+    reasons = [(k.replace("_", " "), stats[k]) for k in ("unmatched_format", "no_session_key", "empty") if stats[k]]
+    text = f" ({', '.join(f'{name} {n}' for name, n in reasons)})" if reasons else ""
+    if stats["continuation"]:
+        text += f", {stats['continuation']} continuation lines"
+    return text
