@@ -18,6 +18,7 @@ import numpy as np
 from fusionlog.config import SessionRule, config_from_dict, config_to_dict, register_config_type
 from fusionlog.constants import DRAIN_STATE_NAME
 from fusionlog.errors import ConfigError
+from fusionlog.findings import findings_markdown, pool_findings
 from fusionlog.io import atomic_write_json, atomic_write_text
 from fusionlog.threshold import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 
@@ -229,6 +230,8 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
             "log_format": log_format,
             **_line_reading(spec if spec is not None else _registry_spec(cfg.target)),
         })
+    with stage("score the target's own sessions"):
+        findings = pool_findings(out, pool)
     final = history[-1]
     adapters = [h.llm_lora["adapter"] for h in history if h.llm_lora and h.llm_lora.get("adapter")]
     report = {
@@ -251,6 +254,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         "llm_labelled_sequences": int(sum(h.llm_labelled_sequences for h in history)),
         "llm_calls_share_of_target_sessions": round(sum(h.llm_calls for h in history) / max(len(ds.sessions), 1), 4),
         "target_sessions": len(ds.sessions),
+        "findings": findings,
         "resumed": bool(resumed),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "labels_note": ("target labels used only to score the held-out test part" if labelled
@@ -655,6 +659,8 @@ def report_markdown(report: dict) -> str:
             f"{_f(t.get('recall'))} | {_f(t.get('f1'))} | {_f(t.get('roc_auc'))} |"
         )
     lines += ["", "![rounds](rounds.png)", ""]
+    if report.get("findings"):
+        lines += findings_markdown(report["findings"])
     return "\n".join(lines)
 
 
@@ -710,6 +716,8 @@ def _print_summary(report: dict, progress: bool) -> None:
     rows = [
         ("target", report["target"]), ("sources", ",".join(report["sources"])),
         ("sessions", report["target_sessions"]), ("LLM calls", report["llm_calls"]),
+        *([("pool flagged", f"{f['flagged']} of {f['sessions']} (see report.md)")]
+          if (f := report.get("findings")) else []),
         ("rounds", len(report["rounds"]) - 1), ("precision", _f(t.get("precision"))),
         ("recall", _f(t.get("recall"))), ("F1", _f(t.get("f1"))), ("ROC-AUC", _f(t.get("roc_auc"))),
         ("wall seconds", report["wall_seconds"]),

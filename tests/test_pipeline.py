@@ -273,3 +273,22 @@ def test_the_main_job_takes_another_threshold_rule_where_the_pool_has_no_normal_
     saved = Detector.from_pretrained(tmp_path / "otsu").threshold_info_
     assert saved.rule == "pool-otsu-distinct" == other.report["threshold"]["rule"]
     assert saved.details["pool_flagged_share"] < 1.0
+
+
+def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_path, data_dir, cache_root):
+    """With no target labels the metrics table is empty; the report still says which pool sessions the
+    artifact flags (as `detect` scores them) and lists the most anomalous with their templates."""
+    res = fuse(_cfg(tmp_path / "run", rounds=0))
+    findings = res.report["findings"]
+    ds = load_dataset("bgl", data_dir, progress=False)
+    pool = hide_labels(split_sessions(ds, 0.6, 0).pool)
+    det = Detector.from_pretrained(tmp_path / "run")
+    scores = det.decision_function(pool)
+    assert findings["sessions"] == len(pool) == res.report["split"]["pool_sessions"]
+    assert findings["flagged"] == int((scores > det.threshold_).sum())
+    top = findings["top"]
+    assert len(top) == 10 and top[0]["score"] == pytest.approx(float(scores.max()), abs=1e-3)
+    assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+    assert all(t["templates"] and t["key"] for t in top)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "What it flags in the target's own logs" in md and top[0]["key"] in md
