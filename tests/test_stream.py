@@ -260,3 +260,33 @@ def test_detect_summary_says_why_lines_were_skipped():
     st = ReadStats(lines=10, unmatched_format=2, no_session_key=3, continuation=4).to_dict()
     assert _why_skipped(st) == " (unmatched format 2, no session key 3), 4 continuation lines"
     assert _why_skipped(ReadStats(lines=5).to_dict()) == ""
+
+
+def test_detect_warns_once_when_the_lines_give_the_detector_nothing(caplog):
+    """A log of another system reads without error (every line skipped) and no verdict ever comes: say so,
+    once, early in a live stream, naming what the artifact expects."""
+    import logging
+    from types import SimpleNamespace
+
+    from fusionlog.commands.detect import FIT_CHECK_LINES, FitWatch
+
+    rule = SessionRule("key", key_pattern=r"id=(\w+)")
+    scorer = SimpleNamespace(rule=rule, log_format="<Level> <Content>", line_filter="")
+    log = logging.getLogger("test.detect")
+    sz = StreamSessionizer(len, rule, "<Level> <Content>", NO_TIMEOUTS)
+    watch = FitWatch(sz, scorer, log)
+    with caplog.at_level(logging.WARNING, logger="test.detect"):
+        for line in watch.lines(["INFO no key on this line"] * (FIT_CHECK_LINES + 500)):
+            sz.feed(line)
+        watch.final()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"none of the {FIT_CHECK_LINES} lines" in warnings[0]
+    assert "no session key 1000" in warnings[0] and "id=" in warnings[0]
+    caplog.clear()
+    sz = StreamSessionizer(len, rule, "<Level> <Content>", NO_TIMEOUTS)
+    watch = FitWatch(sz, scorer, log)
+    with caplog.at_level(logging.WARNING, logger="test.detect"):
+        for line in watch.lines(["INFO no key", "INFO ok id=1"] * 600):
+            sz.feed(line)
+        watch.final()
+    assert not caplog.records

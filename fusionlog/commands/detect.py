@@ -88,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
+    watch = FitWatch(sessionizer, scorer, logger)
     try:
-        for verdict in detect_stream(scorer, lines, limits, batch_size=args.batch_size, sessionizer=sessionizer):
+        for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
+                                     sessionizer=sessionizer):
             anomalous += bool(verdict["anomalous"])
             if args.anomalies_only and not verdict["anomalous"]:
                 continue
@@ -103,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         if out is not sys.stdout:
             out.close()
+    elapsed = time.perf_counter() - t0
     stats = sessionizer.stats.to_dict()
     stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, anomalous=anomalous,
-                 written=written, seconds=round(time.perf_counter() - t0, 3))
+                 written=written, seconds=round(elapsed, 3))
+    watch.final()
     logger.info(
         "detect: %d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s, %.0f lines/s",
         stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"], stats["skipped"],
-        _why_skipped(stats), stats["lines"] / max(stats["seconds"], 1e-9),
+        _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
     )
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
@@ -117,8 +121,58 @@ def run(args: argparse.Namespace) -> int:
 
 def _why_skipped(stats: dict) -> str:
     """' (no session key 380, ...)': a user whose lines vanish needs to know which setting to check."""
-    reasons = [(k.replace("_", " "), stats[k]) for k in ("unmatched_format", "no_session_key", "empty") if stats[k]]
-    text = f" ({', '.join(f'{name} {n}' for name, n in reasons)})" if reasons else ""
+    reasons = _skip_reasons(stats, ("unmatched_format", "no_session_key", "empty"))
+    text = f" ({', '.join(reasons)})" if reasons else ""
     if stats["continuation"]:
         text += f", {stats['continuation']} continuation lines"
     return text
+
+
+def _skip_reasons(stats: dict, keys=("unmatched_format", "no_session_key", "empty", "continuation")) -> list[str]:
+    return [f"{k.replace('_', ' ')} {stats[k]}" for k in keys if stats[k]]
+
+
+#: After this many lines with not one event, `detect` says so (a live stream would otherwise sit silent).
+FIT_CHECK_LINES = 1_000
+
+
+class FitWatch:
+    """Warns once when the lines read so far gave the detector nothing to score.
+
+    Why: a log of another system, or another format, is read without error: every line is counted as
+    skipped and no verdict ever comes. The warning names what the artifact expects, so the user can tell a
+    wrong `--model` from a changed log format.
+    """
+
+    def __init__(self, sessionizer, scorer, logger) -> None:
+        self.sessionizer, self.scorer, self.logger = sessionizer, scorer, logger
+        self.warned = False
+
+    def lines(self, lines):
+        n = 0
+        for line in lines:
+            yield line
+            if line is not None and not self.warned:
+                n += 1
+                if n >= FIT_CHECK_LINES:
+                    self._check()
+
+    def final(self) -> None:
+        if not self.warned:
+            self._check()
+
+    def _check(self) -> None:
+        st = self.sessionizer.stats.to_dict()
+        if st["events"] or not st["lines"]:
+            return
+        self.warned = True
+        sc = self.scorer
+        rule = sc.rule
+        how = f"key {rule.key_pattern!r}" if rule.kind == "key" else (
+            f"{rule.window}-line windows" if rule.kind == "lines" else f"{rule.seconds:g}-second windows")
+        reads = f"log format {sc.log_format!r}" + (f", line filter {sc.line_filter!r}" if getattr(
+            sc, "line_filter", "") else "")
+        self.logger.warning(
+            "none of the %d lines read so far gave this detector an event (%s); is this a log of the system "
+            "it was trained on? It reads lines with %s and cuts sessions by %s", st["lines"],
+            ", ".join(_skip_reasons(st)) or "all skipped", reads, how)
