@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import eval.fusion_methods  # noqa: F401  (registers llm-only and fusionlog)
+from eval.checkpoints import Checkpoints, SeedResult
 from eval.methods import METHODS, MethodOptions, MethodOutput, TargetContext
 from eval.metrics import binary_metrics, prf
 from fusionlog.config import register_config_type
@@ -264,7 +265,11 @@ def run_eval(
     embedder=None,
     loader=None,
     anchor_vectors: np.ndarray | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
 ) -> EvalRun:
+    """`checkpoints`: where each (method, seed) result is saved as it finishes; with `resume`, finished ones
+    of the same settings are read back instead of run again (`eval.checkpoints`)."""
     t0 = time.perf_counter()
     ctx, labels, split = build_context(cfg, data_dir, cache_root, progress, embedder, loader, anchor_vectors)
     options = MethodOptions(dict(cfg.train_overrides), cfg.threshold_rule, cfg.device, **cfg.llm,
@@ -275,19 +280,26 @@ def run_eval(
     curves: dict[str, np.ndarray] = {}
     all_scores: dict[str, list[np.ndarray]] = {}
     arrays: dict[str, np.ndarray] = {}
+    if checkpoints is not None and not resume and (n := checkpoints.finished()):
+        logger.info("%d finished (method, seed) results of these settings are in %s; --resume reuses them",
+                    n, checkpoints.root)
     for name in cfg.methods:
         entries = []
         for seed in cfg.seeds:
-            out = run_method(name, ctx, seed, options)
-            if out.parts is None and parts is not None:
-                out.parts = parts
-            metrics = binary_metrics(labels, out.scores, out.threshold)
-            entries.append(seed_entry(SeedRun(seed, out, metrics), labels))
-            curves.setdefault(name, np.asarray(out.scores, dtype=np.float64))
-            all_scores.setdefault(name, []).append(np.asarray(out.scores, dtype=np.float32))
-            arrays |= {f"{name}/seed{seed}/{k}": np.asarray(v) for k, v in out.arrays.items()}
-            logger.info("%s %s seed %d: f1 %.3f roc_auc %.3f (%.1fs train)", cfg.target, name, seed,
-                        metrics["f1"], metrics["roc_auc"], out.train_seconds)
+            done = checkpoints.load(name, seed) if (checkpoints is not None and resume) else None
+            if done is None:
+                done = _run_seed(name, ctx, seed, options, labels, parts)
+                if checkpoints is not None:
+                    checkpoints.save(name, seed, done)
+                logger.info("%s %s seed %d: f1 %.3f roc_auc %.3f (%.1fs train)", cfg.target, name, seed,
+                            done.entry["f1"], done.entry["roc_auc"], done.entry["train_seconds"])
+            else:
+                logger.info("%s %s seed %d: f1 %.3f, reused from %s", cfg.target, name, seed, done.entry["f1"],
+                            checkpoints.root)
+            entries.append(done.entry)
+            curves.setdefault(name, np.asarray(done.scores, dtype=np.float64))
+            all_scores.setdefault(name, []).append(np.asarray(done.scores, dtype=np.float32))
+            arrays |= {f"{name}/seed{seed}/{k}": np.asarray(v) for k, v in done.arrays.items()}
         methods[name] = summarise(entries, ceiling)
     results = {
         "target": cfg.target,
@@ -301,6 +313,15 @@ def run_eval(
         "methods": methods,
     }
     return EvalRun(results, labels, curves, all_scores, arrays)
+
+
+def _run_seed(name: str, ctx, seed: int, options, labels: np.ndarray, parts) -> SeedResult:
+    out = run_method(name, ctx, seed, options)
+    if out.parts is None and parts is not None:
+        out.parts = parts
+    metrics = binary_metrics(labels, out.scores, out.threshold)
+    arrays = {k: np.asarray(v) for k, v in out.arrays.items()}
+    return SeedResult(seed_entry(SeedRun(seed, out, metrics), labels), np.asarray(out.scores), arrays)
 
 
 def _jsonable(d: dict) -> dict:

@@ -237,6 +237,56 @@ def test_cli_eval_writes_results_in_the_issue_shape(prepared, cache_root, tmp_pa
     assert {k.split("/")[3] for k in z.files if "/val/" in k} == {"hdfs", "openstack", "hadoop"}
 
 
+def test_an_interrupted_eval_resumes_with_what_finished(prepared, cache_root, tmp_path):
+    """Each (method, seed) is saved as it finishes; `--resume` with the same settings runs only the rest,
+    and other settings never reuse a checkpoint."""
+    from eval.methods import MethodOutput
+    from fusionlog.cli import main
+
+    for name in ("bgl", "hdfs", "openstack", "hadoop"):
+        prepared(name)
+    calls: list[tuple[str, int]] = []
+    crash = {"seed": 1}
+
+    def method(name):
+        def run(ctx, seed, options):
+            calls.append((name, seed))
+            if name == "_flaky" and seed == crash["seed"]:
+                raise RuntimeError("killed mid-run")
+            lengths = np.array([len(s.event_ids) + 0.1 * seed for s in ctx.test], dtype=np.float32)
+            return MethodOutput(lengths, float(np.median(lengths)), arrays={"pool": np.arange(3.0)})
+        return run
+
+    register_method("_steady", "counts its runs")(method("_steady"))
+    register_method("_flaky", "dies on seed 1 the first time")(method("_flaky"))
+    out = tmp_path / "run"
+    args = ["-q", "eval", "--target", "bgl", "--methods", "_steady", "_flaky", "--seeds", "2", "--out", str(out),
+            "--cache-dir", str(cache_root / "prepared"), "--no-plots"]
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            main(args)
+        assert calls == [("_steady", 0), ("_steady", 1), ("_flaky", 0), ("_flaky", 1)]
+        assert not (out / "results.json").exists()
+        crash["seed"] = None
+        calls.clear()
+        assert main([*args, "--resume"]) == 0
+        assert calls == [("_flaky", 1)]  # only what had not finished
+        res = json.loads((out / "results.json").read_text())
+        assert [e["seed"] for e in res["methods"]["_steady"]["seeds"]] == [0, 1]
+        z = np.load(out / "scores.npz", allow_pickle=False)
+        assert len(z["_steady/seed1"]) == res["split"]["test_sessions"] and "_flaky/seed0/pool" in z.files
+        calls.clear()
+        assert main(args) == 0 and len(calls) == 4  # without --resume everything runs again
+        resumed = res["methods"]["_steady"]["seeds"]
+        fresh = json.loads((out / "results.json").read_text())["methods"]["_steady"]["seeds"]
+        assert [e["f1"] for e in resumed] == [e["f1"] for e in fresh]
+        calls.clear()
+        assert main([*args, "--resume", "--pool-fraction", "0.5"]) == 0 and len(calls) == 4  # other settings
+    finally:
+        METHODS.pop("_steady", None)
+        METHODS.pop("_flaky", None)
+
+
 def test_model_selection_uses_only_the_source_systems_as_pseudo_targets():
     from eval.select import select
 

@@ -38,6 +38,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder (default: $FUSIONLOG_DATA, ./data, ../shared/data)")
     p.add_argument("--cache-dir", help="prepared-data folder (default: $FUSIONLOG_CACHE/prepared)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the (method, seed) results an interrupted run with the same settings saved in "
+                        "OUT/checkpoints; run only the rest")
     p.add_argument("--prepared-dir", help="read already-prepared folders from here, never re-prepare "
                    "(machines without the raw data or the embedding model)")
     p.add_argument("--llm", default="qwen2.5-coder-0.5b", help="LLM of the llm-only and fusionlog methods")
@@ -107,6 +110,7 @@ def parse_model_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from eval.checkpoints import Checkpoints
     from eval.methods import METHODS
     from eval.protocol import EvalConfig, prepared_dir_loader, run_eval
     from eval.report import summary_markdown, write_run
@@ -147,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
                  "llm_budget": args.llm_budget, "rounds": args.rounds, "llm_probe": args.llm_probe,
                  "llm_probe_templates": args.llm_probe_templates, "teacher": args.teacher},
         )
-        result = run_eval(cfg, args.data_dir, Path(args.cache_dir) if args.cache_dir else None,
-                          progress=not args.quiet, loader=loader, anchor_vectors=anchors)
         folder = out / target if len(args.target) > 1 else out
+        result = run_eval(cfg, args.data_dir, Path(args.cache_dir) if args.cache_dir else None,
+                          progress=not args.quiet, loader=loader, anchor_vectors=anchors,
+                          checkpoints=Checkpoints.for_run(folder, cfg), resume=args.resume)
         write_run(result, folder, plots=not args.no_plots)
         all_results.append(result.results)
         _print_summary(result.results)
