@@ -286,7 +286,7 @@ class ArtifactScorer:
         for eid, a in zip(capped.tolist(), w.tolist(), strict=True):
             weight[eid] = weight.get(eid, 0.0) + float(a)
         top = sorted(weight.items(), key=lambda kv: -kv[1])[:TOP_TEMPLATES]
-        top_templates = [{"template": self.template(e), "attention": round(a, 4)} for e, a in top]
+        top_templates = [{"template": self.template(e), "attention": round(a, 4), "event_id": e} for e, a in top]
         nearest = None
         if top and 0 <= top[0][0] < len(self.nearest) and self.nearest[top[0][0]]:
             nearest = self.nearest[top[0][0]].get("text")

@@ -87,6 +87,13 @@ class FinishedSession:
     part: int = 0  # > 0 for the continuation of a key that hit max_events_per_session
     first_line: int = 0
     last_line: int = 0
+    # with `examples`: event id -> (line number, raw line) of its first line in the session
+    examples: dict[int, tuple[int, str]] | None = None
+
+
+#: Example lines kept per open session at most (one per distinct template), and their length.
+MAX_EXAMPLES = 64
+MAX_EXAMPLE_CHARS = 500
 
 
 @dataclass
@@ -262,6 +269,15 @@ class _Open:
     end: float | None = None
     last_wall: float = 0.0
     last_line: int = 0
+    examples: dict[int, tuple[int, str]] | None = None
+
+    def note(self, eid: int, line_no: int, text: str) -> None:
+        """Keep the first raw line of each template (bounded), so a verdict can show the line itself."""
+        ex = self.examples
+        if ex is None:
+            ex = self.examples = {}
+        if eid not in ex and len(ex) < MAX_EXAMPLES:
+            ex[eid] = (line_no, text[:MAX_EXAMPLE_CHARS])
 
     def add(self, eid: int, ts: float | None, line_no: int) -> None:
         self.event_ids.append(eid)
@@ -291,10 +307,13 @@ class StreamSessionizer:
         parser: HeaderParser | None = None,
         line_filter: str = "",
         strip: str = "",
+        examples: bool = False,
     ) -> None:
         """`timestamps=False` skips time parsing where nothing needs it (no time rule, no log-time idle
         closing, no start/end wanted); `parser` lets many short-lived sessionizers share one parser;
-        `line_filter`, `strip`: the system's, as `HeaderParser` reads them."""
+        `line_filter`, `strip`: the system's, as `HeaderParser` reads them; `examples`: keep each session's
+        first raw line per template (`FinishedSession.examples`)."""
+        self._examples = examples
         self.event_id = event_id
         self.rule = rule
         self.log_format = log_format
@@ -355,7 +374,7 @@ class StreamSessionizer:
             if ts is not None and (self._log_now is None or ts > self._log_now):
                 self._log_now = ts
             for key in keys:
-                self._add_keyed(key, eid, ts, done)
+                self._add_keyed(key, eid, ts, done, text if self._examples else None)
             if ts is not None and self.limits.idle_seconds is not None:
                 self._close_idle_log(done)
             self.stats.events += 1
@@ -383,6 +402,8 @@ class StreamSessionizer:
                 cur = self._cur = self._new(f"time:{bucket}")
                 self.stats.max_open = 1
         cur.add(eid, ts, self._line_no)
+        if self._examples:
+            cur.note(eid, self._line_no, text)
         if self._wall:
             cur.last_wall = self.clock()
         if len(cur.event_ids) >= self._max_events:
@@ -436,7 +457,8 @@ class StreamSessionizer:
     def _new(self, key: str) -> _Open:
         return _Open(key, self._parts.get(key, 0), self._line_no)
 
-    def _add_keyed(self, key: str, eid: int, ts: float | None, done: list[FinishedSession]) -> None:
+    def _add_keyed(self, key: str, eid: int, ts: float | None, done: list[FinishedSession],
+                   text: str | None = None) -> None:
         sess = self._open.get(key)
         if sess is None:
             if len(self._open) >= self.limits.max_open_sessions:
@@ -447,6 +469,8 @@ class StreamSessionizer:
         else:
             self._open.move_to_end(key)
         sess.add(eid, ts, self._line_no)
+        if text is not None:
+            sess.note(eid, self._line_no, text)
         if self._wall:
             sess.last_wall = self.clock()
         if len(sess.event_ids) >= self._max_events:
@@ -475,7 +499,8 @@ class StreamSessionizer:
             # part numbers of long-gone keys: forget them rather than grow without bound
             self._parts = {k: v for k, v in self._parts.items() if k in self._open}
         return FinishedSession(
-            sess.key, sess.event_ids, sess.start, sess.end, reason, sess.part, sess.first_line, sess.last_line
+            sess.key, sess.event_ids, sess.start, sess.end, reason, sess.part, sess.first_line, sess.last_line,
+            sess.examples,
         )
 
 
@@ -728,6 +753,14 @@ def scorer_sessionizer(scorer, limits: StreamLimits | None = None, **kw) -> Stre
     return StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits, **_reading(scorer), **kw)
 
 
+def _attach_examples(verdict: dict, examples: dict[int, tuple[int, str]]) -> None:
+    """Each top template gets the session's first raw line of it: what an SRE greps for next."""
+    for t in verdict.get("top_templates", ()):
+        hit = examples.get(t.get("event_id"))
+        if hit is not None:
+            t["example"] = {"line": hit[0], "text": hit[1]}
+
+
 def detect_stream(
     scorer,
     lines: Iterable[str | None],
@@ -760,6 +793,8 @@ def detect_stream(
                 closed_by=sess.closed_by, part=sess.part, start=sess.start, end=sess.end,
                 first_line=sess.first_line, last_line=sess.last_line,
             )
+            if sess.examples:
+                _attach_examples(out, sess.examples)
             yield out
 
     feed = sz.feed

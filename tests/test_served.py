@@ -154,6 +154,27 @@ def test_served_check_reads_spark_back_as_training_parsed_it(tmp_path, data_dir,
     assert r["max_score_diff"] < 1e-4
 
 
+def test_verdicts_can_carry_the_raw_line_behind_each_top_template(bgl_artifact, data_dir):
+    """`detect --examples`: each top template comes with the session's first raw line of it, which reads
+    back to the same template and lies inside the session's line range."""
+    from fusionlog.stream import StreamLimits, detect_stream, file_lines, scorer_parser, scorer_sessionizer
+
+    scorer = load_scorer(bgl_artifact)
+    log = data_dir / "loghub2k/BGL/BGL_2k.log"
+    limits = StreamLimits(idle_seconds=None)
+    plain = list(detect_stream(scorer, file_lines(log), limits))
+    shown = list(detect_stream(scorer, file_lines(log), limits,
+                               sessionizer=scorer_sessionizer(scorer, limits, examples=True)))
+    assert [v["score"] for v in shown] == [v["score"] for v in plain]
+    assert not any("example" in t for v in plain for t in v["top_templates"])
+    parser = scorer_parser(scorer)
+    for v in shown:
+        for t in v["top_templates"]:
+            ex = t["example"]
+            assert v["first_line"] <= ex["line"] <= v["last_line"]
+            assert scorer.event_id(parser.parse(ex["text"])[0]) == t["event_id"]
+
+
 def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):
     code = (
         "import sys\n"

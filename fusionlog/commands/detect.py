@@ -16,6 +16,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-end", action="store_true", help="with --follow: start at the end of the file")
     p.add_argument("--output", "-o", help="write verdicts here instead of stdout")
     p.add_argument("--anomalies-only", action="store_true", help="write only sessions judged anomalous")
+    p.add_argument("--examples", action="store_true",
+                   help="give each top template of a verdict the session's first raw line of it (line number "
+                        "and text); keeps up to 64 lines per open session")
     g = p.add_argument_group("memory bounds and timeouts")
     g.add_argument("--max-open-sessions", type=int, default=10_000,
                    help="open sessions kept at most; the least recently updated is scored early (default 10000)")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             saved[sig] = signal.signal(sig, _stop)
-    sessionizer = scorer_sessionizer(scorer, limits)
+    sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
