@@ -35,7 +35,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.stream import StreamLimits, scorer_parser, scorer_sessionizer
+from fusionlog.stream import (
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
+    StreamLimits,
+    attach_examples,
+    scorer_parser,
+    scorer_sessionizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ class DetectRequest(BaseModel):
 
     lines: list[str] | None = Field(None, description="raw log lines; every session is flushed at the end")
     sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
+    examples: bool = Field(False, description="give each top template the session's first raw line of it")
 
     @model_validator(mode="after")
     def _one_of(self) -> DetectRequest:
@@ -85,9 +93,16 @@ class DetectRequest(BaseModel):
         return self
 
 
+class ExampleLine(BaseModel):
+    line: int = Field(description="1-based place of the line in the request's lines (or the session's own)")
+    text: str
+
+
 class TemplateWeight(BaseModel):
     template: str
     attention: float
+    event_id: int | None = Field(None, description="the template's id in the model's table")
+    example: ExampleLine | None = Field(None, description="with examples=true: the session's first line of it")
 
 
 class VerdictOut(BaseModel):
@@ -292,15 +307,18 @@ class DetectService:
             return None
         try:
             if req.lines is not None:
-                keys, sessions, stats = self._from_lines(req.lines)
+                keys, sessions, stats, examples = self._from_lines(req.lines, req.examples)
             else:
-                keys, sessions, stats = self._from_sessions(req.sessions or [])
+                keys, sessions, stats, examples = self._from_sessions(req.sessions or [], req.examples)
             cache_before = _cache_counts(self.scorer)
             verdicts = self.scorer.verdicts(keys, sessions) if sessions else []
             cache_after = _cache_counts(self.scorer)
         finally:
             self.lock.release()
         out = [v.to_dict() for v in verdicts]
+        for verdict, ex in zip(out, examples, strict=True):
+            if ex:
+                attach_examples(verdict, ex)
         anomalous = sum(1 for v in out if v["anomalous"])
         stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
         m = self.metrics
@@ -346,9 +364,10 @@ class DetectService:
         except RecursionError:
             raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
 
-    def _from_lines(self, lines: list[str]) -> tuple[list[str], list[list[int]], dict]:
+    def _from_lines(self, lines: list[str], examples: bool = False) -> tuple[list[str], list[list[int]], dict, list]:
         # Verdicts carry no times, so only a time rule needs them parsed; one parser for all requests.
-        sz = scorer_sessionizer(self.scorer, self.stream_limits, timestamps=False, parser=self.parser)
+        sz = scorer_sessionizer(self.scorer, self.stream_limits, timestamps=False, parser=self.parser,
+                                examples=examples)
         finished = []
         for line in lines:
             finished += sz.feed(_one_line(line))
@@ -356,16 +375,19 @@ class DetectService:
         st = sz.stats.to_dict()
         names = ("lines", "events", "empty", "continuation", "unmatched_format", "no_session_key", "evicted", "split")
         stats = {k: st[k] for k in names}
-        return [s.key for s in finished], [s.event_ids for s in finished], stats
+        return [s.key for s in finished], [s.event_ids for s in finished], stats, [s.examples for s in finished]
 
-    def _from_sessions(self, items: list[SessionIn]) -> tuple[list[str], list[list[int]], dict]:
+    def _from_sessions(self, items: list[SessionIn], examples: bool = False) -> tuple[list[str], list[list[int]],
+                                                                                      dict, list]:
         keys: list[str] = []
         sessions: list[list[int]] = []
+        shown: list[dict[int, tuple[int, str]] | None] = []
         stats = {"lines": 0, "events": 0, "empty": 0, "continuation": 0, "unmatched_format": 0, "empty_sessions": 0}
         for i, item in enumerate(items):
             ids: list[int] = []
+            first: dict[int, tuple[int, str]] | None = {} if examples and item.lines is not None else None
             if item.lines is not None:
-                for line in item.lines:
+                for n, line in enumerate(item.lines, 1):
                     stats["lines"] += 1
                     one = _one_line(line)
                     text = one.strip()
@@ -380,6 +402,8 @@ class DetectService:
                         stats["unmatched_format"] += 1
                         continue
                     ids.append(self.scorer.event_id(parsed[0]))
+                    if first is not None and ids[-1] not in first and len(first) < MAX_EXAMPLES:
+                        first[ids[-1]] = (n, text[:MAX_EXAMPLE_CHARS])
             else:
                 for j, t in enumerate(item.templates or []):
                     if isinstance(t, int):
@@ -392,7 +416,8 @@ class DetectService:
             stats["events"] += len(ids)
             keys.append(item.key)
             sessions.append(ids)
-        return keys, sessions, stats
+            shown.append(first)
+        return keys, sessions, stats, shown
 
     def _check_id(self, eid: int, where: str) -> int:
         try:

@@ -753,7 +753,7 @@ def scorer_sessionizer(scorer, limits: StreamLimits | None = None, **kw) -> Stre
     return StreamSessionizer(scorer.event_id, scorer.rule, scorer.log_format, limits, **_reading(scorer), **kw)
 
 
-def _attach_examples(verdict: dict, examples: dict[int, tuple[int, str]]) -> None:
+def attach_examples(verdict: dict, examples: dict[int, tuple[int, str]]) -> None:
     """Each top template gets the session's first raw line of it: what an SRE greps for next."""
     for t in verdict.get("top_templates", ()):
         hit = examples.get(t.get("event_id"))
@@ -794,7 +794,7 @@ def detect_stream(
                 first_line=sess.first_line, last_line=sess.last_line,
             )
             if sess.examples:
-                _attach_examples(out, sess.examples)
+                attach_examples(out, sess.examples)
             yield out
 
     feed = sz.feed

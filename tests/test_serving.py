@@ -84,7 +84,7 @@ class LinearTestScorer:
             out.append(SessionVerdict(
                 key=key, score=float(score), anomalous=bool(score > self.threshold), events=len(ids),
                 top_templates=[{"template": self.template(ids[i]) if ids[i] >= 0 else "<unknown>",
-                                "attention": round(float(att[i]), 6)} for i in top],
+                                "attention": round(float(att[i]), 6), "event_id": ids[i]} for i in top],
                 nearest_source_template=None,
                 reason="test scorer (linear layer on template vectors)",
                 new_templates=len({i for i in ids if i >= self.matcher.n_known}),
@@ -133,7 +133,7 @@ def test_healthz_and_openapi(client):
     assert r.json()["rule"]["kind"] == "key" and r.json()["auth"] is False
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == {"lines", "sessions"}
+    assert set(body["properties"]) == {"lines", "sessions", "examples"}
     assert "SessionIn" in spec["components"]["schemas"] and "DetectResponse" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
 
@@ -177,6 +177,23 @@ def test_ready_sessions_by_lines_template_texts_and_ids(client, hdfs):
     assert v["by-id"]["events"] == len(sess.event_ids)
     st = r.json()["stats"]
     assert st["empty_sessions"] == 1 and st["unmatched_format"] == 1 and st["empty"] == 1
+
+
+def test_verdicts_can_carry_the_raw_line_behind_each_top_template(client, hdfs):
+    """`"examples": true`: each top template gets the session's first raw line of it, numbered by its place in
+    the request's `lines` (or in the session's own `lines`)."""
+    ds, lines = hdfs
+    body = client.post("/v1/detect", json={"lines": lines[:300], "examples": True}).json()
+    plain = client.post("/v1/detect", json={"lines": lines[:300]}).json()
+    assert [v["score"] for v in body["verdicts"]] == [v["score"] for v in plain["verdicts"]]
+    assert not any("example" in t for v in plain["verdicts"] for t in v["top_templates"])
+    shown = [t for v in body["verdicts"] for t in v["top_templates"]]
+    assert shown and all(t["example"]["text"] == lines[t["example"]["line"] - 1].strip() for t in shown)
+    sess = ds.sessions[0]
+    block = [ln for ln in lines if sess.key + " " in ln + " "]
+    r = client.post("/v1/detect", json={"sessions": [{"key": "b", "lines": block}], "examples": True}).json()
+    for t in r["verdicts"][0]["top_templates"]:
+        assert t["example"]["text"] == block[t["example"]["line"] - 1].strip()
 
 
 def test_unseen_lines_become_new_templates(client):
