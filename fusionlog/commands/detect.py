@@ -152,13 +152,17 @@ class FitWatch:
         self.warned = False
 
     def lines(self, lines):
+        """`lines` unchanged; one check once FIT_CHECK_LINES of them are in, then out of the way."""
+        it = iter(lines)
         n = 0
-        for line in lines:
+        for line in it:
             yield line
-            if line is not None and not self.warned:
+            if line is not None:
                 n += 1
-                if n >= FIT_CHECK_LINES:
+                if n == FIT_CHECK_LINES:
                     self._check()
+                    break
+        yield from it
 
     def final(self) -> None:
         if not self.warned:
