@@ -35,14 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.stream import (
-    MAX_EXAMPLE_CHARS,
-    MAX_EXAMPLES,
-    StreamLimits,
-    attach_examples,
-    scorer_parser,
-    scorer_sessionizer,
-)
+from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
 logger = logging.getLogger(__name__)
 
@@ -402,8 +395,8 @@ class DetectService:
                         stats["unmatched_format"] += 1
                         continue
                     ids.append(self.scorer.event_id(parsed[0]))
-                    if first is not None and ids[-1] not in first and len(first) < MAX_EXAMPLES:
-                        first[ids[-1]] = (n, text[:MAX_EXAMPLE_CHARS])
+                    if first is not None:
+                        note_example(first, ids[-1], n, text)
             else:
                 for j, t in enumerate(item.templates or []):
                     if isinstance(t, int):

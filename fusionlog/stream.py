@@ -96,6 +96,12 @@ MAX_EXAMPLES = 64
 MAX_EXAMPLE_CHARS = 500
 
 
+def note_example(examples: dict[int, tuple[int, str]], eid: int, line_no: int, text: str) -> None:
+    """Keep the first raw line of each template (bounded), so a verdict can show the line itself."""
+    if eid not in examples and len(examples) < MAX_EXAMPLES:
+        examples[eid] = (line_no, text[:MAX_EXAMPLE_CHARS])
+
+
 @dataclass
 class StreamStats:
     """Counts of the stream so far; every line is accounted for and every closed session counted."""
@@ -272,12 +278,9 @@ class _Open:
     examples: dict[int, tuple[int, str]] | None = None
 
     def note(self, eid: int, line_no: int, text: str) -> None:
-        """Keep the first raw line of each template (bounded), so a verdict can show the line itself."""
-        ex = self.examples
-        if ex is None:
-            ex = self.examples = {}
-        if eid not in ex and len(ex) < MAX_EXAMPLES:
-            ex[eid] = (line_no, text[:MAX_EXAMPLE_CHARS])
+        if self.examples is None:
+            self.examples = {}
+        note_example(self.examples, eid, line_no, text)
 
     def add(self, eid: int, ts: float | None, line_no: int) -> None:
         self.event_ids.append(eid)
