@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -91,7 +92,8 @@ class FuseConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out or f"runs/{Path(self.target).name.split('.')[0]}")
+        stem = re.sub(r"[^\w.-]", "_", Path(self.target).name.split(".")[0]) or "target"  # a glob's * too
+        return Path(self.out or f"runs/{stem}")
 
 
 def resolve_backend(llm: str, backend: str) -> str:

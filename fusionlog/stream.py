@@ -708,7 +708,7 @@ def file_lines(
     from fusionlog.data.readers import open_binary
 
     stats = stats if stats is not None else ReadStats()
-    with open_binary(Path(path)) as fh:
+    with open_binary(Path(path), stats) as fh:
         for chunk in _chunks(fh, max_line_bytes, stats):  # type: ignore[arg-type]
             # Fast path: a clean block decodes in one call; any oddity falls back to line by line.
             try:
@@ -723,6 +723,20 @@ def file_lines(
                 continue
             for raw in chunk:
                 yield decode_line(raw, stats)
+
+
+def files_lines(files: Sequence[Path], stats: ReadStats, logger: logging.Logger | None = None) -> Iterator[str]:
+    """The lines of several finished files as one stream, in the order given (`expand_log_source`'s:
+    oldest first), so a session that a rotation cut in two is scored whole. Empty files are counted."""
+    for path in files:
+        if logger is not None and len(files) > 1:
+            logger.info("reading %s", path)
+        before = stats.lines
+        for line in file_lines(path, stats):
+            stats.lines += 1
+            yield line
+        if stats.lines == before:
+            stats.empty_files += 1
 
 
 # -- the scorer ---------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class ReadStats:
     continuation: int = 0
     no_session_key: int = 0
     unknown_events: int = 0
+    empty_files: int = 0  # one file of several with no line (a log just rotated)
+    truncated_files: int = 0  # gzip files that end early or are damaged: read up to the damage
 
     @property
     def skipped(self) -> int:
@@ -71,6 +73,8 @@ class ReadStats:
             "continuation": self.continuation,
             "no_session_key": self.no_session_key,
             "unknown_events": self.unknown_events,
+            "empty_files": self.empty_files,
+            "truncated_files": self.truncated_files,
             "skipped": self.skipped,
         }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
 from fusionlog.data.formats import compile_format
+from fusionlog.data.logfiles import expand_log_source
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.readers import iter_lines
 from fusionlog.errors import ConfigError, DataError
@@ -44,7 +47,9 @@ def test_dataset_counts_match_readmes(name, sessions, anomalous, templates, data
     proc = run_cli("data", "stats", name, "--json", "-q", "--data-dir", str(data_dir))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"system", "lines", "sessions", "anomalous_sessions", "templates", "skipped_lines"}
+    assert set(out) == {"system", "lines", "sessions", "anomalous_sessions", "templates", "skipped_lines", "files",
+                        "empty_files", "truncated_files"}
+    assert out["empty_files"] == out["truncated_files"] == 0
     assert out["sessions"] == sessions
     assert out["anomalous_sessions"] == anomalous
     if templates is not None:
@@ -119,6 +124,68 @@ def test_gzip_lines(tmp_path):
     with gzip.open(p, "wb") as fh:
         fh.write(b"one\ntwo\n")
     assert [t for _, t in iter_lines(p)] == ["one", "two"]
+
+
+ZK_FORMAT = r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>"
+
+
+def _rotated_zookeeper(data_dir: Path, folder: Path) -> Path:
+    """Zookeeper_2k as logrotate leaves it: oldest part gzipped, a plain `.1`, the live file, an empty `.3`."""
+    lines = (data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log").read_bytes().splitlines(keepends=True)
+    folder.mkdir()
+    with gzip.open(folder / "zk.log.2.gz", "wb") as fh:
+        fh.write(b"".join(lines[:700]))
+    (folder / "zk.log.1").write_bytes(b"".join(lines[700:1400]))
+    (folder / "zk.log").write_bytes(b"".join(lines[1400:]))
+    (folder / "zk.log.3").write_bytes(b"")
+    (folder / ".zk.log.swp").write_bytes(b"\x00junk")  # hidden: never read
+    return folder
+
+
+def test_a_directory_or_glob_of_rotated_logs_reads_as_the_whole_log(tmp_path, data_dir):
+    folder = _rotated_zookeeper(data_dir, tmp_path / "zk")
+    assert [p.name for p in expand_log_source(str(folder))] == ["zk.log.3", "zk.log.2.gz", "zk.log.1", "zk.log"]
+    assert expand_log_source(str(folder / "zk.log*")) == expand_log_source(str(folder))
+    rule = SessionRule("lines", window=20)
+    whole = RawSpec("zookeeper", (RawFile(str(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log")),), ZK_FORMAT, rule)
+    parts = RawSpec("zookeeper", tuple(RawFile(str(p)) for p in expand_log_source(str(folder))), ZK_FORMAT, rule)
+    a = load_dataset("whole", spec=whole, progress=False)
+    b = load_dataset("parts", spec=parts, progress=False)
+    assert [[a.templates[e] for e in s.event_ids] for s in a.sessions] == \
+        [[b.templates[e] for e in s.event_ids] for s in b.sessions]
+    assert [s.start for s in a.sessions] == [s.start for s in b.sessions]
+    assert b.stats.lines == 2000 and b.stats.empty_files == 1
+    proc = run_cli("data", "stats", str(folder), "--log-format", ZK_FORMAT, "--json")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert (stats["system"], stats["lines"], stats["sessions"]) == ("zk", 2000, 100)
+    assert (stats["files"], stats["empty_files"], stats["truncated_files"]) == (4, 1, 0)
+    none = run_cli("data", "stats", str(folder / "nothing*.log"), "--log-format", ZK_FORMAT)
+    assert none.returncode == 2 and "matches no log file" in none.stderr
+
+
+def test_a_cut_or_misnamed_gzip_is_read_not_a_crash(tmp_path):
+    body = b"".join(b"line %d of the log\n" % i for i in range(20_000))
+    whole = tmp_path / "whole.gz"
+    whole.write_bytes(gzip.compress(body))
+    cut = tmp_path / "cut.log.gz"  # a rotation compressed while it was copied
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    stats = ReadStats()
+    lines = [t for _, t in iter_lines(cut, stats)]
+    assert 0 < len(lines) < 20_000 and stats.truncated_files == 1
+    assert lines[:-1] == [f"line {i} of the log" for i in range(len(lines) - 1)]  # the last may be cut mid-line
+    plain = tmp_path / "plain.log.gz"  # gunzipped without renaming
+    plain.write_bytes(body[:100])
+    assert [t for _, t in iter_lines(plain)][0] == "line 0 of the log"
+    rotated = tmp_path / "app.log.2"  # compressed by rotation, no .gz
+    rotated.write_bytes(gzip.compress(body[:100]))
+    assert [t for _, t in iter_lines(rotated)][0] == "line 0 of the log"
+    pipe = tmp_path / "pipe"  # `detect <(cat app.log.2.gz)`: a pipe opens once, so telling gzip must not consume
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=(whole.read_bytes(),))
+    writer.start()
+    assert len(list(iter_lines(pipe))) == 20_000
+    writer.join()
 
 
 def test_a_format_that_matches_nothing_shows_the_first_line_and_why(tmp_path):

@@ -4,6 +4,7 @@ the fast scoring path (one torch thread, length-sorted batches, score cache) equ
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import subprocess
 import sys
@@ -50,6 +51,34 @@ def test_detect_cli_matches_in_process_detector(bgl_artifact, data_dir):
     v = verdicts[0]
     assert v["top_templates"] and v["reason"].startswith("score ")
     assert isinstance(v["anomalous"], bool)
+
+
+def test_detect_reads_a_directory_of_rotated_logs_as_one_stream(bgl_artifact, data_dir, tmp_path):
+    """Windows that a rotation cut in two (at lines 700 and 1400) are scored whole, as in the single file."""
+    log = data_dir / "loghub2k/BGL/BGL_2k.log"
+    lines = log.read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "bgl"
+    folder.mkdir()
+    with gzip.open(folder / "bgl.log.2.gz", "wb") as fh:
+        fh.write(b"".join(lines[:700]))
+    (folder / "bgl.log.1").write_bytes(b"".join(lines[700:1400]))
+    (folder / "bgl.log").write_bytes(b"".join(lines[1400:]))
+
+    def detect(*source: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fusionlog.cli", "-v", "detect", "--model", str(bgl_artifact),
+                               *source], capture_output=True, text=True, timeout=300)
+
+    whole, parts = detect(str(log)), detect(str(folder))
+    assert whole.returncode == 0 and parts.returncode == 0, parts.stderr
+    a = [json.loads(v) for v in whole.stdout.splitlines()]
+    b = [json.loads(v) for v in parts.stdout.splitlines()]
+    assert len(b) == 100 and [v["key"] for v in b] == [v["key"] for v in a]
+    np.testing.assert_allclose([v["score"] for v in b], [v["score"] for v in a], atol=1e-6)
+    assert "detect: 3 files, 2000 lines, 100 sessions" in parts.stderr
+    listed = detect(str(folder / "bgl.log.2.gz"), str(folder / "bgl.log.1"), str(folder / "bgl.log"))
+    assert [json.loads(v)["score"] for v in listed.stdout.splitlines()] == [v["score"] for v in b]
+    follow = detect("--follow", str(folder))
+    assert follow.returncode == 2 and "--follow needs one FILE" in follow.stderr and "Traceback" not in follow.stderr
 
 
 def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_dir, tmp_path):

@@ -262,6 +262,15 @@ def test_detect_summary_says_why_lines_were_skipped():
     assert _why_skipped(ReadStats(lines=5).to_dict()) == ""
 
 
+def test_detect_summary_names_empty_and_damaged_files():
+    from fusionlog.commands.detect import _files_read
+
+    assert _files_read(dict(ReadStats().to_dict(), files=1)) == ""
+    assert _files_read(dict(ReadStats().to_dict(), files=3)) == "3 files, "
+    st = dict(ReadStats(empty_files=1, truncated_files=1).to_dict(), files=4)
+    assert _files_read(st) == "4 files (1 empty, 1 damaged gzip read up to the damage), "
+
+
 def test_detect_warns_once_when_the_lines_give_the_detector_nothing(caplog):
     """A log of another system reads without error (every line skipped) and no verdict ever comes: say so,
     once, early in a live stream, naming what the artifact expects."""

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from fusionlog.config import MaskRule, SessionRule
+from fusionlog.data.logfiles import expand_log_source, is_multi_source, source_system_name
 from fusionlog.data.raw import RawFile, RawSpec
 from fusionlog.data.registry import _REGISTRY
 from fusionlog.errors import ConfigError
@@ -58,12 +59,13 @@ def rule_from_args(args: argparse.Namespace) -> SessionRule | None:
 
 
 def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
-    """A RawSpec for a user's raw log file, or None for named datasets and JSONL files."""
+    """A RawSpec for a user's raw logs (a file, a directory of files or a glob), or None for named datasets
+    and JSONL files."""
     masks = masks_from_args(args)
     if args.system_config:
         spec = RawSpec.from_json_file(Path(args.system_config))
-        if Path(source).is_file():  # the file on the command line wins over the config's list
-            spec = dataclasses.replace(spec, files=(RawFile(source),))
+        if Path(source).is_file() or is_multi_source(source):  # the command line wins over the config's list
+            spec = dataclasses.replace(spec, files=tuple(RawFile(str(f)) for f in expand_log_source(source)))
         return dataclasses.replace(spec, masks=spec.masks + masks) if masks else spec
     if source.lower() in _REGISTRY or source.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
         if masks:
@@ -75,9 +77,10 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
             f"(e.g. '<Date> <Time> <Level> <Component>: <Content>') or --system-config"
         )
     rule = rule_from_args(args) or SessionRule("lines", window=20)
+    files = expand_log_source(source)
     return RawSpec(
-        system=args.system or Path(source).name.split(".")[0].lower(),
-        files=(RawFile(source),),
+        system=args.system or source_system_name(source, files),
+        files=tuple(RawFile(str(f)) for f in files),
         log_format=args.log_format,
         rule=rule,
         label_mode="key_file" if args.label_file else "none",

@@ -41,10 +41,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from fusionlog.data.registry import load_dataset
 
-    ds = load_dataset(
-        args.source, args.data_dir, rule=rule_from_args(args), spec=spec_from_args(args.source, args),
-        progress=not args.quiet,
-    )
+    spec = spec_from_args(args.source, args)
+    ds = load_dataset(args.source, args.data_dir, rule=rule_from_args(args), spec=spec, progress=not args.quiet)
     stats = ds.stats
     out = {
         "system": ds.system,
@@ -53,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         "anomalous_sessions": ds.anomalous if any(s.label is not None for s in ds.sessions) else None,
         "templates": len(ds.templates),
         "skipped_lines": stats.skipped,
+        "files": len(spec.files) if spec is not None else None,  # a user's raw logs: how many files were read
+        "empty_files": stats.empty_files,
+        "truncated_files": stats.truncated_files,
     }
     if args.json:
         print(json.dumps(out))

@@ -10,7 +10,9 @@ HELP = "score raw log lines (file, stdin, or a growing file) with a trained dete
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="detector artifact folder (written by `fusionlog fuse`)")
-    p.add_argument("source", nargs="?", default="-", help="raw log file, or - for stdin (default)")
+    p.add_argument("source", nargs="*", default=["-"],
+                   help="raw log file(s), a directory of them or a quoted glob ('logs/app.log*'), read as one "
+                        "stream oldest first (app.log.2.gz, app.log.1, app.log); - for stdin (default)")
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep reading a growing file like `tail -F` (survives truncation and rotation)")
     p.add_argument("--from-end", action="store_true", help="with --follow: start at the end of the file")
@@ -42,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from fusionlog.errors import ConfigError
+    from fusionlog.data.logfiles import expand_log_source, is_multi_source
+    from fusionlog.errors import ConfigError, DataError
     from fusionlog.stream import (
         StreamLimits,
         detect_stream,
-        file_lines,
+        files_lines,
         follow,
         load_scorer,
         read_stream,
@@ -55,9 +58,17 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.types import ReadStats
 
     logger = logging.getLogger("fusionlog.detect")
-    live = args.follow or args.source == "-"
-    if args.follow and args.source == "-":
-        raise ConfigError("--follow needs a FILE (stdin is followed anyway)")
+    sources = list(args.source) or ["-"]
+    stdin = sources == ["-"]
+    if "-" in sources and not stdin:
+        raise ConfigError("read either stdin (-) or files, not both")
+    if args.follow and (stdin or len(sources) > 1 or is_multi_source(sources[0])):
+        raise ConfigError("--follow needs one FILE (stdin is followed anyway; a directory or glob is read once)")
+    files = [] if stdin else [f for s in sources for f in expand_log_source(s)]
+    missing = [str(f) for f in files if not f.exists()]  # exists, not is_file: a pipe or /dev/stdin will do
+    if missing:
+        raise DataError(f"log file(s) not found: {', '.join(missing[:5])}")
+    live = args.follow or stdin
     idle = args.idle_seconds if args.idle_seconds is not None else (3_600.0 if live else None)
     wall = args.wall_idle_seconds if args.wall_idle_seconds is not None else (30.0 if live else None)
     limits = StreamLimits(
@@ -71,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.model)
     read_stats = ReadStats()
     stop = threading.Event()
-    if args.source == "-":
+    if stdin:
         lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
     elif args.follow:
-        lines = follow(args.source, read_stats, stop=stop, poll_interval=args.poll_interval, from_end=args.from_end)
+        lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval, from_end=args.from_end)
     else:
-        lines = file_lines(args.source, read_stats)
+        lines = files_lines(files, read_stats, logger)
     saved: dict = {}
     if live and threading.current_thread() is threading.main_thread():
         # First Ctrl-C / SIGTERM: stop reading; open sessions are still scored and written. Second: abort.
@@ -110,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
             out.close()
     elapsed = time.perf_counter() - t0
     stats = sessionizer.stats.to_dict()
-    stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, anomalous=anomalous,
-                 written=written, seconds=round(elapsed, 3))
+    stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, files=len(files),
+                 empty_files=read_stats.empty_files, truncated_files=read_stats.truncated_files,
+                 anomalous=anomalous, written=written, seconds=round(elapsed, 3))
     watch.final()
     logger.info(
-        "detect: %d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s, %.0f lines/s",
-        stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"], stats["skipped"],
-        _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
+        "detect: %s%d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s, %.0f lines/s",
+        _files_read(stats), stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"],
+        stats["skipped"], _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
     )
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
@@ -129,6 +141,16 @@ def _why_skipped(stats: dict) -> str:
     if stats["continuation"]:
         text += f", {stats['continuation']} continuation lines"
     return text
+
+
+def _files_read(stats: dict) -> str:
+    """'3 files (1 empty, 1 damaged gzip read up to the damage), ': said only when several or damaged files."""
+    notes = [f"{stats['empty_files']} empty"] if stats["empty_files"] else []
+    if stats["truncated_files"]:
+        notes.append(f"{stats['truncated_files']} damaged gzip read up to the damage")
+    if stats["files"] <= 1 and not notes:
+        return ""
+    return f"{stats['files']} files" + (f" ({', '.join(notes)})" if notes else "") + ", "
 
 
 def _skip_reasons(stats: dict, keys=("unmatched_format", "no_session_key", "empty", "continuation")) -> list[str]:

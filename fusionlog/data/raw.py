@@ -121,7 +121,7 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         n_before = stats.lines
         file_stats = ReadStats()
         first = ""
-        for line_no, line in iter_lines(path, file_stats):
+        for line_no, line in iter_lines(path, file_stats, allow_empty=len(spec.files) > 1):
             first = first or line.strip()
             rec = _parse_line(spec, pattern, names, keep, line, line_no, raw_file, file_stats)
             if rec is None:
@@ -168,7 +168,8 @@ def _parse_line(spec, pattern, names, keep, line, line_no, raw_file, stats) -> L
 
 
 def _merge(total: ReadStats, part: ReadStats) -> None:
-    for name in ("lines", "decode_errors", "truncated", "unmatched_format", "empty", "continuation"):
+    for name in ("lines", "decode_errors", "truncated", "unmatched_format", "empty", "continuation", "empty_files",
+                 "truncated_files"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
