@@ -134,6 +134,11 @@ def build_context(
     split = split_sessions(target.dataset, cfg.pool_fraction, cfg.split_seed)
     check_pool_size(len(split.pool), len(target.dataset.sessions), cfg.target)
     test_labels = np.array([s.label for s in split.test], dtype=np.int64)
+    if not test_labels.any():
+        raise ConfigError(
+            f"target {cfg.target!r}: its test part ({len(test_labels)} sessions) holds no anomalous session, so "
+            f"recall, F1 and ROC-AUC cannot be measured; evaluate a target with labelled anomalies (to train a "
+            f"detector for it anyway: fusionlog fuse --target {cfg.target})")
     src = []
     for name in sources:
         p = loader(name)

@@ -285,8 +285,30 @@ def heldout_metrics(det, test) -> dict | None:
     from eval.metrics import binary_metrics
 
     labels = np.array([s.label for s in test], dtype=np.int64)
-    m = binary_metrics(labels, det.decision_function(test), det.threshold_)
-    return {k: round(float(v), 4) for k, v in m.items()}
+    scores = det.decision_function(test)
+    m = binary_metrics(labels, scores, det.threshold_)
+    out = {k: round(float(v), 4) if np.isfinite(v) else None for k, v in m.items()}
+    out["flagged"] = round(float(np.mean(scores > det.threshold_)), 4)
+    return out | one_class_gaps(labels, out)
+
+
+def one_class_gaps(labels: np.ndarray, metrics: dict) -> dict:
+    """Nulls for the figures a one-class test part cannot define (e.g. Thunderbird's 2k lines hold no anomaly).
+
+    Why: 0.000 reads as "missed every anomaly" when there was none to miss; JSON null (never NaN, which
+    strict JSON readers refuse) plus a note says what was measured: with no anomaly, `flagged` is the
+    false-alarm rate.
+    """
+    anomalous = int(labels.sum())
+    if 0 < anomalous < len(labels):
+        return {}
+    gaps: dict = {"roc_auc": None, "pr_auc": None}
+    if anomalous == 0:
+        gaps |= {"recall": None, "f1": None, "precision": 0.0 if metrics.get("flagged") else None,
+                 "note": "no anomalous session in the test part: recall and F1 are undefined; flagged = false alarms"}
+    else:
+        gaps["note"] = "every test session is anomalous: ROC-AUC and PR-AUC are undefined"
+    return gaps
 
 
 def pool_rethreshold(det, pool) -> None:
@@ -627,7 +649,7 @@ def _print_round(rec, progress: bool) -> None:
     test = rec.test or {}
     print(f"round {rec.round}: llm_calls={rec.llm_calls} labelled={rec.llm_labelled_sequences} "
           f"rechecked={rec.rechecked_sequences} changed={rec.labels_changed} "
-          f"test_f1={test.get('f1', '-')} ({rec.seconds}s)", flush=True)
+          f"test_f1={test.get('f1') if test.get('f1') is not None else '-'} ({rec.seconds}s)", flush=True)
 
 
 def report_markdown(report: dict) -> str:
@@ -722,6 +744,7 @@ def _print_summary(report: dict, progress: bool) -> None:
           if (f := report.get("findings")) else []),
         ("rounds", len(report["rounds"]) - 1), ("precision", _f(t.get("precision"))),
         ("recall", _f(t.get("recall"))), ("F1", _f(t.get("f1"))), ("ROC-AUC", _f(t.get("roc_auc"))),
+        *([("test note", f"{t['note']} ({t['flagged']:.1%} of the test part flagged)")] if t.get("note") else []),
         ("wall seconds", report["wall_seconds"]),
     ]
     width = max(len(k) for k, _ in rows)

@@ -349,3 +349,16 @@ def test_teacher_quality_counts_each_labelled_sequence_once():
     assert q == {"sequences": 3, "anomalous": 1, "roc_auc": 1.0, "accuracy": pytest.approx(2 / 3, abs=1e-4),
                  "called_anomalous": pytest.approx(2 / 3, abs=1e-4)}
     assert teacher_quality(np.full(2, nan), np.array([0, 1]), [(1,), (2,)]) == {"sequences": 0}
+
+
+def test_a_target_without_test_anomalies_is_refused_with_the_reason(tmp_path, cache_root, data_dir):
+    """Thunderbird's 2k lines are all normal: a table of F1 0.000 would read as a detector that missed them."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "eval", "-q", "--target", "thunderbird", "--methods", "surprise",
+                           "--seeds", "1", "--no-plots", "--out", str(tmp_path / "ev"), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "holds no anomalous session" in proc.stderr and "fusionlog fuse --target thunderbird" in proc.stderr
+    assert not (tmp_path / "ev" / "results.json").exists()

@@ -292,3 +292,32 @@ def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_pa
     assert all(t["templates"] and t["key"] for t in top)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "What it flags in the target's own logs" in md and top[0]["key"] in md
+
+
+class _Scored:
+    """Just what heldout_metrics reads of a detector: scores and a threshold."""
+
+    def __init__(self, scores):
+        self.scores, self.threshold_ = np.asarray(scores, dtype=np.float64), 0.5
+
+    def decision_function(self, sessions):
+        return self.scores[: len(sessions)]
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+def test_a_one_class_test_part_gives_nulls_and_a_note_not_zeros_or_nan(labels):
+    """Thunderbird's 2k lines hold no anomaly: its report said F1 0.000 ("missed them all") and wrote NaN."""
+    from fusionlog.pipeline import heldout_metrics
+    from fusionlog.types import Session
+
+    test = [Session("x", str(i), [0], label) for i, label in enumerate(labels)]
+    m = heldout_metrics(_Scored([0.1, 0.9, 0.2, 0.8]), test)
+    json.dumps(m, allow_nan=False)  # strict JSON: no NaN anywhere
+    assert m["flagged"] == 0.5
+    if labels == [0, 0, 1, 1]:
+        assert m["f1"] == 0.5 and m["roc_auc"] == 0.5 and "note" not in m
+    elif labels == [0, 0, 0, 0]:
+        assert m["f1"] is None and m["recall"] is None and m["roc_auc"] is None and m["precision"] == 0.0
+        assert "no anomalous session" in m["note"]
+    else:
+        assert m["f1"] == pytest.approx(2 / 3, abs=1e-4) and m["roc_auc"] is None and "every test session" in m["note"]
