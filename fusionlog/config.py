@@ -70,8 +70,11 @@ class ParseConfig:
     sim_th: float = field(default=0.4, metadata={"help": "Drain similarity threshold in [0, 1]"})
     max_children: int = field(default=100, metadata={"help": "max children per tree node"})
     max_clusters: int | None = field(default=None, metadata={"help": "cap on templates (LRU), None = no cap"})
-    mask: bool = field(default=True, metadata={"help": "mask ids, IPs, hex, numbers, paths, UUIDs"})
+    mask: bool = field(default=True, metadata={"help": "mask ids, IPs, MAC addresses, hex, numbers, paths, UUIDs"})
     extra_masks: tuple[MaskRule, ...] = ()
+    # which list of default masks (fusionlog.parsing.MASK_SETS): a saved Drain state keeps the list it was
+    # parsed with, so an artifact reads new lines as it was trained even after the defaults change
+    mask_set: int = 2
 
     def __post_init__(self) -> None:
         if self.depth < 3:
@@ -80,6 +83,8 @@ class ParseConfig:
             raise ConfigError(f"ParseConfig.sim_th={self.sim_th}: must be in [0, 1]")
         if self.max_children < 1:
             raise ConfigError(f"ParseConfig.max_children={self.max_children}: must be >= 1")
+        if self.mask_set not in (1, 2):
+            raise ConfigError(f"ParseConfig.mask_set={self.mask_set}: must be 1 or 2")
         object.__setattr__(
             self,
             "extra_masks",

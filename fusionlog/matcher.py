@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from fusionlog.config import ParseConfig
 from fusionlog.constants import UNKNOWN_EVENT
 from fusionlog.errors import ConfigError
-from fusionlog.parsing import DEFAULT_MASKS, TemplateStore
+from fusionlog.parsing import TemplateStore, default_masks
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class TemplateMatcher:
 def _mask_regexes(parse: ParseConfig) -> dict[str, str]:
     """Mask name → one regex (names used by several masks become an alternation), as Drain3 masks."""
     masks: list[tuple[str, str]] = [(m.pattern, m.name) for m in parse.extra_masks]  # as Drain3 applies them
-    masks += list(DEFAULT_MASKS) if parse.mask else []
+    masks += list(default_masks(parse))
     by_name: dict[str, list[str]] = {}
     for pattern, name in masks:
         by_name.setdefault(name, []).append(pattern)

@@ -26,16 +26,36 @@ from fusionlog.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-#: Masks applied before clustering, most specific first (a UUID contains hex and numbers).
-DEFAULT_MASKS: tuple[tuple[str, str], ...] = (
-    (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "UUID"),
-    (r"blk_-?\d+", "BLK"),
+_UUID = (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "UUID")
+_BLK = (r"blk_-?\d+", "BLK")
+#: hardware addresses: six or more 2-hex-digit groups (MACs; BGL's 12-group chip ids). Unmasked, NUM took
+#: the all-digit groups, leaving `<:NUM:>:<:NUM:>:<:NUM:>:e3:ba:c3`: a template per device
+_MAC = (r"(?<![\w:-])(?:[0-9a-fA-F]{2}[:-]){5,}[0-9a-fA-F]{2}(?![\w-])", "MAC")
+_REST = (
     (r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\w.])", "IP"),
     (r"(?<![\w])0[xX][0-9a-fA-F]+(?![\w])", "HEX"),
     (r"(?<![\w])[0-9a-fA-F]{16,}(?![\w])", "HEX"),
     (r"(?<![\w:])(?:/[\w.\-]+){2,}/?", "PATH"),
     (r"(?<![\w])[-+]?\d+(?:\.\d+)?(?![\w])", "NUM"),
 )
+#: Masks applied before clustering, most specific first (a UUID contains hex and numbers), by
+#: `ParseConfig.mask_set`; set 1 is what artifacts saved before MAC masking were parsed with.
+MASK_SETS: dict[int, tuple[tuple[str, str], ...]] = {
+    1: (_UUID, _BLK, *_REST),
+    2: (_UUID, _BLK, _MAC, *_REST),
+}
+DEFAULT_MASKS = MASK_SETS[2]
+
+
+def default_masks(cfg: ParseConfig) -> tuple[tuple[str, str], ...]:
+    """The default (pattern, name) masks a config parses with: none when masking is off."""
+    return MASK_SETS[cfg.mask_set] if cfg.mask else ()
+
+
+def saved_parse_config(data: dict[str, Any]) -> ParseConfig:
+    """A ParseConfig read back from a saved Drain state; one saved before `mask_set` existed used set 1."""
+    return config_from_dict(ParseConfig, {"mask_set": 1, **data})
+
 
 PARAM = "<*>"
 
@@ -129,7 +149,7 @@ class TemplateStore:
                 raise ArtifactError(
                     f"template store format_version={data.get('format_version')!r}, expected {FORMAT_VERSION}"
                 )
-            store = cls(data["system"], config_from_dict(ParseConfig, data["config"]))
+            store = cls(data["system"], saved_parse_config(data["config"]))
             drain = store.miner.drain
             for c in data["clusters"]:
                 cluster = LogCluster(c["tokens"], int(c["id"]))
@@ -163,7 +183,7 @@ def _miner_config(cfg: ParseConfig) -> TemplateMinerConfig:
     mc.mask_suffix = ":>"
     # a system's own masks first: they are the more specific (a host:port would otherwise lose its port to NUM)
     masks = [(m.pattern, m.name) for m in cfg.extra_masks]
-    masks += list(DEFAULT_MASKS) if cfg.mask else []
+    masks += list(default_masks(cfg))
     mc.masking_instructions = [MaskingInstruction(p, name) for p, name in masks]
     return mc
 

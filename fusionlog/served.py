@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionlog.config import ParseConfig, SessionRule, config_from_dict
+from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.model import encode_sessions, input_key, make_batch
+from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
 from fusionlog.types import Session
 
@@ -136,7 +137,7 @@ def _parse_config(model_dir: Path):
     """
     state = _read_json(model_dir / DRAIN_STATE_NAME, {})
     try:
-        return config_from_dict(ParseConfig, state["config"]) if "config" in state else None
+        return saved_parse_config(state["config"]) if "config" in state else None
     except (TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{model_dir / DRAIN_STATE_NAME}: malformed parse config ({exc})") from exc
 

@@ -86,7 +86,7 @@ def test_drain_templates_with_masks_give_the_drain_ids(data_dir):
     assert m.stats.new_lines == 0
 
 
-@pytest.mark.parametrize("name", ["spark-2k", "openssh-2k"])
+@pytest.mark.parametrize("name", ["spark-2k", "openssh-2k", "thunderbird", "bgl"])
 def test_drain_templates_read_back_as_drain_parsed_every_line(data_dir, name):
     """Spark: `hdfs://<:IP:><:PATH:>` only matches masked as Drain3 masks (in order; PATH's look-behind
     reads the IP's mask text); OpenSSH: `ruser= <:*:>` must not take the lines of `ruser= <:*:> <:*:>`."""

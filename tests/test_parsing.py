@@ -55,3 +55,25 @@ def test_parse_settings_exposed():
     strict = TemplateStore("x", ParseConfig(sim_th=0.9))
     lines = ["user alice logged in from web", "user bob logged out from app"]
     assert len(set(loose.fit(lines))) < len(set(strict.fit(lines)))
+
+
+def test_mac_addresses_are_masked_and_old_drain_states_keep_their_masks(tmp_path, data_dir):
+    """Thunderbird's DHCP lines carry one MAC; NUM took its all-digit groups, leaving a template per device."""
+    tb = [t for _, t in iter_lines(data_dir / "loghub2k/Thunderbird/Thunderbird_2k.log") if "DHCPACK" in t]
+    store = TemplateStore("thunderbird")
+    eid = store.fit_line(tb[0].split(": ", 1)[-1])
+    assert "<:MAC:>" in store.templates[eid] and "e3:ba:c3" not in store.templates[eid]
+    other_device = tb[0].split(": ", 1)[-1].replace("00:11:43:e3:ba:c3", "00:0d:60:9a:1c:f2")
+    assert store.match_line(other_device) == eid
+    times = TemplateStore("t")  # a clock or a 4-group id is no hardware address
+    clock = times.fit_line("retry at 17:41:44 for id 12:34:56:78")
+    assert "<:MAC:>" not in times.templates[clock]
+    # a Drain state saved before MAC masking (no mask_set) reads with the masks it was trained with
+    old = TemplateStore("thunderbird", ParseConfig(mask_set=1))
+    old_eid = old.fit_line(tb[0].split(": ", 1)[-1])
+    assert "e3:ba:c3" in old.templates[old_eid]
+    state = old.to_dict()
+    del state["config"]["mask_set"]
+    (tmp_path / "drain_state.json").write_text(json.dumps(state))
+    back = TemplateStore.load(tmp_path / "drain_state.json")
+    assert back.config.mask_set == 1 and back.match_line(tb[0].split(": ", 1)[-1]) == old_eid
