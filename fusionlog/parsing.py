@@ -31,6 +31,11 @@ _BLK = (r"blk_-?\d+", "BLK")
 #: hardware addresses: six or more 2-hex-digit groups (MACs; BGL's 12-group chip ids). Unmasked, NUM took
 #: the all-digit groups, leaving `<:NUM:>:<:NUM:>:<:NUM:>:e3:ba:c3`: a template per device
 _MAC = (r"(?<![\w:-])(?:[0-9a-fA-F]{2}[:-]){5,}[0-9a-fA-F]{2}(?![\w-])", "MAC")
+#: IPv6, full (8 groups) or compressed (`::`), named IP like IPv4 (the same kind of value in a template);
+#: at least one digit, so a scope such as `Bad::Feed` stays text
+_IP6 = (r"(?<![\w:])(?=[0-9a-fA-F:]*\d)(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}"
+        r"|(?:[0-9a-fA-F]{1,4}:){1,6}(?::[0-9a-fA-F]{1,4}){1,6}|(?:[0-9a-fA-F]{1,4}:){1,7}:"
+        r"|::(?:[0-9a-fA-F]{1,4}:){0,6}[0-9a-fA-F]{1,4})(?![\w:])", "IP")
 _REST = (
     (r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\w.])", "IP"),
     (r"(?<![\w])0[xX][0-9a-fA-F]+(?![\w])", "HEX"),
@@ -39,10 +44,10 @@ _REST = (
     (r"(?<![\w])[-+]?\d+(?:\.\d+)?(?![\w])", "NUM"),
 )
 #: Masks applied before clustering, most specific first (a UUID contains hex and numbers), by
-#: `ParseConfig.mask_set`; set 1 is what artifacts saved before MAC masking were parsed with.
+#: `ParseConfig.mask_set`; set 1 is what artifacts saved before MAC and IPv6 masking were parsed with.
 MASK_SETS: dict[int, tuple[tuple[str, str], ...]] = {
     1: (_UUID, _BLK, *_REST),
-    2: (_UUID, _BLK, _MAC, *_REST),
+    2: (_UUID, _BLK, _MAC, _IP6, *_REST),
 }
 DEFAULT_MASKS = MASK_SETS[2]
 

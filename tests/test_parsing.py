@@ -77,3 +77,12 @@ def test_mac_addresses_are_masked_and_old_drain_states_keep_their_masks(tmp_path
     (tmp_path / "drain_state.json").write_text(json.dumps(state))
     back = TemplateStore.load(tmp_path / "drain_state.json")
     assert back.config.mask_set == 1 and back.match_line(tb[0].split(": ", 1)[-1]) == old_eid
+
+
+def test_ipv6_addresses_are_ips_and_clocks_or_scopes_are_not():
+    store = TemplateStore("sshd")
+    ids = [store.fit_line(f"Accepted publickey from {a} port 22 ssh2")
+           for a in ("10.0.0.1", "2001:db8::1", "fe80:0:0:0:c6b3:1ff:fecd:467f", "::1")]
+    assert len(set(ids)) == 1 and "<:IP:>" in store.templates[ids[0]]
+    other = store.fit_line("call Bad::Feed at 12:01:43 done")
+    assert "Bad::Feed" in store.templates[other] and "<:IP:>" not in store.templates[other]
