@@ -70,7 +70,7 @@ class ParseConfig:
     sim_th: float = field(default=0.4, metadata={"help": "Drain similarity threshold in [0, 1]"})
     max_children: int = field(default=100, metadata={"help": "max children per tree node"})
     max_clusters: int | None = field(default=None, metadata={"help": "cap on templates (LRU), None = no cap"})
-    mask: bool = field(default=True, metadata={"help": "mask ids, IPs, MAC addresses, hex, numbers, paths, UUIDs"})
+    mask: bool = field(default=True, metadata={"help": "mask ids, IPs (v4, v6), MACs, hex, numbers, paths, UUIDs"})
     extra_masks: tuple[MaskRule, ...] = ()
     # which list of default masks (fusionlog.parsing.MASK_SETS): a saved Drain state keeps the list it was
     # parsed with, so an artifact reads new lines as it was trained even after the defaults change

@@ -731,12 +731,13 @@ def files_lines(files: Sequence[Path], stats: ReadStats, logger: logging.Logger 
     for path in files:
         if logger is not None and len(files) > 1:
             logger.info("reading %s", path)
-        before = stats.lines
-        for line in file_lines(path, stats):
-            stats.lines += 1
-            yield line
-        if stats.lines == before:
+        lines = file_lines(path, stats)
+        first = next(lines, None)
+        if first is None:
             stats.empty_files += 1
+            continue
+        yield first
+        yield from lines  # no per-line work here: this is detect's hot path
 
 
 # -- the scorer ---------------------------------------------------------------------------------

@@ -160,6 +160,9 @@ def test_a_directory_or_glob_of_rotated_logs_reads_as_the_whole_log(tmp_path, da
     stats = json.loads(proc.stdout)
     assert (stats["system"], stats["lines"], stats["sessions"]) == ("zk", 2000, 100)
     assert (stats["files"], stats["empty_files"], stats["truncated_files"]) == (4, 1, 0)
+    literal = folder / "zk[1].log"  # a file whose name looks like a glob is that file
+    literal.write_bytes((folder / "zk.log").read_bytes())
+    assert expand_log_source(str(literal)) == [literal]
     none = run_cli("data", "stats", str(folder / "nothing*.log"), "--log-format", ZK_FORMAT)
     assert none.returncode == 2 and "matches no log file" in none.stderr
 

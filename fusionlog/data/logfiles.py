@@ -25,23 +25,25 @@ _ROTATION = re.compile(r"^(?P<family>.+?)(?:\.(?P<n>\d+))?(?P<gz>\.gz)?$")
 
 
 def is_multi_source(source: str) -> bool:
-    """True for a directory or a glob pattern: a source that may name several files."""
-    return bool(GLOB_CHARS & set(source)) or Path(source).is_dir()
+    """True for a directory or a glob pattern: a source that may name several files. An existing file is
+    itself, even with `[` in its name."""
+    path = Path(source)
+    return not path.is_file() and (bool(GLOB_CHARS & set(source)) or path.is_dir())
 
 
 def expand_log_source(source: str) -> list[Path]:
     """The log files `source` names, in reading order (oldest first); a clear error when it names none."""
     path = Path(source)
+    if not is_multi_source(source):
+        return [path]
     if GLOB_CHARS & set(source):
         files = [Path(p) for p in glob.glob(source) if Path(p).is_file() and not Path(p).name.startswith(".")]
         if not files:
             raise ConfigError(f"{source}: the pattern matches no log file")
-    elif path.is_dir():
+    else:
         files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
         if not files:
             raise ConfigError(f"{source}: the directory holds no log file (hidden files and subfolders are not read)")
-    else:
-        return [path]
     return sorted(files, key=rotation_key)
 
 
@@ -55,7 +57,7 @@ def rotation_key(path: Path) -> tuple[str, int, str]:
 
 def source_system_name(source: str, files: list[Path]) -> str:
     """A system name for a source with no --system: a directory's name, else the first file's stem."""
-    if Path(source).is_dir() and not GLOB_CHARS & set(source):
+    if Path(source).is_dir():
         name = Path(source).resolve().name
     else:
         name = files[0].name.split(".")[0]
