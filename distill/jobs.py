@@ -16,6 +16,8 @@ import numpy as np
 
 from distill.calibration import CALIBRATION_NAME, PlattCalibration
 from distill.config import BackendConfig, LabelConfig, TuneConfig
+from fusionlog.config import SessionRule
+from fusionlog.data.raw import RawSpec
 from fusionlog.errors import ConfigError
 from fusionlog.io import atomic_write_json, atomic_write_text, load_npy
 
@@ -41,6 +43,8 @@ class LabelJob:
     calibration: str | None = None  # a calibration.json; None: the adapter's, if any
     small_probs: str | None = None  # .npy of small-model P(anomalous), one per labelled session
     progress: bool = True
+    spec: RawSpec | None = None  # a user's raw logs (`fusionlog.commands._common.spec_from_args`)
+    rule: SessionRule | None = None  # a session rule replacing the dataset's own
 
 
 def default_sources(target: str, sources: tuple[str, ...] | None) -> list[str]:
@@ -68,16 +72,19 @@ def run_label(job: LabelJob) -> dict:
     t0 = time.perf_counter()
     prompt = load_prompt(job.label.prompt)  # validate before anything slow
     need_vectors = job.label.k_examples > 0 and "examples" in prompt.variables
-    src_names = default_sources(job.target, job.sources) if need_vectors else []
+    src_names = default_sources(job.spec.system if job.spec else job.target, job.sources) if need_vectors else []
     if need_vectors:
         from fusionlog.prepare import prepare
 
-        target_prep = prepare(job.target, job.data_dir, progress=job.progress)
+        target_prep = prepare(job.target, job.data_dir, rule=job.rule, spec=job.spec, progress=job.progress)
         dataset, target_vectors = target_prep.dataset, target_prep.vectors
     else:
-        dataset, target_vectors = load_dataset(job.target, job.data_dir, progress=job.progress), None
+        dataset = load_dataset(job.target, job.data_dir, rule=job.rule, spec=job.spec, progress=job.progress)
+        target_vectors = None
     if job.whole_dataset:
         chosen, split_info = list(dataset.sessions), {"method": "whole dataset"}
+    elif not dataset.labelled:  # as `fuse` does: with no labels there is no test part to keep apart
+        chosen, split_info = list(dataset.sessions), {"method": "none (unlabelled target: every session)"}
     else:
         split = split_sessions(dataset)
         chosen, split_info = split.pool, dict(split.summary(), part="adaptation pool")

@@ -244,3 +244,25 @@ def test_label_cli_errors_are_one_line(tmp_path, capsys):
     assert run_cli("label", "--target", "openstack", "--prompt", str(bad), "--out", str(tmp_path)) == 2
     assert str(bad) in capsys.readouterr().err
     assert LABEL_WORDS == ("normal", "anomalous")
+
+
+def test_label_cli_reads_a_directory_of_raw_logs(tiny, tmp_path, capsys, data_dir):
+    """A user's own rotated logs, as `fuse` and `detect` take them: a directory, a format, a session rule."""
+    import gzip
+
+    lines = (data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log").read_bytes().splitlines(keepends=True)
+    logs = tmp_path / "zk"
+    logs.mkdir()
+    with gzip.open(logs / "zk.log.1.gz", "wb") as fh:
+        fh.write(b"".join(lines[:1000]))
+    (logs / "zk.log").write_bytes(b"".join(lines[1000:]))
+    fmt = r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>"
+    out = tmp_path / "out"
+    assert run_cli("label", "--target", str(logs), "--log-format", fmt, "--window", "50", "--llm", str(tiny),
+                   "--k", "0", "--budget", "2", "--out", str(out), "--cache", str(tmp_path / "c.sqlite"), "-q") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stats"]["calls"] == 2 and summary["split"]["method"].startswith("none (unlabelled")
+    assert [f["path"] for f in summary["job"]["spec"]["files"]] == [str(logs / "zk.log.1.gz"), str(logs / "zk.log")]
+    capsys.readouterr()
+    assert run_cli("label", "--target", str(logs / "none*.log"), "--log-format", fmt, "--out", str(out)) == 2
+    assert "matches no log file" in capsys.readouterr().err

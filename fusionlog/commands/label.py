@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
+
+from fusionlog.commands._common import add_data_args, rule_from_args, spec_from_args
 
 NAME = "label"
 HELP = "ask an LLM to label a target's sessions (deduplicated, cached, budgeted); writes verdicts + summary"
@@ -36,18 +40,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--data-dir", default=None)
+    add_data_args(p)  # a user's raw logs (file, directory, glob) as elsewhere; --data-dir for named datasets
 
 
 def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args.target, args)  # before anything slow: a bad format or empty glob fails now
     from distill.config import BackendConfig, LabelConfig
     from distill.jobs import LabelJob, run_label
     from distill.models import DEFAULT_MODEL
 
     k, max_tokens = args.k, args.max_session_tokens
     if args.adapter:  # label with the prompt shape the adapter was trained on, unless told otherwise
-        from pathlib import Path
-
         from distill.lora import read_adapter_meta
 
         settings = read_adapter_meta(Path(args.adapter)).get("label_settings", {})
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         label_kwargs["max_session_tokens"] = max_tokens
     job = LabelJob(
         target=args.target, backend=backend, label=LabelConfig(**label_kwargs),
-        out_dir=args.out or f"runs/label-{args.target}", sources=tuple(args.sources) if args.sources else None,
+        out_dir=args.out or f"runs/label-{_stem(args.target)}",
+        sources=tuple(args.sources) if args.sources else None, spec=spec, rule=rule_from_args(args),
         balanced_examples=not args.nearest, whole_dataset=args.whole_dataset, data_dir=args.data_dir,
         cache_path="" if args.no_cache else args.cache, calibration=args.calibration,
         small_probs=args.small_probs, progress=not args.quiet,
@@ -73,3 +77,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_label(job)
     print(json.dumps({k: summary[k] for k in ("target", "model", "stats", "quality")}, indent=2))
     return 0
+
+
+def _stem(target: str) -> str:
+    """A folder-safe name for a dataset, file, directory or glob."""
+    return re.sub(r"[^\w.-]", "_", Path(target).name) or "target"
