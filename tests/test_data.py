@@ -348,3 +348,21 @@ def test_a_system_config_carries_its_masks_into_the_saved_drain_state(tmp_path):
     assert _parse_config(tmp_path / "none") is None
     with pytest.raises(ConfigError, match="valid regex"):
         RawSpec.from_dict({"system": "proxy", "files": ["x.log"], "masks": [{"name": "HOST", "pattern": "("}]})
+
+
+def test_a_wrong_format_on_lines_with_space_runs_is_refused_not_hung(tmp_path, data_dir):
+    """Android's format on Windows lines (18-space runs): with every field `.*?` one line tried every way of
+    spreading its words over the fields (over 20 s a line); fields between spaces are now single tokens."""
+    lines = (data_dir / "loghub2k/Windows/Windows_2k.log").read_text().splitlines()[:200]
+    log = tmp_path / "win.log"
+    log.write_text("\n".join(lines) + "\n")
+    android = "<Date> <Time>  <Pid>  <Tid> <Level> <Component>: <Content>"
+    proc = run_cli("data", "stats", str(log), "--log-format", android, "--json")  # run_cli's timeout: 300 s
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["skipped_lines"] > 150  # read to the end: lines that do not fit are counted
+    pattern, _ = compile_format(r"\[<Time>\] \[<Level>\] <Content>")  # a field inside literals keeps its spaces
+    m = pattern.match("[Sun Dec 04 04:47:44 2005] [notice] workerEnv.init() ok")
+    assert m["Time"] == "Sun Dec 04 04:47:44 2005" and m["Level"] == "notice"
+    hdfs, _ = compile_format("<Date> <Time> <Pid> <Level> <Component>: <Content>")
+    m = hdfs.match("081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 terminating")
+    assert (m["Pid"], m["Level"], m["Component"]) == ("148", "INFO", "dfs.DataNode$PacketResponder")

@@ -14,19 +14,23 @@ def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
     """Turn a loghub format string into an anchored regex with one named group per field.
 
     Literal text between fields is taken as a regex fragment (as loghub does, so `\\[<Pid>\\]` works)
-    with runs of spaces matching any whitespace. The last field takes the rest of the line.
+    with runs of spaces matching any whitespace. A field that only spaces follow is one token; a field
+    closed by other text (`\\[<Time>\\]`) may hold spaces. The last field takes the rest of the line.
     """
     parts = re.split(r"(<[A-Za-z_][A-Za-z0-9_]*>)", log_format)
     names: list[str] = []
     regex = ""
-    for part in parts:
+    for i, part in enumerate(parts):
         m = _FIELD.fullmatch(part)
         if m:
             name = m.group(1)
             if name in names:
                 raise ConfigError(f"log format {log_format!r}: field <{name}> appears twice")
             names.append(name)
-            regex += f"(?P<{name}>.*?)"
+            # A field that only spaces follow is one token: `.*?` there let a line that does not fit try
+            # every way of spreading its words over the fields (seconds per line; a wrong format hung).
+            token = i + 2 < len(parts) and parts[i + 1] != "" and not parts[i + 1].strip(" ")
+            regex += f"(?P<{name}>\\S+)" if token else f"(?P<{name}>.*?)"
         else:
             regex += re.sub(r" +", r"\\s+", part)
     if not names:
