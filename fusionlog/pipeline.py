@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -92,8 +91,9 @@ class FuseConfig:
 
     @property
     def out_dir(self) -> Path:
-        stem = re.sub(r"[^\w.-]", "_", Path(self.target).name.split(".")[0]) or "target"  # a glob's * too
-        return Path(self.out or f"runs/{stem}")
+        from fusionlog.data.logfiles import safe_name
+
+        return Path(self.out or f"runs/{safe_name(Path(self.target).name.split('.')[0], 'target')}")
 
 
 def resolve_backend(llm: str, backend: str) -> str:

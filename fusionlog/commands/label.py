@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from fusionlog.commands._common import add_data_args, rule_from_args, spec_from_args
+from fusionlog.data.logfiles import safe_name
 
 NAME = "label"
 HELP = "ask an LLM to label a target's sessions (deduplicated, cached, budgeted); writes verdicts + summary"
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         label_kwargs["max_session_tokens"] = max_tokens
     job = LabelJob(
         target=args.target, backend=backend, label=LabelConfig(**label_kwargs),
-        out_dir=args.out or f"runs/label-{_stem(args.target)}",
+        out_dir=args.out or f"runs/label-{safe_name(Path(args.target).name, 'target')}",
         sources=tuple(args.sources) if args.sources else None, spec=spec, rule=rule_from_args(args),
         balanced_examples=not args.nearest, whole_dataset=args.whole_dataset, data_dir=args.data_dir,
         cache_path="" if args.no_cache else args.cache, calibration=args.calibration,
@@ -78,7 +78,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("target", "model", "stats", "quality")}, indent=2))
     return 0
 
-
-def _stem(target: str) -> str:
-    """A folder-safe name for a dataset, file, directory or glob."""
-    return re.sub(r"[^\w.-]", "_", Path(target).name) or "target"

@@ -61,4 +61,10 @@ def source_system_name(source: str, files: list[Path]) -> str:
         name = Path(source).resolve().name
     else:
         name = files[0].name.split(".")[0]
-    return re.sub(r"[^\w.-]", "_", name.lower()) or "logs"
+    return safe_name(name.lower(), "logs")
+
+
+def safe_name(text: str, default: str) -> str:
+    """`text` as a file or folder name: anything but word characters, `.` and `-` (a glob's `*`, a `/`)
+    becomes `_`; `default` when nothing is left."""
+    return re.sub(r"[^\w.-]", "_", text) or default
