@@ -32,21 +32,19 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
 from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
-from fusionlog.data.formats import _TIME_FORMATS, compile_format, parse_timestamp
+from fusionlog.data.formats import TIME_FIELDS, TimeLayout, compile_format, layout_of, parse_timestamp
 from fusionlog.data.readers import decode_line
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
 logger = logging.getLogger(__name__)
 
-_TIME_FIELDS = ("Timestamp", "Date", "Time")  # what fusionlog.data.formats.parse_timestamp reads
 
 #: Why a session was emitted.
 CLOSED_WINDOW = "window"  # lines rule: window full; time rule: a later window began
@@ -156,12 +154,12 @@ class HeaderParser:
         simple = " ".join(f"<{n}>" for n in self.fields)
         self._split = len(self.fields) - 1 if (log_format == simple and self.fields[-1] == "Content") else 0
         #: the header fields `parse_timestamp` reads, in format order
-        self.time_fields = [n for n in self.fields if n in _TIME_FIELDS]
+        self.time_fields = [n for n in self.fields if n in TIME_FIELDS]
         idx = [self.fields.index(n) for n in self.time_fields]
         self._time_of_parts = itemgetter(*idx) if idx else None
         self._ts_memo: dict[object, float | None] = {}
         self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
-        self._ts_layout: tuple[str, tuple[str, ...]] | None = None
+        self._ts_layout: TimeLayout | None = None
 
     @property
     def reading(self) -> tuple[str, str, str]:
@@ -237,32 +235,18 @@ class HeaderParser:
         fields = {n: v or "" for n, v in zip(self.time_fields, values, strict=True)}
         ts = None
         if self._ts_layout is not None and not (fields.get("Timestamp") or "").isdigit():
-            fmt, keys = self._ts_layout
             try:
-                text = " ".join(fields[k] for k in keys)
-                ts = datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+                ts = self._ts_layout.epoch(fields)
             except (KeyError, ValueError):
                 ts = None
         if ts is None:
             ts = parse_timestamp(fields)
             if ts is not None:
-                self._ts_layout = _layout_of(fields)
+                self._ts_layout = layout_of(fields)
         if len(self._ts_memo) >= 10_000:
             self._ts_memo.clear()
         self._ts_memo[sig] = ts
         return ts
-
-
-def _layout_of(fields: dict[str, str]) -> tuple[str, tuple[str, ...]] | None:
-    """The first `_TIME_FORMATS` layout that parses these fields (the one parse_timestamp used)."""
-    for fmt, keys in _TIME_FORMATS:
-        if all(k in fields for k in keys):
-            try:
-                datetime.strptime(" ".join(fields[k] for k in keys), fmt)
-                return fmt, keys
-            except ValueError:
-                continue
-    return None
 
 
 @dataclass

@@ -15,10 +15,11 @@ import pytest
 
 from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
-from fusionlog.data.formats import compile_format
+from fusionlog.data.formats import compile_format, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.readers import iter_lines
+from fusionlog.data.registry import LOGHUB_FORMATS
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
@@ -99,6 +100,29 @@ def test_generic_reader_parses_unknown_systems(system, fmt, data_dir):
 
     got = [r.text for r in read_records(spec, Path("."), ReadStats())]
     assert got == expected
+
+
+@pytest.mark.parametrize("system", ["Linux", "Mac", "OpenSSH", "Android", "Proxifier"])
+def test_yearless_headers_give_times_so_time_windows_work(system, data_dir):
+    """syslog-style headers (`Jun 14 15:16:01`, no year) are read as times: `--seconds` cuts real windows."""
+    log = data_dir / f"loghub2k/{system}/{system}_2k.log"
+    spec = RawSpec(system="mine", files=(RawFile(str(log)),), log_format=LOGHUB_FORMATS[system],
+                   rule=SessionRule("time", seconds=60))
+    ds = load_dataset(str(log), spec=spec, progress=False)
+    assert ds.time_ordered and len(ds.sessions) > 1
+    assert all(s.start is not None and s.end - s.start < 60 for s in ds.sessions)
+    assert sum(len(s.event_ids) for s in ds.sessions) == 2000 - ds.stats.skipped
+
+
+def test_yearless_times_keep_their_differences_and_leap_days():
+    one = parse_timestamp({"Month": "Jun", "Date": "14", "Time": "15:16:01"})
+    two = parse_timestamp({"Month": "Jun", "Date": "14", "Time": "15:16:02"})
+    assert one is not None and two - one == 1.0
+    assert parse_timestamp({"Month": "Feb", "Date": "29", "Time": "00:00:00"}) is not None  # read in a leap year
+    assert parse_timestamp({"Date": "Dec", "Day": "10", "Time": "06:55:46"}) is not None  # OpenSSH's fields
+    full = parse_timestamp({"Date": "2015-07-29", "Time": "17:41:44,747"})  # a date with a year keeps it
+    assert full is not None and abs(full - 1438191704.747) < 1e-3
+    assert parse_timestamp({"Month": "Jun", "Date": "41", "Time": "15:16:01"}) is None
 
 
 def test_format_string_errors():
@@ -204,7 +228,7 @@ def test_a_format_that_matches_nothing_shows_the_first_line_and_why(tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "nomatch", "labels"])
+@pytest.mark.parametrize("case", ["empty", "missing", "nomatch", "labels", "untimed"])
 def test_bad_input_is_one_clear_line_exit_2(case, tmp_path):
     log = tmp_path / "app.log"
     args = ["data", "stats", str(log), "--log-format", "<Date> <Level> <Content>", "--json"]
@@ -216,6 +240,10 @@ def test_bad_input_is_one_clear_line_exit_2(case, tmp_path):
     elif case == "nomatch":
         log.write_text("onlyonetoken\nanother\n")
         needle = "no line matches the log format"
+    elif case == "untimed":  # time windows over lines whose header gives no time: not one silent whole-log window
+        log.write_text("2024-01-01 INFO started\n2024-01-02 INFO stopped\n")
+        args += ["--seconds", "60"]
+        needle = "need a time in each line"
     else:
         log.write_text("2024-01-01 INFO started job blk_1\n")
         args += ["--key-regex", r"(blk_\d+)", "--label-file", str(tmp_path / "labels.csv")]

@@ -90,6 +90,18 @@ def test_window_sessions_equal_the_batch_sessionizer(data_dir, bgl_lines, rule):
     assert {s.closed_by for s in out[:-1]} == {CLOSED_WINDOW} and out[-1].closed_by == CLOSED_FLUSH
 
 
+@pytest.mark.parametrize("system", ["Linux", "OpenSSH", "Android", "Proxifier"])
+def test_yearless_time_windows_equal_the_batch_sessionizer(data_dir, system):
+    """Detection cuts year-less (syslog) time windows where training did, with the same start times."""
+    rule = SessionRule("time", seconds=60)
+    ds = load_dataset(f"{system.lower()}-2k", data_dir, rule=rule, progress=False)
+    assert ds.time_ordered
+    sz = StreamSessionizer(ds.store.match_line, rule, LOGHUB_FORMATS[system], NO_TIMEOUTS)
+    out = _run(sz, _lines(data_dir / f"loghub2k/{system}/{system}_2k.log"))
+    assert len(out) > 1
+    assert [(s.event_ids, s.start, s.end) for s in out] == [(s.event_ids, s.start, s.end) for s in ds.sessions]
+
+
 def test_bounded_memory_emits_every_event_once(data_dir):
     lines = _lines(data_dir / "openstack/kalaki_openstack_logs/openstack-nova-dhcpoff.log")
     rule = SessionRule("key", key_pattern=INSTANCE_KEY)

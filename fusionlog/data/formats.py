@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from fusionlog.errors import ConfigError
@@ -63,17 +64,63 @@ def format_hint(log_format: str) -> str:
     return f"; literal text is a regex (as in loghub): escape {' '.join(special)} as {escaped}"
 
 
-_TIME_FORMATS = (
-    ("%Y-%m-%d %H:%M:%S.%f", ("Date", "Time")),
-    ("%Y-%m-%d %H:%M:%S", ("Date", "Time")),
-    ("%Y-%m-%d %H:%M:%S,%f", ("Date", "Time")),
-    ("%y/%m/%d %H:%M:%S.%f", ("Date", "Time")),
-    ("%a %b %d %H:%M:%S %Y", ("Time",)),
-    ("%y%m%d %H%M%S", ("Date", "Time")),
-    ("%y/%m/%d %H:%M:%S", ("Date", "Time")),
-    ("%Y-%m-%d-%H.%M.%S.%f", ("Time",)),
-    ("%Y%m%d-%H:%M:%S:%f", ("Time",)),
+#: The year a year-less header (syslog's `Jun 14 15:16:01`) is read in. A leap year, so `Feb 29` parses;
+#: only differences between times are used (time windows, idle timeouts, the time split), so any year serves.
+#: A log that runs across New Year goes back eleven months at the turn: a time window closes there, and the
+#: time split orders January's sessions before December's.
+YEARLESS_YEAR = 2000
+
+
+@dataclass(frozen=True)
+class TimeLayout:
+    """One way header fields spell a time: a strptime format over the named fields, joined by spaces."""
+
+    fmt: str
+    keys: tuple[str, ...]
+    yearless: bool = False  # the fields carry no year: read in YEARLESS_YEAR
+
+    def epoch(self, fields: dict[str, str]) -> float:
+        """Epoch seconds (UTC); KeyError or ValueError when these fields do not spell a time this way."""
+        text = " ".join(fields[k] for k in self.keys)
+        if self.yearless:
+            dt = datetime.strptime(f"{YEARLESS_YEAR} {text}", f"%Y {self.fmt}")
+        else:
+            dt = datetime.strptime(text, self.fmt)
+        return dt.replace(tzinfo=timezone.utc).timestamp()
+
+
+#: Tried in order; the year-less ones last, so a field that also fits a full date is read with its year.
+TIME_LAYOUTS: tuple[TimeLayout, ...] = (
+    TimeLayout("%Y-%m-%d %H:%M:%S.%f", ("Date", "Time")),
+    TimeLayout("%Y-%m-%d %H:%M:%S", ("Date", "Time")),
+    TimeLayout("%Y-%m-%d %H:%M:%S,%f", ("Date", "Time")),
+    TimeLayout("%y/%m/%d %H:%M:%S.%f", ("Date", "Time")),
+    TimeLayout("%a %b %d %H:%M:%S %Y", ("Time",)),
+    TimeLayout("%y%m%d %H%M%S", ("Date", "Time")),
+    TimeLayout("%y/%m/%d %H:%M:%S", ("Date", "Time")),
+    TimeLayout("%Y-%m-%d-%H.%M.%S.%f", ("Time",)),
+    TimeLayout("%Y%m%d-%H:%M:%S:%f", ("Time",)),
+    # year-less: syslog (Linux, Mac: `Jun 14 15:16:01`), OpenSSH (`<Date>` is the month), Android, Proxifier
+    TimeLayout("%b %d %H:%M:%S", ("Month", "Date", "Time"), yearless=True),
+    TimeLayout("%b %d %H:%M:%S", ("Month", "Day", "Time"), yearless=True),
+    TimeLayout("%b %d %H:%M:%S", ("Date", "Day", "Time"), yearless=True),
+    TimeLayout("%m-%d %H:%M:%S.%f", ("Date", "Time"), yearless=True),
+    TimeLayout("%m.%d %H:%M:%S", ("Time",), yearless=True),
 )
+
+#: every header field a time is read from
+TIME_FIELDS: tuple[str, ...] = ("Timestamp", *dict.fromkeys(k for layout in TIME_LAYOUTS for k in layout.keys))
+
+
+def layout_of(fields: dict[str, str]) -> TimeLayout | None:
+    """The first layout that reads these fields (the one `parse_timestamp` uses), or None."""
+    for layout in TIME_LAYOUTS:
+        try:
+            layout.epoch(fields)
+            return layout
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def parse_timestamp(fields: dict[str, str]) -> float | None:
@@ -85,12 +132,5 @@ def parse_timestamp(fields: dict[str, str]) -> float | None:
     ts = fields.get("Timestamp")
     if ts and ts.isdigit():
         return float(ts)
-    for fmt, keys in _TIME_FORMATS:
-        if not all(k in fields for k in keys):
-            continue
-        text = " ".join(fields[k] for k in keys)
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
+    layout = layout_of(fields)
+    return None if layout is None else layout.epoch(fields)

@@ -226,7 +226,11 @@ def load_raw(
             parsed[0] += 1
             yield rec, store.fit_line(rec.text)
 
-    sessions = sessionize(spec.system, pairs(), spec.rule, stats, key_labels, default)
+    files = ", ".join(str(resolve(f.path, data_dir)) for f in spec.files[:3]) + (" ..." if len(spec.files) > 3 else "")
+    try:
+        sessions = sessionize(spec.system, pairs(), spec.rule, stats, key_labels, default)
+    except DataError as exc:  # name the files, not just the system
+        raise DataError(f"{files}: {exc}") from exc
     if parsed[0] == 0:
         raise DataError(f"{name}: no parsable log lines in {[f.path for f in spec.files]}")
     time_ordered = all(s.start is not None for s in sessions)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fusionlog.config import SessionRule
+from fusionlog.data.formats import TIME_FIELDS
+from fusionlog.errors import DataError
 from fusionlog.types import LogRecord, ReadStats, Session
 
 
@@ -96,11 +98,17 @@ def _by_lines(system, items, window, key_labels, default_key_label, key_prefix) 
 
 
 def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) -> list[Session]:
-    """Fixed windows aligned to multiples of `seconds`; lines without a time join the current window."""
+    """Fixed windows aligned to multiples of `seconds`; lines without a time join the current window.
+
+    A log none of whose lines gives a time is an error: it would be one window holding every line, a
+    detector that silently scores the whole log as one session.
+    """
     sessions: list[Session] = []
     cur: _Open | None = None
     cur_bucket: int | None = None
+    timed = 0
     for rec, eid in items:
+        timed += rec.timestamp is not None
         bucket = cur_bucket if rec.timestamp is None else int(rec.timestamp // seconds)
         if cur is None or bucket != cur_bucket:
             if cur is not None:
@@ -110,4 +118,10 @@ def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) 
         cur.add(eid, rec)
     if cur is not None:
         sessions.append(cur.close(system, key_labels, default_key_label))
+    if cur is not None and not timed:
+        raise DataError(
+            f"time windows ({seconds:g} s) need a time in each line, and no line gave one: the log format "
+            f"needs time fields fusionlog reads ({', '.join(TIME_FIELDS)}; e.g. <Month> <Date> <Time> for syslog's "
+            f"'Jun 14 15:16:01', <Date> <Time> for '2026-11-27 10:00:00,123'), or use line windows (--window N)"
+        )
     return sessions
