@@ -17,6 +17,7 @@ import numpy as np
 
 from fusionlog.config import SessionRule, config_from_dict, config_to_dict, register_config_type
 from fusionlog.constants import DRAIN_STATE_NAME
+from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.errors import ConfigError
 from fusionlog.findings import findings_markdown, pool_findings
 from fusionlog.io import atomic_write_json, atomic_write_text
@@ -223,7 +224,8 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         if ds.store is not None:
             ds.store.save(out / DRAIN_STATE_NAME)
         rule = cfg.rule or (spec.rule if spec is not None else _registry_rule(cfg.target))
-        log_format = cfg.log_format or (spec.log_format if spec is not None else _registry_format(cfg.target))
+        log_format = spec.log_format if spec is not None else (  # a spec's format is resolved: never a name
+            resolve_log_format(cfg.log_format)[0] if cfg.log_format else _registry_format(cfg.target))
         atomic_write_json(out / NEAREST_NAME, {"nearest": _nearest_sources(route, len(ds.templates))})
         atomic_write_json(out / SERVING_NAME, {
             "system": ds.system,

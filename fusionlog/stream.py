@@ -38,7 +38,14 @@ from typing import BinaryIO
 
 from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
-from fusionlog.data.formats import TIME_FIELDS, TimeLayout, compile_format, layout_of, parse_timestamp
+from fusionlog.data.formats import (
+    TIME_FIELDS,
+    TimeLayout,
+    compile_format,
+    epoch_seconds,
+    layout_of,
+    parse_timestamp,
+)
 from fusionlog.data.readers import decode_line
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
@@ -224,9 +231,9 @@ class HeaderParser:
         if sig is None:
             return None
         if self._epoch_at is not None:  # an epoch `Timestamp` field wins, as in parse_timestamp
-            epoch = sig if isinstance(sig, str) else sig[self._epoch_at]
-            if epoch and epoch.isdigit():
-                return float(epoch)
+            epoch = epoch_seconds((sig if isinstance(sig, str) else sig[self._epoch_at]) or "")
+            if epoch is not None:
+                return epoch
         try:
             return self._ts_memo[sig]
         except KeyError:
@@ -234,7 +241,7 @@ class HeaderParser:
         values = (sig,) if isinstance(sig, str) else sig
         fields = {n: v or "" for n, v in zip(self.time_fields, values, strict=True)}
         ts = None
-        if self._ts_layout is not None and not (fields.get("Timestamp") or "").isdigit():
+        if self._ts_layout is not None:
             try:
                 ts = self._ts_layout.epoch(fields)
             except (KeyError, ValueError):

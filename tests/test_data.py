@@ -17,9 +17,9 @@ from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
 from fusionlog.data.formats import compile_format, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
+from fusionlog.data.named_formats import LOGHUB_FORMATS, sniff_formats
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.readers import iter_lines
-from fusionlog.data.registry import LOGHUB_FORMATS
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
@@ -123,6 +123,63 @@ def test_yearless_times_keep_their_differences_and_leap_days():
     full = parse_timestamp({"Date": "2015-07-29", "Time": "17:41:44,747"})  # a date with a year keeps it
     assert full is not None and abs(full - 1438191704.747) < 1e-3
     assert parse_timestamp({"Month": "Jun", "Date": "41", "Time": "15:16:01"}) is None
+
+
+def test_epoch_times_are_told_by_their_digits():
+    assert parse_timestamp({"Timestamp": "1117838570"}) == 1117838570.0
+    assert parse_timestamp({"Timestamp": "1117838570123"}) == pytest.approx(1117838570.123)  # milliseconds
+    assert parse_timestamp({"Timestamp": "14"}) is None  # a day of the month in a misread header is no time
+    assert parse_timestamp({"Time": "1077804742"}) == 1077804742.0  # HPC's epoch in a field named Time
+    assert parse_timestamp({"Time": "1077804742123"}) is None  # a Time field holds seconds only
+
+
+def test_a_named_format_is_its_format_string_and_masks(data_dir):
+    """`--log-format zookeeper` reads as loghub's string; `proxifier` brings its HOST mask; a misspelt name is
+    a clear error listing the names, never a format string with no <Content>."""
+    log = data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log"
+    by_name = run_cli("data", "stats", str(log), "--log-format", "ZooKeeper", "--window", "50", "--json")
+    by_string = run_cli("data", "stats", str(log), "--log-format", LOGHUB_FORMATS["Zookeeper"], "--window", "50",
+                        "--json")
+    assert by_name.returncode == 0, by_name.stderr
+    assert json.loads(by_name.stdout) == json.loads(by_string.stdout)
+    assert json.loads(by_name.stdout)["skipped_lines"] == 0
+    px = run_cli("data", "stats", str(data_dir / "loghub2k/Proxifier/Proxifier_2k.log"), "--log-format", "proxifier",
+                 "--json")
+    assert json.loads(px.stdout)["templates"] == 20  # as the registry's masked proxifier-2k (38 unmasked)
+    bad = run_cli("data", "stats", str(log), "--log-format", "zookeper")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "not a named format" in bad.stderr and "zookeeper" in bad.stderr
+
+
+def test_a_system_config_may_name_its_format(tmp_path, data_dir):
+    log = data_dir / "loghub2k/Proxifier/Proxifier_2k.log"
+    spec = RawSpec.from_dict({"system": "px", "files": [str(log)], "log_format": "proxifier",
+                              "masks": [{"name": "PORT", "pattern": r":\d+"}]})
+    assert spec.log_format == LOGHUB_FORMATS["Proxifier"]
+    assert [m.name for m in spec.masks] == ["HOST", "PORT"]  # the format's mask first, then the config's
+
+
+@pytest.mark.parametrize("system", sorted(LOGHUB_FORMATS))
+def test_sniffing_ranks_each_loghub_systems_own_format_first(system, data_dir):
+    found = sniff_formats(data_dir / f"loghub2k/{system}/{system}_2k.log")
+    assert found and found[0] == (system.lower(), 1.0)
+
+
+def test_a_raw_log_without_a_format_is_told_which_named_formats_read_it(tmp_path, data_dir):
+    log = tmp_path / "messages"
+    log.write_bytes((data_dir / "loghub2k/Linux/Linux_2k.log").read_bytes())
+    proc = run_cli("data", "stats", str(log))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "linux (100%), syslog (100%)" in proc.stderr and "fusionlog data formats" in proc.stderr
+    listed = run_cli("data", "formats", str(log))
+    assert listed.returncode == 0 and listed.stdout.splitlines()[0].split()[:2] == ["100.0%", "linux"]
+    odd = tmp_path / "odd.log"
+    odd.write_text("hello\nworld\n")
+    proc = run_cli("data", "stats", str(odd))
+    assert proc.returncode == 2 and "no named format reads its first lines" in proc.stderr
+    assert "no named format reads any" in run_cli("data", "formats", str(odd)).stdout
+    names = run_cli("data", "formats").stdout.split()
+    assert "syslog" in names and "zookeeper" in names
 
 
 def test_format_string_errors():

@@ -138,6 +138,25 @@ def test_artifact_reads_lines_with_its_systems_filter_and_prefix_cut(tmp_path, d
         load_scorer(out)
 
 
+def test_a_named_log_format_trains_and_serves_as_its_format_string(tmp_path, data_dir, cache_root):
+    """`--log-format Proxifier` is loghub's Proxifier format string and its HOST mask: the artifact keeps the
+    string (a name would not compile at detection) and the mask, so `detect` reads the lines as training did."""
+    from fusionlog.cli import main
+    from fusionlog.data.named_formats import LOGHUB_FORMATS
+    from fusionlog.stream import StreamLimits, detect_stream, file_lines
+
+    log = data_dir / "loghub2k/Proxifier/Proxifier_2k.log"
+    out = tmp_path / "px"
+    assert main(["-q", "fuse", "--target", str(log), "--log-format", "Proxifier", "--window", "50", "--rounds", "0",
+                 "--epochs", "1", "--steps-per-epoch", "4", "--sources", "hdfs", "bgl", "--out", str(out)]) == 0
+    assert json.loads((out / "serving.json").read_text())["log_format"] == LOGHUB_FORMATS["Proxifier"]
+    assert "HOST" in (out / "drain_state.json").read_text()
+    scorer = load_scorer(out)
+    verdicts = list(detect_stream(scorer, file_lines(log), StreamLimits()))
+    assert len(verdicts) == 40 and scorer.matcher.stats.new_lines == 0
+    assert scorer.matcher.n_known == 20  # masked hosts share templates (38 unmasked)
+
+
 def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_artifact, data_dir, tmp_path):
     """`fusionlog serve` (and scripts/serve.py, the same command) as a user starts it: any free port, real HTTP."""
     import re

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fusionlog.config import MaskRule, SessionRule
 from fusionlog.data.logfiles import expand_log_source, is_multi_source, source_system_name
+from fusionlog.data.named_formats import NAMED_FORMATS, resolve_log_format, sniff_formats
 from fusionlog.data.raw import RawFile, RawSpec
 from fusionlog.data.registry import _REGISTRY
 from fusionlog.errors import ConfigError
@@ -22,7 +23,8 @@ def add_global_flags(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="data folder (default: $FUSIONLOG_DATA, ./data, ../shared/data)")
-    g.add_argument("--log-format", help="raw log format, loghub style: '<Date> <Time> <Level> <Component>: <Content>'")
+    g.add_argument("--log-format", help="raw log format: a name (syslog, zookeeper, hadoop, ...: `fusionlog data "
+                   "formats`) or a loghub-style string, '<Date> <Time> <Level> <Component>: <Content>'")
     g.add_argument("--system-config", help="JSON file describing a raw-log system (format, files, session rule)")
     g.add_argument("--system", help="system name for a raw log or JSONL file (default: file name)")
     g.add_argument("--key-regex", help="session key regex for raw logs (group 1 is the key)")
@@ -71,19 +73,30 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
         if masks:
             raise ConfigError(f"{source}: --mask applies to raw log files (a named dataset has its own parsing)")
         return None
-    if args.log_format is None:
-        raise ConfigError(
-            f"{source}: not a known dataset or .jsonl file; for a raw log give --log-format "
-            f"(e.g. '<Date> <Time> <Level> <Component>: <Content>') or --system-config"
-        )
-    rule = rule_from_args(args) or SessionRule("lines", window=20)
     files = expand_log_source(source)
+    if args.log_format is None:
+        raise ConfigError(f"{source}: not a known dataset or .jsonl file; for a raw log give --log-format NAME or "
+                          f"a format string{_format_suggestion(files[0])}, or --system-config")
+    log_format, format_masks = resolve_log_format(args.log_format)
+    rule = rule_from_args(args) or SessionRule("lines", window=20)
     return RawSpec(
         system=args.system or source_system_name(source, files),
         files=tuple(RawFile(str(f)) for f in files),
-        log_format=args.log_format,
+        log_format=log_format,
         rule=rule,
         label_mode="key_file" if args.label_file else "none",
         label_file=args.label_file or "",
-        masks=masks,
+        masks=format_masks + masks,
     )
+
+
+def _format_suggestion(path: Path) -> str:
+    """': these named formats read its first lines: ...', or an example format string when none does."""
+    if not path.is_file():
+        return " (e.g. '<Date> <Time> <Level> <Component>: <Content>')"
+    found = sniff_formats(path)
+    if not found:
+        return (f" (no named format reads its first lines; names: {', '.join(sorted(NAMED_FORMATS))}; "
+                f"e.g. '<Date> <Time> <Level> <Component>: <Content>')")
+    shown = ", ".join(f"{name} ({share:.0%})" for name, share in found[:3])
+    return f" (named formats that read its first lines: {shown}; `fusionlog data formats {path}` shows them)"

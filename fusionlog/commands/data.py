@@ -1,4 +1,4 @@
-"""`fusionlog data {list,stats,download}`: what datasets exist and what is in them."""
+"""`fusionlog data {list,stats,formats,download}`: what datasets exist, what is in them, how to read a log."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     st.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_args(st)
     add_global_flags(st)
+    fm = sub.add_parser("formats", help="named log formats (--log-format NAME); with a log file: which of them "
+                                        "read its first lines")
+    fm.add_argument("file", nargs="?", help="a log file (plain or gzip) to try every named format on")
+    fm.add_argument("--lines", type=int, default=200, help="how many non-empty lines to try (default 200)")
+    add_global_flags(fm)
     dl = sub.add_parser("download", help="fetch a loghub archive into the data directory (needs internet)")
     dl.add_argument("name", help="loghub system name, e.g. HDFS_v1, BGL, OpenStack")
     dl.add_argument("--data-dir", help="where to put it (default: resolved data dir)")
@@ -33,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
             info = _REGISTRY[name]
             print(f"{name:20s} {info.kind:8s} {info.system:12s} {info.description}")
         return 0
+    if args.data_command == "formats":
+        return _formats(args)
     if args.data_command == "download":
         from fusionlog.data.download import download
 
@@ -60,4 +67,32 @@ def run(args: argparse.Namespace) -> int:
     else:
         for k, v in {**out, "dataset": ds.name, "time_ordered": ds.time_ordered, **stats.to_dict()}.items():
             print(f"{k:20s} {v}")
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> int:
+    """Every named format; with a file, the share of its first lines each reads, best first."""
+    from pathlib import Path
+
+    from fusionlog.data.named_formats import NAMED_FORMATS, sniff_formats
+    from fusionlog.data.readers import iter_lines
+    from fusionlog.errors import ConfigError
+
+    if args.file is None:
+        for name in sorted(NAMED_FORMATS):
+            print(f"{name:12s} {NAMED_FORMATS[name].log_format}")
+        return 0
+    if args.lines < 1:
+        raise ConfigError(f"--lines {args.lines}: give at least 1")
+    path = Path(args.file)
+    for _ in iter_lines(path):  # a missing, empty or unreadable file: its own clear error, not "no format reads it"
+        break
+    shares = sniff_formats(path, max_lines=args.lines, min_share=0.0)
+    read = [(name, share) for name, share in shares if share > 0]
+    if not read:
+        print(f"no named format reads any of the first {args.lines} lines of {path}; write a format string "
+              f"(README: Your own logs)")
+        return 0
+    for name, share in read:
+        print(f"{share:6.1%}  {name:12s} {NAMED_FORMATS[name].log_format}")
     return 0

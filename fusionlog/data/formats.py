@@ -123,14 +123,32 @@ def layout_of(fields: dict[str, str]) -> TimeLayout | None:
     return None
 
 
+#: digits of an epoch time in seconds, milliseconds, microseconds, nanoseconds (years 1973-2286)
+_EPOCH_DIGITS = {9: 1.0, 10: 1.0, 12: 1e-3, 13: 1e-3, 15: 1e-6, 16: 1e-6, 18: 1e-9, 19: 1e-9}
+
+
+def epoch_seconds(text: str, seconds_only: bool = False) -> float | None:
+    """An all-digit epoch time in seconds, told from milliseconds (13 digits) and finer by its length; None
+    for other text. Why by length: a millisecond epoch read as seconds makes every time window 1000 times too
+    wide, and a short number (`14`, a day of the month in a misread header) is no time at all."""
+    if not text.isdigit():
+        return None
+    scale = _EPOCH_DIGITS.get(len(text))
+    if scale is None or (seconds_only and scale != 1.0):
+        return None
+    return int(text) * scale
+
+
 def parse_timestamp(fields: dict[str, str]) -> float | None:
     """Best-effort epoch seconds from header fields; None when no known layout fits.
 
-    An explicit epoch `Timestamp` field wins (BGL, Thunderbird). Sessions without times fall back to a
-    seeded shuffle split, which every report states.
+    An epoch `Timestamp` field wins (BGL, Thunderbird; `epoch_seconds`), then an epoch `Time` (HPC). Sessions
+    without times fall back to a seeded shuffle split, which every report states.
     """
-    ts = fields.get("Timestamp")
-    if ts and ts.isdigit():
-        return float(ts)
+    epoch = epoch_seconds(fields.get("Timestamp") or "")
+    if epoch is None:
+        epoch = epoch_seconds(fields.get("Time") or "", seconds_only=True)  # HPC's; HHMMSS has 6 digits
+    if epoch is not None:
+        return epoch
     layout = layout_of(fields)
     return None if layout is None else layout.epoch(fields)

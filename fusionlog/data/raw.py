@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from fusionlog.config import MaskRule, ParseConfig, SessionRule, config_from_dict
 from fusionlog.data.formats import compile_format, format_hint, parse_timestamp
+from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
 from fusionlog.errors import ConfigError, DataError
@@ -79,6 +80,9 @@ class RawSpec:
         if unknown:
             raise ConfigError(f"system config: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
         d = dict(data)
+        if isinstance(d.get("log_format"), str):  # a named format brings its masks, ahead of the config's own
+            d["log_format"], format_masks = resolve_log_format(d["log_format"])
+            d["masks"] = format_masks + tuple(d.get("masks", ()))
         d["files"] = tuple(RawFile(**f) if isinstance(f, dict) else RawFile(str(f)) for f in d.get("files", ()))
         rule = d.get("rule", {})
         d["rule"] = config_from_dict(SessionRule, rule) if isinstance(rule, dict) else rule

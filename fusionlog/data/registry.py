@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fusionlog.config import MaskRule, ParseConfig, SessionRule
+from fusionlog.config import ParseConfig, SessionRule
 from fusionlog.data.jsonl import is_jsonl_path, load_jsonl_sessions
+from fusionlog.data.named_formats import LOGHUB_FORMATS, LOGHUB_MASKS
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.raw import RawFile, RawSpec, load_raw
 from fusionlog.data.sequences import read_id_sequences, read_template_lines, read_text_sequences
@@ -133,35 +134,6 @@ def _load_hdfs_100k(data_dir: Path, parse, rule, progress) -> SessionDataset:
 
 
 # -- raw-line datasets -----------------------------------------------------------------------
-
-#: loghub's format strings for its 16 systems (the ones loghub's benchmarks use).
-LOGHUB_FORMATS: dict[str, str] = {
-    "Android": "<Date> <Time>  <Pid>  <Tid> <Level> <Component>: <Content>",
-    "Apache": r"\[<Time>\] \[<Level>\] <Content>",
-    "BGL": "<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
-    "HDFS": "<Date> <Time> <Pid> <Level> <Component>: <Content>",
-    "HPC": "<LogId> <Node> <Component> <State> <Time> <Flag> <Content>",
-    "Hadoop": r"<Date> <Time> <Level> \[<Process>\] <Component>: <Content>",
-    "HealthApp": r"<Time>\|<Component>\|<Pid>\|<Content>",
-    "Linux": r"<Month> <Date> <Time> <Level> <Component>(\[<PID>\])?: <Content>",
-    "Mac": r"<Month>  <Date> <Time> <User> <Component>\[<PID>\]( \(<Address>\))?: <Content>",
-    "OpenSSH": r"<Date> <Day> <Time> <Component> sshd\[<Pid>\]: <Content>",
-    "OpenStack": r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
-    "Proxifier": r"\[<Time>\] <Program> - <Content>",
-    "Spark": "<Date> <Time> <Level> <Component>: <Content>",
-    "Thunderbird": (
-        r"<Label> <Timestamp> <Date> <User> <Month> <Day> <Time> <Location> <Component>(\[<PID>\])?: <Content>"
-    ),
-    "Windows": "<Date> <Time>, <Level>                  <Component>    <Content>",
-    "Zookeeper": r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
-}
-
-#: Per-system Drain masks beyond the defaults, as loghub's benchmark settings give them. Proxifier's lines start
-#: with the destination "host:port"; Drain's prefix tree keys on leading tokens, so unmasked every host grows
-#: its own templates (38 on the 2k sample, loghub's ground truth has 8) and every window looks unusual.
-LOGHUB_MASKS: dict[str, tuple[MaskRule, ...]] = {
-    "Proxifier": (MaskRule(r"(?<![\w.-])(?:[A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*:\d{1,5}(?!\w)", "HOST"),),
-}
 
 BLOCK_KEY = r"(blk_-?\d+)"
 INSTANCE_KEY = r"\[instance: ([0-9a-fA-F-]{36})\]"
