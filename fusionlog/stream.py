@@ -43,6 +43,8 @@ from fusionlog.data.formats import (
     TimeLayout,
     compile_format,
     epoch_seconds,
+    is_json_format,
+    json_fields,
     layout_of,
     parse_timestamp,
 )
@@ -149,7 +151,10 @@ class HeaderParser:
         """`line_filter`, `strip`: as `RawSpec`'s (a line the filter misses is a continuation line; `strip`
         is cut from the content), so detection reads a line exactly as training did."""
         self.log_format = log_format
-        self.pattern, self.fields = compile_format(log_format)
+        self.json = is_json_format(log_format)
+        # JSON lines: fields come by key (`json_fields`), the time as (Timestamp, Time) - epoch first
+        self.pattern, self.fields = (None, ["Timestamp", "Time", "Level", "Content"]) if self.json else \
+            compile_format(log_format)
         self.line_filter, self.strip = line_filter, strip
         try:
             self._keep = re.compile(line_filter) if line_filter else None
@@ -187,6 +192,9 @@ class HeaderParser:
     def _parse(self, line: str) -> tuple[str, dict[str, str] | None] | None:
         if self.whole_line:
             return line, None
+        if self.json:
+            fields = json_fields(line)
+            return None if fields is None else (fields["Content"].strip(), fields)
         if self._split:
             parts = line.split(None, self._split)
             if len(parts) == self._split + 1:
@@ -211,6 +219,11 @@ class HeaderParser:
     def _parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
         if self.whole_line:
             return line, None
+        if self.json:
+            fields = json_fields(line)
+            if fields is None:
+                return None
+            return fields["Content"].strip(), (fields.get("Timestamp", ""), fields.get("Time", ""))
         if self._split:
             parts = line.split(None, self._split)
             if len(parts) == self._split + 1:

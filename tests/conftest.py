@@ -48,3 +48,28 @@ def prepared(cache_root, embedder, data_dir):
         return memo[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zookeeper_json(tmp_path_factory, data_dir) -> Path:
+    """Zookeeper's 2k lines as a structured logger writes them (one JSON object per line, keys in varying
+    order, ISO 8601 times on even lines and epoch milliseconds on odd ones), built from loghub's CSV."""
+    import csv
+    import json
+    from datetime import datetime, timezone
+
+    path = tmp_path_factory.mktemp("json-log") / "zookeeper.jsonl.log"
+    rows = []
+    with open(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log_structured.csv", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            when = datetime.strptime(f"{row['Date']} {row['Time']}", "%Y-%m-%d %H:%M:%S,%f")
+            when = when.replace(tzinfo=timezone.utc)
+            if i % 2 == 0:
+                obj = {"@timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                       "level": row["Level"], "logger": row["Component"], "message": row["Content"]}
+            else:
+                obj = {"msg": row["Content"], "thread": row["Node"], "ts": round(when.timestamp() * 1000),
+                       "severity": row["Level"]}
+            rows.append(json.dumps(obj))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path

@@ -182,6 +182,46 @@ def test_a_raw_log_without_a_format_is_told_which_named_formats_read_it(tmp_path
     assert "syslog" in names and "zookeeper" in names
 
 
+def test_json_lines_read_by_key_as_the_format_string_reads_the_text(zookeeper_json, data_dir):
+    """A structured logger's JSON lines give the same messages, templates, times and time windows as loghub's
+    text form of the same log read with its format string."""
+    rule = SessionRule("time", seconds=60)
+    text = data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log"
+    by_text = load_dataset(str(text), spec=RawSpec(system="zk", files=(RawFile(str(text)),),
+                                                    log_format=LOGHUB_FORMATS["Zookeeper"], rule=rule), progress=False)
+    spec = RawSpec(system="zk", files=(RawFile(str(zookeeper_json)),), log_format="json", rule=rule)
+    by_json = load_dataset(str(zookeeper_json), spec=spec, progress=False)
+    assert by_json.stats.lines == 2000 and by_json.stats.skipped == 0 and by_json.time_ordered
+    assert by_json.templates == by_text.templates
+    assert [(s.key, s.event_ids) for s in by_json.sessions] == [(s.key, s.event_ids) for s in by_text.sessions]
+    for a, b in zip(by_json.sessions, by_text.sessions, strict=True):
+        assert a.start == pytest.approx(b.start, abs=1e-3) and a.end == pytest.approx(b.end, abs=1e-3)
+
+
+def test_json_lines_that_are_not_records_are_counted_not_fatal(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("\n".join([
+        "starting up (not JSON)", "[1, 2]", '{"level": "info"}', '{"msg": ""}', "{broken",
+        '{"time": "2026-11-27T10:00:00Z", "msg": "request served in 12 ms", "req": "a1"}',
+        '{"time": "2026-11-27T10:00:05+01:00", "message": "request served in 15 ms", "req": "a2"}',
+    ]) + "\n")
+    spec = RawSpec(system="app", files=(RawFile(str(log)),), log_format="json", rule=SessionRule("lines", window=5))
+    ds = load_dataset(str(log), spec=spec, progress=False)
+    assert ds.stats.unmatched_format == 5 and sum(len(s.event_ids) for s in ds.sessions) == 2
+    # the offset is honoured: 10:00:05+01:00 is 09:00:05Z, the session's start
+    assert [s.start for s in ds.sessions] == [parse_timestamp({"Time": "2026-11-27T09:00:05Z"})]
+    assert ds.sessions[0].end - ds.sessions[0].start == 3600 - 5
+    none = tmp_path / "plain.log"
+    none.write_text("plain text\nmore text\n")
+    proc = run_cli("data", "stats", str(none), "--log-format", "json")
+    assert proc.returncode == 2 and "no line matches the log format 'json'" in proc.stderr
+    assert "message key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_json_log_is_suggested_json(zookeeper_json):
+    assert sniff_formats(zookeeper_json)[0] == ("json", 1.0)
+
+
 def test_format_string_errors():
     with pytest.raises(ConfigError, match="Content"):
         compile_format("<Date> <Time>")

@@ -157,6 +157,25 @@ def test_a_named_log_format_trains_and_serves_as_its_format_string(tmp_path, dat
     assert scorer.matcher.n_known == 20  # masked hosts share templates (38 unmasked)
 
 
+def test_a_json_lines_log_trains_and_serves(tmp_path, zookeeper_json, cache_root):
+    """`--log-format json`: a structured logger's lines train a detector that `detect` reads the same way."""
+    from fusionlog.cli import main
+    from fusionlog.data.raw import RawFile, RawSpec
+    from fusionlog.stream import StreamLimits, detect_stream, file_lines
+
+    out = tmp_path / "zkjson"
+    assert main(["-q", "fuse", "--target", str(zookeeper_json), "--log-format", "json", "--seconds", "60",
+                 "--rounds", "0", "--epochs", "1", "--steps-per-epoch", "4", "--sources", "hdfs", "bgl",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "serving.json").read_text())["log_format"] == "json"
+    spec = RawSpec(system="zk", files=(RawFile(str(zookeeper_json)),), log_format="json",
+                   rule=load_scorer(out).rule)
+    batch = load_dataset(str(zookeeper_json), spec=spec, progress=False)
+    scorer = load_scorer(out)
+    verdicts = list(detect_stream(scorer, file_lines(zookeeper_json), StreamLimits()))
+    assert len(verdicts) == len(batch.sessions) > 1 and scorer.matcher.stats.new_lines == 0
+
+
 def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_artifact, data_dir, tmp_path):
     """`fusionlog serve` (and scripts/serve.py, the same command) as a user starts it: any free port, real HTTP."""
     import re

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -56,6 +58,8 @@ def format_hint(log_format: str) -> str:
     Literal text is a regex fragment (loghub's convention), so an unescaped bracket or parenthesis, as in
     loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
     """
+    if log_format == "json":  # JSON_FORMAT (defined below)
+        return "; JSON lines need one object per line with a message key (message, msg, log, text, event or body)"
     literal = "".join(re.split(r"<[A-Za-z_][A-Za-z0-9_]*>", log_format))
     special = sorted(set(re.findall(r"(?<!\\)[\[\]()|]", literal)))
     if not special:
@@ -71,6 +75,10 @@ def format_hint(log_format: str) -> str:
 YEARLESS_YEAR = 2000
 
 
+#: `TimeLayout.fmt` of ISO 8601 date-times (read with `datetime.fromisoformat`; no offset means UTC)
+ISO_8601 = "iso8601"
+
+
 @dataclass(frozen=True)
 class TimeLayout:
     """One way header fields spell a time: a strptime format over the named fields, joined by spaces."""
@@ -82,6 +90,11 @@ class TimeLayout:
     def epoch(self, fields: dict[str, str]) -> float:
         """Epoch seconds (UTC); KeyError or ValueError when these fields do not spell a time this way."""
         text = " ".join(fields[k] for k in self.keys)
+        if self.fmt == ISO_8601:
+            if len(text) < 10 or not text[:4].isdigit():  # fromisoformat also reads bare clock times and weeks
+                raise ValueError(f"not an ISO 8601 date-time: {text!r}")
+            dt = datetime.fromisoformat(text)
+            return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()
         if self.yearless:
             dt = datetime.strptime(f"{YEARLESS_YEAR} {text}", f"%Y {self.fmt}")
         else:
@@ -100,6 +113,7 @@ TIME_LAYOUTS: tuple[TimeLayout, ...] = (
     TimeLayout("%y/%m/%d %H:%M:%S", ("Date", "Time")),
     TimeLayout("%Y-%m-%d-%H.%M.%S.%f", ("Time",)),
     TimeLayout("%Y%m%d-%H:%M:%S:%f", ("Time",)),
+    TimeLayout(ISO_8601, ("Time",)),  # 2026-11-27T10:00:00.123Z, +01:00 offsets (JSON logs, RFC 5424)
     # year-less: syslog (Linux, Mac: `Jun 14 15:16:01`), OpenSSH (`<Date>` is the month), Android, Proxifier
     TimeLayout("%b %d %H:%M:%S", ("Month", "Date", "Time"), yearless=True),
     TimeLayout("%b %d %H:%M:%S", ("Month", "Day", "Time"), yearless=True),
@@ -152,3 +166,64 @@ def parse_timestamp(fields: dict[str, str]) -> float | None:
         return epoch
     layout = layout_of(fields)
     return None if layout is None else layout.epoch(fields)
+
+
+#: `log_format` of JSON-lines logs: one JSON object per line, read by key instead of a format string.
+JSON_FORMAT = "json"
+
+#: the JSON keys each field is read from, first present wins (lower-cased; structured loggers' usual names)
+JSON_KEYS: dict[str, tuple[str, ...]] = {
+    "Content": ("message", "msg", "log", "text", "event", "body"),
+    "Time": ("@timestamp", "timestamp", "time", "ts", "datetime", "date", "asctime"),
+    "Level": ("level", "severity", "levelname", "lvl", "log.level", "loglevel"),
+}
+
+
+def is_json_format(log_format: str) -> bool:
+    return log_format == JSON_FORMAT
+
+
+def json_fields(line: str) -> dict[str, str] | None:
+    """Header fields of one JSON-lines record, or None when the line is not a JSON object with a message.
+
+    Why keys instead of a format string: structured loggers write their fields in any order and quote and
+    escape values, so no loghub format reads them. `Content` is the message (what Drain parses; the other
+    keys vary per request and would make every line its own template); a numeric or all-digit time becomes
+    `Timestamp` (epoch, `epoch_seconds` tells milliseconds), a text time `Time` (ISO 8601 and the other
+    layouts). A session key (`--key-regex`) is searched in the whole line, so any key can carry it.
+    """
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    lower = {str(k).lower(): v for k, v in obj.items()}
+    fields: dict[str, str] = {}
+    for name, keys in JSON_KEYS.items():
+        value = next((lower[k] for k in keys if lower.get(k) is not None), None)
+        if value is None or isinstance(value, (dict, list, bool)):
+            continue
+        if name == "Time" and isinstance(value, (int, float)):
+            fields["Timestamp"] = str(int(value))
+        elif name == "Time" and isinstance(value, str) and value.isdigit():
+            fields["Timestamp"] = value
+        else:
+            fields[name] = str(value)
+    return fields if fields.get("Content", "").strip() else None
+
+
+def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
+    """A function from a stripped line to its header fields (with `Content`), or None when the line does not
+    fit: the format string's regex, or `json_fields` for JSON lines. Raises ConfigError on a bad format."""
+    if is_json_format(log_format):
+        return json_fields
+    pattern, names = compile_format(log_format)
+
+    def read(line: str) -> dict[str, str] | None:
+        m = pattern.match(line)
+        return None if m is None else {n: (m.group(n) or "") for n in names}
+
+    return read

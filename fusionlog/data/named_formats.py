@@ -3,8 +3,9 @@
 Why: a loghub format string is the first thing a user must get right, and a wrong one reads no line or
 reads lines wrongly (`fusionlog.data.formats.format_hint`). Most logs are in a few common layouts, so a
 name stands for its format string and for the Drain masks that layout needs (Proxifier's host:port). The
-names are loghub's 16 systems, lower-cased, plus `syslog` (RFC 3164 as rsyslog writes it); a string with a
-`<Field>` in it is a format string as before.
+names are loghub's 16 systems, lower-cased, `syslog` (RFC 3164 as rsyslog writes it) and `json` (one JSON
+object per line, read by key: `fusionlog.data.formats.json_fields`); a string with a `<Field>` in it is a
+format string as before.
 
 `sniff_formats` says which named formats read the first lines of a file, for the error a user gets when
 they give none and for `fusionlog data formats FILE`. It suggests and never chooses: layouts read each
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusionlog.config import MaskRule
-from fusionlog.data.formats import TIME_FIELDS, compile_format, parse_timestamp
+from fusionlog.data.formats import (
+    JSON_FORMAT,
+    TIME_FIELDS,
+    compile_format,
+    header_reader,
+    is_json_format,
+    parse_timestamp,
+)
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
@@ -64,6 +72,9 @@ class NamedFormat:
 
 def _build() -> dict[str, NamedFormat]:
     out = {
+        JSON_FORMAT: NamedFormat(
+            JSON_FORMAT, JSON_FORMAT,
+            about="one JSON object per line (structured loggers): message, time and level read by key"),
         "syslog": NamedFormat(
             "syslog", r"<Month> <Date> <Time> <Host> <Component>(\[<PID>\])?: <Content>",
             about="RFC 3164 as rsyslog writes it: 'Jun 14 15:16:01 host sshd[1234]: ...'"),
@@ -99,12 +110,12 @@ def resolve_log_format(value: str) -> tuple[str, tuple[MaskRule, ...]]:
 
 def _reads(fmt: str, lines: list[str]) -> int:
     """How many `lines` the format matches, with a time read where the format has time fields."""
-    pattern, names = compile_format(fmt)
-    timed = any(n in TIME_FIELDS for n in names)
+    read = header_reader(fmt)
+    timed = not is_json_format(fmt) and any(n in TIME_FIELDS for n in compile_format(fmt)[1])  # JSON: a message
     n = 0
     for line in lines:
-        m = pattern.match(line)
-        if m is not None and (not timed or parse_timestamp(m.groupdict()) is not None):
+        fields = read(line)
+        if fields is not None and (not timed or parse_timestamp(fields) is not None):
             n += 1
     return n
 
@@ -140,5 +151,7 @@ def sniff_formats(path: Path, max_lines: int = 200, min_share: float = 0.9) -> l
 
 def _specificity(log_format: str) -> tuple[int, int]:
     """Sort key, more specific first: letters and digits of literal text (OpenSSH's `sshd[`), then fields."""
+    if is_json_format(log_format):
+        return 0, 0
     literal = re.sub(r"<[A-Za-z_][A-Za-z0-9_]*>", "", log_format)
     return -sum(c.isalnum() for c in literal), -len(compile_format(log_format)[1])

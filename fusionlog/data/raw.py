@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fusionlog.config import MaskRule, ParseConfig, SessionRule, config_from_dict
-from fusionlog.data.formats import compile_format, format_hint, parse_timestamp
+from fusionlog.data.formats import format_hint, header_reader, parse_timestamp
 from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
@@ -62,7 +62,7 @@ class RawSpec:
             raise ConfigError("RawSpec.label_mode='key_file' needs label_file")
         if not self.files:
             raise ConfigError("RawSpec.files is empty: give at least one log file")
-        compile_format(self.log_format)  # fail early on a bad format string
+        header_reader(self.log_format)  # fail early on a bad format string
         object.__setattr__(self, "masks", tuple(_mask_rule(m) for m in self.masks))
 
     def parse_config(self, parse: ParseConfig | None) -> ParseConfig:
@@ -116,7 +116,7 @@ def resolve(path: str, data_dir: Path) -> Path:
 
 def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[LogRecord]:
     """Stream LogRecords from every file of the spec; unparsable lines are counted, never raised."""
-    pattern, names = compile_format(spec.log_format)
+    read = header_reader(spec.log_format)
     keep = re.compile(spec.line_filter) if spec.line_filter else None
     strip = re.compile(spec.strip) if spec.strip else None
     for raw_file in spec.files:
@@ -127,7 +127,7 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         first = ""
         for line_no, line in iter_lines(path, file_stats, allow_empty=len(spec.files) > 1):
             first = first or line.strip()
-            rec = _parse_line(spec, pattern, names, keep, line, line_no, raw_file, file_stats)
+            rec = _parse_line(spec, read, keep, line, line_no, raw_file, file_stats)
             if rec is None:
                 continue
             if strip is not None:
@@ -143,18 +143,17 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
             )
 
 
-def _parse_line(spec, pattern, names, keep, line, line_no, raw_file, stats) -> LogRecord | None:
+def _parse_line(spec, read, keep, line, line_no, raw_file, stats) -> LogRecord | None:
     if not line.strip():
         stats.empty += 1
         return None
     if keep is not None and not keep.search(line):
         stats.continuation += 1
         return None
-    m = pattern.match(line.strip())
-    if m is None:
+    fields = read(line.strip())
+    if fields is None:
         stats.unmatched_format += 1
         return None
-    fields = {n: (m.group(n) or "") for n in names}
     label: int | None = None
     if spec.label_mode == "inline":
         label = 0 if fields.get("Label", "-") == "-" else 1
