@@ -1,6 +1,7 @@
 """HTTP service over a loaded detector (any `SessionScorer`): FastAPI app + uvicorn entry point.
 
     POST /v1/detect   {"lines": [raw line, ...]}                      sessionized with the scorer's rule
+                      {"lines": [{"msg": ..., "ts": ...}, ...]}       a JSON-lines model: records as objects
                       {"sessions": [{"key": k, "lines": [...]}, ...]}  one session per item, raw lines
                       {"sessions": [{"key": k, "templates": [...]}]}   template texts or event ids
                       → {"verdicts": [SessionVerdict.to_dict(), ...], "stats": {...}}
@@ -58,7 +59,8 @@ class SessionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     key: str = Field(description="session id echoed in the verdict")
-    lines: list[str] | None = Field(None, description="raw log lines of this session, in order")
+    lines: list[str | dict[str, Any]] | None = Field(None, description=(
+        "raw log lines of this session, in order (a model trained on JSON lines also takes each record as an object)"))
     templates: list[str | int] | None = Field(
         None, description="template texts, or event ids of the model's template table, in order"
     )
@@ -75,7 +77,9 @@ class DetectRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    lines: list[str] | None = Field(None, description="raw log lines; every session is flushed at the end")
+    lines: list[str | dict[str, Any]] | None = Field(None, description=(
+        "raw log lines; every session is flushed at the end (a model trained on JSON lines also takes each record "
+        "as a JSON object, as log shippers post them)"))
     sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
     examples: bool = Field(False, description="give each top template the session's first raw line of it")
 
@@ -291,7 +295,22 @@ class DetectService:
         if n_items > self.limits.max_lines:
             raise ApiError(413, "too_many_lines", f"{n_items} lines/templates in the request; the limit is "
                            f"{self.limits.max_lines} (split the request)")
+        if req.lines is not None:
+            req.lines = self._as_lines(req.lines, "lines")
+        for i, item in enumerate(req.sessions or []):
+            if item.lines is not None:
+                item.lines = self._as_lines(item.lines, f"sessions[{i}].lines")
         return req
+
+    def _as_lines(self, items: list[str | dict[str, Any]], where: str) -> list[str]:
+        """Log records posted as JSON objects, as the JSON lines the model was trained on (one line each)."""
+        if all(isinstance(x, str) for x in items):
+            return items  # type: ignore[return-value]
+        if not self.parser.json:
+            i = next(i for i, x in enumerate(items) if not isinstance(x, str))
+            raise ApiError(422, "invalid_request", f"{where}[{i}]: a JSON object, but this model reads text lines "
+                           f"in its log format {self.parser.log_format!r}; send each line as a string")
+        return [x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in items]
 
     def score(self, req: DetectRequest, *, wait: bool = True) -> dict | None:
         """Sessionize and score under the scorer lock; with `wait=False`, None if the lock is busy."""

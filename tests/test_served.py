@@ -174,6 +174,18 @@ def test_a_json_lines_log_trains_and_serves(tmp_path, zookeeper_json, cache_root
     scorer = load_scorer(out)
     verdicts = list(detect_stream(scorer, file_lines(zookeeper_json), StreamLimits()))
     assert len(verdicts) == len(batch.sessions) > 1 and scorer.matcher.stats.new_lines == 0
+    # over HTTP, a log shipper may post the records as objects: the same verdicts as the lines themselves
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    lines = zookeeper_json.read_text(encoding="utf-8").splitlines()[:300]
+    with TestClient(create_app(load_scorer(out))) as client:
+        as_text = client.post("/v1/detect", json={"lines": lines})
+        as_objects = client.post("/v1/detect", json={"lines": [json.loads(x) for x in lines]})
+    assert as_text.status_code == as_objects.status_code == 200, as_objects.text
+    assert as_objects.json()["verdicts"] == as_text.json()["verdicts"] != []
+    assert as_objects.json()["stats"]["unmatched_format"] == 0
 
 
 def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_artifact, data_dir, tmp_path):

@@ -242,6 +242,9 @@ BAD = [
      "exactly one"),
     ("bad-event-id", b'{"sessions": [{"key": "k", "templates": [0, 99999]}]}', 422, "invalid_request", "99999"),
     ("negative-id", b'{"sessions": [{"key": "k", "templates": [-1]}]}', 422, "invalid_request", "templates[0]"),
+    ("object-to-text-model", b'{"lines": ["ok", {"msg": "x"}]}', 422, "invalid_request", "lines[1]: a JSON object"),
+    ("session-object-to-text-model", b'{"sessions": [{"key": "k", "lines": [{"msg": "x"}]}]}', 422,
+     "invalid_request", "sessions[0].lines[0]"),
     ("too-many-lines", json.dumps({"lines": ["x"] * 501}).encode(), 413, "too_many_lines", "501"),
     ("oversized", json.dumps({"lines": ["x" * 70_000]}).encode(), 413, "body_too_large", "65536"),
 ]
