@@ -19,6 +19,7 @@ from fusionlog.data.formats import compile_format, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
 from fusionlog.data.named_formats import LOGHUB_FORMATS, sniff_formats
 from fusionlog.data.paths import resolve_data_dir
+from fusionlog.data.raw import read_records
 from fusionlog.data.readers import iter_lines
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
@@ -216,6 +217,28 @@ def test_json_lines_that_are_not_records_are_counted_not_fatal(tmp_path):
     proc = run_cli("data", "stats", str(none), "--log-format", "json")
     assert proc.returncode == 2 and "no line matches the log format 'json'" in proc.stderr
     assert "message key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_exception_beside_a_json_message_tells_failures_from_successes(tmp_path):
+    """`request failed` with a Python traceback, a Java stack trace or an ECS error object carries its exception's
+    headline into the content, so Drain tells it from the same message without one (which keeps its text)."""
+    traceback = "Traceback (most recent call last):\n  File \"app.py\", line 9, in run\nValueError: bad id 42"
+    records = [
+        {"msg": "request failed", "exc_info": traceback},
+        {"message": "request failed", "stack_trace": "java.io.IOException: Connection reset\n\tat a.B(B.java:3)"},
+        {"message": "request failed", "error": {"type": "TimeoutError", "message": "deadline exceeded"}},
+        {"message": "request failed", "error": None},
+    ]
+    log = tmp_path / "app.log"
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    spec = RawSpec(system="app", files=(RawFile(str(log)),), log_format="json", rule=SessionRule("lines", window=4))
+    ds = load_dataset(str(log), spec=spec, progress=False)
+    contents = [r.text for r in read_records(spec, Path("."), ReadStats())]
+    assert contents == ["request failed [ValueError: bad id 42]",
+                        "request failed [java.io.IOException: Connection reset]",
+                        "request failed [TimeoutError: deadline exceeded]", "request failed"]
+    ids = ds.sessions[0].event_ids
+    assert ids[3] not in ids[:3]
 
 
 def test_a_json_log_is_suggested_json(zookeeper_json):

@@ -179,6 +179,27 @@ JSON_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: keys that hold an exception or stack trace beside the message (Python, logstash/Java, ECS, Go loggers)
+JSON_ERROR_KEYS = ("exc_info", "exception", "stack_trace", "stacktrace", "error.stack_trace", "error", "error.message",
+                   "err")
+MAX_ERROR_CHARS = 300
+
+
+def error_headline(value: object) -> str:
+    """The line of an exception that names it: a Python traceback's last line (`ValueError: bad`), a Java or
+    Go trace's first (`java.io.IOException: Connection reset`), an ECS error object's `type: message`."""
+    if isinstance(value, dict):
+        lower = {str(k).lower(): v for k, v in value.items()}
+        parts = [str(lower[k]) for k in ("type", "message") if isinstance(lower.get(k), (str, int, float))]
+        return ": ".join(parts)[:MAX_ERROR_CHARS]
+    if not isinstance(value, str):
+        return ""
+    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:MAX_ERROR_CHARS]
+
+
 def is_json_format(log_format: str) -> bool:
     return log_format == JSON_FORMAT
 
@@ -190,7 +211,9 @@ def json_fields(line: str) -> dict[str, str] | None:
     escape values, so no loghub format reads them. `Content` is the message (what Drain parses; the other
     keys vary per request and would make every line its own template); a numeric or all-digit time becomes
     `Timestamp` (epoch, `epoch_seconds` tells milliseconds), a text time `Time` (ISO 8601 and the other
-    layouts). A session key (`--key-regex`) is searched in the whole line, so any key can carry it.
+    layouts). A session key (`--key-regex`) is searched in the whole line, so any key can carry it. An
+    exception beside the message (`JSON_ERROR_KEYS`) adds its headline in brackets: the message of a failure
+    is often the one a success logs too, and the exception's type is what tells them apart.
     """
     if not line.startswith("{"):
         return None
@@ -212,7 +235,13 @@ def json_fields(line: str) -> dict[str, str] | None:
             fields["Timestamp"] = value
         else:
             fields[name] = str(value)
-    return fields if fields.get("Content", "").strip() else None
+    if not fields.get("Content", "").strip():
+        return None
+    error = next((lower[k] for k in JSON_ERROR_KEYS if lower.get(k) not in (None, "", {}, [])), None)
+    headline = error_headline(error) if error is not None else ""
+    if headline:  # the exception is the signal; the message is often generic ("request failed")
+        fields["Content"] = f"{fields['Content'].strip()} [{headline}]"
+    return fields
 
 
 def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
