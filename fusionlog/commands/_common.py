@@ -91,7 +91,8 @@ def spec_from_args(source: str, args: argparse.Namespace) -> RawSpec | None:
 
 
 def _format_suggestion(path: Path) -> str:
-    """': these named formats read its first lines: ...', or an example format string when none does."""
+    """For the no-format error: the named formats that read the file's first lines, or the names and an
+    example format string when none does."""
     if not path.is_file():
         return " (e.g. '<Date> <Time> <Level> <Component>: <Content>')"
     found = sniff_formats(path)

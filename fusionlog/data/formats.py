@@ -12,6 +12,13 @@ from fusionlog.errors import ConfigError
 
 _FIELD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 
+#: `log_format` of JSON-lines logs: one JSON object per line, read by key instead of a format string.
+JSON_FORMAT = "json"
+
+
+def is_json_format(log_format: str) -> bool:
+    return log_format == JSON_FORMAT
+
 
 def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
     """Turn a loghub format string into an anchored regex with one named group per field.
@@ -58,7 +65,7 @@ def format_hint(log_format: str) -> str:
     Literal text is a regex fragment (loghub's convention), so an unescaped bracket or parenthesis, as in
     loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
     """
-    if log_format == "json":  # JSON_FORMAT (defined below)
+    if is_json_format(log_format):
         return "; JSON lines need one object per line with a message key (message, msg, log, text, event or body)"
     literal = "".join(re.split(r"<[A-Za-z_][A-Za-z0-9_]*>", log_format))
     special = sorted(set(re.findall(r"(?<!\\)[\[\]()|]", literal)))
@@ -168,9 +175,6 @@ def parse_timestamp(fields: dict[str, str]) -> float | None:
     return None if layout is None else layout.epoch(fields)
 
 
-#: `log_format` of JSON-lines logs: one JSON object per line, read by key instead of a format string.
-JSON_FORMAT = "json"
-
 #: the JSON keys each field is read from, first present wins (lower-cased; structured loggers' usual names)
 JSON_KEYS: dict[str, tuple[str, ...]] = {
     "Content": ("message", "msg", "log", "text", "event", "body"),
@@ -198,10 +202,6 @@ def error_headline(value: object) -> str:
     if not lines:
         return ""
     return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:MAX_ERROR_CHARS]
-
-
-def is_json_format(log_format: str) -> bool:
-    return log_format == JSON_FORMAT
 
 
 def json_fields(line: str) -> dict[str, str] | None:
