@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
+from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.errors import ConfigError, FusionLogError
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
@@ -306,7 +307,7 @@ class DetectService:
         """Log records posted as JSON objects, as the JSON lines the model was trained on (one line each)."""
         if all(isinstance(x, str) for x in items):
             return items  # type: ignore[return-value]
-        if not self.parser.json:
+        if self.parser.log_format != JSON_FORMAT:
             i = next(i for i, x in enumerate(items) if not isinstance(x, str))
             raise ApiError(422, "invalid_request", f"{where}[{i}]: a JSON object, but this model reads text lines "
                            f"in its log format {self.parser.log_format!r}; send each line as a string")

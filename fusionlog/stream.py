@@ -39,12 +39,12 @@ from typing import BinaryIO
 from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.formats import (
+    STRUCTURED_READERS,
     TIME_FIELDS,
     TimeLayout,
     compile_format,
     epoch_seconds,
-    is_json_format,
-    json_fields,
+    is_structured_format,
     layout_of,
     parse_timestamp,
 )
@@ -151,9 +151,9 @@ class HeaderParser:
         """`line_filter`, `strip`: as `RawSpec`'s (a line the filter misses is a continuation line; `strip`
         is cut from the content), so detection reads a line exactly as training did."""
         self.log_format = log_format
-        self.json = is_json_format(log_format)
-        # JSON lines: fields come by key (`json_fields`), the time as (Timestamp, Time) - epoch first
-        self.pattern, self.fields = (None, ["Timestamp", "Time", "Level", "Content"]) if self.json else \
+        # JSON lines, logfmt: fields come by key (`record_fields`), the time as (Timestamp, Time) - epoch first
+        self._record = STRUCTURED_READERS.get(log_format) if is_structured_format(log_format) else None
+        self.pattern, self.fields = (None, ["Timestamp", "Time", "Level", "Content"]) if self._record else \
             compile_format(log_format)
         self.line_filter, self.strip = line_filter, strip
         try:
@@ -192,8 +192,8 @@ class HeaderParser:
     def _parse(self, line: str) -> tuple[str, dict[str, str] | None] | None:
         if self.whole_line:
             return line, None
-        if self.json:
-            fields = json_fields(line)
+        if self._record is not None:
+            fields = self._record(line)
             return None if fields is None else (fields["Content"].strip(), fields)
         if self._split:
             parts = line.split(None, self._split)
@@ -219,8 +219,8 @@ class HeaderParser:
     def _parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
         if self.whole_line:
             return line, None
-        if self.json:
-            fields = json_fields(line)
+        if self._record is not None:
+            fields = self._record(line)
             if fields is None:
                 return None
             return fields["Content"].strip(), (fields.get("Timestamp", ""), fields.get("Time", ""))

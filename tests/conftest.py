@@ -73,3 +73,24 @@ def zookeeper_json(tmp_path_factory, data_dir) -> Path:
             rows.append(json.dumps(obj))
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def zookeeper_logfmt(tmp_path_factory, data_dir) -> Path:
+    """The same 2k lines as logfmt (`time=... level=INFO logger=... msg="..."`, Go/Heroku style): ISO times on
+    even lines, epoch milliseconds on odd ones; messages quoted with JSON escapes."""
+    import csv
+    import json
+    from datetime import datetime, timezone
+
+    path = tmp_path_factory.mktemp("logfmt-log") / "zookeeper.logfmt.log"
+    rows = []
+    with open(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log_structured.csv", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            when = datetime.strptime(f"{row['Date']} {row['Time']}", "%Y-%m-%d %H:%M:%S,%f")
+            when = when.replace(tzinfo=timezone.utc)
+            t = when.isoformat(timespec="milliseconds").replace("+00:00", "Z") if i % 2 == 0 else \
+                str(round(when.timestamp() * 1000))
+            rows.append(f"time={t} level={row['Level']} logger={row['Component']} msg={json.dumps(row['Content'])}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path

@@ -15,7 +15,7 @@ import pytest
 
 from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
-from fusionlog.data.formats import compile_format, parse_timestamp
+from fusionlog.data.formats import compile_format, logfmt_fields, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
 from fusionlog.data.named_formats import LOGHUB_FORMATS, sniff_formats
 from fusionlog.data.paths import resolve_data_dir
@@ -183,15 +183,17 @@ def test_a_raw_log_without_a_format_is_told_which_named_formats_read_it(tmp_path
     assert "syslog" in names and "zookeeper" in names
 
 
-def test_json_lines_read_by_key_as_the_format_string_reads_the_text(zookeeper_json, data_dir):
-    """A structured logger's JSON lines give the same messages, templates, times and time windows as loghub's
-    text form of the same log read with its format string."""
+@pytest.mark.parametrize("fmt", ["json", "logfmt"])
+def test_structured_lines_read_by_key_as_the_format_string_reads_the_text(fmt, request, data_dir):
+    """A structured logger's JSON or logfmt lines give the same messages, templates, times and time windows as
+    loghub's text form of the same log read with its format string."""
+    log = request.getfixturevalue(f"zookeeper_{fmt}")
     rule = SessionRule("time", seconds=60)
     text = data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log"
     by_text = load_dataset(str(text), spec=RawSpec(system="zk", files=(RawFile(str(text)),),
                                                     log_format=LOGHUB_FORMATS["Zookeeper"], rule=rule), progress=False)
-    spec = RawSpec(system="zk", files=(RawFile(str(zookeeper_json)),), log_format="json", rule=rule)
-    by_json = load_dataset(str(zookeeper_json), spec=spec, progress=False)
+    spec = RawSpec(system="zk", files=(RawFile(str(log)),), log_format=fmt, rule=rule)
+    by_json = load_dataset(str(log), spec=spec, progress=False)
     assert by_json.stats.lines == 2000 and by_json.stats.skipped == 0 and by_json.time_ordered
     assert by_json.templates == by_text.templates
     assert [(s.key, s.event_ids) for s in by_json.sessions] == [(s.key, s.event_ids) for s in by_text.sessions]
@@ -241,8 +243,16 @@ def test_an_exception_beside_a_json_message_tells_failures_from_successes(tmp_pa
     assert ids[3] not in ids[:3]
 
 
-def test_a_json_log_is_suggested_json(zookeeper_json):
+def test_a_json_log_is_suggested_json_and_a_logfmt_log_logfmt(zookeeper_json, zookeeper_logfmt):
     assert sniff_formats(zookeeper_json)[0] == ("json", 1.0)
+    assert sniff_formats(zookeeper_logfmt)[0] == ("logfmt", 1.0)
+
+
+def test_logfmt_pairs_quotes_and_escapes():
+    fields = logfmt_fields('ts=1732701600123 lvl=warn message="said \\"hi\\" to=x" err="EOF" req=a1')
+    assert fields == {"Content": 'said "hi" to=x [EOF]', "Timestamp": "1732701600123", "Level": "warn"}
+    assert logfmt_fields("level=info no=message") is None
+    assert logfmt_fields("Jun 14 15:16:01 combo sshd[1]: authentication failure; uid=0 euid=0") is None
 
 
 def test_format_string_errors():

@@ -90,15 +90,17 @@ def test_window_sessions_equal_the_batch_sessionizer(data_dir, bgl_lines, rule):
     assert {s.closed_by for s in out[:-1]} == {CLOSED_WINDOW} and out[-1].closed_by == CLOSED_FLUSH
 
 
-def test_json_time_windows_equal_the_batch_sessionizer(zookeeper_json):
-    """Detection reads JSON lines by key as training did: same windows, same times; other lines counted."""
+@pytest.mark.parametrize("fmt", ["json", "logfmt"])
+def test_structured_time_windows_equal_the_batch_sessionizer(fmt, request):
+    """Detection reads JSON / logfmt lines by key as training did: same windows, same times; others counted."""
     from fusionlog.data.raw import RawFile, RawSpec
 
+    log = request.getfixturevalue(f"zookeeper_{fmt}")
     rule = SessionRule("time", seconds=60)
-    spec = RawSpec(system="zk", files=(RawFile(str(zookeeper_json)),), log_format="json", rule=rule)
-    ds = load_dataset(str(zookeeper_json), spec=spec, progress=False)
-    sz = StreamSessionizer(ds.store.match_line, rule, "json", NO_TIMEOUTS)
-    out = _run(sz, [*_lines(zookeeper_json), "a plain banner line", '{"level": "info"}'])
+    spec = RawSpec(system="zk", files=(RawFile(str(log)),), log_format=fmt, rule=rule)
+    ds = load_dataset(str(log), spec=spec, progress=False)
+    sz = StreamSessionizer(ds.store.match_line, rule, fmt, NO_TIMEOUTS)
+    out = _run(sz, [*_lines(log), "a plain banner line", '{"level": "info"}'])
     assert len(out) > 1 and sz.stats.read.unmatched_format == 2
     assert [(s.event_ids, s.start, s.end) for s in out] == [(s.event_ids, s.start, s.end) for s in ds.sessions]
 

@@ -14,10 +14,13 @@ _FIELD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 
 #: `log_format` of JSON-lines logs: one JSON object per line, read by key instead of a format string.
 JSON_FORMAT = "json"
+#: `log_format` of logfmt logs: `key=value` pairs per line (`msg="..."` quoted), read by key like JSON.
+LOGFMT_FORMAT = "logfmt"
 
 
-def is_json_format(log_format: str) -> bool:
-    return log_format == JSON_FORMAT
+def is_structured_format(log_format: str) -> bool:
+    """True for the formats read by key (JSON lines, logfmt) rather than by a format string."""
+    return log_format in (JSON_FORMAT, LOGFMT_FORMAT)
 
 
 def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
@@ -65,8 +68,9 @@ def format_hint(log_format: str) -> str:
     Literal text is a regex fragment (loghub's convention), so an unescaped bracket or parenthesis, as in
     loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
     """
-    if is_json_format(log_format):
-        return "; JSON lines need one object per line with a message key (message, msg, log, text, event or body)"
+    if is_structured_format(log_format):
+        return (f"; {log_format} lines need a message key per line ({', '.join(JSON_KEYS['Content'])}); a JSON "
+                f"log reads with 'json', key=value pairs with 'logfmt'")
     literal = "".join(re.split(r"<[A-Za-z_][A-Za-z0-9_]*>", log_format))
     special = sorted(set(re.findall(r"(?<!\\)[\[\]()|]", literal)))
     if not special:
@@ -208,12 +212,7 @@ def json_fields(line: str) -> dict[str, str] | None:
     """Header fields of one JSON-lines record, or None when the line is not a JSON object with a message.
 
     Why keys instead of a format string: structured loggers write their fields in any order and quote and
-    escape values, so no loghub format reads them. `Content` is the message (what Drain parses; the other
-    keys vary per request and would make every line its own template); a numeric or all-digit time becomes
-    `Timestamp` (epoch, `epoch_seconds` tells milliseconds), a text time `Time` (ISO 8601 and the other
-    layouts). A session key (`--key-regex`) is searched in the whole line, so any key can carry it. An
-    exception beside the message (`JSON_ERROR_KEYS`) adds its headline in brackets: the message of a failure
-    is often the one a success logs too, and the exception's type is what tells them apart.
+    escape values, so no loghub format reads them (`record_fields` says which keys are read).
     """
     if not line.startswith("{"):
         return None
@@ -221,8 +220,37 @@ def json_fields(line: str) -> dict[str, str] | None:
         obj = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(obj, dict):
-        return None
+    return record_fields(obj) if isinstance(obj, dict) else None
+
+
+#: one logfmt pair: key=value, or key="quoted value" with backslash escapes
+_LOGFMT_PAIR = re.compile(r'([^\s="]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def logfmt_fields(line: str) -> dict[str, str] | None:
+    """Header fields of one logfmt record (`time=... level=info msg="request served" req=a1`, as Go and
+    Heroku services write), or None when the line holds no pair with a message key."""
+    obj: dict[str, object] = {}
+    for key, value in _LOGFMT_PAIR.findall(line):
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)  # the same escapes as a JSON string
+            except ValueError:
+                value = value[1:-1]
+        obj.setdefault(key, value)
+    return record_fields(obj) if obj else None
+
+
+def record_fields(obj: dict) -> dict[str, str] | None:
+    """Header fields of one structured record (JSON object, logfmt pairs), or None without a message.
+
+    `Content` is the message (what Drain parses; the other keys vary per request and would make every line
+    its own template); a numeric or all-digit time becomes `Timestamp` (epoch, `epoch_seconds` tells
+    milliseconds), a text time `Time` (ISO 8601 and the other layouts). A session key (`--key-regex`) is
+    searched in the whole line, so any key can carry it. An exception beside the message (`JSON_ERROR_KEYS`)
+    adds its headline in brackets: the message of a failure is often the one a success logs too, and the
+    exception's type is what tells them apart.
+    """
     lower = {str(k).lower(): v for k, v in obj.items()}
     fields: dict[str, str] = {}
     for name, keys in JSON_KEYS.items():
@@ -244,11 +272,18 @@ def json_fields(line: str) -> dict[str, str] | None:
     return fields
 
 
+#: formats read by key rather than by a format string, and the reader of each
+STRUCTURED_READERS: dict[str, Callable[[str], dict[str, str] | None]] = {
+    JSON_FORMAT: json_fields,
+    LOGFMT_FORMAT: logfmt_fields,
+}
+
+
 def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
     """A function from a stripped line to its header fields (with `Content`), or None when the line does not
-    fit: the format string's regex, or `json_fields` for JSON lines. Raises ConfigError on a bad format."""
-    if is_json_format(log_format):
-        return json_fields
+    fit: the format string's regex, or `json_fields` / `logfmt_fields`. Raises ConfigError on a bad format."""
+    if is_structured_format(log_format):
+        return STRUCTURED_READERS[log_format]
     pattern, names = compile_format(log_format)
 
     def read(line: str) -> dict[str, str] | None:

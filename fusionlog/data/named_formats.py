@@ -3,9 +3,9 @@
 Why: a loghub format string is the first thing a user must get right, and a wrong one reads no line or
 reads lines wrongly (`fusionlog.data.formats.format_hint`). Most logs are in a few common layouts, so a
 name stands for its format string and for the Drain masks that layout needs (Proxifier's host:port). The
-names are loghub's 16 systems, lower-cased, `syslog` (RFC 3164 as rsyslog writes it) and `json` (one JSON
-object per line, read by key: `fusionlog.data.formats.json_fields`); a string with a `<Field>` in it is a
-format string as before.
+names are loghub's 16 systems, lower-cased, `syslog` (RFC 3164 as rsyslog writes it), `json` (one JSON
+object per line) and `logfmt` (key=value pairs), the last two read by key (`fusionlog.data.formats.
+record_fields`); a string with a `<Field>` in it is a format string as before.
 
 `sniff_formats` says which named formats read the first lines of a file, for the error a user gets when
 they give none and for `fusionlog data formats FILE`. It suggests and never chooses: layouts read each
@@ -23,10 +23,11 @@ from pathlib import Path
 from fusionlog.config import MaskRule
 from fusionlog.data.formats import (
     JSON_FORMAT,
+    LOGFMT_FORMAT,
     TIME_FIELDS,
     compile_format,
     header_reader,
-    is_json_format,
+    is_structured_format,
     parse_timestamp,
 )
 from fusionlog.errors import ConfigError, DataError
@@ -75,6 +76,9 @@ def _build() -> dict[str, NamedFormat]:
         JSON_FORMAT: NamedFormat(
             JSON_FORMAT, JSON_FORMAT,
             about="one JSON object per line (structured loggers): message, time and level read by key"),
+        LOGFMT_FORMAT: NamedFormat(
+            LOGFMT_FORMAT, LOGFMT_FORMAT,
+            about="key=value pairs per line (Go, Heroku): time=... level=info msg=\"...\", read by key"),
         "syslog": NamedFormat(
             "syslog", r"<Month> <Date> <Time> <Host> <Component>(\[<PID>\])?: <Content>",
             about="RFC 3164 as rsyslog writes it: 'Jun 14 15:16:01 host sshd[1234]: ...'"),
@@ -111,7 +115,7 @@ def resolve_log_format(value: str) -> tuple[str, tuple[MaskRule, ...]]:
 def _reads(fmt: str, lines: list[str]) -> int:
     """How many `lines` the format matches, with a time read where the format has time fields."""
     read = header_reader(fmt)
-    timed = not is_json_format(fmt) and any(n in TIME_FIELDS for n in compile_format(fmt)[1])  # JSON: a message
+    timed = not is_structured_format(fmt) and any(n in TIME_FIELDS for n in compile_format(fmt)[1])  # by key: a message
     n = 0
     for line in lines:
         fields = read(line)
@@ -151,7 +155,7 @@ def sniff_formats(path: Path, max_lines: int = 200, min_share: float = 0.9) -> l
 
 def _specificity(log_format: str) -> tuple[int, int]:
     """Sort key, more specific first: letters and digits of literal text (OpenSSH's `sshd[`), then fields."""
-    if is_json_format(log_format):
+    if is_structured_format(log_format):
         return 0, 0
     literal = re.sub(r"<[A-Za-z_][A-Za-z0-9_]*>", "", log_format)
     return -sum(c.isalnum() for c in literal), -len(compile_format(log_format)[1])
