@@ -18,9 +18,12 @@ JSON_FORMAT = "json"
 LOGFMT_FORMAT = "logfmt"
 
 
+#: the formats read by key (`record_fields`) rather than by a format string
+STRUCTURED_FORMATS = (JSON_FORMAT, LOGFMT_FORMAT)
+
+
 def is_structured_format(log_format: str) -> bool:
-    """True for the formats read by key (JSON lines, logfmt) rather than by a format string."""
-    return log_format in (JSON_FORMAT, LOGFMT_FORMAT)
+    return log_format in STRUCTURED_FORMATS
 
 
 def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
@@ -69,7 +72,7 @@ def format_hint(log_format: str) -> str:
     loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
     """
     if is_structured_format(log_format):
-        return (f"; {log_format} lines need a message key per line ({', '.join(JSON_KEYS['Content'])}); a JSON "
+        return (f"; {log_format} lines need a message key per line ({', '.join(RECORD_KEYS['Content'])}); a JSON "
                 f"log reads with 'json', key=value pairs with 'logfmt'")
     literal = "".join(re.split(r"<[A-Za-z_][A-Za-z0-9_]*>", log_format))
     special = sorted(set(re.findall(r"(?<!\\)[\[\]()|]", literal)))
@@ -179,8 +182,9 @@ def parse_timestamp(fields: dict[str, str]) -> float | None:
     return None if layout is None else layout.epoch(fields)
 
 
-#: the JSON keys each field is read from, first present wins (lower-cased; structured loggers' usual names)
-JSON_KEYS: dict[str, tuple[str, ...]] = {
+#: the keys each field of a structured record is read from, first present wins (lower-cased; structured
+#: loggers' usual names)
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
     "Content": ("message", "msg", "log", "text", "event", "body"),
     "Time": ("@timestamp", "timestamp", "time", "ts", "datetime", "date", "asctime"),
     "Level": ("level", "severity", "levelname", "lvl", "log.level", "loglevel"),
@@ -188,8 +192,9 @@ JSON_KEYS: dict[str, tuple[str, ...]] = {
 
 
 #: keys that hold an exception or stack trace beside the message (Python, logstash/Java, ECS, Go loggers)
-JSON_ERROR_KEYS = ("exc_info", "exception", "stack_trace", "stacktrace", "error.stack_trace", "error", "error.message",
-                   "err")
+RECORD_ERROR_KEYS = (
+    "exc_info", "exception", "stack_trace", "stacktrace", "error.stack_trace", "error", "error.message", "err",
+)
 MAX_ERROR_CHARS = 300
 
 
@@ -247,13 +252,13 @@ def record_fields(obj: dict) -> dict[str, str] | None:
     `Content` is the message (what Drain parses; the other keys vary per request and would make every line
     its own template); a numeric or all-digit time becomes `Timestamp` (epoch, `epoch_seconds` tells
     milliseconds), a text time `Time` (ISO 8601 and the other layouts). A session key (`--key-regex`) is
-    searched in the whole line, so any key can carry it. An exception beside the message (`JSON_ERROR_KEYS`)
+    searched in the whole line, so any key can carry it. An exception beside the message (`RECORD_ERROR_KEYS`)
     adds its headline in brackets: the message of a failure is often the one a success logs too, and the
     exception's type is what tells them apart.
     """
     lower = {str(k).lower(): v for k, v in obj.items()}
     fields: dict[str, str] = {}
-    for name, keys in JSON_KEYS.items():
+    for name, keys in RECORD_KEYS.items():
         value = next((lower[k] for k in keys if lower.get(k) is not None), None)
         if value is None or isinstance(value, (dict, list, bool)):
             continue
@@ -265,7 +270,7 @@ def record_fields(obj: dict) -> dict[str, str] | None:
             fields[name] = str(value)
     if not fields.get("Content", "").strip():
         return None
-    error = next((lower[k] for k in JSON_ERROR_KEYS if lower.get(k) not in (None, "", {}, [])), None)
+    error = next((lower[k] for k in RECORD_ERROR_KEYS if lower.get(k) not in (None, "", {}, [])), None)
     headline = error_headline(error) if error is not None else ""
     if headline:  # the exception is the signal; the message is often generic ("request failed")
         fields["Content"] = f"{fields['Content'].strip()} [{headline}]"
