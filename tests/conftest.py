@@ -50,27 +50,37 @@ def prepared(cache_root, embedder, data_dir):
     return get
 
 
+def _zookeeper_records(data_dir: Path):
+    """(line index, UTC time, loghub CSV row) of Zookeeper's 2k lines, for the structured-log fixtures."""
+    import csv
+    from datetime import datetime, timezone
+
+    with open(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log_structured.csv", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            when = datetime.strptime(f"{row['Date']} {row['Time']}", "%Y-%m-%d %H:%M:%S,%f")
+            yield i, when.replace(tzinfo=timezone.utc), row
+
+
+def _iso(when) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @pytest.fixture(scope="session")
 def zookeeper_json(tmp_path_factory, data_dir) -> Path:
     """Zookeeper's 2k lines as a structured logger writes them (one JSON object per line, keys in varying
     order, ISO 8601 times on even lines and epoch milliseconds on odd ones), built from loghub's CSV."""
-    import csv
     import json
-    from datetime import datetime, timezone
 
-    path = tmp_path_factory.mktemp("json-log") / "zookeeper.jsonl.log"
     rows = []
-    with open(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log_structured.csv", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
-            when = datetime.strptime(f"{row['Date']} {row['Time']}", "%Y-%m-%d %H:%M:%S,%f")
-            when = when.replace(tzinfo=timezone.utc)
-            if i % 2 == 0:
-                obj = {"@timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                       "level": row["Level"], "logger": row["Component"], "message": row["Content"]}
-            else:
-                obj = {"msg": row["Content"], "thread": row["Node"], "ts": round(when.timestamp() * 1000),
-                       "severity": row["Level"]}
-            rows.append(json.dumps(obj))
+    for i, when, row in _zookeeper_records(data_dir):
+        if i % 2 == 0:
+            obj = {"@timestamp": _iso(when), "level": row["Level"], "logger": row["Component"],
+                   "message": row["Content"]}
+        else:
+            obj = {"msg": row["Content"], "thread": row["Node"], "ts": round(when.timestamp() * 1000),
+                   "severity": row["Level"]}
+        rows.append(json.dumps(obj))
+    path = tmp_path_factory.mktemp("json-log") / "zookeeper.jsonl.log"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
@@ -79,18 +89,12 @@ def zookeeper_json(tmp_path_factory, data_dir) -> Path:
 def zookeeper_logfmt(tmp_path_factory, data_dir) -> Path:
     """The same 2k lines as logfmt (`time=... level=INFO logger=... msg="..."`, Go/Heroku style): ISO times on
     even lines, epoch milliseconds on odd ones; messages quoted with JSON escapes."""
-    import csv
     import json
-    from datetime import datetime, timezone
 
-    path = tmp_path_factory.mktemp("logfmt-log") / "zookeeper.logfmt.log"
     rows = []
-    with open(data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log_structured.csv", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
-            when = datetime.strptime(f"{row['Date']} {row['Time']}", "%Y-%m-%d %H:%M:%S,%f")
-            when = when.replace(tzinfo=timezone.utc)
-            t = when.isoformat(timespec="milliseconds").replace("+00:00", "Z") if i % 2 == 0 else \
-                str(round(when.timestamp() * 1000))
-            rows.append(f"time={t} level={row['Level']} logger={row['Component']} msg={json.dumps(row['Content'])}")
+    for i, when, row in _zookeeper_records(data_dir):
+        t = _iso(when) if i % 2 == 0 else str(round(when.timestamp() * 1000))
+        rows.append(f"time={t} level={row['Level']} logger={row['Component']} msg={json.dumps(row['Content'])}")
+    path = tmp_path_factory.mktemp("logfmt-log") / "zookeeper.logfmt.log"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
