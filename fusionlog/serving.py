@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
 from fusionlog.data.formats import JSON_FORMAT
+from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
@@ -386,7 +387,8 @@ class DetectService:
             finished += sz.feed(_one_line(line))
         finished += sz.flush()
         st = sz.stats.to_dict()
-        names = ("lines", "events", "empty", "continuation", "unmatched_format", "no_session_key", "evicted", "split")
+        names = ("lines", "events", "empty", "continuation", "exception_lines", "unmatched_format", "no_session_key",
+                 "evicted", "split")
         stats = {k: st[k] for k in names}
         return [s.key for s in finished], [s.event_ids for s in finished], stats, [s.examples for s in finished]
 
@@ -395,11 +397,13 @@ class DetectService:
         keys: list[str] = []
         sessions: list[list[int]] = []
         shown: list[dict[int, tuple[int, str]] | None] = []
-        stats = {"lines": 0, "events": 0, "empty": 0, "continuation": 0, "unmatched_format": 0, "empty_sessions": 0}
+        stats = {"lines": 0, "events": 0, "empty": 0, "continuation": 0, "exception_lines": 0, "unmatched_format": 0,
+                 "empty_sessions": 0}
         for i, item in enumerate(items):
             ids: list[int] = []
             first: dict[int, tuple[int, str]] | None = {} if examples and item.lines is not None else None
             if item.lines is not None:
+                tail: TraceTail[bool] = TraceTail()  # a trace's exception line is an event of this session too
                 for n, line in enumerate(item.lines, 1):
                     stats["lines"] += 1
                     one = _one_line(line)
@@ -407,13 +411,18 @@ class DetectService:
                     if not text:
                         stats["empty"] += 1
                         continue
-                    if self.parser.continuation(one):
-                        stats["continuation"] += 1
-                        continue
-                    parsed = self.parser.parse(text)
+                    reason = "continuation" if self.parser.continuation(one) else ""
+                    parsed = None if reason else self.parser.parse(text)
                     if parsed is None:
-                        stats["unmatched_format"] += 1
-                        continue
+                        trace = tail.exception(one)
+                        if trace is not None:
+                            stats["exception_lines"] += 1
+                            parsed = (trace[0], None)
+                        else:
+                            stats[reason or ("continuation" if tail.frame(one) else "unmatched_format")] += 1
+                            continue
+                    else:
+                        tail.record(True)
                     ids.append(self.scorer.event_id(parsed[0]))
                     if first is not None:
                         note_example(first, ids[-1], n, text)

@@ -49,6 +49,7 @@ from fusionlog.data.formats import (
     parse_timestamp,
 )
 from fusionlog.data.readers import decode_line
+from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
 
@@ -343,6 +344,7 @@ class StreamSessionizer:
         self._bucket: int | None = None
         self._wall = self.limits.wall_idle_seconds is not None
         self._max_events = self.limits.max_events_per_session
+        self._tail: TraceTail[tuple[str, float | None]] = TraceTail()  # the last record: (line, time)
 
     @property
     def open_sessions(self) -> int:
@@ -362,17 +364,37 @@ class StreamSessionizer:
             read.empty += 1
             return _NOTHING
         if self.parser.continuation(line):  # on the line as read, as the batch reader does: indented = continuation
-            read.continuation += 1
-            return _NOTHING
+            return self._not_record(line, read, continuation=True)
         parsed = self.parser.parse_timed(text)
         if parsed is None:
-            read.unmatched_format += 1
-            return _NOTHING
+            return self._not_record(line, read, continuation=False)
         content, sig = parsed
         ts = self.parser.timestamp(sig) if (sig is not None and self._timestamps) else None
+        tail = self._tail
+        tail.parent, tail.kept = (line, ts), 0  # TraceTail.record, inline: this is the hot path
+        return self._place(content, ts, line, text)
+
+    def _not_record(self, line: str, read: ReadStats, continuation: bool) -> Sequence[FinishedSession]:
+        """A line that is no record: its record's exception event (a trace's `ValueError: ...`), or counted."""
+        trace = self._tail.exception(line)
+        if trace is not None:
+            read.exception_lines += 1
+            text, (parent_line, ts) = trace
+            return self._place(text, ts, parent_line, line.strip(), trace=True)
+        if continuation or self._tail.frame(line):
+            read.continuation += 1
+        else:
+            read.unmatched_format += 1
+        return _NOTHING
+
+    def _place(self, content: str, ts: float | None, key_line: str, text: str,
+               trace: bool = False) -> Sequence[FinishedSession]:
+        """Add one event to its session(s): keys are read from `key_line` (the record's line for a `trace`'s
+        exception line, which also joins its record's line window instead of counting as a record)."""
+        read = self.stats.read
         kind = self.rule.kind
         if kind == "key":
-            keys = self._keys(line)
+            keys = self._keys(key_line)
             if not keys:
                 read.no_session_key += 1
                 return _NOTHING
@@ -390,12 +412,13 @@ class StreamSessionizer:
         done = _NOTHING  # type: ignore[assignment]
         cur = self._cur
         if kind == "lines":
-            if self._window_count % self.rule.window == 0:
-                if cur is not None:
-                    done = [self._finish(cur, CLOSED_WINDOW)]
-                cur = None
-                self._window_count = 0
-            self._window_count += 1
+            if not trace:  # windows count records; a trace's exception line rides with its record
+                if self._window_count % self.rule.window == 0:
+                    if cur is not None:
+                        done = [self._finish(cur, CLOSED_WINDOW)]
+                    cur = None
+                    self._window_count = 0
+                self._window_count += 1
             if cur is None:
                 cur = self._cur = self._new(f"lines:{self._line_no}")
                 self.stats.max_open = 1

@@ -17,6 +17,7 @@ class LogRecord:
     label: int | None = None
     fields: dict[str, str] = field(default_factory=dict)  # header fields from the format string
     raw: str = ""
+    key_text: str = ""  # where session keys are read when not `raw`: a trace's exception line keys as its record
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class ReadStats:
     unmatched_format: int = 0
     empty: int = 0
     continuation: int = 0
+    exception_lines: int = 0  # trace lines naming an exception, kept as events of their record (not skipped)
     no_session_key: int = 0
     unknown_events: int = 0
     empty_files: int = 0  # one file of several with no line (a log just rotated)
@@ -71,6 +73,7 @@ class ReadStats:
             "unmatched_format": self.unmatched_format,
             "empty": self.empty,
             "continuation": self.continuation,
+            "exception_lines": self.exception_lines,
             "no_session_key": self.no_session_key,
             "unknown_events": self.unknown_events,
             "empty_files": self.empty_files,

@@ -98,3 +98,32 @@ def zookeeper_logfmt(tmp_path_factory, data_dir) -> Path:
     path = tmp_path_factory.mktemp("logfmt-log") / "zookeeper.logfmt.log"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+#: the traces a Java service prints under these Zookeeper records (loghub's 2k sample had them cut out):
+#: (a phrase of the record, the exception lines, the frames after each)
+ZOOKEEPER_TRACES = (
+    ("Cannot open channel", ("java.net.ConnectException: Connection refused",),
+     ("\tat java.net.PlainSocketImpl.socketConnect(Native Method)",
+      "\tat org.apache.zookeeper.server.quorum.QuorumCnxManager.connectOne(QuorumCnxManager.java:368)")),
+    ("Unexpected exception causing shutdown",
+     ("java.net.SocketTimeoutException: Read timed out", "Caused by: java.io.IOException: Broken pipe"),
+     ("\tat java.net.SocketInputStream.socketRead0(Native Method)", "\t... 3 more")),
+)
+
+
+@pytest.fixture(scope="session")
+def zookeeper_traces(tmp_path_factory, data_dir) -> tuple[Path, int, int]:
+    """Zookeeper's 2k lines with Java stack traces under the records that had them: (path, exception lines,
+    frame lines) - what a Java service's log4j file holds."""
+    out, exceptions, frames = [], 0, 0
+    for line in (data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log").read_text(encoding="utf-8").splitlines():
+        out.append(line)
+        for phrase, heads, trace in ZOOKEEPER_TRACES:
+            if phrase in line:
+                for head in heads:
+                    out += [head, *trace]
+                    exceptions, frames = exceptions + 1, frames + len(trace)
+    path = tmp_path_factory.mktemp("java-log") / "zookeeper.log"
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return path, exceptions, frames

@@ -188,6 +188,31 @@ def test_a_json_lines_log_trains_and_serves(tmp_path, zookeeper_json, cache_root
     assert as_objects.json()["stats"]["unmatched_format"] == 0
 
 
+def test_a_java_log_with_stack_traces_trains_and_serves(tmp_path, zookeeper_traces, cache_root):
+    """A Java service's log with stack traces: the exception lines are templates of the trained model, and
+    `detect` puts them in the same sessions as training did (no line unknown to the model)."""
+    from fusionlog.cli import main
+    from fusionlog.data.raw import RawFile, RawSpec
+    from fusionlog.stream import StreamLimits, detect_stream, file_lines
+
+    path, n_exceptions, _ = zookeeper_traces
+    out = tmp_path / "zktraces"
+    assert main(["-q", "fuse", "--target", str(path), "--log-format", "zookeeper", "--seconds", "60",
+                 "--rounds", "0", "--epochs", "1", "--steps-per-epoch", "4", "--sources", "hdfs", "bgl",
+                 "--out", str(out)]) == 0
+    scorer = load_scorer(out)
+    known = [scorer.template(i) for i in range(scorer.matcher.n_known)]
+    assert "java.net.ConnectException: Connection refused" in known
+    spec = RawSpec(system="zk", files=(RawFile(str(path)),), log_format=json.loads(
+        (out / "serving.json").read_text())["log_format"], rule=scorer.rule)
+    batch = load_dataset(str(path), spec=spec, progress=False)
+    verdicts = list(detect_stream(scorer, file_lines(path), StreamLimits()))
+    assert scorer.matcher.stats.new_lines == 0
+    served = sorted((v["key"], v["events"]) for v in verdicts)
+    assert served == sorted((s.key, len(s.event_ids)) for s in batch.sessions)
+    assert sum(v["events"] for v in verdicts) == 2000 + n_exceptions
+
+
 def test_serve_command_answers_over_http_and_a_missing_model_is_one_line(bgl_artifact, data_dir, tmp_path):
     """`fusionlog serve` (and scripts/serve.py, the same command) as a user starts it: any free port, real HTTP."""
     import re

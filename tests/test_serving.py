@@ -179,6 +179,26 @@ def test_ready_sessions_by_lines_template_texts_and_ids(client, hdfs):
     assert st["empty_sessions"] == 1 and st["unmatched_format"] == 1 and st["empty"] == 1
 
 
+def test_an_exception_printed_under_a_line_joins_its_session(client, hdfs):
+    """A Java trace under an HDFS line: its exception line is an event of that block's session, in `lines` and in
+    a session's own `lines`, as `detect` and training read it; the frame is a continuation line."""
+    ds, lines = hdfs
+    sess = ds.sessions[0]
+    block = [ln for ln in lines if sess.key + " " in ln + " "]
+    trace = ["java.io.IOException: Connection reset by peer", "\tat sun.nio.ch.FileDispatcherImpl.read0(Native Method)"]
+    with_trace = [block[0], *trace, *block[1:]]
+    plain = client.post("/v1/detect", json={"lines": block}).json()["verdicts"][0]
+    r = client.post("/v1/detect", json={"lines": with_trace, "examples": True}).json()
+    v = r["verdicts"][0]
+    assert v["key"] == sess.key and v["events"] == plain["events"] + 1 and v["new_templates"] == 1
+    assert v["score"] != plain["score"]
+    assert (r["stats"]["exception_lines"], r["stats"]["continuation"], r["stats"]["unmatched_format"]) == (1, 1, 0)
+    shown = {t["template"]: t["example"]["line"] for t in v["top_templates"]}
+    assert shown.get(trace[0], 2) == 2  # when shown, the exception's example is its own line
+    own = client.post("/v1/detect", json={"sessions": [{"key": "b", "lines": with_trace}]}).json()
+    assert own["verdicts"][0]["score"] == v["score"] and own["stats"]["exception_lines"] == 1
+
+
 def test_verdicts_can_carry_the_raw_line_behind_each_top_template(client, hdfs):
     """`"examples": true`: each top template gets the session's first raw line of it, numbered by its place in
     the request's `lines` (or in the session's own `lines`)."""

@@ -22,6 +22,7 @@ from fusionlog.data.formats import format_hint, header_reader, parse_timestamp
 from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
+from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.parsing import TemplateStore
 from fusionlog.types import LogRecord, ReadStats, SessionDataset
@@ -115,26 +116,31 @@ def resolve(path: str, data_dir: Path) -> Path:
 
 
 def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[LogRecord]:
-    """Stream LogRecords from every file of the spec; unparsable lines are counted, never raised."""
+    """Stream LogRecords from every file of the spec; unparsable lines are counted, never raised.
+
+    A line that is not a record but names an exception after one (a stack trace's `java.io.IOException:
+    ...`) is a record of its own with the earlier record's time, label and session key
+    (`fusionlog.data.traces`).
+    """
     read = header_reader(spec.log_format)
     keep = re.compile(spec.line_filter) if spec.line_filter else None
     strip = re.compile(spec.strip) if spec.strip else None
     for raw_file in spec.files:
         path = resolve(raw_file.path, data_dir)
-        matched_before = stats.lines - stats.unmatched_format - stats.empty - stats.continuation
         n_before = stats.lines
         file_stats = ReadStats()
+        tail: TraceTail[LogRecord] = TraceTail()  # a trace never runs from one file into the next
         first = ""
         for line_no, line in iter_lines(path, file_stats, allow_empty=len(spec.files) > 1):
             first = first or line.strip()
-            rec = _parse_line(spec, read, keep, line, line_no, raw_file, file_stats)
+            rec = _parse_line(spec, read, keep, line, line_no, raw_file, file_stats, tail)
             if rec is None:
                 continue
-            if strip is not None:
+            if strip is not None and not rec.key_text:
                 rec.text = strip.sub("", rec.text).strip() or rec.text
             yield rec
         _merge(stats, file_stats)
-        matched = (stats.lines - stats.unmatched_format - stats.empty - stats.continuation) - matched_before
+        matched = file_stats.lines - file_stats.unmatched_format - file_stats.empty - file_stats.continuation
         if matched == 0 and stats.lines > n_before:
             raise DataError(
                 f"{path}: no line matches the log format {spec.log_format!r} "
@@ -143,23 +149,29 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
             )
 
 
-def _parse_line(spec, read, keep, line, line_no, raw_file, stats) -> LogRecord | None:
+def _parse_line(spec, read, keep, line, line_no, raw_file, stats, tail) -> LogRecord | None:
     if not line.strip():
         stats.empty += 1
         return None
-    if keep is not None and not keep.search(line):
-        stats.continuation += 1
-        return None
-    fields = read(line.strip())
-    if fields is None:
-        stats.unmatched_format += 1
+    fields = read(line.strip()) if keep is None or keep.search(line) else False
+    if not fields:
+        trace = tail.exception(line)
+        if trace is not None:
+            stats.exception_lines += 1
+            text, parent = trace
+            return LogRecord(parent.system, line_no, parent.timestamp, text, parent.label, parent.fields, line,
+                             key_text=parent.key_text or parent.raw)
+        if fields is False or tail.frame(line):
+            stats.continuation += 1
+        else:
+            stats.unmatched_format += 1
         return None
     label: int | None = None
     if spec.label_mode == "inline":
         label = 0 if fields.get("Label", "-") == "-" else 1
     elif spec.label_mode == "file":
         label = raw_file.label
-    return LogRecord(
+    rec = LogRecord(
         system=spec.system,
         line_no=line_no,
         timestamp=parse_timestamp(fields),
@@ -168,11 +180,13 @@ def _parse_line(spec, read, keep, line, line_no, raw_file, stats) -> LogRecord |
         fields=fields,
         raw=line,
     )
+    tail.record(rec)
+    return rec
 
 
 def _merge(total: ReadStats, part: ReadStats) -> None:
-    for name in ("lines", "decode_errors", "truncated", "unmatched_format", "empty", "continuation", "empty_files",
-                 "truncated_files"):
+    for name in ("lines", "decode_errors", "truncated", "unmatched_format", "empty", "continuation", "exception_lines",
+                 "empty_files", "truncated_files"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 

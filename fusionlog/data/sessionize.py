@@ -75,7 +75,7 @@ def _by_key(system, items, pattern, stats, key_labels, default_key_label) -> lis
 
 def _keys(pattern: re.Pattern[str], rec: LogRecord) -> list[str]:
     found: list[str] = []
-    for m in pattern.finditer(rec.raw or rec.text):
+    for m in pattern.finditer(rec.key_text or rec.raw or rec.text):
         key = m.group(1) if m.groups() else m.group(0)
         if key and key not in found:
             found.append(key)
@@ -85,12 +85,15 @@ def _keys(pattern: re.Pattern[str], rec: LogRecord) -> list[str]:
 def _by_lines(system, items, window, key_labels, default_key_label, key_prefix) -> list[Session]:
     sessions: list[Session] = []
     cur: _Open | None = None
-    for i, (rec, eid) in enumerate(items):
-        if i % window == 0:
-            if cur is not None:
+    n = 0
+    for rec, eid in items:
+        if not rec.key_text:  # windows count records; a trace's exception line rides with its record
+            if n % window == 0 and cur is not None:
                 sessions.append(cur.close(system, key_labels, default_key_label))
+                cur = None
+            n += 1
+        if cur is None:
             cur = _Open(f"{key_prefix}lines:{rec.line_no}")
-        assert cur is not None
         cur.add(eid, rec)
     if cur is not None:
         sessions.append(cur.close(system, key_labels, default_key_label))
