@@ -15,7 +15,7 @@ import pytest
 
 from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
-from fusionlog.data.formats import compile_format, logfmt_fields, parse_timestamp
+from fusionlog.data.formats import compile_format, json_fields, logfmt_fields, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
 from fusionlog.data.named_formats import LOGHUB_FORMATS, sniff_formats
 from fusionlog.data.paths import resolve_data_dir
@@ -241,6 +241,19 @@ def test_an_exception_beside_a_json_message_tells_failures_from_successes(tmp_pa
                         "request failed [TimeoutError: deadline exceeded]", "request failed"]
     ids = ds.sessions[0].event_ids
     assert ids[3] not in ids[:3]
+
+
+def test_record_keys_are_read_by_priority_whatever_their_case_or_order():
+    """Keys are matched once per shape of record (`_record_plan`); each record still gets its own values: a null
+    message falls to the next message key, a case variant is the same key, a repeated logfmt key keeps its first."""
+    assert json_fields('{"MSG": "a", "Level": "warn"}') == {"Content": "a", "Level": "warn"}
+    assert json_fields('{"MSG": "b", "Level": null}') == {"Content": "b"}
+    assert json_fields('{"message": null, "msg": "c"}') == {"Content": "c"}
+    assert json_fields('{"message": "d", "msg": "c"}') == json_fields('{"msg": "c", "message": "d"}')
+    assert json_fields('{"msg": "e", "err": ""}') == {"Content": "e"}  # an empty error adds nothing
+    assert json_fields('{"msg": "f", "err": "EOF"}') == {"Content": "f [EOF]"}
+    assert json_fields('{"message": null, "msg": null}') is None
+    assert logfmt_fields('msg="first" msg="second" ts=1732701600') == {"Content": "first", "Timestamp": "1732701600"}
 
 
 def test_a_json_log_is_suggested_json_and_a_logfmt_log_logfmt(zookeeper_json, zookeeper_logfmt):
