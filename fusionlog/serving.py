@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
 from fusionlog.data.formats import JSON_FORMAT
+from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
@@ -463,8 +464,11 @@ def _cache_counts(scorer) -> tuple[int, int] | None:
 
 
 def _one_line(line: str) -> str:
-    # A JSON string may hold newlines; a log line may not. Keep the first line's worth.
-    return line.replace("\r", " ").replace("\n", " ") if ("\n" in line or "\r" in line) else line
+    # A JSON string may hold newlines; a log line may not: they become spaces. Terminal colours go, as
+    # when a file is read (`decode_line`).
+    if "\n" in line or "\r" in line:
+        line = line.replace("\r", " ").replace("\n", " ")
+    return strip_ansi(line) if "\x1b" in line else line
 
 
 def _describe(exc: ValidationError) -> str:

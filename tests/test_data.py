@@ -286,6 +286,28 @@ def test_reader_counts_bad_bytes_and_truncates(tmp_path):
     assert lines[3][1] == "last"
 
 
+def _coloured(line: str) -> str:
+    """A console logger's line: level in colour, the rest reset, a link escape (OSC 8) around the component."""
+    for level, code in (("INFO", "32"), ("WARN", "33"), ("ERROR", "1;31")):
+        line = line.replace(f" - {level} ", f" - \x1b[{code}m{level}\x1b[0m ", 1)
+    return line.replace(" - ", " - \x1b]8;;file:///zk\x1b\\", 1) + "\x1b]8;;\x1b\\\x1b[0m\x1b[K"
+
+
+def test_terminal_colours_are_read_as_the_plain_log(tmp_path, data_dir):
+    """Zookeeper's lines as a colouring console logger writes them read as the plain file: same templates and
+    time windows (left in, the escapes fail the format on every line)."""
+    plain = data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log"
+    lines = plain.read_text(encoding="utf-8").splitlines()
+    coloured = tmp_path / "zk-console.log"
+    coloured.write_text("\n".join(map(_coloured, lines)) + "\n", encoding="utf-8")
+    assert "\x1b[33mWARN\x1b[0m" in coloured.read_text(encoding="utf-8")
+    rule = SessionRule("time", seconds=60)
+    a, b = (load_dataset(str(p), spec=RawSpec(system="zk", files=(RawFile(str(p)),), log_format=ZK_FORMAT, rule=rule),
+                         progress=False) for p in (plain, coloured))
+    assert b.stats.skipped == 0 and b.templates == a.templates
+    assert [(s.key, s.event_ids) for s in b.sessions] == [(s.key, s.event_ids) for s in a.sessions]
+
+
 def test_gzip_lines(tmp_path):
     p = tmp_path / "a.log.gz"
     with gzip.open(p, "wb") as fh:

@@ -199,6 +199,16 @@ def test_an_exception_printed_under_a_line_joins_its_session(client, hdfs):
     assert own["verdicts"][0]["score"] == v["score"] and own["stats"]["exception_lines"] == 1
 
 
+def test_coloured_lines_get_the_plain_lines_verdicts(client, hdfs):
+    """Lines a shipper took from a colouring console (`ESC[32mINFO ESC[0m`) are read as the plain lines."""
+    _, lines = hdfs
+    coloured = [ln.replace(" INFO ", " \x1b[32mINFO\x1b[0m ", 1) + "\x1b[0m" for ln in lines[:200]]
+    assert coloured != lines[:200]
+    plain = client.post("/v1/detect", json={"lines": lines[:200]}).json()
+    shown = client.post("/v1/detect", json={"lines": coloured}).json()
+    assert shown["verdicts"] == plain["verdicts"] != [] and shown["stats"]["unmatched_format"] == 0
+
+
 def test_verdicts_can_carry_the_raw_line_behind_each_top_template(client, hdfs):
     """`"examples": true`: each top template gets the session's first raw line of it, numbered by its place in
     the request's `lines` (or in the session's own `lines`)."""

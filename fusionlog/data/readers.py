@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,4 +121,17 @@ def decode_line(raw: bytes, stats: ReadStats) -> str:
     text = text.rstrip("\r\n")
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
+    if "\x1b" in text:
+        text = strip_ansi(text)
     return text
+
+
+#: a terminal escape sequence: colours and styles (`ESC[1;32m`), cursor moves, OSC titles and links
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_ansi(text: str) -> str:
+    """The line without terminal escapes. Why: a service that colours its console output (`kubectl logs`,
+    a dev server) writes `ESC[32mINFO ESC[0m`; left in, the format string misses every line and Drain makes
+    a template per colour."""
+    return _ANSI.sub("", text)
