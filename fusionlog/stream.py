@@ -39,11 +39,11 @@ from typing import BinaryIO
 from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.formats import (
-    STRUCTURED_READERS,
     TIME_FIELDS,
     TimeLayout,
     compile_format,
     epoch_seconds,
+    header_reader,
     is_structured_format,
     layout_of,
     parse_timestamp,
@@ -153,7 +153,7 @@ class HeaderParser:
         is cut from the content), so detection reads a line exactly as training did."""
         self.log_format = log_format
         # JSON lines, logfmt: fields come by key (`record_fields`), the time as (Timestamp, Time) - epoch first
-        self._record = STRUCTURED_READERS.get(log_format) if is_structured_format(log_format) else None
+        self._record = header_reader(log_format) if is_structured_format(log_format) else None
         self.pattern, self.fields = (None, ["Timestamp", "Time", "Level", "Content"]) if self._record else \
             compile_format(log_format)
         self.line_filter, self.strip = line_filter, strip

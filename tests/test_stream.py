@@ -287,6 +287,8 @@ def test_detect_summary_says_why_lines_were_skipped():
     st = ReadStats(lines=10, unmatched_format=2, no_session_key=3, continuation=4).to_dict()
     assert _why_skipped(st) == " (unmatched format 2, no session key 3), 4 continuation lines"
     assert _why_skipped(ReadStats(lines=5).to_dict()) == ""
+    assert _why_skipped(ReadStats(lines=9, continuation=4, exception_lines=2).to_dict()) == (
+        ", 4 continuation lines, 2 trace lines naming an exception (read as events)")
 
 
 def test_detect_summary_names_empty_and_damaged_files():

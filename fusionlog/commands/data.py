@@ -74,13 +74,13 @@ def _formats(args: argparse.Namespace) -> int:
     """Every named format; with a file, the share of its first lines each reads, best first."""
     from pathlib import Path
 
-    from fusionlog.data.named_formats import NAMED_FORMATS, sniff_formats
+    from fusionlog.data.named_formats import NAMED_FORMATS, resolve_log_format, sniff_formats
     from fusionlog.data.readers import iter_lines
     from fusionlog.errors import ConfigError
 
     if args.file is None:
         for name in sorted(NAMED_FORMATS):
-            print(f"{name:12s} {NAMED_FORMATS[name].log_format}")
+            print(f"{name:16s} {NAMED_FORMATS[name].log_format}")
         return 0
     if args.lines < 1:
         raise ConfigError(f"--lines {args.lines}: give at least 1")
@@ -94,5 +94,5 @@ def _formats(args: argparse.Namespace) -> int:
               f"(README: Your own logs)")
         return 0
     for name, share in read:
-        print(f"{share:6.1%}  {name:12s} {NAMED_FORMATS[name].log_format}")
+        print(f"{share:6.1%}  {name:16s} {resolve_log_format(name)[0]}")
     return 0

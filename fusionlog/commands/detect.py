@@ -140,6 +140,8 @@ def _why_skipped(stats: dict) -> str:
     text = f" ({', '.join(reasons)})" if reasons else ""
     if stats["continuation"]:
         text += f", {stats['continuation']} continuation lines"
+    if stats.get("exception_lines"):
+        text += f", {stats['exception_lines']} trace lines naming an exception (read as events)"
     return text
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from fusionlog.data.containers import UNWRAP, split_wrapper
 from fusionlog.errors import ConfigError
 
 _FIELD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
@@ -23,7 +24,10 @@ STRUCTURED_FORMATS = (JSON_FORMAT, LOGFMT_FORMAT)
 
 
 def is_structured_format(log_format: str) -> bool:
-    return log_format in STRUCTURED_FORMATS
+    """True for formats read by a function rather than a format string's regex: by key (JSON, logfmt), or
+    unwrapped from a container runtime's line (`docker:...`, `cri:...`); their fields are `Content`, `Level`
+    and the time as `Timestamp` (epoch) or `Time`."""
+    return log_format in STRUCTURED_FORMATS or split_wrapper(log_format) is not None
 
 
 def compile_format(log_format: str) -> tuple[re.Pattern[str], list[str]]:
@@ -71,6 +75,10 @@ def format_hint(log_format: str) -> str:
     Literal text is a regex fragment (loghub's convention), so an unescaped bracket or parenthesis, as in
     loghub's own formats where `[` must be written `\\[`, silently becomes a character class or a group.
     """
+    wrapped = split_wrapper(log_format)
+    if wrapped is not None:
+        shape = "a JSON object with a 'log' key" if wrapped[0] == "docker" else "'<time> stdout|stderr F|P <line>'"
+        return f"; {wrapped[0]} lines ({shape}) are unwrapped, then read with {wrapped[1]!r}{format_hint(wrapped[1])}"
     if is_structured_format(log_format):
         return (f"; {log_format} lines need a message key per line ({', '.join(RECORD_KEYS['Content'])}); a JSON "
                 f"log reads with 'json', key=value pairs with 'logfmt'")
@@ -320,6 +328,9 @@ STRUCTURED_READERS: dict[str, Callable[[str], dict[str, str] | None]] = {
 def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
     """A function from a stripped line to its header fields (with `Content`), or None when the line does not
     fit: the format string's regex, or `json_fields` / `logfmt_fields`. Raises ConfigError on a bad format."""
+    wrapped = split_wrapper(log_format)
+    if wrapped is not None:
+        return _unwrapping_reader(*wrapped)
     if is_structured_format(log_format):
         return STRUCTURED_READERS[log_format]
     pattern, names = compile_format(log_format)
@@ -327,5 +338,31 @@ def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
     def read(line: str) -> dict[str, str] | None:
         m = pattern.match(line)
         return None if m is None else {n: (m.group(n) or "") for n in names}
+
+    return read
+
+
+def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[str, str] | None]:
+    """Header fields of a container runtime's line (`fusionlog.data.containers`): the inner line's fields
+    with its time as an epoch `Timestamp` in nanoseconds, the runtime's time where the inner line has none."""
+    unwrap = UNWRAP[wrapper]
+    inner = header_reader(inner_format)
+    inner_timed = is_structured_format(inner_format) or any(n in TIME_FIELDS for n in compile_format(inner_format)[1])
+
+    def read(line: str) -> dict[str, str] | None:
+        got = unwrap(line)
+        if got is None:
+            return None
+        text, runtime_time = got
+        fields = inner(text.strip())
+        if fields is None:
+            return None
+        ts = parse_timestamp(fields) if inner_timed else None
+        if ts is None and runtime_time:
+            ts = parse_timestamp({"Time": runtime_time})
+        out = {k: v for k, v in fields.items() if k not in TIME_FIELDS}
+        if ts is not None:
+            out["Timestamp"] = str(round(ts * 1e9))  # 18-19 digits: read back as nanoseconds
+        return out
 
     return read

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusionlog.config import MaskRule
+from fusionlog.data.containers import CRI, DOCKER, UNWRAP, split_wrapper
 from fusionlog.data.formats import (
     JSON_FORMAT,
     LOGFMT_FORMAT,
@@ -79,6 +80,12 @@ def _build() -> dict[str, NamedFormat]:
         LOGFMT_FORMAT: NamedFormat(
             LOGFMT_FORMAT, LOGFMT_FORMAT,
             about="key=value pairs per line (Go, Heroku): time=... level=info msg=\"...\", read by key"),
+        DOCKER: NamedFormat(
+            DOCKER, f"{DOCKER}:<Content>",
+            about="Docker's json-file lines ({\"log\": ..., \"time\": ...}); docker:FORMAT reads the inner line"),
+        CRI: NamedFormat(
+            CRI, f"{CRI}:<Content>",
+            about="Kubernetes nodes' CRI lines ('<time> stdout F <line>'); cri:FORMAT reads the inner line"),
         "syslog": NamedFormat(
             "syslog", r"<Month> <Date> <Time> <Host> <Component>(\[<PID>\])?: <Content>",
             about="RFC 3164 as rsyslog writes it: 'Jun 14 15:16:01 host sshd[1234]: ...'"),
@@ -105,6 +112,12 @@ def resolve_log_format(value: str) -> tuple[str, tuple[MaskRule, ...]]:
     found = named_format(value)
     if found is not None:
         return found.log_format, found.masks
+    wrapped = split_wrapper(value)
+    if wrapped is not None:  # docker:zookeeper, cri:json, docker:<Date> <Content>: the inner part resolved
+        inner, masks = resolve_log_format(wrapped[1])
+        if split_wrapper(inner) is not None:
+            raise ConfigError(f"--log-format {value!r}: one container wrapper at most")
+        return f"{wrapped[0]}:{inner}", masks
     if "<" not in value:
         raise ConfigError(
             f"--log-format {value!r}: not a named format ({', '.join(sorted(NAMED_FORMATS))}) nor a format string "
@@ -114,6 +127,10 @@ def resolve_log_format(value: str) -> tuple[str, tuple[MaskRule, ...]]:
 
 def _reads(fmt: str, lines: list[str]) -> int:
     """How many `lines` the format matches, with a time read where the format has time fields."""
+    wrapped = split_wrapper(fmt)
+    if wrapped is not None:  # the inner lines, each read with its own time (not the runtime's)
+        unwrap = UNWRAP[wrapped[0]]
+        return _reads(wrapped[1], [got[0].strip() for got in map(unwrap, lines) if got is not None])
     read = header_reader(fmt)
     timed = not is_structured_format(fmt) and any(n in TIME_FIELDS for n in compile_format(fmt)[1])  # by key: a message
     n = 0
@@ -149,8 +166,23 @@ def sniff_formats(path: Path, max_lines: int = 200, min_share: float = 0.9) -> l
         share = _reads(nf.log_format, lines) / len(lines)
         if share >= min_share:
             found.append((name, share, _specificity(nf.log_format)))
+            if split_wrapper(name) is not None:  # a container's log: which format reads the lines inside
+                found += _inner_formats(name, lines, min_share)
     found.sort(key=lambda x: (-x[1], x[2], x[0]))
     return [(name, share) for name, share, _ in found]
+
+
+def _inner_formats(wrapper: str, lines: list[str], min_share: float) -> list[tuple[str, float, tuple[int, int]]]:
+    """(`wrapper:name`, share, specificity) for the named formats that read the lines a runtime wrapped; ranked
+    above the bare wrapper, which reads any line inside."""
+    out = []
+    for name, nf in NAMED_FORMATS.items():
+        if split_wrapper(name) is None:
+            share = _reads(f"{wrapper}:{nf.log_format}", lines) / len(lines)
+            if share >= min_share:
+                spec = _specificity(nf.log_format)
+                out.append((f"{wrapper}:{name}", share, (spec[0] - 1, spec[1])))
+    return out
 
 
 def _specificity(log_format: str) -> tuple[int, int]:

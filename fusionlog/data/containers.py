@@ -1,0 +1,59 @@
+"""Container runtimes' log lines, unwrapped to the line the service wrote.
+
+Why: a new service most often runs in a container, and its logs are read from the runtime, not the
+service: Docker's json-file driver writes `{"log": "<the line>\\n", "stream": "stdout", "time": "..."}`, and
+Kubernetes nodes (containerd, CRI-O; `/var/log/containers/*.log`) write `<RFC 3339 time> stdout F <the
+line>`. Read as they are, the runtime's wrapper is the header and the service's own header (time, level,
+thread) ends up in every template. `--log-format docker:<inner>` / `cri:<inner>` unwraps first and reads
+the inner line with `<inner>` (a format string or a named format: `docker:json`, `cri:zookeeper`); a bare
+`docker` / `cri` reads the whole inner line as the message. The inner line's own time wins; the runtime's
+is used when the inner format gives none, since many services log to stdout without one.
+
+Known limits: CRI splits lines longer than its buffer (16 KiB) into partial chunks (tag `P`); each chunk is
+read as a line of its own. A session key (`--key-regex`) is searched in the line as the runtime wrote it,
+so inside Docker's JSON a quote in the service's line reads `\\"`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+DOCKER = "docker"
+CRI = "cri"
+CONTAINER_WRAPPERS = (DOCKER, CRI)
+
+#: a CRI log line: time, stream, tag (F full, P partial), the service's line
+_CRI_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\S+) (?:stdout|stderr) [FP] ?(.*)\Z", re.S)
+
+
+def split_wrapper(log_format: str) -> tuple[str, str] | None:
+    """(wrapper, inner format) for `docker:<inner>` / `cri:<inner>` (a bare `docker` reads `<Content>`), else None."""
+    head, sep, inner = log_format.partition(":")
+    if head.strip().lower() not in CONTAINER_WRAPPERS or (not sep and inner):
+        return None
+    return head.strip().lower(), inner.strip() or "<Content>"
+
+
+def docker_line(line: str) -> tuple[str, str] | None:
+    """(the service's line, the runtime's time) of one Docker json-file record, or None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("log"), str):
+        return None
+    when = obj.get("time")
+    return obj["log"].rstrip("\r\n"), when if isinstance(when, str) else ""
+
+
+def cri_line(line: str) -> tuple[str, str] | None:
+    """(the service's line, the runtime's time) of one CRI log line, or None for any other line."""
+    m = _CRI_LINE.match(line)
+    return None if m is None else (m.group(2), m.group(1))
+
+
+#: each wrapper's unwrapping function
+UNWRAP = {DOCKER: docker_line, CRI: cri_line}
