@@ -49,6 +49,7 @@ from fusionlog.data.formats import (
     parse_timestamp,
 )
 from fusionlog.data.readers import decode_line
+from fusionlog.data.sessionize import TimeWindowKeys
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.types import ReadStats
@@ -345,6 +346,7 @@ class StreamSessionizer:
         self._wall = self.limits.wall_idle_seconds is not None
         self._max_events = self.limits.max_events_per_session
         self._tail: TraceTail[tuple[str, float | None]] = TraceTail()  # the last record: (line, time)
+        self._window_keys = TimeWindowKeys()
 
     @property
     def open_sessions(self) -> int:
@@ -429,7 +431,7 @@ class StreamSessionizer:
                 cur = None
             if cur is None:
                 self._bucket = bucket
-                cur = self._cur = self._new(f"time:{bucket}")
+                cur = self._cur = self._new(self._window_keys.key(bucket))
                 self.stats.max_open = 1
         cur.add(eid, ts, self._line_no)
         if self._examples:

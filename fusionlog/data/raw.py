@@ -133,7 +133,8 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         first = ""
         for line_no, line in iter_lines(path, file_stats, allow_empty=len(spec.files) > 1):
             first = first or line.strip()
-            rec = _parse_line(spec, read, keep, line, line_no, raw_file, file_stats, tail)
+            # numbered across the files, as `detect` numbers them: line windows' keys stay unique
+            rec = _parse_line(spec, read, keep, line, n_before + line_no, raw_file, file_stats, tail)
             if rec is None:
                 continue
             if strip is not None and not rec.key_text:

@@ -100,6 +100,30 @@ def _by_lines(system, items, window, key_labels, default_key_label, key_prefix) 
     return sessions
 
 
+class TimeWindowKeys:
+    """Keys of time windows: `time:B` for bucket B, and `time:B.n` for the n-th window opened again on a
+    bucket at or before the latest one, so keys stay unique when the log's time goes back.
+
+    Why: several files read as one log (two pods of a service, a copy beside the original) each run
+    through the same minutes; the second file's windows had the first's keys, and whatever is keyed by
+    session (LLM verdicts, reports, a user's tickets) took one for the other. Batch and stream name
+    windows with this one rule, so their keys agree.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.latest: int | None = None
+        self.again: dict[int, int] = {}  # bucket -> windows reopened on it (only buckets the time went back to)
+
+    def key(self, bucket: int | None) -> str:
+        if bucket is None or self.latest is None or bucket > self.latest:
+            if bucket is not None:
+                self.latest = bucket
+            return f"{self.prefix}time:{bucket}"
+        n = self.again[bucket] = self.again.get(bucket, 0) + 1
+        return f"{self.prefix}time:{bucket}.{n}"
+
+
 def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) -> list[Session]:
     """Fixed windows aligned to multiples of `seconds`; lines without a time join the current window.
 
@@ -109,6 +133,7 @@ def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) 
     sessions: list[Session] = []
     cur: _Open | None = None
     cur_bucket: int | None = None
+    keys = TimeWindowKeys(key_prefix)
     timed = 0
     for rec, eid in items:
         timed += rec.timestamp is not None
@@ -117,7 +142,7 @@ def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) 
             if cur is not None:
                 sessions.append(cur.close(system, key_labels, default_key_label))
             cur_bucket = bucket
-            cur = _Open(f"{key_prefix}time:{bucket}")
+            cur = _Open(keys.key(bucket))
         cur.add(eid, rec)
     if cur is not None:
         sessions.append(cur.close(system, key_labels, default_key_label))
