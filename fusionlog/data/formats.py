@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from fusionlog.data.access import ACCESS_FORMAT, access_fields
 from fusionlog.data.containers import UNWRAP, split_wrapper
 from fusionlog.errors import ConfigError
 
@@ -19,8 +20,8 @@ JSON_FORMAT = "json"
 LOGFMT_FORMAT = "logfmt"
 
 
-#: the formats read by key (`record_fields`) rather than by a format string
-STRUCTURED_FORMATS = (JSON_FORMAT, LOGFMT_FORMAT)
+#: the formats read by key (`record_fields`) or a reader of their own rather than by a format string
+STRUCTURED_FORMATS = (JSON_FORMAT, LOGFMT_FORMAT, ACCESS_FORMAT)
 
 
 def is_structured_format(log_format: str) -> bool:
@@ -79,6 +80,9 @@ def format_hint(log_format: str) -> str:
     if wrapped is not None:
         shape = "a JSON object with a 'log' key" if wrapped[0] == "docker" else "'<time> stdout|stderr F|P <line>'"
         return f"; {wrapped[0]} lines ({shape}) are unwrapped, then read with {wrapped[1]!r}{format_hint(wrapped[1])}"
+    if log_format == ACCESS_FORMAT:
+        return ('; access lines are host ident user [time] "request" status size, as nginx and Apache httpd '
+                "write them by default (Common or Combined Log Format)")
     if is_structured_format(log_format):
         return (f"; {log_format} lines need a message key per line ({', '.join(RECORD_KEYS['Content'])}); a JSON "
                 f"log reads with 'json', key=value pairs with 'logfmt'")
@@ -121,7 +125,7 @@ class TimeLayout:
             dt = datetime.strptime(f"{YEARLESS_YEAR} {text}", f"%Y {self.fmt}")
         else:
             dt = datetime.strptime(text, self.fmt)
-        return dt.replace(tzinfo=timezone.utc).timestamp()
+        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()  # %z: its offset
 
 
 #: Tried in order; the year-less ones last, so a field that also fits a full date is read with its year.
@@ -136,6 +140,7 @@ TIME_LAYOUTS: tuple[TimeLayout, ...] = (
     TimeLayout("%Y-%m-%d-%H.%M.%S.%f", ("Time",)),
     TimeLayout("%Y%m%d-%H:%M:%S:%f", ("Time",)),
     TimeLayout(ISO_8601, ("Time",)),  # 2026-11-27T10:00:00.123Z, +01:00 offsets (JSON logs, RFC 5424)
+    TimeLayout("%d/%b/%Y:%H:%M:%S %z", ("Time",)),  # access logs: 28/Nov/2026:10:00:00 +0100
     # year-less: syslog (Linux, Mac: `Jun 14 15:16:01`), OpenSSH (`<Date>` is the month), Android, Proxifier
     TimeLayout("%b %d %H:%M:%S", ("Month", "Date", "Time"), yearless=True),
     TimeLayout("%b %d %H:%M:%S", ("Month", "Day", "Time"), yearless=True),
@@ -322,6 +327,7 @@ def _record_plan(keys: tuple) -> _RecordPlan:
 STRUCTURED_READERS: dict[str, Callable[[str], dict[str, str] | None]] = {
     JSON_FORMAT: json_fields,
     LOGFMT_FORMAT: logfmt_fields,
+    ACCESS_FORMAT: access_fields,
 }
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusionlog.config import MaskRule
+from fusionlog.data.access import ACCESS_FORMAT
 from fusionlog.data.containers import CRI, DOCKER, UNWRAP, split_wrapper
 from fusionlog.data.formats import (
     JSON_FORMAT,
@@ -80,6 +81,9 @@ def _build() -> dict[str, NamedFormat]:
         LOGFMT_FORMAT: NamedFormat(
             LOGFMT_FORMAT, LOGFMT_FORMAT,
             about="key=value pairs per line (Go, Heroku): time=... level=info msg=\"...\", read by key"),
+        ACCESS_FORMAT: NamedFormat(
+            ACCESS_FORMAT, ACCESS_FORMAT,
+            about="nginx / Apache httpd access logs (Common, Combined): the request and its status as the message"),
         DOCKER: NamedFormat(
             DOCKER, f"{DOCKER}:<Content>",
             about="Docker's json-file lines ({\"log\": ..., \"time\": ...}); docker:FORMAT reads the inner line"),
