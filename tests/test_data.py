@@ -17,7 +17,7 @@ from fusionlog.config import SessionRule
 from fusionlog.data import RawFile, RawSpec, hide_labels, load_dataset, split_sessions
 from fusionlog.data.formats import compile_format, json_fields, logfmt_fields, parse_timestamp
 from fusionlog.data.logfiles import expand_log_source
-from fusionlog.data.named_formats import LOGHUB_FORMATS, sniff_formats
+from fusionlog.data.named_formats import LOGHUB_FORMATS, resolve_log_format, sniff_formats
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.raw import read_records
 from fusionlog.data.readers import iter_lines
@@ -241,6 +241,26 @@ def test_an_exception_beside_a_json_message_tells_failures_from_successes(tmp_pa
                         "request failed [TimeoutError: deadline exceeded]", "request failed"]
     ids = ds.sessions[0].event_ids
     assert ids[3] not in ids[:3]
+
+
+@pytest.mark.parametrize("name,lines,content", [
+    ("nginx-error", ["2026/11/28 10:00:00 [error] 31#31: *5 connect() failed (111: Connection refused) while "
+                     "connecting to upstream, client: 10.0.0.1", "2026/11/28 10:00:02 [warn] 31#31: *7 an upstream "
+                     "response is buffered to a temporary file"], "*5 connect() failed"),
+    ("go", ["2026/11/28 10:00:00 http: TLS handshake error from 1.2.3.4:5: EOF",
+            "2026/11/28 10:00:01.250000 listening on :8080"], "http: TLS handshake error"),
+])
+def test_nginx_error_and_go_logs_are_named_read_and_suggested(name, lines, content, tmp_path):
+    """Two layouts a new web service writes, with `2026/11/28` dates: named, timed, and ranked first by the
+    sniffer over the looser layouts that also read them (Spark's reads nginx's lines)."""
+    log = tmp_path / f"{name}.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = RawSpec("web", (RawFile(str(log)),), resolve_log_format(name)[0], SessionRule("time", seconds=60))
+    recs = list(read_records(spec, Path("."), ReadStats()))
+    assert len(recs) == 2 and recs[0].text.startswith(content)
+    assert recs[0].timestamp == parse_timestamp({"Time": "2026-11-28T10:00:00Z"})
+    assert recs[1].timestamp - recs[0].timestamp in (1.25, 2.0)
+    assert sniff_formats(log)[0] == (name, 1.0)
 
 
 def test_record_keys_are_read_by_priority_whatever_their_case_or_order():

@@ -134,6 +134,8 @@ TIME_LAYOUTS: tuple[TimeLayout, ...] = (
     TimeLayout("%Y-%m-%d %H:%M:%S", ("Date", "Time")),
     TimeLayout("%Y-%m-%d %H:%M:%S,%f", ("Date", "Time")),
     TimeLayout("%y/%m/%d %H:%M:%S.%f", ("Date", "Time")),
+    TimeLayout("%Y/%m/%d %H:%M:%S", ("Date", "Time")),  # nginx's error log, Go's log package
+    TimeLayout("%Y/%m/%d %H:%M:%S.%f", ("Date", "Time")),  # Go's log with Lmicroseconds
     TimeLayout("%a %b %d %H:%M:%S %Y", ("Time",)),
     TimeLayout("%y%m%d %H%M%S", ("Date", "Time")),
     TimeLayout("%y/%m/%d %H:%M:%S", ("Date", "Time")),

@@ -90,6 +90,12 @@ def _build() -> dict[str, NamedFormat]:
         CRI: NamedFormat(
             CRI, f"{CRI}:<Content>",
             about="Kubernetes nodes' CRI lines ('<time> stdout F <line>'); cri:FORMAT reads the inner line"),
+        "nginx-error": NamedFormat(
+            "nginx-error", r"<Date> <Time> \[<Level>\] <Pid>#<Tid>: <Content>",
+            about="nginx's error log: '2026/11/28 10:00:00 [error] 31#31: *5 connect() failed ...'"),
+        "go": NamedFormat(
+            "go", r"(?=\d{4}/\d\d/\d\d )<Date> <Time> <Content>",  # literal text is a regex: the slashed date only
+            about="Go's log package (LstdFlags): '2026/11/28 10:00:00 message', microseconds optional"),
         "syslog": NamedFormat(
             "syslog", r"<Month> <Date> <Time> <Host> <Component>(\[<PID>\])?: <Content>",
             about="RFC 3164 as rsyslog writes it: 'Jun 14 15:16:01 host sshd[1234]: ...'"),
@@ -194,4 +200,5 @@ def _specificity(log_format: str) -> tuple[int, int]:
     if is_structured_format(log_format):
         return 0, 0
     literal = re.sub(r"<[A-Za-z_][A-Za-z0-9_]*>", "", log_format)
+    literal = re.sub(r"\\.|\{\d+(?:,\d*)?\}", "", literal)  # a regex's `\d` or `{4}` is no literal letter
     return -sum(c.isalnum() for c in literal), -len(compile_format(log_format)[1])
