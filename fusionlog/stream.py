@@ -40,13 +40,11 @@ from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.formats import (
     TIME_FIELDS,
-    TimeLayout,
+    TimeReader,
     compile_format,
     epoch_seconds,
     header_reader,
     is_structured_format,
-    layout_of,
-    parse_timestamp,
 )
 from fusionlog.data.readers import decode_line
 from fusionlog.data.sessionize import TimeWindowKeys
@@ -173,7 +171,7 @@ class HeaderParser:
         self._time_of_parts = itemgetter(*idx) if idx else None
         self._ts_memo: dict[object, float | None] = {}
         self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
-        self._ts_layout: TimeLayout | None = None
+        self._times = TimeReader(memo_size=1)  # the layout that worked last, first (`_ts_memo` remembers)
 
     @property
     def reading(self) -> tuple[str, str, str]:
@@ -254,17 +252,7 @@ class HeaderParser:
         except KeyError:
             pass
         values = (sig,) if isinstance(sig, str) else sig
-        fields = {n: v or "" for n, v in zip(self.time_fields, values, strict=True)}
-        ts = None
-        if self._ts_layout is not None:
-            try:
-                ts = self._ts_layout.epoch(fields)
-            except (KeyError, ValueError):
-                ts = None
-        if ts is None:
-            ts = parse_timestamp(fields)
-            if ts is not None:
-                self._ts_layout = layout_of(fields)
+        ts = self._times({n: v or "" for n, v in zip(self.time_fields, values, strict=True)})
         if len(self._ts_memo) >= 10_000:
             self._ts_memo.clear()
         self._ts_memo[sig] = ts

@@ -263,6 +263,24 @@ def test_nginx_error_and_go_logs_are_named_read_and_suggested(name, lines, conte
     assert sniff_formats(log)[0] == (name, 1.0)
 
 
+def test_the_time_reader_reads_every_loghub_log_as_parse_timestamp_does(data_dir):
+    """`TimeReader` (the last layout first, repeats remembered) gives `parse_timestamp`'s time on every line of
+    the 16 loghub logs, a log mixing layouts, and an epoch `Timestamp` beside a text time."""
+    from fusionlog.data.formats import TimeReader, header_reader
+
+    for system, fmt in LOGHUB_FORMATS.items():
+        read, times = header_reader(fmt), TimeReader(memo_size=50)
+        fields = [read(line.strip()) for line in (data_dir / f"loghub2k/{system}/{system}_2k.log").read_text(
+            encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        fields = [f for f in fields if f is not None]
+        assert [times(f) for f in fields] == [parse_timestamp(f) for f in fields], system
+    mixed = [{"Date": "2026-11-28", "Time": "10:00:00"}, {"Month": "Jun", "Date": "14", "Time": "15:16:01"},
+             {"Date": "2026-11-28", "Time": "10:00:01"}, {"Time": "2026-11-28T10:00:00Z"}, {"Time": "garbage"},
+             {"Timestamp": "1732701600123", "Time": "2026-11-28T10:00:00Z"}]
+    times = TimeReader()
+    assert [times(f) for f in mixed + mixed] == [parse_timestamp(f) for f in mixed + mixed]
+
+
 def test_record_keys_are_read_by_priority_whatever_their_case_or_order():
     """Keys are matched once per shape of record (`_record_plan`); each record still gets its own values: a null
     message falls to the next message key, a case variant is the same key, a repeated logfmt key keeps its first."""

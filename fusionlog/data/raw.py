@@ -11,14 +11,14 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from fusionlog.config import MaskRule, ParseConfig, SessionRule, config_from_dict
-from fusionlog.data.formats import format_hint, header_reader, parse_timestamp
+from fusionlog.data.formats import TimeReader, format_hint, header_reader
 from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.data.readers import iter_lines
 from fusionlog.data.sessionize import sessionize
@@ -125,16 +125,18 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
     read = header_reader(spec.log_format)
     keep = re.compile(spec.line_filter) if spec.line_filter else None
     strip = re.compile(spec.strip) if spec.strip else None
+    times = TimeReader()
     for raw_file in spec.files:
         path = resolve(raw_file.path, data_dir)
         n_before = stats.lines
         file_stats = ReadStats()
-        tail: TraceTail[LogRecord] = TraceTail()  # a trace never runs from one file into the next
+        # a trace never runs from one file into the next
+        lines = _LineReader(spec, read, keep, times, raw_file, file_stats, TraceTail())
         first = ""
         for line_no, line in iter_lines(path, file_stats, allow_empty=len(spec.files) > 1):
             first = first or line.strip()
             # numbered across the files, as `detect` numbers them: line windows' keys stay unique
-            rec = _parse_line(spec, read, keep, line, n_before + line_no, raw_file, file_stats, tail)
+            rec = lines.record(line, n_before + line_no)
             if rec is None:
                 continue
             if strip is not None and not rec.key_text:
@@ -150,39 +152,54 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
             )
 
 
-def _parse_line(spec, read, keep, line, line_no, raw_file, stats, tail) -> LogRecord | None:
-    if not line.strip():
-        stats.empty += 1
+@dataclass
+class _LineReader:
+    """One file's lines into LogRecords: header fields, time, label, trace lines; every other line counted."""
+
+    spec: RawSpec
+    read: Callable[[str], dict[str, str] | None]
+    keep: re.Pattern[str] | None
+    times: TimeReader
+    raw_file: RawFile
+    stats: ReadStats
+    tail: TraceTail[LogRecord]
+
+    def record(self, line: str, line_no: int) -> LogRecord | None:
+        stats, tail = self.stats, self.tail
+        if not line.strip():
+            stats.empty += 1
+            return None
+        fields = self.read(line.strip()) if self.keep is None or self.keep.search(line) else False
+        if not fields:
+            trace = tail.exception(line)
+            if trace is not None:
+                stats.exception_lines += 1
+                text, parent = trace
+                return LogRecord(parent.system, line_no, parent.timestamp, text, parent.label, parent.fields, line,
+                                 key_text=parent.key_text or parent.raw)
+            if fields is False or tail.frame(line):
+                stats.continuation += 1
+            else:
+                stats.unmatched_format += 1
+            return None
+        rec = LogRecord(
+            system=self.spec.system,
+            line_no=line_no,
+            timestamp=self.times(fields),
+            text=fields["Content"].strip(),
+            label=self._label(fields),
+            fields=fields,
+            raw=line,
+        )
+        tail.record(rec)
+        return rec
+
+    def _label(self, fields: dict[str, str]) -> int | None:
+        if self.spec.label_mode == "inline":
+            return 0 if fields.get("Label", "-") == "-" else 1
+        if self.spec.label_mode == "file":
+            return self.raw_file.label
         return None
-    fields = read(line.strip()) if keep is None or keep.search(line) else False
-    if not fields:
-        trace = tail.exception(line)
-        if trace is not None:
-            stats.exception_lines += 1
-            text, parent = trace
-            return LogRecord(parent.system, line_no, parent.timestamp, text, parent.label, parent.fields, line,
-                             key_text=parent.key_text or parent.raw)
-        if fields is False or tail.frame(line):
-            stats.continuation += 1
-        else:
-            stats.unmatched_format += 1
-        return None
-    label: int | None = None
-    if spec.label_mode == "inline":
-        label = 0 if fields.get("Label", "-") == "-" else 1
-    elif spec.label_mode == "file":
-        label = raw_file.label
-    rec = LogRecord(
-        system=spec.system,
-        line_no=line_no,
-        timestamp=parse_timestamp(fields),
-        text=fields["Content"].strip(),
-        label=label,
-        fields=fields,
-        raw=line,
-    )
-    tail.record(rec)
-    return rec
 
 
 def _merge(total: ReadStats, part: ReadStats) -> None:
