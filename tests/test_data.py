@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import json
@@ -344,6 +345,27 @@ def test_terminal_colours_are_read_as_the_plain_log(tmp_path, data_dir):
                          progress=False) for p in (plain, coloured))
     assert b.stats.skipped == 0 and b.templates == a.templates
     assert [(s.key, s.event_ids) for s in b.sessions] == [(s.key, s.event_ids) for s in a.sessions]
+
+
+@pytest.mark.parametrize("encoding,gz", [("utf-16", False), ("utf-16-be", False), ("utf-8-sig", False),
+                                         ("utf-16", True)])
+def test_a_log_with_a_byte_order_mark_reads_as_the_plain_log(encoding, gz, tmp_path, data_dir):
+    """A log written as UTF-16 (PowerShell 5's `>`), with a UTF-8 BOM (Notepad), or gzipped UTF-16: same lines,
+    templates and time windows as the UTF-8 file, in training and in `detect`'s reader."""
+    from fusionlog.stream import file_lines
+
+    plain = data_dir / "loghub2k/Zookeeper/Zookeeper_2k.log"
+    text = plain.read_text(encoding="utf-8")
+    data = (codecs.BOM_UTF16_BE if encoding == "utf-16-be" else b"") + text.encode(encoding)
+    log = tmp_path / "zk.log"
+    log.write_bytes(gzip.compress(data) if gz else data)
+    assert data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF8[:2])
+    rule = SessionRule("time", seconds=60)
+    a, b = (load_dataset(str(p), spec=RawSpec("zk", (RawFile(str(p)),), ZK_FORMAT, rule), progress=False)
+            for p in (plain, log))
+    assert b.stats.decode_errors == 0 and b.stats.skipped == 0 and b.templates == a.templates
+    assert [(s.key, s.event_ids) for s in b.sessions] == [(s.key, s.event_ids) for s in a.sessions]
+    assert list(file_lines(log)) == text.splitlines()
 
 
 def test_gzip_lines(tmp_path):

@@ -6,6 +6,7 @@ replacement keeps the line (and its neighbours) while counting the damage for th
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import logging
@@ -37,10 +38,48 @@ def open_binary(path: Path, stats: ReadStats | None = None) -> io.BufferedIOBase
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a log file")
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    out: io.BufferedIOBase = fh
     if fh.peek(2)[:2] == GZIP_MAGIC:  # peek, not read: a pipe (`<(zcat ...)`) can be opened only once
         # 256 KiB reads: with 64 KiB the wrapper's copy cost 17% of gzip reading speed; with 256 KiB, none
-        return io.BufferedReader(_CutTolerantGzip(fh, path, stats if stats is not None else ReadStats()), 1 << 18)
-    return fh
+        out = io.BufferedReader(_CutTolerantGzip(fh, path, stats if stats is not None else ReadStats()), 1 << 18)
+    encoding = _bom_encoding(out.peek(4)[:4])
+    if encoding is not None:
+        out = io.BufferedReader(_Recoded(out, encoding), 1 << 16)
+    return out
+
+
+#: byte-order marks: a log that starts with one is read in its encoding (PowerShell 5's `>` writes UTF-16)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    return next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
+
+
+class _Recoded(io.RawIOBase):
+    """A file in another encoding read as UTF-8 bytes (its byte-order mark dropped), so line splitting and
+    decoding stay one code path. Why: UTF-16's newline is two bytes with a zero, and read as UTF-8 every
+    line was garbage that no format matched."""
+
+    def __init__(self, fh: io.BufferedIOBase, encoding: str) -> None:
+        self._fh, self._decode = fh, codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._pending, self._done = b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending and not self._done:
+            raw = self._fh.read(1 << 16)
+            self._done = not raw
+            self._pending = self._decode.decode(raw, final=self._done).encode("utf-8")
+        n = min(len(buffer), len(self._pending))
+        buffer[:n], self._pending = self._pending[:n], self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 class _CutTolerantGzip(io.RawIOBase):
