@@ -35,15 +35,21 @@ def split_wrapper(log_format: str) -> tuple[str, str] | None:
     return head.strip().lower(), inner.strip() or "<Content>"
 
 
-def docker_line(line: str) -> tuple[str, str] | None:
-    """(the service's line, the runtime's time) of one Docker json-file record, or None for any other line."""
+def json_object(line: str) -> dict | None:
+    """The JSON object a line holds, or None (not JSON, or JSON but no object): Docker's lines and JSON logs."""
     if not line.startswith("{"):
         return None
     try:
         obj = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("log"), str):
+    return obj if isinstance(obj, dict) else None
+
+
+def docker_line(line: str) -> tuple[str, str] | None:
+    """(the service's line, the runtime's time) of one Docker json-file record, or None for any other line."""
+    obj = json_object(line)
+    if obj is None or not isinstance(obj.get("log"), str):
         return None
     when = obj.get("time")
     return obj["log"].rstrip("\r\n"), when if isinstance(when, str) else ""

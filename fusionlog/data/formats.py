@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from fusionlog.data.access import ACCESS_FORMAT, access_fields
-from fusionlog.data.containers import UNWRAP, split_wrapper
+from fusionlog.data.containers import UNWRAP, json_object, split_wrapper
 from fusionlog.errors import ConfigError
 
 _FIELD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
@@ -274,13 +274,8 @@ def json_fields(line: str) -> dict[str, str] | None:
     Why keys instead of a format string: structured loggers write their fields in any order and quote and
     escape values, so no loghub format reads them (`record_fields` says which keys are read).
     """
-    if not line.startswith("{"):
-        return None
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return record_fields(obj) if isinstance(obj, dict) else None
+    obj = json_object(line)
+    return None if obj is None else record_fields(obj)
 
 
 #: one logfmt pair: key=value, or key="quoted value" with backslash escapes
