@@ -151,7 +151,8 @@ class HeaderParser:
         """`line_filter`, `strip`: as `RawSpec`'s (a line the filter misses is a continuation line; `strip`
         is cut from the content), so detection reads a line exactly as training did."""
         self.log_format = log_format
-        # JSON lines, logfmt: fields come by key (`record_fields`), the time as (Timestamp, Time) - epoch first
+        # JSON lines, logfmt, access logs, container lines: fields come from a reader function
+        # (`header_reader`), the time as (Timestamp, Time) - epoch first
         self._record = header_reader(log_format) if is_structured_format(log_format) else None
         self.pattern, self.fields = (None, ["Timestamp", "Time", "Level", "Content"]) if self._record else \
             compile_format(log_format)
