@@ -1,6 +1,9 @@
 """File names and format versions, defined once so writers and readers can never disagree."""
 
 FORMAT_VERSION = 1
+#: how raw lines are read into records (traces, encodings, escapes, window keys); part of the prepared-data
+#: cache key of raw logs, so an upgrade that reads lines differently never reuses what an older one read
+READ_VERSION = 2
 
 CONFIG_NAME = "config.json"
 MODEL_WEIGHTS_NAME = "model.safetensors"

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from fusionlog.config import EmbedConfig, ParseConfig, SessionRule, config_to_dict
-from fusionlog.constants import FORMAT_VERSION, PREPARE_META_NAME, SESSIONS_NAME, TEMPLATES_NAME, VECTORS_NAME
+from fusionlog.constants import (
+    FORMAT_VERSION,
+    PREPARE_META_NAME,
+    READ_VERSION,
+    SESSIONS_NAME,
+    TEMPLATES_NAME,
+    VECTORS_NAME,
+)
 from fusionlog.data.paths import resolve_data_dir
 from fusionlog.data.raw import RawSpec
 from fusionlog.data.registry import _REGISTRY, load_dataset
@@ -101,6 +108,8 @@ def cache_key(name_or_path, data_dir, parse, rule, spec, embed) -> str:
         "spec": repr(spec) if spec else None,
         "embed": config_to_dict(embed),
     }
+    if spec is not None or Path(name_or_path).is_file() or _is_raw(name_or_path):
+        parts["read"] = READ_VERSION  # only for raw lines, so session datasets keep their cached folders
     if name_or_path.lower() in _REGISTRY:
         parts["data_dir"] = str(resolve_data_dir(data_dir).resolve())
         masks = getattr(_REGISTRY[name_or_path.lower()].spec, "masks", ())
@@ -110,6 +119,11 @@ def cache_key(name_or_path, data_dir, parse, rule, spec, embed) -> str:
     parts["files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _is_raw(name: str) -> bool:
+    info = _REGISTRY.get(name.lower())
+    return info is not None and info.kind == "raw"
 
 
 def save_prepared(folder: Path, dataset: SessionDataset, vectors: np.ndarray, meta: dict) -> None:

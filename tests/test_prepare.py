@@ -42,3 +42,19 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, embedder, data_dir, monkey
     monkeypatch.undo()
     ok = prepare("hadoop", data_dir, embedder=embedder, root=tmp_path, progress=False)
     assert not ok.from_cache and len(ok.dataset.sessions) == 961
+
+
+def test_a_change_in_how_lines_are_read_invalidates_raw_caches_only(monkeypatch, data_dir):
+    """Prepared folders of raw logs are keyed by READ_VERSION: an upgrade that reads lines differently (a trace's
+    exception kept, say) rebuilds them, where reusing them trained on old reading and served with the new one
+    (template ids shifted: `eval.served_check` scores off by 1.4e-2); session datasets keep their folders."""
+    import fusionlog.prepare as prep
+    from fusionlog.config import EmbedConfig, ParseConfig
+
+    def keys() -> tuple[str, str]:
+        return tuple(prep.cache_key(n, data_dir, ParseConfig(), None, None, EmbedConfig()) for n in ("bgl", "hdfs"))
+
+    before = keys()
+    monkeypatch.setattr(prep, "READ_VERSION", prep.READ_VERSION + 1)
+    after = keys()
+    assert after[0] != before[0] and after[1] == before[1]
