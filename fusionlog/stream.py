@@ -195,7 +195,7 @@ class HeaderParser:
             return line, None
         if self._record is not None:
             fields = self._record(line)
-            return None if fields is None else (fields["Content"].strip(), fields)
+            return (fields["Content"].strip(), fields) if fields else None  # False (a held chunk): none yet
         if self._split:
             parts = line.split(None, self._split)
             if len(parts) == self._split + 1:
@@ -210,20 +210,21 @@ class HeaderParser:
         # as `fusionlog.data.raw.read_records`: a content that is all prefix stays as it was
         return self._strip.sub("", content).strip() or content  # type: ignore[union-attr]
 
-    def parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
-        """Like `parse`, but returns only the time fields' values (a str for one field, else a tuple)."""
+    def parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None | bool:
+        """Like `parse`, but returns only the time fields' values (a str for one field, else a tuple); False
+        for a container runtime's chunk held until the rest of its line."""
         out = self._parse_timed(line)
-        if out is not None and self._strip is not None:
+        if out and self._strip is not None:
             return self._cut(out[0]), out[1]
         return out
 
-    def _parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None:
+    def _parse_timed(self, line: str) -> tuple[str, str | tuple[str, ...] | None] | None | bool:
         if self.whole_line:
             return line, None
         if self._record is not None:
             fields = self._record(line)
-            if fields is None:
-                return None
+            if not fields:
+                return fields  # None, or False: a chunk held until the rest of its line (a continuation)
             return fields["Content"].strip(), (fields.get("Timestamp", ""), fields.get("Time", ""))
         if self._split:
             parts = line.split(None, self._split)
@@ -357,8 +358,8 @@ class StreamSessionizer:
         if self.parser.continuation(line):  # on the line as read, as the batch reader does: indented = continuation
             return self._not_record(line, read, continuation=True)
         parsed = self.parser.parse_timed(text)
-        if parsed is None:
-            return self._not_record(line, read, continuation=False)
+        if not parsed:
+            return self._not_record(line, read, continuation=parsed is False)
         content, sig = parsed
         ts = self.parser.timestamp(sig) if (sig is not None and self._timestamps) else None
         tail = self._tail

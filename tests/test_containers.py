@@ -45,9 +45,11 @@ def _load(path: Path, log_format: str, rule: SessionRule):
 
 def test_unwrapping_reads_the_services_line_and_the_runtimes_time():
     assert docker_line('{"log":"INFO up\\n","stream":"stderr","time":"2026-11-28T10:00:00.000000001Z"}') == (
-        "INFO up", "2026-11-28T10:00:00.000000001Z")
+        "INFO up", "2026-11-28T10:00:00.000000001Z", False)
+    assert docker_line('{"log":"half a li","stream":"stderr","time":"2026-11-28T10:00:00Z"}')[2] is True
     assert cri_line("2026-11-28T10:00:00.123456789+01:00 stderr P half a li") == (
-        "half a li", "2026-11-28T10:00:00.123456789+01:00")
+        "half a li", "2026-11-28T10:00:00.123456789+01:00", True)
+    assert cri_line("2026-11-28T10:00:00Z stdout F ne")[2] is False
     assert docker_line('{"msg": "not docker"}') is None and docker_line("plain") is None
     assert cri_line("2026-11-28 10:00:00 INFO not cri") is None
     assert split_wrapper("docker") == ("docker", "<Content>") and split_wrapper("CRI:json") == ("cri", "json")
@@ -110,3 +112,36 @@ def test_wrapped_formats_resolve_with_their_inner_masks_and_errors_name_the_caus
                            "docker:<Date> <Time> <Level> <Content>", "--window", "5"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "docker lines (a JSON object with a 'log' key) are unwrapped" in proc.stderr
+
+
+@pytest.mark.parametrize("wrapper", ["docker", "cri"])
+def test_a_line_the_runtime_split_is_joined_again(wrapper, tmp_path):
+    """A JSON record with a deep Java trace (40 KiB) that the runtime cut into 16 KiB chunks reads as the one
+    record it was (its exception in the content); the held chunks count as continuation lines, and streaming
+    joins them alike."""
+    frames = "".join(f"\n\tat com.shop.orders.Handler.step{i}(Handler.java:{i})" for i in range(900))
+    big = json.dumps({"time": "2026-11-28T10:00:01Z", "level": "error", "msg": "order failed",
+                      "stack_trace": "java.sql.SQLTransientConnectionException: pool exhausted" + frames})
+    small = [json.dumps({"time": f"2026-11-28T10:00:0{i}Z", "level": "info", "msg": f"order {i} placed"})
+             for i in (0, 2)]
+    assert len(big) > 40_000
+    chunks = [big[i:i + 16_384] for i in range(0, len(big), 16_384)]
+    rows = []
+    for i, text in enumerate([small[0], *chunks, small[1]]):
+        partial = 1 <= i <= len(chunks) - 1  # every chunk of the big line but its last
+        when = _runtime_time(i)
+        if wrapper == "docker":
+            rows.append(json.dumps({"log": text + ("" if partial else "\n"), "stream": "stdout", "time": when}))
+        else:
+            rows.append(f"{when} stdout {'P' if partial else 'F'} {text}")
+    log = tmp_path / "split.log"
+    log.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rule = SessionRule("lines", window=10)
+    ds, spec = _load(log, f"{wrapper}:json", rule)
+    contents = [ds.templates[i] for i in ds.sessions[0].event_ids]
+    assert len(contents) == 3 and "[java.sql.SQLTransientConnectionException: pool exhausted]" in contents[1]
+    assert ds.stats.continuation == len(chunks) - 1 and ds.stats.unmatched_format == 0
+    sz = StreamSessionizer(ds.store.match_line, rule, spec.log_format, StreamLimits(idle_seconds=None))
+    out = sz.feed_many(line for _, line in iter_lines(log)) + sz.flush()
+    assert [s.event_ids for s in out] == [s.event_ids for s in ds.sessions]
+    assert sz.stats.read.continuation == len(chunks) - 1

@@ -9,9 +9,10 @@ the inner line with `<inner>` (a format string or a named format: `docker:json`,
 `docker` / `cri` reads the whole inner line as the message. The inner line's own time wins; the runtime's
 is used when the inner format gives none, since many services log to stdout without one.
 
-Known limits: CRI splits lines longer than its buffer (16 KiB) into partial chunks (tag `P`); each chunk is
-read as a line of its own. A session key (`--key-regex`) is searched in the line as the runtime wrote it,
-so inside Docker's JSON a quote in the service's line reads `\\"`.
+Both runtimes split a line longer than their buffer (16 KiB: a JSON record with a deep stack trace) into
+chunks; the chunks are joined again (up to `MAX_LINE_BYTES`) and read as the one line they were, the held
+ones counted as continuation lines. Known limit: a session key (`--key-regex`) is searched in the line as
+the runtime wrote it, so inside Docker's JSON a quote in the service's line reads `\\"`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CRI = "cri"
 CONTAINER_WRAPPERS = (DOCKER, CRI)
 
 #: a CRI log line: time, stream, tag (F full, P partial), the service's line
-_CRI_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\S+) (?:stdout|stderr) [FP] ?(.*)\Z", re.S)
+_CRI_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\S+) (?:stdout|stderr) ([FP]) ?(.*)\Z", re.S)
 
 
 def split_wrapper(log_format: str) -> tuple[str, str] | None:
@@ -46,19 +47,21 @@ def json_object(line: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def docker_line(line: str) -> tuple[str, str] | None:
-    """(the service's line, the runtime's time) of one Docker json-file record, or None for any other line."""
+def docker_line(line: str) -> tuple[str, str, bool] | None:
+    """(the service's line, the runtime's time, partial) of one Docker json-file record, or None for any other
+    line; partial: a chunk of a longer line (Docker splits at 16 KiB; only the last chunk ends in a newline)."""
     obj = json_object(line)
     if obj is None or not isinstance(obj.get("log"), str):
         return None
-    when = obj.get("time")
-    return obj["log"].rstrip("\r\n"), when if isinstance(when, str) else ""
+    when, text = obj.get("time"), obj["log"]
+    return text.rstrip("\r\n"), when if isinstance(when, str) else "", not text.endswith("\n")
 
 
-def cri_line(line: str) -> tuple[str, str] | None:
-    """(the service's line, the runtime's time) of one CRI log line, or None for any other line."""
+def cri_line(line: str) -> tuple[str, str, bool] | None:
+    """(the service's line, the runtime's time, partial) of one CRI log line, or None for any other line;
+    partial: tag `P`, a chunk of a line longer than the runtime's buffer, continued by the next line."""
     m = _CRI_LINE.match(line)
-    return None if m is None else (m.group(2), m.group(1))
+    return None if m is None else (m.group(3), m.group(1), m.group(2) == "P")
 
 
 #: each wrapper's unwrapping function

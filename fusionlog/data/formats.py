@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.access import ACCESS_FORMAT, access_fields
 from fusionlog.data.containers import UNWRAP, json_object, split_wrapper
 from fusionlog.errors import ConfigError
@@ -368,9 +369,11 @@ STRUCTURED_READERS: dict[str, Callable[[str], dict[str, str] | None]] = {
 }
 
 
-def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None]:
-    """A function from a stripped line to its header fields (with `Content`), or None when the line does not
-    fit: the format string's regex, or `json_fields` / `logfmt_fields`. Raises ConfigError on a bad format."""
+def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None | bool]:
+    """A function from a stripped line to its header fields (with `Content`), None when the line does not
+    fit, or False for a line held to be joined with the next (a container runtime's chunk of a long line):
+    the format string's regex, `json_fields` / `logfmt_fields` / `access_fields`, or an unwrapping reader.
+    Raises ConfigError on a bad format."""
     wrapped = split_wrapper(log_format)
     if wrapped is not None:
         return _unwrapping_reader(*wrapped)
@@ -392,12 +395,20 @@ def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[
     inner = header_reader(inner_format)
     inner_timed = is_structured_format(inner_format) or any(n in TIME_FIELDS for n in compile_format(inner_format)[1])
     inner_time, runtime_time_of = TimeReader(), TimeReader()
+    held: list[str] = []  # the chunks of a line the runtime split, until its last one
 
-    def read(line: str) -> dict[str, str] | None:
+    def read(line: str) -> dict[str, str] | None | bool:
         got = unwrap(line)
         if got is None:
             return None
-        text, runtime_time = got
+        text, runtime_time, partial = got
+        if partial:
+            if sum(map(len, held)) < MAX_LINE_BYTES:
+                held.append(text)
+            return False  # held: not a record yet (a continuation line)
+        if held:
+            text = "".join([*held, text])
+            held.clear()
         fields = inner(text.strip())
         if fields is None:
             return None

@@ -140,7 +140,7 @@ def _reads(fmt: str, lines: list[str]) -> int:
     wrapped = split_wrapper(fmt)
     if wrapped is not None:  # the inner lines, each read with its own time (not the runtime's)
         unwrap = UNWRAP[wrapped[0]]
-        return _reads(wrapped[1], [got[0].strip() for got in map(unwrap, lines) if got is not None])
+        return _reads(wrapped[1], [got[0].strip() for got in map(unwrap, lines) if got is not None and not got[2]])
     read = header_reader(fmt)
     timed = not is_structured_format(fmt) and any(n in TIME_FIELDS for n in compile_format(fmt)[1])  # by key: a message
     n = 0
