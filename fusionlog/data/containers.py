@@ -30,8 +30,8 @@ _CRI_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\S+) (?:stdout|stderr) ([FP]) ?(.*)\Z"
 
 def split_wrapper(log_format: str) -> tuple[str, str] | None:
     """(wrapper, inner format) for `docker:<inner>` / `cri:<inner>` (a bare `docker` reads `<Content>`), else None."""
-    head, sep, inner = log_format.partition(":")
-    if head.strip().lower() not in CONTAINER_WRAPPERS or (not sep and inner):
+    head, _, inner = log_format.partition(":")
+    if head.strip().lower() not in CONTAINER_WRAPPERS:
         return None
     return head.strip().lower(), inner.strip() or "<Content>"
 

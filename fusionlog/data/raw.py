@@ -157,7 +157,7 @@ class _LineReader:
     """One file's lines into LogRecords: header fields, time, label, trace lines; every other line counted."""
 
     spec: RawSpec
-    read: Callable[[str], dict[str, str] | None]
+    read: Callable[[str], dict[str, str] | None | bool]  # False: a held chunk (`header_reader`)
     keep: re.Pattern[str] | None
     times: TimeReader
     raw_file: RawFile
