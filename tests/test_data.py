@@ -180,8 +180,10 @@ def test_a_raw_log_without_a_format_is_told_which_named_formats_read_it(tmp_path
     proc = run_cli("data", "stats", str(odd))
     assert proc.returncode == 2 and "no named format reads its first lines" in proc.stderr
     assert "no named format reads any" in run_cli("data", "formats", str(odd)).stdout
-    names = run_cli("data", "formats").stdout.split()
+    listing = run_cli("data", "formats").stdout
+    names = listing.split()
     assert "syslog" in names and "zookeeper" in names
+    assert "nginx / Apache httpd access logs" in listing  # a reader-function format says what it reads
 
 
 @pytest.mark.parametrize("fmt", ["json", "logfmt"])

@@ -74,13 +74,16 @@ def _formats(args: argparse.Namespace) -> int:
     """Every named format; with a file, the share of its first lines each reads, best first."""
     from pathlib import Path
 
+    from fusionlog.data.formats import is_structured_format
     from fusionlog.data.named_formats import NAMED_FORMATS, resolve_log_format, sniff_formats
     from fusionlog.data.readers import iter_lines
     from fusionlog.errors import ConfigError
 
     if args.file is None:
         for name in sorted(NAMED_FORMATS):
-            print(f"{name:16s} {NAMED_FORMATS[name].log_format}")
+            nf = NAMED_FORMATS[name]
+            # a format read by a function of its own says nothing by its string: say what it reads
+            print(f"{name:16s} {nf.about if is_structured_format(nf.log_format) else nf.log_format}")
         return 0
     if args.lines < 1:
         raise ConfigError(f"--lines {args.lines}: give at least 1")
