@@ -172,7 +172,7 @@ class HeaderParser:
         self._time_of_parts = itemgetter(*idx) if idx else None
         self._ts_memo: dict[object, float | None] = {}
         self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
-        self._times = TimeReader(memo_size=1)  # the layout that worked last, first (`_ts_memo` remembers)
+        self._times = TimeReader(memo_size=0)  # the layout that worked last, first (`_ts_memo` remembers)
 
     @property
     def reading(self) -> tuple[str, str, str]:

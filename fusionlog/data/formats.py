@@ -198,12 +198,16 @@ def parse_timestamp(fields: dict[str, str]) -> float | None:
     return None if layout is None else layout.epoch(fields)
 
 
+_UNREAD = object()  # a memo miss (None is a remembered "no time")
+
+
 class TimeReader:
     """`parse_timestamp` for a stream of lines of one log: the layout that read the last time is tried first.
 
     Why: `parse_timestamp` tries the layouts in order, and a failing strptime costs what a working one does;
     a log keeps one layout, so reading a 2015 Zookeeper line went from three strptime calls to one (batch
-    reading of its times 2.2-2.7x faster). Repeated times are remembered (bounded). An epoch `Timestamp`
+    reading of its times 2.2-2.7x faster). Repeated times are remembered (up to `memo_size`; 0 where the
+    caller remembers them itself, as the stream parser does by its raw time values). An epoch `Timestamp`
     (or HPC's epoch `Time`) is read first, as `parse_timestamp` does.
     """
 
@@ -217,11 +221,11 @@ class TimeReader:
         epoch = epoch_seconds(stamp) if stamp else None
         if epoch is not None:
             return epoch
-        key = tuple(fields.get(k) for k in TIME_FIELDS)
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
+        key = tuple(fields.get(k) for k in TIME_FIELDS) if self._memo_size else None
+        if key is not None:
+            known = self._memo.get(key, _UNREAD)
+            if known is not _UNREAD:
+                return known  # type: ignore[return-value]
         ts = None
         if self._layout is not None:
             try:
@@ -232,9 +236,10 @@ class TimeReader:
             ts = parse_timestamp(fields)
             if ts is not None:
                 self._layout = layout_of(fields)
-        if len(self._memo) >= self._memo_size:
-            self._memo.clear()
-        self._memo[key] = ts
+        if key is not None:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[key] = ts
         return ts
 
 
