@@ -3,7 +3,7 @@
 Why: a user bringing up monitoring for a new service has no labels, so the run's metrics table is empty;
 what they need first is which of *their* sessions the detector flags and why. The saved artifact scores
 the adaptation pool through the served path (`fusionlog.served`), so each finding reads exactly as
-`fusionlog detect` would print it for the same session: score, the templates it attends to most, reason.
+`fusionlog detect` would print it for the same session: score, the departures that make its surprise, reason.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
         "flagged_share": round(flagged / max(len(verdicts), 1), 4),
         "top": [
             {"key": v.key, "score": round(float(v.score), 4), "anomalous": bool(v.anomalous), "events": v.events,
-             "templates": [t["template"] for t in v.top_templates[:TOP_TEMPLATES]], "reason": v.reason}
+             "templates": [t["template"] for t in v.top_templates[:TOP_TEMPLATES]], "reason": v.reason,
+             "surprise": None if v.surprise is None else round(float(v.surprise), 3),
+             "departures": v.departures[:TOP_TEMPLATES]}
             for v in worst
         ],
     }
@@ -48,14 +50,21 @@ def findings_markdown(findings: dict) -> list[str]:
         f"({100 * findings['flagged_share']:.1f}%) are flagged, scored as `fusionlog detect` scores them. "
         f"The {len(findings['top'])} most anomalous:",
         "",
-        "| session | score | flagged | events | templates it attends to most |",
-        "| --- | --- | --- | --- | --- |",
+        "| session | score | flagged | events | surprise | why: its largest departures (units) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for f in findings["top"]:
-        templates = "; ".join(_cell(t) for t in f["templates"])
+        surprise = "–" if f.get("surprise") is None else f"{f['surprise']:.2f}"
         lines.append(f"| {_cell(f['key'])} | {f['score']:.3f} | {'yes' if f['anomalous'] else 'no'} "
-                     f"| {f['events']} | {templates} |")
+                     f"| {f['events']} | {surprise} | {_why(f)} |")
     return [*lines, ""]
+
+
+def _why(finding: dict) -> str:
+    """`has 'X' (1.00); lacks 'Y' (0.93)`; a report written before departures lists its attended templates."""
+    if not finding.get("departures"):
+        return "; ".join(_cell(t) for t in finding["templates"])
+    return "; ".join(f"{d['kind']} {_cell(d['template'], 70)} ({d['cost']:.2f})" for d in finding["departures"])
 
 
 def _cell(text: str, width: int = 90) -> str:

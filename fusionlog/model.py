@@ -205,10 +205,8 @@ class ReferenceStats:
         if self.n_sessions <= 1 or n == 0:
             return float(len(key))
         lack, everything = self._lack_costs(1 if in_corpus else 0, everyday_only=False)
-        have_costs = self.event_rarity(present, in_corpus).astype(np.float64) if present else np.zeros(0)
-        if self.have_weights is not None and present:
-            have_costs = have_costs * self.have_weights[present]
-        return max(0.0, everything - float(lack[present].sum())) + float(have_costs.sum()) + unknown
+        have = self.have_costs(present, in_corpus)
+        return max(0.0, everything - float(lack[present].sum())) + float(have.sum()) + unknown
 
     def with_have_weights(self, weights: np.ndarray | None) -> ReferenceStats:
         """A copy whose `surprise` counts having template t as `weights[t]` times its rarity (None: plain).
@@ -244,6 +242,19 @@ class ReferenceStats:
         lack, everything = self._lack_costs(1 if in_corpus else 0, everyday_only=True)
         present = [e for e in key if 0 <= e < n]
         return float(min(1.0, max(0.0, everything - float(lack[present].sum()))))
+
+    def lack_costs(self, in_corpus: bool) -> np.ndarray:
+        """(n_templates,) what lacking each template adds to `surprise` (read-only; `fusionlog.explain`)."""
+        lack = self._lack_costs(1 if in_corpus else 0, everyday_only=False)[0].view()
+        lack.setflags(write=False)
+        return lack
+
+    def have_costs(self, present: Sequence[int], in_corpus: bool) -> np.ndarray:
+        """(len(present),) what having each of these table templates adds to `surprise` (weighted)."""
+        if not len(present):
+            return np.zeros(0)
+        costs = self.event_rarity(present, in_corpus).astype(np.float64)
+        return costs * self.have_weights[list(present)] if self.have_weights is not None else costs
 
     def _lack_costs(self, own: int, everyday_only: bool) -> tuple[np.ndarray, float]:
         """Per-template cost of lacking it, and the cost of lacking all (cached: detection calls this per session)."""

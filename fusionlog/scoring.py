@@ -26,6 +26,9 @@ class SessionVerdict:
     nearest_source_template: str | None = None
     reason: str = ""
     new_templates: int = 0  # templates first seen at detection time (embedded on the fly)
+    surprise: float | None = None  # units of one never-seen template (`fusionlog.explain`); what the score ranks by
+    # [{"template", "event_id", "kind": has|new|lacks, "cost"}], the largest terms of the surprise first
+    departures: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -37,6 +40,8 @@ class SessionVerdict:
             "nearest_source_template": self.nearest_source_template,
             "reason": self.reason,
             "new_templates": self.new_templates,
+            "surprise": None if self.surprise is None else round(float(self.surprise), 3),
+            "departures": self.departures,
         }
 
 

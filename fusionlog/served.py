@@ -25,6 +25,7 @@ import torch
 from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
+from fusionlog.explain import explain_surprise
 from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
@@ -296,14 +297,15 @@ class ArtifactScorer:
         unseen_pool = len({e for e in ids if 0 <= e < len(self.detector.stats_.doc_freq)
                            and self.detector.stats_.doc_freq[e] == 0})
         anomalous = score > self.threshold
-        parts = [f"score {score:.3f} {'>' if anomalous else '<='} threshold {self.threshold:.3f}"]
-        if top_templates:
-            parts.append(f"most attention on '{top_templates[0]['template']}'")
+        why = explain_surprise(self.detector.stats_, ids)
+        parts = [f"score {score:.3f} {'>' if anomalous else '<='} threshold {self.threshold:.3f}",
+                 why.summary(self.template)]
         if new:
             parts.append(f"{new} template(s) never seen in training")
         if unseen_pool:
             parts.append(f"{unseen_pool} template(s) absent from the adaptation pool")
-        return SessionVerdict(key, score, anomalous, len(ids), top_templates, nearest, "; ".join(parts), new)
+        return SessionVerdict(key, score, anomalous, len(ids), top_templates, nearest, "; ".join(parts), new,
+                              why.surprise, [d.to_dict(self.template) for d in why.top])
 
 
 def load_scorer(model_dir: Path | str, *, threads: int | None = SCORE_THREADS,

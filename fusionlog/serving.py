@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -105,6 +105,15 @@ class TemplateWeight(BaseModel):
     example: ExampleLine | None = Field(None, description="with examples=true: the session's first line of it")
 
 
+class DepartureOut(BaseModel):
+    template: str
+    event_id: int = Field(description="the template's id in the model's table (-1: a line no template matched)")
+    kind: Literal["has", "new", "lacks"] = Field(
+        description="has: a template rare here; new: one the detector never saw; lacks: a step most sessions have")
+    cost: float = Field(description="its share of the surprise, in units of one never-seen template")
+    example: ExampleLine | None = Field(None, description="with examples=true (has/new): the session's first line")
+
+
 class VerdictOut(BaseModel):
     key: str
     score: float
@@ -114,6 +123,9 @@ class VerdictOut(BaseModel):
     nearest_source_template: str | None
     reason: str
     new_templates: int
+    surprise: float | None = Field(None, description="how far the session departs from the reference sessions, "
+                                   "in units of one never-seen template; the default model's score ranks by it")
+    departures: list[DepartureOut] = Field([], description="the largest terms of the surprise, largest first")
 
 
 class DetectResponse(BaseModel):

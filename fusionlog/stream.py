@@ -791,8 +791,11 @@ def scorer_sessionizer(scorer, limits: StreamLimits | None = None, **kw) -> Stre
 
 
 def attach_examples(verdict: dict, examples: dict[int, tuple[int, str]]) -> None:
-    """Each top template gets the session's first raw line of it: what an SRE greps for next."""
-    for t in verdict.get("top_templates", ()):
+    """Each top template and each departure the session has gets its first raw line of that template: what an
+    SRE greps for next (a lacked step has no line)."""
+    for t in (*verdict.get("top_templates", ()), *verdict.get("departures", ())):
+        if t.get("kind") == "lacks":
+            continue
         hit = examples.get(t.get("event_id"))
         if hit is not None:
             t["example"] = {"line": hit[0], "text": hit[1]}

@@ -277,7 +277,7 @@ def test_the_main_job_takes_another_threshold_rule_where_the_pool_has_no_normal_
 
 def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_path, data_dir, cache_root):
     """With no target labels the metrics table is empty; the report still says which pool sessions the
-    artifact flags (as `detect` scores them) and lists the most anomalous with their templates."""
+    artifact flags (as `detect` scores them) and lists the most anomalous with the templates that make them so."""
     res = fuse(_cfg(tmp_path / "run", rounds=0))
     findings = res.report["findings"]
     ds = load_dataset("bgl", data_dir, progress=False)
@@ -292,6 +292,13 @@ def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_pa
     assert all(t["templates"] and t["key"] for t in top)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "What it flags in the target's own logs" in md and top[0]["key"] in md
+    # why: each listed session's largest surprise terms, which the table shows
+    stats = det.stats_
+    by_key = {s.key: s for s in pool}
+    for t in top:
+        assert t["surprise"] == pytest.approx(stats.surprise(by_key[t["key"]].event_ids, in_corpus=False), abs=1e-3)
+    first = top[0]["departures"][0]
+    assert f"{first['kind']} {first['template'][:40]}" in md
 
 
 class _Scored:

@@ -51,6 +51,16 @@ def test_detect_cli_matches_in_process_detector(bgl_artifact, data_dir):
     v = verdicts[0]
     assert v["top_templates"] and v["reason"].startswith("score ")
     assert isinstance(v["anomalous"], bool)
+    # each verdict says why: the session's surprise and its largest terms, largest first, named in the reason
+    stats = Detector.from_pretrained(bgl_artifact).stats_
+    for v, s in zip(verdicts, ds.sessions, strict=True):
+        assert v["surprise"] == pytest.approx(stats.surprise(s.event_ids, in_corpus=False), abs=1e-3)
+        costs = [d["cost"] for d in v["departures"]]
+        assert costs == sorted(costs, reverse=True) and sum(costs) <= v["surprise"] + 1e-2
+        assert {d["kind"] for d in v["departures"]} <= {"has", "new", "lacks"}
+    flagged = [v for v in verdicts if v["anomalous"]]
+    assert flagged and all(v["departures"] for v in flagged)
+    assert all(f"'{v['departures'][0]['template'][:60]}" in v["reason"] for v in flagged)
 
 
 def test_detect_reads_a_directory_of_rotated_logs_as_one_stream(bgl_artifact, data_dir, tmp_path):
@@ -261,7 +271,14 @@ def test_served_check_reads_spark_back_as_training_parsed_it(tmp_path, data_dir,
 def test_verdicts_can_carry_the_raw_line_behind_each_top_template(bgl_artifact, data_dir):
     """`detect --examples`: each top template comes with the session's first raw line of it, which reads
     back to the same template and lies inside the session's line range."""
-    from fusionlog.stream import StreamLimits, detect_stream, file_lines, scorer_parser, scorer_sessionizer
+    from fusionlog.stream import (
+        MAX_EXAMPLE_CHARS,
+        StreamLimits,
+        detect_stream,
+        file_lines,
+        scorer_parser,
+        scorer_sessionizer,
+    )
 
     scorer = load_scorer(bgl_artifact)
     log = data_dir / "loghub2k/BGL/BGL_2k.log"
@@ -272,11 +289,34 @@ def test_verdicts_can_carry_the_raw_line_behind_each_top_template(bgl_artifact, 
     assert [v["score"] for v in shown] == [v["score"] for v in plain]
     assert not any("example" in t for v in plain for t in v["top_templates"])
     parser = scorer_parser(scorer)
+    assert not any("example" in d for v in plain for d in v["departures"])
+    assert any(d["kind"] != "lacks" for v in shown for d in v["departures"])
     for v in shown:
-        for t in v["top_templates"]:
+        assert all(("example" in d) == (d["kind"] != "lacks") for d in v["departures"])
+        for t in [*v["top_templates"], *(d for d in v["departures"] if d["kind"] != "lacks")]:
             ex = t["example"]
             assert v["first_line"] <= ex["line"] <= v["last_line"]
-            assert scorer.event_id(parser.parse(ex["text"])[0]) == t["event_id"]
+            if len(ex["text"]) < MAX_EXAMPLE_CHARS:  # a longer line is shown cut, and reads as another template
+                assert scorer.event_id(parser.parse(ex["text"])[0]) == t["event_id"]
+
+
+def test_the_service_names_an_exception_the_detector_never_saw_as_why(bgl_artifact, data_dir):
+    """A Java trace under a BGL line, over HTTP: the verdict's first departure is the exception line (a template
+    the detector never saw costs one whole unit), with the request's line it came from."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:20]
+    trace = "java.io.IOException: Connection reset by peer"
+    with TestClient(create_app(load_scorer(bgl_artifact))) as client:
+        plain = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"][0]
+        v = client.post("/v1/detect", json={"lines": [*lines[:5], trace, *lines[5:]], "examples": True}).json()
+    v = v["verdicts"][0]
+    first = v["departures"][0]
+    assert (first["template"], first["kind"], first["cost"], first["example"]["line"]) == (trace, "new", 1.0, 6)
+    assert v["surprise"] == pytest.approx(plain["surprise"] + 1.0, abs=2e-3) and v["score"] > plain["score"]
+    assert f"has new '{trace}' (1.00)" in v["reason"]
 
 
 def test_loading_and_scoring_an_artifact_needs_no_llm_router_or_training_code(bgl_artifact):
