@@ -26,6 +26,7 @@ from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.explain import explain_surprise
+from fusionlog.feedback import apply_mutes, load_mutes
 from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
@@ -175,6 +176,10 @@ class ArtifactScorer:
         self.strip: str = serving.get("strip") or ""
         _check_reading(self.model_dir, self.log_format, self.line_filter, self.strip)
         self.threshold = float(self.detector.threshold_)
+        # an operator's mutes (`fusionlog mute`): applied before the matcher is built, so a muted template the
+        # artifact never saw is matched as a known one
+        self.mutes = load_mutes(self.model_dir)
+        self.muted_ids = apply_mutes(self.detector, self.mutes)
         self.matcher = TemplateMatcher(list(self.detector.templates_), _parse_config(self.model_dir))
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]
         self.nearest: list[dict | None] = list(nearest)
@@ -327,6 +332,9 @@ class ArtifactScorer:
             parts.append(f"{new} template(s) never seen in training")
         if unseen_pool:
             parts.append(f"{unseen_pool} template(s) absent from the adaptation pool")
+        muted = len(self.muted_ids.intersection(ids)) if self.muted_ids else 0
+        if muted:
+            parts.append(f"{muted} muted template(s) not counted")
         return SessionVerdict(key, score, anomalous, len(ids), top_templates, nearest, "; ".join(parts), new,
                               surprise, departures)
 

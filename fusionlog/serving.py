@@ -591,6 +591,7 @@ def create_app(
             "log_format": scorer.log_format,
             "line_filter": getattr(scorer, "line_filter", ""),
             "strip": getattr(scorer, "strip", ""),
+            "muted_templates": [m.template for m in getattr(scorer, "mutes", ())],  # `fusionlog mute`
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),

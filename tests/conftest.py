@@ -127,3 +127,22 @@ def zookeeper_traces(tmp_path_factory, data_dir) -> tuple[Path, int, int]:
     path = tmp_path_factory.mktemp("java-log") / "zookeeper.log"
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
     return path, exceptions, frames
+
+
+def small_fuse(out, target, sources):
+    """A detector fused in seconds (2 short epochs, no LLM round): real, meaningless as a detector's quality."""
+    from distill.finetune import FinetuneConfig
+    from distill.rounds import DistillConfig
+    from fusionlog.pipeline import FuseConfig, fuse
+
+    cfg = FuseConfig(target=target, sources=sources, out=str(out), progress=False, epochs=2, steps_per_epoch=6,
+                     distill=DistillConfig(rounds=0, finetune=FinetuneConfig(steps=5)))
+    return fuse(cfg)
+
+
+@pytest.fixture(scope="session")
+def bgl_artifact(tmp_path_factory, cache_root):
+    """A small detector for BGL's 2k raw lines (sources HDFS and OpenStack), shared read-only by the tests."""
+    out = tmp_path_factory.mktemp("bgl-artifact")
+    small_fuse(out, "bgl", ("hdfs", "openstack"))
+    return out

@@ -14,28 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from distill.finetune import FinetuneConfig
-from distill.rounds import DistillConfig
 from fusionlog.data import load_dataset
 from fusionlog.detector import Detector
 from fusionlog.errors import ArtifactError
 from fusionlog.model import encode_sessions, input_key, make_batch
-from fusionlog.pipeline import FuseConfig, fuse
 from fusionlog.served import ArtifactScorer, load_scorer, torch_threads
 from fusionlog.types import Session
-
-
-def _fuse(out, target, sources):
-    cfg = FuseConfig(target=target, sources=sources, out=str(out), progress=False, epochs=2, steps_per_epoch=6,
-                     distill=DistillConfig(rounds=0, finetune=FinetuneConfig(steps=5)))
-    return fuse(cfg)
-
-
-@pytest.fixture(scope="module")
-def bgl_artifact(tmp_path_factory, cache_root):
-    out = tmp_path_factory.mktemp("bgl-artifact")
-    _fuse(out, "bgl", ("hdfs", "openstack"))
-    return out
+from tests.conftest import small_fuse as _fuse
 
 
 def test_detect_cli_matches_in_process_detector(bgl_artifact, data_dir):

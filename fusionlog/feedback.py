@@ -1,0 +1,163 @@
+"""An operator's "this is normal": templates muted in a trained detector, kept beside it in `feedback.json`.
+
+Why: a detector trained without labels flags what is rare in its adaptation pool, and some rare messages are
+routine (a weekly job's line, a new release's startup banner). The SRE who reads a verdict's departures
+(`fusionlog.explain`) and knows one is benign needs it to stop counting now, not after a retraining with
+more logs. A muted template costs nothing to *have* in the session's surprise (its have-weight is 0, as an
+LLM verdict would set it low), so a session flagged for it alone drops below 1 unit; lacking it was never a
+cost unless it is everyday, and muting does not change that. The trained files are not touched: mutes are
+applied when the artifact is loaded for scoring (`detect`, `serve`, the run's findings), survive a
+re-`fuse` into the same folder (they name templates by text, not id), and are undone by deleting them.
+
+A template the artifact never saw (a verdict's `new` departure) is added to the loaded table with its
+vector, embedded when it was muted and stored with it, so scoring still needs no embedder for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionlog.errors import ArtifactError
+from fusionlog.io import atomic_write_json
+from fusionlog.model import ReferenceStats
+
+FEEDBACK_NAME = "feedback.json"
+FEEDBACK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Mute:
+    """One muted template: its text as the detector's table (or its matcher) writes it."""
+
+    template: str
+    reason: str = ""
+    at: str = ""  # when it was muted (UTC, ISO 8601)
+    vector: tuple[float, ...] | None = None  # for a template not in the artifact's table (embedded at mute time)
+
+    def to_dict(self) -> dict:
+        d: dict = {"template": self.template, "reason": self.reason, "at": self.at}
+        if self.vector is not None:
+            d["vector"] = [float(x) for x in self.vector]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Mute:
+        vector = d.get("vector")
+        if not isinstance(d.get("template"), str) or not d["template"].strip():
+            raise ValueError("a mute needs a non-empty 'template' text")
+        return cls(d["template"], str(d.get("reason", "")), str(d.get("at", "")),
+                   None if vector is None else tuple(float(x) for x in vector))
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def load_mutes(folder: Path | str) -> list[Mute]:
+    """The folder's mutes ([] without a feedback file); a malformed file is an `ArtifactError` naming it."""
+    path = Path(folder) / FEEDBACK_NAME
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != FEEDBACK_VERSION:
+            raise ValueError(f"version {data.get('version')!r}, expected {FEEDBACK_VERSION}")
+        return [Mute.from_dict(m) for m in data["muted"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: unreadable feedback file ({exc}); fix or delete it") from exc
+
+
+def save_mutes(folder: Path | str, mutes: list[Mute]) -> Path:
+    path = Path(folder) / FEEDBACK_NAME
+    atomic_write_json(path, {"version": FEEDBACK_VERSION, "muted": [m.to_dict() for m in mutes]})
+    return path
+
+
+def apply_mutes(detector, mutes: list[Mute]) -> frozenset[int]:
+    """Mute each template in a loaded detector (in place): its have-weight becomes 0; a template not in the
+    table is appended with its stored vector, as seen in no reference session. Returns the muted ids.
+
+    Only for scoring: `fuse --resume` reloads the saved files, which never hold the mutes.
+    """
+    if not mutes:
+        return frozenset()
+    templates: list[str] = list(detector.templates_ or [])
+    stats: ReferenceStats = detector.stats_
+    index = {t: i for i, t in enumerate(templates)}
+    vectors = detector.vectors_
+    dim = vectors.shape[1]
+    weights = (np.ones(len(stats.doc_freq)) if stats.have_weights is None else stats.have_weights.copy()).tolist()
+    rows = []
+    muted = set()
+    for m in mutes:
+        i = index.get(m.template)
+        if i is None:
+            if m.vector is None or len(m.vector) != dim:
+                raise ArtifactError(f"{FEEDBACK_NAME}: muted template {m.template!r} is not in the detector's "
+                                    f"table and has no {dim}-dim vector; mute it again with `fusionlog mute`")
+            i = index[m.template] = len(templates)
+            templates.append(m.template)
+            rows.append(np.asarray(m.vector, dtype=np.float32))
+            weights.append(0.0)
+        weights[i] = 0.0
+        muted.add(i)
+    if rows:
+        detector.vectors_ = np.vstack([vectors, np.stack(rows)]).astype(np.float32)
+        detector._vectors_t = torch.from_numpy(detector.vectors_)
+        detector.templates_ = templates
+        df = np.concatenate([stats.doc_freq, np.zeros(len(rows), dtype=stats.doc_freq.dtype)])
+        stats = ReferenceStats(stats.n_sessions, df, dict(stats.set_counts))
+    detector.stats_ = stats.with_have_weights(np.asarray(weights, dtype=np.float64))
+    return frozenset(muted)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a user's text names in a loaded scorer: a template of its table, or one its matcher mines now."""
+
+    template: str
+    event_id: int | None  # None: not in the table (a template first seen now)
+    reference_sessions: int  # reference sessions holding it (0 for a new one)
+    cost: float  # what having it added to a session's surprise before muting (1.0 for a new one)
+
+
+def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
+    """The template `text` names: an id of the table, a template's exact text, or a message (with `raw_line`,
+    a whole log line read as `detect` reads it) matched as `detect` would match it."""
+    from fusionlog.constants import UNKNOWN_EVENT
+    from fusionlog.errors import ConfigError
+    from fusionlog.stream import scorer_parser
+
+    table = list(scorer.detector.templates_ or [])
+    stats = scorer.detector.stats_
+    text = text.strip()
+    if not text:
+        raise ConfigError("give the template to mute: its text, its event_id, or a message it matches")
+    if text.isdigit() and not raw_line:
+        eid = int(text)
+        if eid >= len(table):
+            raise ConfigError(f"event_id {eid} is not in the detector's table (0..{len(table) - 1}); a template "
+                              "first seen by detect has no lasting id: give its text instead")
+    elif text in table and not raw_line:
+        eid = table.index(text)
+    else:
+        content = text
+        if raw_line:
+            parsed = scorer_parser(scorer).parse(text)
+            if parsed is None:
+                raise ConfigError(f"--line: the line does not fit the detector's log format {scorer.log_format!r}")
+            content = parsed[0]
+        eid = scorer.matcher.event_id(content)
+        if eid == UNKNOWN_EVENT:
+            raise ConfigError("the message matches no template and the detector mines no more new ones")
+        if eid >= len(table):
+            return Resolved(scorer.matcher.template(eid), None, 0, 1.0)
+    df = int(stats.doc_freq[eid]) if eid < len(stats.doc_freq) else 0
+    cost = float(stats.have_costs([eid], in_corpus=False)[0]) if eid < len(stats.doc_freq) else 1.0
+    return Resolved(table[eid], eid, df, cost)

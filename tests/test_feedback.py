@@ -1,0 +1,99 @@
+"""An operator mutes templates of a trained detector (`fusionlog mute`); detect and serve stop counting them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from fusionlog.cli import main
+from fusionlog.data import load_dataset
+from fusionlog.detector import Detector
+from fusionlog.errors import ArtifactError
+from fusionlog.feedback import FEEDBACK_NAME, load_mutes
+from fusionlog.served import load_scorer
+from fusionlog.stream import StreamLimits, detect_stream
+
+
+@pytest.fixture()
+def artifact(bgl_artifact, tmp_path):
+    """A copy the test may write its feedback into."""
+    return shutil.copytree(bgl_artifact, tmp_path / "det")
+
+
+def _verdicts(folder, sessions):
+    return load_scorer(folder).verdicts([s.key for s in sessions], [list(s.event_ids) for s in sessions])
+
+
+def test_a_muted_template_stops_counting_in_the_sessions_that_have_it_and_only_there(artifact, data_dir, capsys):
+    sessions = load_dataset("bgl", data_dir, progress=False).sessions
+    before = _verdicts(artifact, sessions)
+    # the operator reads the costliest departure of the most anomalous window and says it is routine
+    worst = max(before, key=lambda v: v.score)
+    target = next(d for d in worst.departures if d["kind"] == "has")
+    assert main(["mute", "--model", str(artifact), target["template"], "--reason", "routine"]) == 0
+    assert f"muted {target['template']!r}" in capsys.readouterr().out
+    after = _verdicts(artifact, sessions)
+    stats = Detector.from_pretrained(artifact).stats_  # the saved files are untouched: the mute is beside them
+    cost = float(stats.have_costs([target["event_id"]], in_corpus=False)[0])
+    assert cost > 0.05
+    has = [target["event_id"] in s.event_ids for s in sessions]
+    assert sum(has) >= 1
+    for h, b, a in zip(has, before, after, strict=True):
+        if h:
+            assert a.surprise == pytest.approx(b.surprise - cost, abs=1e-6) and a.score < b.score
+            assert target["template"] not in [d["template"] for d in a.departures]
+            assert "1 muted template(s) not counted" in a.reason
+        else:
+            assert (a.score, a.surprise, a.reason) == (b.score, b.surprise, b.reason)
+    assert [m.reason for m in load_mutes(artifact)] == ["routine"]
+    assert main(["mute", "--model", str(artifact), "--list"]) == 0
+    assert target["template"] in capsys.readouterr().out
+    # undo: the scores are the trained detector's again
+    assert main(["mute", "--model", str(artifact), "--undo", str(target["event_id"])]) == 0
+    assert [v.score for v in _verdicts(artifact, sessions)] == [v.score for v in before]
+    assert load_mutes(artifact) == []
+
+
+def test_a_line_the_detector_never_saw_can_be_muted_and_then_reads_as_known(artifact, data_dir):
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:20]
+    odd = lines[3].split(" RAS ")[0] + " RAS KERNEL INFO frobnicator restarted on port 4242"
+    limits = StreamLimits(idle_seconds=None)
+
+    def first_window(folder, window):
+        scorer = load_scorer(folder)
+        return next(iter(detect_stream(scorer, window, limits))), scorer
+
+    plain, _ = first_window(artifact, lines)
+    flagged, _ = first_window(artifact, [*lines[:5], odd, *lines[5:]])
+    assert flagged["departures"][0]["kind"] == "new" and flagged["new_templates"] == 1
+    assert main(["mute", "--model", str(artifact), "--line", odd]) == 0
+    # another port: the same template, now known to the matcher and free to have
+    again = odd.replace("4242", "5151")
+    muted, scorer = first_window(artifact, [*lines[:5], again, *lines[5:]])
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    with TestClient(create_app(scorer)) as client:  # what a running service has loaded
+        assert client.get("/healthz").json()["muted_templates"] == ["frobnicator restarted on port <:NUM:>"]
+    assert muted["new_templates"] == 0 and scorer.new_templates_embedded == 0  # its vector came with the mute
+    assert muted["surprise"] == pytest.approx(plain["surprise"], abs=1e-3)
+    assert "frobnicator" not in json.dumps(muted["departures"]) and "1 muted template(s)" in muted["reason"]
+    assert abs(muted["score"] - plain["score"]) < abs(flagged["score"] - plain["score"])
+
+
+def test_bad_feedback_and_bad_requests_are_clear_errors(artifact, capsys):
+    assert main(["mute", "--model", str(artifact), "--undo", "0"]) == 2
+    assert "is not muted" in capsys.readouterr().err
+    assert main(["mute", "--model", str(artifact), "999999"]) == 2
+    assert "not in the detector's table" in capsys.readouterr().err
+    (artifact / FEEDBACK_NAME).write_text('{"version": 1, "muted": [{"reason": "no template"}]}', encoding="utf-8")
+    with pytest.raises(ArtifactError, match="feedback.json: unreadable feedback file"):
+        load_scorer(artifact)
+    assert main(["detect", "--model", str(artifact), "/dev/null"]) == 2
+    assert "fix or delete it" in capsys.readouterr().err
+    # the trained files never read the feedback: `fuse --resume` and the harness still load them
+    saved = json.loads((artifact / "templates.json").read_text(encoding="utf-8"))["templates"]
+    assert Detector.from_pretrained(artifact).templates_ == saved
