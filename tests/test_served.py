@@ -8,6 +8,7 @@ import gzip
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,10 @@ def test_detect_cli_matches_in_process_detector(bgl_artifact, data_dir):
     flagged = [v for v in verdicts if v["anomalous"]]
     assert flagged and all(v["departures"] for v in flagged)
     assert all(f"'{v['departures'][0]['template'][:60]}" in v["reason"] for v in flagged)
+    # the closing digest: the commonest largest departure of the flagged sessions, with its count
+    causes = Counter(f"{v['departures'][0]['kind']} '{v['departures'][0]['template']}'" for v in flagged)
+    cause, n = causes.most_common(1)[0]
+    assert f"anomalous sessions by their largest departure: {cause[:150]} {n}" in proc.stderr
 
 
 def test_detect_reads_a_directory_of_rotated_logs_as_one_stream(bgl_artifact, data_dir, tmp_path):

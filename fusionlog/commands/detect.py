@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 NAME = "detect"
 HELP = "score raw log lines (file, stdin, or a growing file) with a trained detector; one JSON line per session"
@@ -102,11 +103,16 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
+    causes: Counter[str] = Counter()  # an anomalous verdict's largest departure, for the closing digest
     watch = FitWatch(sessionizer, scorer, logger)
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
                                      sessionizer=sessionizer):
-            anomalous += bool(verdict["anomalous"])
+            if verdict["anomalous"]:
+                anomalous += 1
+                if verdict.get("departures"):
+                    first = verdict["departures"][0]
+                    causes[f"{first['kind']} '{first['template']}'"] += 1
             if args.anomalies_only and not verdict["anomalous"]:
                 continue
             out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
@@ -130,8 +136,17 @@ def run(args: argparse.Namespace) -> int:
         _files_read(stats), stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"],
         stats["skipped"], _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
     )
+    if causes:
+        logger.info("detect: anomalous sessions by their largest departure: %s", _digest(causes))
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
+
+
+def _digest(causes: Counter[str], top: int = 5) -> str:
+    """`has 'X' 16, new 'Y' 9, ... (12 more)`: what to look at first when many sessions are flagged."""
+    parts = [f"{cause[:150]} {n}" for cause, n in causes.most_common(top)]
+    rest = len(causes) - top
+    return ", ".join(parts) + (f" ({rest} more)" if rest > 0 else "")
 
 
 def _why_skipped(stats: dict) -> str:
