@@ -26,7 +26,7 @@ from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.explain import explain_surprise
-from fusionlog.feedback import apply_mutes, load_mutes
+from fusionlog.feedback import FEEDBACK_NAME, apply_mutes, feedback_stamp, load_mutes
 from fusionlog.model import encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
@@ -178,9 +178,12 @@ class ArtifactScorer:
         self.threshold = float(self.detector.threshold_)
         # an operator's mutes (`fusionlog mute`): applied before the matcher is built, so a muted template the
         # artifact never saw is matched as a known one
+        det = self.detector
+        self._trained = (list(det.templates_), det.vectors_, det.stats_)  # as saved, before any mute
+        self._feedback_stamp = feedback_stamp(self.model_dir)
         self.mutes = load_mutes(self.model_dir)
-        self.muted_ids = apply_mutes(self.detector, self.mutes)
-        self.matcher = TemplateMatcher(list(self.detector.templates_), _parse_config(self.model_dir))
+        self.muted_ids = apply_mutes(det, self.mutes)
+        self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]
         self.nearest: list[dict | None] = list(nearest)
         self._embedder = embedder
@@ -280,6 +283,36 @@ class ArtifactScorer:
                     attn.setflags(write=False)  # shared by every later hit
                     out[g] = (float(logits[row]), attn)
         return [out[g] for g in enc.index]  # type: ignore[misc]
+
+    def refresh_feedback(self) -> bool:
+        """Re-read the mutes if `feedback.json` changed since they were read; True when they were.
+
+        Only for callers that keep no session across calls (the HTTP service: each request is sessionized
+        whole): the matcher is rebuilt, so templates mined at detection time get new ids. An unreadable file
+        (caught mid-edit) keeps the mutes in force and warns once; its next change is read again.
+        """
+        from fusionlog.matcher import TemplateMatcher
+
+        stamp = feedback_stamp(self.model_dir)
+        if stamp == self._feedback_stamp:
+            return False
+        self._feedback_stamp = stamp
+        try:
+            mutes = load_mutes(self.model_dir)
+        except ArtifactError as exc:
+            logger.warning("%s; the %d mute(s) read before stay in force", exc, len(self.mutes))
+            return False
+        det = self.detector
+        templates, vectors, stats = self._trained
+        det.templates_, det.vectors_, det.stats_ = list(templates), vectors, stats
+        det._vectors_t = torch.from_numpy(vectors)
+        self.mutes = mutes
+        self.muted_ids = apply_mutes(det, mutes)
+        self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
+        self._row_epoch.clear()
+        self.clear_cache()
+        logger.info("%s: %d muted template(s) now", self.model_dir / FEEDBACK_NAME, len(mutes))
+        return True
 
     def clear_cache(self) -> None:
         """Forget cached scores; needed only after swapping the model, its stats or known vectors in place."""

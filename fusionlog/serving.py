@@ -333,6 +333,9 @@ class DetectService:
         if not self.lock.acquire(blocking=wait):
             return None
         try:
+            refresh = getattr(self.scorer, "refresh_feedback", None)
+            if refresh is not None:  # `fusionlog mute` takes effect at the next request, no restart
+                refresh()
             if req.lines is not None:
                 keys, sessions, stats, examples = self._from_lines(req.lines, req.examples)
             else:

@@ -97,3 +97,30 @@ def test_bad_feedback_and_bad_requests_are_clear_errors(artifact, capsys):
     # the trained files never read the feedback: `fuse --resume` and the harness still load them
     saved = json.loads((artifact / "templates.json").read_text(encoding="utf-8"))["templates"]
     assert Detector.from_pretrained(artifact).templates_ == saved
+
+
+def test_a_running_service_applies_a_mute_at_its_next_request(artifact, data_dir, caplog):
+    """`serve` keeps no session between requests, so it re-reads feedback.json when it changes: no restart."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:200]
+    with TestClient(create_app(load_scorer(artifact))) as client:
+        before = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
+        worst = max(before, key=lambda v: v["score"])
+        target = next(d for d in worst["departures"] if d["kind"] == "has")
+        assert main(["mute", "--model", str(artifact), target["template"]]) == 0
+        after = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
+        assert client.get("/healthz").json()["muted_templates"] == [target["template"]]
+        changed = [a for b, a in zip(before, after, strict=True) if a["score"] != b["score"]]
+        assert changed and all("1 muted template(s) not counted" in a["reason"] for a in changed)
+        assert next(a for a in after if a["key"] == worst["key"])["score"] < worst["score"]
+        # a file caught mid-edit keeps the mute in force
+        (artifact / FEEDBACK_NAME).write_text("{", encoding="utf-8")
+        again = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
+        assert [v["score"] for v in again] == [v["score"] for v in after]
+        assert "stay in force" in caplog.text
+        (artifact / FEEDBACK_NAME).unlink()  # unmuted by deleting the file
+        assert [v["score"] for v in client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]] == [
+            v["score"] for v in before]

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             listed = "; ".join(repr(m.template) for m in mutes) or "none"
             raise ConfigError(f"{found.template!r} is not muted (muted: {listed})")
         save_mutes(folder, kept)
-        print(f"unmuted {found.template!r}; detect and serve count it again when they next load {folder}")
+        print(f"unmuted {found.template!r}; a running serve counts it again at its next request, detect when it "
+              f"next loads {folder}")
         return 0
     if any(m.template == found.template for m in mutes):
         print(f"{found.template!r} is already muted")
@@ -63,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     where = ("a template the detector never saw (it cost 1 unit)" if found.event_id is None else
              f"template {found.event_id}, in {found.reference_sessions} of {scorer.detector.stats_.n_sessions} "
              f"reference sessions (having it cost {found.cost:.2f} units)")
-    print(f"muted {found.template!r}: {where}; written to {folder / FEEDBACK_NAME}. detect and serve apply it when "
-          f"they next load the model (restart a running one)")
+    print(f"muted {found.template!r}: {where}; written to {folder / FEEDBACK_NAME}. A running serve applies it at "
+          f"its next request; detect when it next loads the model")
     return 0
