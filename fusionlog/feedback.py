@@ -86,7 +86,10 @@ def load_mutes(folder: Path | str) -> list[Mute]:
 
 def save_mutes(folder: Path | str, mutes: list[Mute]) -> Path:
     path = Path(folder) / FEEDBACK_NAME
-    atomic_write_json(path, {"version": FEEDBACK_VERSION, "muted": [m.to_dict() for m in mutes]})
+    try:
+        atomic_write_json(path, {"version": FEEDBACK_VERSION, "muted": [m.to_dict() for m in mutes]})
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot write the feedback file ({exc})") from exc
     return path
 
 

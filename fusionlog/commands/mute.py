@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.feedback import FEEDBACK_NAME, Mute, load_mutes, now_utc, resolve_template, save_mutes
 
     folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder}: not a detector folder (no config.json); give what `fusionlog fuse` wrote")
     mutes = load_mutes(folder)
     if args.list:
         if not mutes:
@@ -39,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a TEMPLATE to mute (or --list)")
     from fusionlog.served import load_scorer
 
-    if not (folder / "config.json").is_file():
-        raise ArtifactError(f"{folder}: not a detector folder (no config.json); give what `fusionlog fuse` wrote")
     scorer = load_scorer(folder)
     found = resolve_template(scorer, args.template, raw_line=args.line)
     if args.undo:
