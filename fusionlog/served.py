@@ -357,7 +357,7 @@ class ArtifactScorer:
         n_known = self.matcher.n_known
         new = len({e for e in ids if e >= n_known or e == UNKNOWN_EVENT})
         unseen_pool = len({e for e in ids if 0 <= e < len(self.detector.stats_.doc_freq)
-                           and self.detector.stats_.doc_freq[e] == 0})
+                           and self.detector.stats_.doc_freq[e] == 0 and e not in self.muted_ids})
         anomalous = score > self.threshold
         surprise, departures, why = self.explain(ids)
         parts = [f"score {score:.3f} {'>' if anomalous else '<='} threshold {self.threshold:.3f}", why]

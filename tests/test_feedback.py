@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -81,6 +82,11 @@ def test_a_line_the_detector_never_saw_can_be_muted_and_then_reads_as_known(arti
     assert muted["new_templates"] == 0 and scorer.new_templates_embedded == 0  # its vector came with the mute
     assert muted["surprise"] == pytest.approx(plain["surprise"], abs=1e-3)
     assert "frobnicator" not in json.dumps(muted["departures"]) and "1 muted template(s)" in muted["reason"]
+    def absent(reason: str) -> int:  # a muted template is not reported as one absent from the pool
+        found = re.search(r"(\d+) template\(s\) absent from the adaptation pool", reason)
+        return int(found.group(1)) if found else 0
+
+    assert absent(muted["reason"]) == absent(plain["reason"])
     assert abs(muted["score"] - plain["score"]) < abs(flagged["score"] - plain["score"])
 
 
