@@ -8,6 +8,7 @@ the adaptation pool through the served path (`fusionlog.served`), so each findin
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from fusionlog.types import Session
 TOP_FINDINGS = 10
 #: Templates shown per listed session.
 TOP_TEMPLATES = 3
+#: Largest departures counted over the flagged sessions.
+TOP_CAUSES = 5
 
 
 def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_FINDINGS) -> dict:
@@ -27,10 +30,15 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
     verdicts = scorer.verdicts([s.key for s in sessions], [list(s.event_ids) for s in sessions])
     flagged = sum(1 for v in verdicts if v.anomalous)
     worst = sorted(verdicts, key=lambda v: -v.score)[:top]
+    causes = Counter((v.departures[0]["kind"], v.departures[0]["template"]) for v in verdicts
+                     if v.anomalous and v.departures)
     return {
         "sessions": len(verdicts),
         "flagged": flagged,
         "flagged_share": round(flagged / max(len(verdicts), 1), 4),
+        # what flags them: the commonest largest departures of the flagged sessions (candidates for a mute)
+        "causes": [{"kind": kind, "template": template, "sessions": n}
+                   for (kind, template), n in causes.most_common(TOP_CAUSES)],
         "top": [
             {"key": v.key, "score": round(float(v.score), 4), "anomalous": bool(v.anomalous), "events": v.events,
              "templates": [t["template"] for t in v.top_templates[:TOP_TEMPLATES]], "reason": v.reason,
@@ -42,12 +50,20 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
 
 
 def findings_markdown(findings: dict) -> list[str]:
-    """The report's section: one line of shares, then a table of the most anomalous sessions."""
+    """The report's section: one line of shares, what flags most of them, a table of the most anomalous."""
     lines = [
         "## What it flags in the target's own logs",
         "",
         f"{findings['flagged']} of {findings['sessions']} adaptation-pool sessions "
-        f"({100 * findings['flagged_share']:.1f}%) are flagged, scored as `fusionlog detect` scores them. "
+        f"({100 * findings['flagged_share']:.1f}%) are flagged, scored as `fusionlog detect` scores them.",
+        "",
+    ]
+    causes = findings.get("causes") or []
+    if causes:  # what an operator checks (and may mute) first
+        lines += ["Flagged sessions by their largest departure (a routine one can be muted: `fusionlog mute`):", "",
+                  *(f"- {c['sessions']} × {c['kind']} `{_cell(c['template']).replace('`', '')}`" for c in causes),
+                  ""]
+    lines += [
         f"The {len(findings['top'])} most anomalous:",
         "",
         "| session | score | flagged | events | surprise | why: its largest departures (units) |",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from fusionlog.data import MIN_POOL_SESSIONS, check_pool_size, hide_labels, load
 from fusionlog.detector import Detector, SystemSessions
 from fusionlog.errors import DataError
 from fusionlog.pipeline import FuseConfig, fuse
+from fusionlog.served import load_scorer
 from fusionlog.training import TrainConfig
 
 FAST = {"epochs": 2, "steps_per_epoch": 6}
@@ -299,6 +301,14 @@ def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_pa
         assert t["surprise"] == pytest.approx(stats.surprise(by_key[t["key"]].event_ids, in_corpus=False), abs=1e-3)
     first = top[0]["departures"][0]
     assert f"{first['kind']} {first['template'][:40]}" in md
+    # what flags them: the commonest largest departures of all flagged pool sessions, counted
+    verdicts = load_scorer(tmp_path / "run").verdicts([s.key for s in pool], [list(s.event_ids) for s in pool])
+    firsts = Counter((v.departures[0]["kind"], v.departures[0]["template"]) for v in verdicts if v.anomalous)
+    causes = findings["causes"]
+    assert causes and (causes[0]["kind"], causes[0]["template"]) in firsts
+    assert causes[0]["sessions"] == max(firsts.values()) == firsts[(causes[0]["kind"], causes[0]["template"])]
+    assert [c["sessions"] for c in causes] == sorted((c["sessions"] for c in causes), reverse=True)
+    assert f"- {causes[0]['sessions']} × {causes[0]['kind']} `" in md
 
 
 class _Scored:
