@@ -84,7 +84,8 @@ class DetectRequest(BaseModel):
         "raw log lines; every session is flushed at the end (a model trained on JSON lines also takes each record "
         "as a JSON object, as log shippers post them)"))
     sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
-    examples: bool = Field(False, description="give each top template the session's first raw line of it")
+    examples: bool = Field(False, description="give each top template and has/new departure the session's first "
+                           "raw line of it")
 
     @model_validator(mode="after")
     def _one_of(self) -> DetectRequest:

@@ -20,8 +20,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="write verdicts here instead of stdout")
     p.add_argument("--anomalies-only", action="store_true", help="write only sessions judged anomalous")
     p.add_argument("--examples", action="store_true",
-                   help="give each top template of a verdict the session's first raw line of it (line number "
-                        "and text); keeps up to 64 lines per open session")
+                   help="give each top template and has/new departure of a verdict the session's first raw line "
+                        "of it (line number and text); keeps up to 64 lines per open session")
     g = p.add_argument_group("memory bounds and timeouts")
     g.add_argument("--max-open-sessions", type=int, default=10_000,
                    help="open sessions kept at most; the least recently updated is scored early (default 10000)")
