@@ -103,24 +103,27 @@ def apply_mutes(detector, mutes: list[Mute]) -> frozenset[int]:
         return frozenset()
     templates: list[str] = list(detector.templates_ or [])
     stats: ReferenceStats = detector.stats_
-    index = {t: i for i, t in enumerate(templates)}
+    index: dict[str, list[int]] = {}
+    for i, t in enumerate(templates):  # a text may name several ids (two clusters that read alike): mute each
+        index.setdefault(t, []).append(i)
     vectors = detector.vectors_
     dim = vectors.shape[1]
     weights = (np.ones(len(stats.doc_freq)) if stats.have_weights is None else stats.have_weights.copy()).tolist()
     rows = []
     muted = set()
     for m in mutes:
-        i = index.get(m.template)
-        if i is None:
+        ids = index.get(m.template)
+        if ids is None:
             if m.vector is None or len(m.vector) != dim:
                 raise ArtifactError(f"{FEEDBACK_NAME}: muted template {m.template!r} is not in the detector's "
                                     f"table and has no {dim}-dim vector; mute it again with `fusionlog mute`")
-            i = index[m.template] = len(templates)
+            ids = index[m.template] = [len(templates)]
             templates.append(m.template)
             rows.append(np.asarray(m.vector, dtype=np.float32))
             weights.append(0.0)
-        weights[i] = 0.0
-        muted.add(i)
+        for i in ids:
+            weights[i] = 0.0
+            muted.add(i)
     if rows:
         detector.vectors_ = np.vstack([vectors, np.stack(rows)]).astype(np.float32)
         detector._vectors_t = torch.from_numpy(detector.vectors_)

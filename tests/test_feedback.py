@@ -132,3 +132,15 @@ def test_a_running_service_applies_a_mute_at_its_next_request(artifact, data_dir
         (artifact / FEEDBACK_NAME).unlink()  # unmuted by deleting the file
         assert [v["score"] for v in client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]] == [
             v["score"] for v in before]
+
+
+def test_a_mute_names_templates_by_text_so_every_id_with_that_text_is_muted(artifact):
+    """Mutes outlive the ids (a re-fuse renumbers templates); two ids that read alike are both muted."""
+    from fusionlog.feedback import Mute, apply_mutes
+
+    det = Detector.from_pretrained(artifact)
+    det.templates_ = [*det.templates_[:-1], det.templates_[0]]  # the last id now reads as the first
+    muted = apply_mutes(det, [Mute(det.templates_[0])])
+    last = len(det.templates_) - 1
+    assert muted == {0, last} and det.stats_.have_weights[[0, last]].tolist() == [0.0, 0.0]
+    assert det.stats_.have_weights[1:last].min() > 0
