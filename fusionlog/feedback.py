@@ -168,7 +168,9 @@ def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
         if raw_line:
             parsed = scorer_parser(scorer).parse(text)
             if parsed is None:
-                raise ConfigError(f"--line: the line does not fit the detector's log format {scorer.log_format!r}")
+                raise ConfigError(f"--line: the line does not fit the detector's log format {scorer.log_format!r}; "
+                                  "for a line without the format's header (an exception under a record), give "
+                                  "its text without --line")
             content = parsed[0]
         eid = scorer.matcher.event_id(content)
         if eid == UNKNOWN_EVENT:

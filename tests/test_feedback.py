@@ -95,6 +95,8 @@ def test_bad_feedback_and_bad_requests_are_clear_errors(artifact, capsys):
     assert "is not muted" in capsys.readouterr().err
     assert main(["mute", "--model", str(artifact), "999999"]) == 2
     assert "not in the detector's table" in capsys.readouterr().err
+    assert main(["mute", "--model", str(artifact), "--line", "java.io.IOException: reset"]) == 2
+    assert "give its text without --line" in capsys.readouterr().err
     assert main(["mute", "--model", str(artifact.parent), "--list"]) == 2
     assert "not a detector folder" in capsys.readouterr().err
     (artifact / FEEDBACK_NAME).write_text('{"version": 1, "muted": [{"reason": "no template"}]}', encoding="utf-8")
