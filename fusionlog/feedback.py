@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,3 +181,42 @@ def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
     df = int(stats.doc_freq[eid]) if eid < len(stats.doc_freq) else 0
     cost = float(stats.have_costs([eid], in_corpus=False)[0]) if eid < len(stats.doc_freq) else 1.0
     return Resolved(table[eid], eid, df, cost)
+
+
+@dataclass(frozen=True)
+class MuteChange:
+    """What `add_mute` / `remove_mute` did: the template the text named, and whether the file changed."""
+
+    resolved: Resolved
+    changed: bool  # False: it was muted already (add_mute)
+    mutes: tuple[Mute, ...]  # the folder's mutes after the change
+
+
+def add_mute(scorer, text: str, embed: Callable[[str], np.ndarray], *, raw_line: bool = False,
+             reason: str = "") -> MuteChange:
+    """Mute what `text` names in the scorer's artifact folder (`resolve_template`); `embed(text)` gives the vector
+    of a template the artifact never saw. Shared by `fusionlog mute` and the service's `POST /v1/mute`."""
+    folder = scorer.model_dir
+    mutes = load_mutes(folder)
+    found = resolve_template(scorer, text, raw_line=raw_line)
+    if any(m.template == found.template for m in mutes):
+        return MuteChange(found, False, tuple(mutes))
+    vector = None if found.event_id is not None else tuple(float(x) for x in embed(found.template))
+    mutes = [*mutes, Mute(found.template, reason, now_utc(), vector)]
+    save_mutes(folder, mutes)
+    return MuteChange(found, True, tuple(mutes))
+
+
+def remove_mute(scorer, text: str, *, raw_line: bool = False) -> MuteChange:
+    """Unmute what `text` names; a text that names no muted template is a `ConfigError` listing the mutes."""
+    from fusionlog.errors import ConfigError
+
+    folder = scorer.model_dir
+    mutes = load_mutes(folder)
+    found = resolve_template(scorer, text, raw_line=raw_line)
+    kept = [m for m in mutes if m.template != found.template]
+    if len(kept) == len(mutes):
+        listed = "; ".join(repr(m.template) for m in mutes) or "none"
+        raise ConfigError(f"{found.template!r} is not muted (muted: {listed})")
+    save_mutes(folder, kept)
+    return MuteChange(found, True, tuple(kept))

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fusionlog.errors import ArtifactError, ConfigError
-    from fusionlog.feedback import FEEDBACK_NAME, Mute, load_mutes, now_utc, resolve_template, save_mutes
+    from fusionlog.feedback import FEEDBACK_NAME, add_mute, load_mutes, remove_mute
 
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
@@ -42,25 +42,22 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.served import load_scorer
 
     scorer = load_scorer(folder)
-    found = resolve_template(scorer, args.template, raw_line=args.line)
     if args.undo:
-        kept = [m for m in mutes if m.template != found.template]
-        if len(kept) == len(mutes):
-            listed = "; ".join(repr(m.template) for m in mutes) or "none"
-            raise ConfigError(f"{found.template!r} is not muted (muted: {listed})")
-        save_mutes(folder, kept)
-        print(f"unmuted {found.template!r}; a running serve counts it again at its next request, detect when it "
-              f"next loads {folder}")
+        change = remove_mute(scorer, args.template, raw_line=args.line)
+        print(f"unmuted {change.resolved.template!r}; a running serve counts it again at its next request, detect "
+              f"when it next loads {folder}")
         return 0
-    if any(m.template == found.template for m in mutes):
-        print(f"{found.template!r} is already muted")
-        return 0
-    vector = None
-    if found.event_id is None:  # first seen now: store its vector, so scoring needs no embedder for it
+
+    def embed(text: str):
         from fusionlog.embedding import Embedder
 
-        vector = tuple(float(x) for x in Embedder().encode([found.template])[0])
-    save_mutes(folder, [*mutes, Mute(found.template, args.reason, now_utc(), vector)])
+        return Embedder().encode([text])[0]
+
+    change = add_mute(scorer, args.template, embed, raw_line=args.line, reason=args.reason)
+    found = change.resolved
+    if not change.changed:
+        print(f"{found.template!r} is already muted")
+        return 0
     where = ("a template the detector never saw (it cost 1 unit)" if found.event_id is None else
              f"template {found.event_id}, in {found.reference_sessions} of {scorer.detector.stats_.n_sessions} "
              f"reference sessions (having it cost {found.cost:.2f} units)")
