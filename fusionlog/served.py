@@ -213,6 +213,14 @@ class ArtifactScorer:
             return "<unknown template>"
         return self.matcher.template(event_id)
 
+    def embed_text(self, text: str) -> np.ndarray:
+        """The shared-space vector of one template text (a mute of a template the artifact never saw)."""
+        from fusionlog.embedding import Embedder
+
+        if self._embedder is None:
+            self._embedder = Embedder()
+        return self._embedder.encode([text])[0]
+
     def _embed_new(self, new: list[tuple[int, str]]) -> None:
         """Grow the vector table for templates first seen now (or widened since their first line)."""
         from fusionlog.embedding import Embedder, grow_vectors

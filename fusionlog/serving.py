@@ -5,6 +5,8 @@
                       {"sessions": [{"key": k, "lines": [...]}, ...]}  one session per item, raw lines
                       {"sessions": [{"key": k, "templates": [...]}]}   template texts or event ids
                       → {"verdicts": [SessionVerdict.to_dict(), ...], "stats": {...}}
+    POST /v1/mute     {"template": text | event id, "line": false, "reason": ""}   with --allow-mute (and a token):
+    POST /v1/unmute   {"template": ...}       as `fusionlog mute` (feedback.json), applied from the next request
     GET  /healthz     liveness + what is loaded (never needs the token)
     GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
@@ -50,7 +52,10 @@ INLINE_MAX_BYTES = 16 * 1024
 TOKEN_ENV = "FUSIONLOG_TOKEN"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_KNOWN_PATHS = {"/v1/detect", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
+#: Longest text a mute request may name (a template or one raw line).
+MAX_MUTE_CHARS = 10_000
+_KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
+                "/docs/oauth2-redirect"}
 
 
 # -- request / response schema (validation and OpenAPI docs) -----------------------------------
@@ -127,6 +132,22 @@ class VerdictOut(BaseModel):
     surprise: float | None = Field(None, description="how far the session departs from the reference sessions, "
                                    "in units of one never-seen template; the default model's score ranks by it")
     departures: list[DepartureOut] = Field([], description="the largest terms of the surprise, largest first")
+
+
+class MuteIn(BaseModel):
+    """`POST /v1/mute` and `/v1/unmute` (with `serve --allow-mute`): what `fusionlog mute` takes."""
+
+    template: str = Field(min_length=1, max_length=MAX_MUTE_CHARS, description=(
+        "a template's text as a verdict's departures show it, its event_id, or a message it matches"))
+    line: bool = Field(False, description="template is a whole raw log line, read with the model's log format")
+    reason: str = Field("", max_length=500, description="why it is normal (kept with the mute)")
+
+
+class MuteOut(BaseModel):
+    template: str = Field(description="the template muted (or unmuted)")
+    event_id: int | None = Field(description="its id in the model's table; null: one the model never saw")
+    changed: bool = Field(description="false: it was muted already")
+    muted_templates: list[str] = Field(description="every muted template after the change")
 
 
 class DetectResponse(BaseModel):
@@ -368,32 +389,27 @@ class DetectService:
         return {"verdicts": out, "stats": stats}
 
     def _decode(self, body: bytes) -> DetectRequest:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ApiError(
-                400, "not_utf8", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
-            ) from None
-        if not text.strip():
-            raise ApiError(400, "malformed_json", "request body is empty; expected a JSON object")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ApiError(
-                400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from None
-        except (ValueError, RecursionError) as exc:
-            raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
-        if not isinstance(obj, dict):
-            raise ApiError(
-                422, "invalid_request", f"expected a JSON object with 'lines' or 'sessions', got {type(obj).__name__}"
-            )
-        try:
-            return DetectRequest.model_validate(obj)
-        except ValidationError as exc:
-            raise ApiError(422, "invalid_request", _describe(exc)) from None
-        except RecursionError:
-            raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+        return decode_body(body, DetectRequest, "a JSON object with 'lines' or 'sessions'")
+
+    # -- feedback (`--allow-mute`) -----------------------------------------------------------------
+
+    def mute(self, req: MuteIn, undo: bool = False) -> dict:
+        """Mute (or unmute) a template in the served artifact's folder, then apply it (`fusionlog.feedback`)."""
+        from fusionlog.feedback import add_mute, remove_mute
+
+        if not hasattr(self.scorer, "refresh_feedback"):
+            raise ApiError(501, "not_supported", "this scorer has no artifact folder to keep mutes in")
+        with self.lock:
+            if undo:
+                change = remove_mute(self.scorer, req.template, raw_line=req.line)
+            else:
+                change = add_mute(self.scorer, req.template, self.scorer.embed_text, raw_line=req.line,
+                                  reason=req.reason)
+            self.scorer.refresh_feedback()
+        found = change.resolved
+        return {"template": found.template, "event_id": found.event_id, "changed": change.changed,
+                "muted_templates": [m.template for m in change.mutes]}
+
 
     def _from_lines(self, lines: list[str], examples: bool = False) -> tuple[list[str], list[list[int]], dict, list]:
         # Verdicts carry no times, so only a time rule needs them parsed; one parser for all requests.
@@ -467,6 +483,33 @@ class DetectService:
             raise ApiError(422, "invalid_request", f"{where}: {eid} is not an event id of this model") from None
         return eid
 
+def decode_body(body: bytes, model: type[BaseModel], expected: str):
+    """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "not_utf8", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from None
+    if not text.strip():
+        raise ApiError(400, "malformed_json", "request body is empty; expected a JSON object")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, "invalid_request", f"expected {expected}, got {type(obj).__name__}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _describe(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+
 
 def _cache_counts(scorer) -> tuple[int, int] | None:
     """(hits, misses) of the scorer's score cache (`fusionlog.served.ScoreCache`), None if it has none.
@@ -497,7 +540,11 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _openapi_request_body() -> dict:
-    schema = DetectRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return _openapi_body(DetectRequest)
+
+
+def _openapi_body(model: type[BaseModel]) -> dict:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -508,8 +555,16 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_lines: int = DEFAULT_MAX_LINES,
     stream_limits: StreamLimits | None = None,
+    allow_mute: bool = False,
 ) -> FastAPI:
-    """The HTTP app over one loaded scorer. `token`: require `Authorization: Bearer <token>` (None = open)."""
+    """The HTTP app over one loaded scorer. `token`: require `Authorization: Bearer <token>` (None = open).
+
+    `allow_mute`: also take `POST /v1/mute` and `/v1/unmute` (an alert's "this is normal" button), which write
+    the artifact folder's `feedback.json`; only with a token, since a mute silences alerts.
+    """
+    if allow_mute and not token:
+        raise ConfigError("allow_mute needs a token: an open service must not let anyone who reaches it silence "
+                          "its alerts (set --token or $" + TOKEN_ENV + ")")
     metrics = Metrics()
     service = DetectService(scorer, ServiceLimits(max_body_bytes, max_lines), stream_limits, metrics)
     token_bytes = token.encode("utf-8") if token else None
@@ -582,6 +637,30 @@ def create_app(
             return _error(500, "internal", "internal error while scoring; see the server log")
         return JSONResponse(result)
 
+    async def mute_route(request: Request, undo: bool) -> JSONResponse:
+        if not allow_mute:
+            raise ApiError(403, "mute_disabled", "mutes over HTTP are off; start serve with --allow-mute (and a "
+                           "token), or run `fusionlog mute --model DIR TEMPLATE` where the model is")
+        req = decode_body(await _read_body(request, 4 * MAX_MUTE_CHARS), MuteIn, "a JSON object with 'template'")
+        try:
+            result = await run_in_threadpool(service.mute, req, undo)  # may embed a template: not on the loop
+        except ApiError:
+            raise
+        except FusionLogError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        logger.info("%s %r over HTTP", "unmuted" if undo else "muted", result["template"])
+        return JSONResponse(result)
+
+    @app.post("/v1/mute", response_model=MuteOut, responses=error_responses, dependencies=[Depends(auth)],
+              openapi_extra=_openapi_body(MuteIn), summary="Mark a template as normal (serve --allow-mute)")
+    async def mute(request: Request) -> JSONResponse:
+        return await mute_route(request, undo=False)
+
+    @app.post("/v1/unmute", response_model=MuteOut, responses=error_responses, dependencies=[Depends(auth)],
+              openapi_extra=_openapi_body(MuteIn), summary="Count a muted template again (serve --allow-mute)")
+    async def unmute(request: Request) -> JSONResponse:
+        return await mute_route(request, undo=True)
+
     @app.get("/healthz", summary="Liveness and what is loaded")
     async def healthz() -> dict:
         rule = scorer.rule
@@ -596,6 +675,7 @@ def create_app(
             "line_filter": getattr(scorer, "line_filter", ""),
             "strip": getattr(scorer, "strip", ""),
             "muted_templates": [m.template for m in getattr(scorer, "mutes", ())],  # `fusionlog mute`
+            "allow_mute": allow_mute,  # POST /v1/mute, /v1/unmute
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),
@@ -664,14 +744,18 @@ def serve(
     max_lines: int = DEFAULT_MAX_LINES,
     log_level: str = "info",
     access_log: bool = True,
+    allow_mute: bool = False,
 ) -> None:
     """Load the artifact in `model_dir` and serve it with uvicorn until interrupted."""
     import uvicorn
 
     from fusionlog.stream import load_scorer
 
+    if allow_mute and not token:  # before loading the model: a mistake is one quick error
+        raise ConfigError(f"--allow-mute needs a token (--token or ${TOKEN_ENV}): a mute silences alerts")
     scorer = load_scorer(model_dir)
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a token: anyone who can reach the port can use it", host)
-    app = create_app(scorer, token=token or None, max_body_bytes=max_body_bytes, max_lines=max_lines)
+    app = create_app(scorer, token=token or None, max_body_bytes=max_body_bytes, max_lines=max_lines,
+                     allow_mute=allow_mute)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

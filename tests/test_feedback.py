@@ -146,3 +146,48 @@ def test_a_mute_names_templates_by_text_so_every_id_with_that_text_is_muted(arti
     last = len(det.templates_) - 1
     assert muted == {0, last} and det.stats_.have_weights[[0, last]].tolist() == [0.0, 0.0]
     assert det.stats_.have_weights[1:last].min() > 0
+
+
+def test_the_service_takes_mutes_over_http_only_when_allowed_and_with_a_token(artifact, data_dir):
+    """`serve --allow-mute`: an alert's "this is normal" button posts the template; the next request counts it 0."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.errors import ConfigError
+    from fusionlog.serving import create_app
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:200]
+    with pytest.raises(ConfigError, match="allow_mute needs a token"):
+        create_app(load_scorer(artifact), allow_mute=True)
+    assert main(["serve", "--model", str(artifact), "--allow-mute", "--port", "0"]) == 2  # refused before loading
+    with TestClient(create_app(load_scorer(artifact))) as client:  # off by default
+        r = client.post("/v1/mute", json={"template": "0"})
+        assert r.status_code == 403 and r.json()["error"] == "mute_disabled"
+    auth = {"Authorization": "Bearer t0k"}
+    with TestClient(create_app(load_scorer(artifact), token="t0k", allow_mute=True)) as client:
+        assert client.post("/v1/mute", json={"template": "0"}).status_code == 401
+        assert client.get("/healthz").json()["allow_mute"] is True
+        before = client.post("/v1/detect", json={"lines": lines}, headers=auth).json()["verdicts"]
+        worst = max(before, key=lambda v: v["score"])
+        target = next(d for d in worst["departures"] if d["kind"] == "has")
+        r = client.post("/v1/mute", json={"template": target["template"], "reason": "routine"}, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"template": target["template"], "event_id": target["event_id"], "changed": True,
+                            "muted_templates": [target["template"]]}
+        after = client.post("/v1/detect", json={"lines": lines}, headers=auth).json()["verdicts"]
+        assert next(v for v in after if v["key"] == worst["key"])["score"] < worst["score"]
+        assert [m.reason for m in load_mutes(artifact)] == ["routine"]  # the same file `fusionlog mute` writes
+        again = client.post("/v1/mute", json={"template": str(target["event_id"])}, headers=auth).json()
+        assert again["changed"] is False
+        # a line the model never saw, muted by the raw line: embedded once, then read as known
+        odd = lines[3].split(" RAS ")[0] + " RAS KERNEL INFO frobnicator restarted on port 4242"
+        r = client.post("/v1/mute", json={"template": odd, "line": True}, headers=auth).json()
+        assert r["event_id"] is None and r["template"] == "frobnicator restarted on port <:NUM:>"
+        v = client.post("/v1/detect", json={"lines": [*lines[:5], odd.replace("4242", "7"), *lines[5:20]]},
+                        headers=auth).json()["verdicts"][0]
+        assert v["new_templates"] == 0 and "1 muted template(s) not counted" in v["reason"]
+        bad = client.post("/v1/unmute", json={"template": "no such template at all"}, headers=auth)
+        assert bad.status_code == 422 and "is not muted" in bad.json()["detail"]
+        assert client.post("/v1/mute", json={"template": ""}, headers=auth).status_code == 422
+        assert client.post("/v1/unmute", json={"template": target["template"]}, headers=auth).status_code == 200
+        restored = client.post("/v1/detect", json={"lines": lines}, headers=auth).json()["verdicts"]
+        assert [v["score"] for v in restored] == [v["score"] for v in before]

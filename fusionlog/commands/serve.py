@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 NAME = "serve"
-HELP = "serve a trained detector over HTTP (POST /v1/detect, GET /healthz, GET /metrics, OpenAPI at /docs)"
+HELP = ("serve a trained detector over HTTP (POST /v1/detect, GET /healthz, GET /metrics, OpenAPI at /docs; "
+        "POST /v1/mute with --allow-mute)")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -22,6 +23,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="the web server's log level")
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    p.add_argument("--allow-mute", action="store_true",
+                   help="also take POST /v1/mute and /v1/unmute (as `fusionlog mute`: they write the model folder's "
+                        "feedback.json); needs a token")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
-          max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log)
+          max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log,
+          allow_mute=args.allow_mute)
     return 0
