@@ -6,9 +6,9 @@ routine (a weekly job's line, a new release's startup banner). The SRE who reads
 more logs. A muted template costs nothing to *have* in the session's surprise (its have-weight is 0, as an
 LLM verdict would set it low), so a session flagged for it alone drops below 1 unit; lacking it was never a
 cost unless it is everyday, and muting does not change that. The trained files are not touched: mutes are
-applied when the artifact is loaded for scoring (`detect`, `serve`, the run's findings; a running `serve`
-re-reads them when the file changes), survive a re-`fuse` into the same folder (they name templates by text,
-not id), and are undone by deleting them.
+applied when the artifact is loaded for scoring (`detect`, `serve`, the run's findings; a running `serve` or
+live `detect` re-reads them when the file changes), survive a re-`fuse` into the same folder (they name
+templates by text, not id), and are undone by deleting them.
 
 A template the artifact never saw (a verdict's `new` departure) is added to the loaded table with its
 vector, embedded when it was muted and stored with it, so scoring still needs no embedder for it.

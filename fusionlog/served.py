@@ -27,7 +27,7 @@ from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.explain import explain_surprise
 from fusionlog.feedback import FEEDBACK_NAME, apply_mutes, feedback_stamp, load_mutes
-from fusionlog.model import encode_sessions, input_key, make_batch
+from fusionlog.model import ReferenceStats, encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
 from fusionlog.types import Session
@@ -183,6 +183,8 @@ class ArtifactScorer:
         self._feedback_stamp = feedback_stamp(self.model_dir)
         self.mutes = load_mutes(self.model_dir)
         self.muted_ids = apply_mutes(det, self.mutes)
+        self._unmuted = _without_mutes(det.stats_, self._trained[2])
+        self._live_pending: frozenset[str] | None = None  # set by an in-place refresh (`refresh_feedback`)
         self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]
         self.nearest: list[dict | None] = list(nearest)
@@ -206,6 +208,8 @@ class ArtifactScorer:
         new = self.matcher.take_new()
         if new:
             self._embed_new(new)
+            if self._live_pending is not None:  # a muted text may have just been mined (or a muted one widened)
+                self._mute_in_place(self.mutes)
         return eid
 
     def template(self, event_id: int) -> str:
@@ -292,12 +296,14 @@ class ArtifactScorer:
                     out[g] = (float(logits[row]), attn)
         return [out[g] for g in enc.index]  # type: ignore[misc]
 
-    def refresh_feedback(self) -> bool:
+    def refresh_feedback(self, keep_ids: bool = False) -> bool:
         """Re-read the mutes if `feedback.json` changed since they were read; True when they were.
 
-        Only for callers that keep no session across calls (the HTTP service: each request is sessionized
-        whole): the matcher is rebuilt, so templates mined at detection time get new ids. An unreadable file
-        (caught mid-edit) keeps the mutes in force and warns once; its next change is read again.
+        `keep_ids=False` (the HTTP service, which keeps no session between requests): reloaded as at start, the
+        matcher rebuilt, so templates mined at detection time get new ids. `keep_ids=True` (a live `detect`,
+        whose open sessions hold ids): ids stay; a muted text is matched against the table and the templates
+        mined so far, and against each one mined later. An unreadable file (caught mid-edit) keeps the mutes in
+        force and warns once; its next change is read again.
         """
         from fusionlog.matcher import TemplateMatcher
 
@@ -310,17 +316,44 @@ class ArtifactScorer:
         except ArtifactError as exc:
             logger.warning("%s; the %d mute(s) read before stay in force", exc, len(self.mutes))
             return False
+        if keep_ids:
+            self._mute_in_place(mutes)
+            logger.info("%s: %d muted template(s) now", self.model_dir / FEEDBACK_NAME, len(mutes))
+            return True
         det = self.detector
         templates, vectors, stats = self._trained
         det.templates_, det.vectors_, det.stats_ = list(templates), vectors, stats
         det._vectors_t = torch.from_numpy(vectors)
         self.mutes = mutes
         self.muted_ids = apply_mutes(det, mutes)
+        self._unmuted = _without_mutes(det.stats_, stats)
+        self._live_pending = None
         self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
         self._row_epoch.clear()
         self.clear_cache()
         logger.info("%s: %d muted template(s) now", self.model_dir / FEEDBACK_NAME, len(mutes))
         return True
+
+    def _mute_in_place(self, mutes: list) -> None:
+        """Weigh every template whose text is muted 0, without renumbering: table ids, and templates mined at
+        detection time (the reference stats grow to their ids, seen in no reference session: a cost of 1 each,
+        as before). Texts not met yet wait in `_live_pending` for the miner."""
+        texts = {m.template for m in mutes}
+        n_known = self.matcher.n_known
+        ids = {i for i in range(n_known) if self.matcher.template(i) in texts}
+        ids |= {i for i in range(n_known, n_known + self.matcher.n_new) if self.matcher.template(i) in texts}
+        base = self._unmuted
+        size = max([len(base.doc_freq), *(i + 1 for i in ids)])
+        df = np.zeros(size, dtype=base.doc_freq.dtype)
+        df[: len(base.doc_freq)] = base.doc_freq
+        weights = np.ones(size)
+        weights[: len(base.doc_freq)] = base.have_weights if base.have_weights is not None else 1.0
+        weights[sorted(ids)] = 0.0
+        self.detector.stats_ = ReferenceStats(base.n_sessions, df, base.set_counts).with_have_weights(weights)
+        self.mutes = mutes
+        self.muted_ids = frozenset(ids)
+        self._live_pending = frozenset(texts - {self.matcher.template(i) for i in ids})
+        self.clear_cache()
 
     def clear_cache(self) -> None:
         """Forget cached scores; needed only after swapping the model, its stats or known vectors in place."""
@@ -364,8 +397,8 @@ class ArtifactScorer:
             nearest = self.nearest[top[0][0]].get("text")
         n_known = self.matcher.n_known
         new = len({e for e in ids if e >= n_known or e == UNKNOWN_EVENT})
-        unseen_pool = len({e for e in ids if 0 <= e < len(self.detector.stats_.doc_freq)
-                           and self.detector.stats_.doc_freq[e] == 0 and e not in self.muted_ids})
+        unseen_pool = len({e for e in ids if 0 <= e < n_known and self.detector.stats_.doc_freq[e] == 0
+                           and e not in self.muted_ids})
         anomalous = score > self.threshold
         surprise, departures, why = self.explain(ids)
         parts = [f"score {score:.3f} {'>' if anomalous else '<='} threshold {self.threshold:.3f}", why]
@@ -378,6 +411,15 @@ class ArtifactScorer:
             parts.append(f"{muted} muted template(s) not counted")
         return SessionVerdict(key, score, anomalous, len(ids), top_templates, nearest, "; ".join(parts), new,
                               surprise, departures)
+
+
+def _without_mutes(loaded: ReferenceStats, trained: ReferenceStats) -> ReferenceStats:
+    """The loaded stats (the table grown by muted never-seen templates) with the trained weights, none muted."""
+    n = len(loaded.doc_freq)
+    weights = np.ones(n)
+    if trained.have_weights is not None:
+        weights[: len(trained.have_weights)] = trained.have_weights
+    return ReferenceStats(loaded.n_sessions, loaded.doc_freq, loaded.set_counts).with_have_weights(weights)
 
 
 def load_scorer(model_dir: Path | str, *, threads: int | None = SCORE_THREADS,

@@ -191,3 +191,41 @@ def test_the_service_takes_mutes_over_http_only_when_allowed_and_with_a_token(ar
         assert client.post("/v1/unmute", json={"template": target["template"]}, headers=auth).status_code == 200
         restored = client.post("/v1/detect", json={"lines": lines}, headers=auth).json()["verdicts"]
         assert [v["score"] for v in restored] == [v["score"] for v in before]
+
+
+def test_a_live_detect_applies_mutes_without_renumbering_its_open_sessions(artifact, data_dir):
+    """`detect --follow`: a mute written while it runs counts from the next heartbeat, for table templates and
+    for one this detect mined itself (its id kept: open sessions hold it); what was scored before stays."""
+    from fusionlog.commands.detect import follow_feedback
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:400]
+    odd = lines[3].split(" RAS ")[0] + " RAS KERNEL INFO frobnicator restarted on port 4242"
+    stream = [*lines[:45], odd, *lines[45:245], odd.replace("4242", "7"), *lines[245:]]  # lines 46 and 247
+    limits = StreamLimits(idle_seconds=None)
+
+    def start(key: str) -> int:  # "lines:N": the window's first line
+        return int(key.split(":")[1])
+
+    plain = {v["key"]: v for v in detect_stream(load_scorer(artifact), stream, limits, batch_size=1)}
+    worst = max((v for k, v in plain.items() if start(k) >= 201), key=lambda v: v["score"])
+    target = next(d for d in worst["departures"] if d["kind"] == "has")
+    scorer = load_scorer(artifact)
+
+    def feed():
+        for i, line in enumerate(stream):
+            if i == 200:  # the operator mutes while detect runs: a table template and the mined one
+                assert main(["mute", "--model", str(artifact), target["template"]]) == 0
+                assert main(["mute", "--model", str(artifact), "--line", odd]) == 0
+                yield None  # a heartbeat
+            yield line
+
+    live = {v["key"]: v for v in detect_stream(scorer, follow_feedback(feed(), scorer), limits, batch_size=1)}
+    assert set(live) == set(plain) and scorer.new_templates_embedded == 1  # mined once, id and vector kept
+    early = [k for k in plain if start(k) < 181]  # windows finished and scored before the mute
+    assert len(early) == 9 and all(live[k] == plain[k] for k in early)
+    first_odd, second_odd = plain["lines:41"], plain["lines:241"]
+    assert first_odd["departures"][0]["kind"] == second_odd["departures"][0]["kind"] == "new"
+    assert live[first_odd["key"]] == first_odd  # scored before the mute
+    assert live["lines:241"]["surprise"] == pytest.approx(second_odd["surprise"] - 1.0, abs=1e-3)
+    assert "muted template(s) not counted" in live["lines:241"]["reason"]
+    assert live[worst["key"]]["score"] < worst["score"]

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             saved[sig] = signal.signal(sig, _stop)
+    if live and hasattr(scorer, "refresh_feedback"):
+        lines = follow_feedback(lines, scorer)
     sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
@@ -140,6 +142,24 @@ def run(args: argparse.Namespace) -> int:
         logger.info("detect: anomalous sessions by their largest departure: %s", _digest(causes))
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
+
+
+#: Lines between two looks at feedback.json in a live detect (heartbeats look too).
+FEEDBACK_CHECK_LINES = 4096
+
+
+def follow_feedback(lines, scorer, every: int = FEEDBACK_CHECK_LINES):
+    """`lines` unchanged; a change to the model's feedback.json (`fusionlog mute`) is applied on the next
+    heartbeat or within `every` lines, keeping template ids (open sessions hold them): no restart."""
+    n = 0
+    for line in lines:
+        if line is None:
+            scorer.refresh_feedback(keep_ids=True)
+        else:
+            n += 1
+            if n % every == 0:
+                scorer.refresh_feedback(keep_ids=True)
+        yield line
 
 
 def _digest(causes: Counter[str], top: int = 5) -> str:

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(folder)
     if args.undo:
         change = remove_mute(scorer, args.template, raw_line=args.line)
-        print(f"unmuted {change.resolved.template!r}; a running serve counts it again at its next request, detect "
-              f"when it next loads {folder}")
+        print(f"unmuted {change.resolved.template!r}; a running serve or live detect counts it again within moments, "
+              f"others when they next load {folder}")
         return 0
 
     def embed(text: str):
@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     where = ("a template the detector never saw (it cost 1 unit)" if found.event_id is None else
              f"template {found.event_id}, in {found.reference_sessions} of {scorer.detector.stats_.n_sessions} "
              f"reference sessions (having it cost {found.cost:.2f} units)")
-    print(f"muted {found.template!r}: {where}; written to {folder / FEEDBACK_NAME}. A running serve applies it at "
-          f"its next request; detect when it next loads the model")
+    print(f"muted {found.template!r}: {where}; written to {folder / FEEDBACK_NAME}. A running serve or live detect "
+          f"applies it within moments; others when they next load the model")
     return 0
