@@ -208,8 +208,9 @@ class ArtifactScorer:
         new = self.matcher.take_new()
         if new:
             self._embed_new(new)
-            if self._live_pending is not None:  # a muted text may have just been mined (or a muted one widened)
-                self._mute_in_place(self.mutes)
+            pending = self._live_pending
+            if pending is not None and any(t in pending or i in self.muted_ids for i, t in new):
+                self._mute_in_place(self.mutes)  # a muted text was just mined, or a muted template widened
         return eid
 
     def template(self, event_id: int) -> str:
