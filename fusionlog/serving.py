@@ -689,6 +689,8 @@ def create_app(
             "fusionlog_threshold": ("decision threshold of the loaded model", float(scorer.threshold)),
             "fusionlog_uptime_seconds": ("seconds since start", time.time() - metrics.started),
         }
+        if hasattr(scorer, "mutes"):  # `fusionlog mute` / POST /v1/mute: how many templates are not counted
+            gauges["fusionlog_muted_templates"] = ("templates an operator marked normal", float(len(scorer.mutes)))
         cache = getattr(scorer, "cache", None)
         if cache is not None:
             gauges["fusionlog_score_cache_entries"] = ("distinct model inputs in the score cache", float(len(cache)))

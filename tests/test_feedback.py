@@ -123,6 +123,7 @@ def test_a_running_service_applies_a_mute_at_its_next_request(artifact, data_dir
         assert main(["mute", "--model", str(artifact), target["template"]]) == 0
         after = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
         assert client.get("/healthz").json()["muted_templates"] == [target["template"]]
+        assert "\nfusionlog_muted_templates 1\n" in client.get("/metrics").text
         changed = [a for b, a in zip(before, after, strict=True) if a["score"] != b["score"]]
         assert changed and all("1 muted template(s) not counted" in a["reason"] for a in changed)
         assert next(a for a in after if a["key"] == worst["key"])["score"] < worst["score"]
