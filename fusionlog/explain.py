@@ -90,5 +90,11 @@ def explain_surprise(stats: ReferenceStats, ids: Sequence[int], in_corpus: bool 
     return SurpriseExplanation(total, tuple(listed), rest)
 
 
+def largest_departure(departures: Sequence[dict]) -> tuple[str, str] | None:
+    """(kind, template) of a verdict's first (largest) departure, None without one: what the digests of
+    flagged sessions count (`detect`'s closing summary, the run's report)."""
+    return (departures[0]["kind"], departures[0]["template"]) if departures else None
+
+
 def _cut(text: str, width: int = REASON_TEMPLATE_CHARS) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from fusionlog.explain import largest_departure
 from fusionlog.types import Session
 
 #: Most anomalous sessions listed in the report.
@@ -30,8 +31,7 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
     verdicts = scorer.verdicts([s.key for s in sessions], [list(s.event_ids) for s in sessions])
     flagged = sum(1 for v in verdicts if v.anomalous)
     worst = sorted(verdicts, key=lambda v: -v.score)[:top]
-    causes = Counter((v.departures[0]["kind"], v.departures[0]["template"]) for v in verdicts
-                     if v.anomalous and v.departures)
+    causes = Counter(c for v in verdicts if v.anomalous and (c := largest_departure(v.departures)))
     return {
         "sessions": len(verdicts),
         "flagged": flagged,

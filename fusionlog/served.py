@@ -70,7 +70,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 class ScoreCache:
-    """Bounded LRU: model-input key → (logit, attention), with hit and miss counters.
+    """Bounded LRU: model-input key → (logit, attention), with hit and miss counters. (The scorer keeps its
+    explanations in a second one, keyed by the key's distinct ids and row epochs.)
 
     Why a hit is exact: for one loaded artifact the model, its `ReferenceStats` and `max_len` are fixed,
     so a session's input is a function of `input_key` (capped ids → step rarities and table rows; distinct
@@ -194,13 +195,13 @@ class ArtifactScorer:
             raise ConfigError(f"ArtifactScorer threads={threads}: must be >= 1 (or None)")
         self.threads = threads
         self.cache = ScoreCache(cache_size)
-        # (distinct ids, row epochs) -> (surprise, departures, reason part) (`explain_surprise`, rendered): a
-        # function of the ids, the fixed stats and the templates' texts, which change only with a detection-time
-        # template's row (`ScoreCache`), so a repeated template set is not split again (detect ran at 35% of
-        # its speed without it)
-        self._why: OrderedDict[tuple, tuple[float, tuple[dict, ...], str]] = OrderedDict()
+        # (distinct ids, row epochs) of a session's `CacheKey` -> (surprise, departures, reason part)
+        # (`explain_surprise`, rendered): a function of the ids, the fixed stats and the templates' texts, which
+        # change only with a detection-time template's row, as the scores do; so a repeated template set is not
+        # split again (detect ran at 35% of its speed without it)
+        self._why = ScoreCache(cache_size)
         self._row_epoch: dict[int, int] = {}  # detection-time template id -> times its row was (re)embedded
-        self._last_inputs: list[np.ndarray] = []
+        self._last_keys: list[CacheKey] = []  # of the sessions `score_sessions` scored last
 
     # -- parsing ---------------------------------------------------------------------------------
     def event_id(self, content: str) -> int:
@@ -247,7 +248,7 @@ class ArtifactScorer:
         once, and inputs seen before come from `cache` (see `ScoreCache` for why a hit is exact).
         """
         if not sessions:
-            self._last_inputs = []
+            self._last_keys = []
             return np.zeros(0, np.float32), []
         keys = [self._cache_key(ids) for ids in sessions]
         found: dict[CacheKey, CachedScore] = {}
@@ -265,7 +266,7 @@ class ArtifactScorer:
             for key, result in zip(todo, self._score_uncached(list(todo.values())), strict=True):
                 found[key] = result
                 self.cache.put(key, result)
-        self._last_inputs = [np.asarray(key[0], dtype=np.int64) for key in keys]
+        self._last_keys = keys
         scores = np.array([found[key][0] for key in keys], dtype=np.float32)
         return scores, [found[key][1] for key in keys]
 
@@ -361,35 +362,28 @@ class ArtifactScorer:
         self.cache.clear()
         self._why.clear()
 
-    def explain(self, ids: Sequence[int]) -> tuple[float, list[dict], str]:
-        """(surprise, departures as the verdict lists them, the reason's sentence on them), from a bounded LRU
-        as large as the score cache; the departures are fresh dicts (examples are attached to them)."""
-        distinct = tuple(sorted(set(ids)))
-        n_known = self.matcher.n_known
-        key = (distinct, tuple(self._row_epoch.get(e, 0) for e in distinct if e >= n_known))
-        hit = self._why.get(key)
+    def explain(self, key: CacheKey) -> tuple[float, list[dict], str]:
+        """(surprise, departures as the verdict lists them, the reason's sentence on them) of the session whose
+        `CacheKey` this is; the departures are fresh dicts (examples are attached to them)."""
+        why_key = key[1:]  # the distinct ids and their row epochs: what the surprise and the texts read
+        hit = self._why.get(why_key)
         if hit is None:
-            why = explain_surprise(self.detector.stats_, distinct)
+            why = explain_surprise(self.detector.stats_, key[1])
             hit = (why.surprise, tuple(d.to_dict(self.template) for d in why.top), why.summary(self.template))
-            if self.cache.max_entries:
-                self._why[key] = hit
-                if len(self._why) > self.cache.max_entries:
-                    self._why.popitem(last=False)
-        else:
-            self._why.move_to_end(key)
+            self._why.put(why_key, hit)
         return hit[0], [dict(d) for d in hit[1]], hit[2]
 
     def verdicts(self, keys: list[str], sessions: list[list[int]]) -> list[SessionVerdict]:
         scores, attn = self.score_sessions(sessions)
-        inputs = self._last_inputs if sessions else []
+        inputs = self._last_keys if sessions else []
         out = []
-        for key, ids, score, w, capped in zip(keys, sessions, scores, attn, inputs, strict=True):
-            out.append(self._verdict(key, ids, float(score), w, capped))
+        for key, ids, score, w, input_k in zip(keys, sessions, scores, attn, inputs, strict=True):
+            out.append(self._verdict(key, ids, float(score), w, input_k))
         return out
 
-    def _verdict(self, key: str, ids: Sequence[int], score: float, w: np.ndarray, capped: np.ndarray) -> SessionVerdict:
+    def _verdict(self, key: str, ids: Sequence[int], score: float, w: np.ndarray, input_k: CacheKey) -> SessionVerdict:
         weight: dict[int, float] = {}
-        for eid, a in zip(capped.tolist(), w.tolist(), strict=True):
+        for eid, a in zip(input_k[0], w.tolist(), strict=True):  # the capped ids the attention is over
             weight[eid] = weight.get(eid, 0.0) + float(a)
         top = sorted(weight.items(), key=lambda kv: -kv[1])[:TOP_TEMPLATES]
         top_templates = [{"template": self.template(e), "attention": round(a, 4), "event_id": e} for e, a in top]
@@ -401,7 +395,7 @@ class ArtifactScorer:
         unseen_pool = len({e for e in ids if 0 <= e < n_known and self.detector.stats_.doc_freq[e] == 0
                            and e not in self.muted_ids})
         anomalous = score > self.threshold
-        surprise, departures, why = self.explain(ids)
+        surprise, departures, why = self.explain(input_k)
         parts = [f"score {score:.3f} {'>' if anomalous else '<='} threshold {self.threshold:.3f}", why]
         if new:
             parts.append(f"{new} template(s) never seen in training")

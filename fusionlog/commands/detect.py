@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fusionlog.data.logfiles import expand_log_source, is_multi_source
     from fusionlog.errors import ConfigError, DataError
+    from fusionlog.explain import largest_departure
     from fusionlog.stream import (
         StreamLimits,
         detect_stream,
@@ -112,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
                                      sessionizer=sessionizer):
             if verdict["anomalous"]:
                 anomalous += 1
-                if verdict.get("departures"):
-                    first = verdict["departures"][0]
-                    causes[f"{first['kind']} '{first['template']}'"] += 1
+                if cause := largest_departure(verdict.get("departures") or ()):
+                    causes[f"{cause[0]} '{cause[1]}'"] += 1
             if args.anomalies_only and not verdict["anomalous"]:
                 continue
             out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
