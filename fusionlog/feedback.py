@@ -201,7 +201,13 @@ def add_mute(scorer, text: str, embed: Callable[[str], np.ndarray], *, raw_line:
     found = resolve_template(scorer, text, raw_line=raw_line)
     if any(m.template == found.template for m in mutes):
         return MuteChange(found, False, tuple(mutes))
-    vector = None if found.event_id is not None else tuple(float(x) for x in embed(found.template))
+    if found.event_id is None:
+        vector: tuple[float, ...] | None = tuple(float(x) for x in embed(found.template))
+    elif found.event_id >= len(getattr(scorer, "_trained", (scorer.detector.templates_,))[0]):
+        # in the loaded table only through a baseline (or another mute): keep its vector, so the mute outlives it
+        vector = tuple(float(x) for x in scorer.detector.vectors_[found.event_id])
+    else:
+        vector = None
     mutes = [*mutes, Mute(found.template, reason, now_utc(), vector)]
     save_mutes(folder, mutes)
     return MuteChange(found, True, tuple(mutes))

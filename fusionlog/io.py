@@ -29,8 +29,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_default) + "\n")
+def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """`indent=None`: compact, for files of many numbers (vectors) that no one reads by eye."""
+    seps = None if indent is not None else (",", ":")
+    text = json.dumps(obj, indent=indent, separators=seps, sort_keys=True, ensure_ascii=False, default=_default)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionlog.baseline import BASELINE_NAME, apply_baseline, baseline_stamp, load_baseline
 from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
@@ -177,11 +178,14 @@ class ArtifactScorer:
         self.strip: str = serving.get("strip") or ""
         _check_reading(self.model_dir, self.log_format, self.line_filter, self.strip)
         self.threshold = float(self.detector.threshold_)
-        # an operator's mutes (`fusionlog mute`): applied before the matcher is built, so a muted template the
-        # artifact never saw is matched as a known one
+        # an operator's known-good logs (`fusionlog baseline`), then mutes (`fusionlog mute`): applied before the
+        # matcher is built, so a learned or muted template the artifact never saw is matched as a known one
         det = self.detector
-        self._trained = (list(det.templates_), det.vectors_, det.stats_)  # as saved, before any mute
+        self._trained = (list(det.templates_), det.vectors_, det.stats_)  # as saved, before any baseline or mute
         self._feedback_stamp = feedback_stamp(self.model_dir)
+        self._baseline_stamp = baseline_stamp(self.model_dir)
+        self.baseline = load_baseline(self.model_dir)
+        apply_baseline(det, self.baseline)
         self.mutes = load_mutes(self.model_dir)
         self.muted_ids = apply_mutes(det, self.mutes)
         self._unmuted = _without_mutes(det.stats_, self._trained[2])
@@ -299,24 +303,39 @@ class ArtifactScorer:
         return [out[g] for g in enc.index]  # type: ignore[misc]
 
     def refresh_feedback(self, keep_ids: bool = False) -> bool:
-        """Re-read the mutes if `feedback.json` changed since they were read; True when they were.
+        """Re-read the mutes (and the baseline) if `feedback.json` (`baseline.json`) changed since they were read;
+        True when something was applied.
 
         `keep_ids=False` (the HTTP service, which keeps no session between requests): reloaded as at start, the
         matcher rebuilt, so templates mined at detection time get new ids. `keep_ids=True` (a live `detect`,
         whose open sessions hold ids): ids stay; a muted text is matched against the table and the templates
-        mined so far, and against each one mined later. An unreadable file (caught mid-edit) keeps the mutes in
+        mined so far, and against each one mined later; a changed baseline, which adds templates to the table,
+        waits for a restart (said once). An unreadable file (caught mid-edit) keeps what was read before in
         force and warns once; its next change is read again.
         """
         from fusionlog.matcher import TemplateMatcher
 
-        stamp = feedback_stamp(self.model_dir)
-        if stamp == self._feedback_stamp:
+        stamp, base_stamp = feedback_stamp(self.model_dir), baseline_stamp(self.model_dir)
+        if stamp == self._feedback_stamp and base_stamp == self._baseline_stamp:
             return False
-        self._feedback_stamp = stamp
-        try:
-            mutes = load_mutes(self.model_dir)
-        except ArtifactError as exc:
-            logger.warning("%s; the %d mute(s) read before stay in force", exc, len(self.mutes))
+        mutes, baseline = self.mutes, self.baseline
+        if stamp != self._feedback_stamp:
+            self._feedback_stamp = stamp
+            try:
+                mutes = load_mutes(self.model_dir)
+            except ArtifactError as exc:
+                logger.warning("%s; the %d mute(s) read before stay in force", exc, len(self.mutes))
+        if base_stamp != self._baseline_stamp:
+            self._baseline_stamp = base_stamp
+            try:
+                baseline = load_baseline(self.model_dir)
+            except ArtifactError as exc:
+                logger.warning("%s; the %d baseline batch(es) read before stay in force", exc, len(self.baseline))
+            if keep_ids and baseline != self.baseline:
+                logger.warning("%s changed: a live detect keeps the template ids its open sessions hold, so the "
+                               "new baseline applies when it is restarted", self.model_dir / BASELINE_NAME)
+                baseline = self.baseline
+        if mutes == self.mutes and baseline == self.baseline:
             return False
         if keep_ids:
             self._mute_in_place(mutes)
@@ -326,6 +345,8 @@ class ArtifactScorer:
         templates, vectors, stats = self._trained
         det.templates_, det.vectors_, det.stats_ = list(templates), vectors, stats
         det._vectors_t = torch.from_numpy(vectors)
+        self.baseline = baseline
+        apply_baseline(det, baseline)
         self.mutes = mutes
         self.muted_ids = apply_mutes(det, mutes)
         self._unmuted = _without_mutes(det.stats_, stats)
@@ -333,7 +354,7 @@ class ArtifactScorer:
         self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
         self._row_epoch.clear()
         self.clear_cache()
-        logger.info("%s: %d muted template(s) now", self.model_dir / FEEDBACK_NAME, len(mutes))
+        logger.info("%s: %d muted template(s), %d baseline batch(es) now", self.model_dir, len(mutes), len(baseline))
         return True
 
     def _mute_in_place(self, mutes: list) -> None:

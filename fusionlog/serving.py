@@ -675,6 +675,8 @@ def create_app(
             "line_filter": getattr(scorer, "line_filter", ""),
             "strip": getattr(scorer, "strip", ""),
             "muted_templates": [m.template for m in getattr(scorer, "mutes", ())],  # `fusionlog mute`
+            "baseline_batches": len(getattr(scorer, "baseline", ())),  # `fusionlog baseline`
+            "reference_sessions": _reference_sessions(scorer),  # what "rare" is measured against
             "allow_mute": allow_mute,  # POST /v1/mute, /v1/unmute
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
@@ -691,6 +693,8 @@ def create_app(
         }
         if hasattr(scorer, "mutes"):  # `fusionlog mute` / POST /v1/mute: how many templates are not counted
             gauges["fusionlog_muted_templates"] = ("templates an operator marked normal", float(len(scorer.mutes)))
+        if (n_ref := _reference_sessions(scorer)) is not None:  # grows (or is replaced) by `fusionlog baseline`
+            gauges["fusionlog_reference_sessions"] = ("sessions the surprise is measured against", float(n_ref))
         cache = getattr(scorer, "cache", None)
         if cache is not None:
             gauges["fusionlog_score_cache_entries"] = ("distinct model inputs in the score cache", float(len(cache)))
@@ -699,6 +703,11 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_schemas(app)
     return app
+
+
+def _reference_sessions(scorer) -> int | None:
+    stats = getattr(getattr(scorer, "detector", None), "stats_", None)
+    return None if stats is None else int(stats.n_sessions)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

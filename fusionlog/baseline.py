@@ -1,0 +1,286 @@
+"""Known-good logs counted into a trained detector's reference of normal behaviour, kept in `baseline.json`.
+
+Why: the detector measures a session's surprise against its reference sessions (the adaptation pool it was
+trained with). After a deploy the service writes messages and combinations that pool never held, and every
+session that shows them is flagged until someone retrains, which needs the LLM and the sources again. A mute
+(`fusionlog.feedback`) silences one template; an SRE who can vouch for a stretch of logs ("the hour after
+the 2.4 rollout was healthy") needs all of what it does to stop being rare at once. Its sessions are cut and
+matched exactly as `detect` would, and counted into the reference: how many sessions hold each template, and
+how many hold each exact template set. Nothing is retrained: the model reads the surprise and rarity against
+the reference, so the scores follow, and the unit keeps its meaning (it is relative to the reference's size).
+Templates the detector never saw are stored with their vectors, so scoring still needs no embedder.
+
+Batches stack: `--undo` removes the last one, which no later batch can depend on. The trained files are not
+touched, templates are named by text (so a baseline survives a re-`fuse` into the same folder), and logs
+with failures in them teach the detector that those failures are normal: only baseline what you vouch for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionlog.constants import UNKNOWN_EVENT
+from fusionlog.errors import ArtifactError, DataError
+from fusionlog.io import atomic_write_json
+from fusionlog.model import ReferenceStats
+
+BASELINE_NAME = "baseline.json"
+BASELINE_VERSION = 1
+#: Distinct sessions kept to compare scores before and after a batch (memory bound; the batch counts them all).
+COMPARE_SESSIONS = 100_000
+
+
+@dataclass(frozen=True)
+class LearnedTemplate:
+    """A template a batch's sessions hold, by its text, and in how many of them."""
+
+    template: str
+    sessions: int
+    vector: tuple[float, ...] | None = None  # for a template not in the trained table
+
+    def to_dict(self) -> dict:
+        d: dict = {"template": self.template, "sessions": self.sessions}
+        if self.vector is not None:  # float32's shortest text: half the file, the same float32 when read back
+            d["vector"] = [float(str(np.float32(x))) for x in self.vector]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LearnedTemplate:
+        if not isinstance(d.get("template"), str) or not d["template"]:
+            raise ValueError("a learned template needs a non-empty 'template' text")
+        vector = d.get("vector")
+        return cls(d["template"], int(d["sessions"]), None if vector is None else tuple(float(x) for x in vector))
+
+
+@dataclass(frozen=True)
+class BaselineBatch:
+    """One `fusionlog baseline` run: what it read and the reference counts its sessions add."""
+
+    source: str  # the files (or stdin) it read, as the user named them
+    at: str  # when (UTC, ISO 8601)
+    reason: str
+    lines: int
+    sessions: int
+    templates: tuple[LearnedTemplate, ...]
+    sets: tuple[tuple[tuple[int, ...], int], ...]  # indices into `templates` -> sessions with exactly that set
+    replace: bool = False  # the reference is these sessions alone from here on (the service changed)
+
+    @property
+    def new_templates(self) -> int:
+        """Templates this batch brought that the trained detector never saw (those it stores a vector for)."""
+        return sum(t.vector is not None for t in self.templates)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "at": self.at, "reason": self.reason, "lines": self.lines,
+                "sessions": self.sessions, "templates": [t.to_dict() for t in self.templates],
+                "sets": [[list(k), n] for k, n in self.sets], "replace": self.replace}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BaselineBatch:
+        templates = tuple(LearnedTemplate.from_dict(t) for t in d["templates"])
+        sets = tuple((tuple(int(i) for i in k), int(n)) for k, n in d["sets"])
+        if any(i < 0 or i >= len(templates) for k, _ in sets for i in k):
+            raise ValueError("a template set names a template the batch does not list")
+        if sum(n for _, n in sets) != int(d["sessions"]):
+            raise ValueError("its template sets do not add up to its sessions")
+        return cls(str(d["source"]), str(d.get("at", "")), str(d.get("reason", "")), int(d["lines"]),
+                   int(d["sessions"]), templates, sets, bool(d.get("replace", False)))
+
+
+def baseline_stamp(folder: Path | str) -> tuple[int, int] | None:
+    """(mtime ns, size) of the folder's baseline file, None without one: what tells a running service to re-read it."""
+    try:
+        st = (Path(folder) / BASELINE_NAME).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def load_baseline(folder: Path | str) -> list[BaselineBatch]:
+    """The folder's batches, oldest first ([] without a file); a malformed file is an `ArtifactError` naming it."""
+    path = Path(folder) / BASELINE_NAME
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != BASELINE_VERSION:
+            raise ValueError(f"version {data.get('version')!r}, expected {BASELINE_VERSION}")
+        return [BaselineBatch.from_dict(b) for b in data["batches"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: unreadable baseline file ({exc}); fix or delete it") from exc
+
+
+def save_baseline(folder: Path | str, batches: list[BaselineBatch]) -> Path:
+    path = Path(folder) / BASELINE_NAME
+    try:
+        if batches:
+            atomic_write_json(path, {"version": BASELINE_VERSION, "batches": [b.to_dict() for b in batches]},
+                              indent=None)  # vectors and set counts: compact
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot write the baseline file ({exc})") from exc
+    return path
+
+
+def apply_baseline(detector, batches: list[BaselineBatch]) -> int:
+    """Count each batch's sessions into a loaded detector's reference (in place); a template not in the table is
+    appended with its stored vector. Returns the number of templates appended.
+
+    Only for scoring, as the mutes: `fuse --resume` reloads the saved files, which never hold a baseline.
+    """
+    if not batches:
+        return 0
+    templates: list[str] = list(detector.templates_ or [])
+    stats: ReferenceStats = detector.stats_
+    index: dict[str, int] = {}
+    for i, t in enumerate(templates):  # two clusters that read alike: the first holds the count, as it matches first
+        index.setdefault(t, i)
+    dim = detector.vectors_.shape[1]
+    rows: list[np.ndarray] = []
+    added: Counter[int] = Counter()
+    sets = dict(stats.set_counts)
+    n_sessions = stats.n_sessions
+    base = stats.doc_freq
+    for batch in batches:
+        if batch.replace:  # what came before no longer counts; its templates stay in the table, seen in none
+            base, sets, n_sessions = np.zeros_like(stats.doc_freq), {}, 0
+            added.clear()
+        ids = []
+        for t in batch.templates:
+            i = index.get(t.template)
+            if i is None:
+                if t.vector is None or len(t.vector) != dim:
+                    raise ArtifactError(f"{BASELINE_NAME}: learned template {t.template!r} is not in the detector's "
+                                        f"table and has no {dim}-dim vector; delete the batch and baseline again")
+                i = index[t.template] = len(templates)
+                templates.append(t.template)
+                rows.append(np.asarray(t.vector, dtype=np.float32))
+            ids.append(i)
+            added[i] += t.sessions
+        for key, count in batch.sets:
+            ids_key = tuple(sorted({ids[j] for j in key}))
+            sets[ids_key] = sets.get(ids_key, 0) + count
+        n_sessions += batch.sessions
+    df = np.concatenate([base, np.zeros(len(rows), dtype=stats.doc_freq.dtype)])
+    for i, c in added.items():
+        df[i] += c
+    weights = None
+    if stats.have_weights is not None:  # an appended template is weighed as an undecided one: its rarity
+        weights = np.concatenate([stats.have_weights, np.ones(len(rows))])
+    if rows:
+        detector.vectors_ = np.vstack([detector.vectors_, np.stack(rows)]).astype(np.float32)
+        detector._vectors_t = torch.from_numpy(detector.vectors_)
+        detector.templates_ = templates
+    detector.stats_ = ReferenceStats(n_sessions, df, sets).with_have_weights(weights)
+    return len(rows)
+
+
+@dataclass
+class LearnedLogs:
+    """What reading known-good logs through a scorer gave: the batch, and its sessions for a before/after look."""
+
+    batch: BaselineBatch
+    distinct: Counter[tuple[int, ...]]  # the scorer's event ids of each distinct session -> how many (capped)
+    texts: dict[int, str]  # the final text of every id in `distinct`
+    read: dict[str, int]  # the sessionizer's and reader's counts (lines, sessions, skips, ...)
+
+
+def read_known_good(scorer, lines: Iterable[str], *, source: str, reason: str = "", at: str = "",
+                    replace: bool = False, limits=None, read_stats=None) -> LearnedLogs:
+    """Cut `lines` into sessions and match them exactly as `detect` would with this scorer, and count them.
+
+    A template mined now (not in the table) may widen as more lines come, so ids are turned into texts only at
+    the end, and its vector is the scorer's last one. Events the matcher can no longer mine (UNKNOWN_EVENT) are
+    left out of the counts, as they have no text to name them by.
+    """
+    from fusionlog.stream import StreamLimits, scorer_sessionizer
+
+    sz = scorer_sessionizer(scorer, limits or StreamLimits(idle_seconds=None))
+    sets: Counter[tuple[int, ...]] = Counter()
+    distinct: Counter[tuple[int, ...]] = Counter()
+    n = 0
+
+    def take(done) -> None:
+        nonlocal n
+        for s in done:
+            n += 1
+            sets[tuple(sorted({e for e in s.event_ids if e != UNKNOWN_EVENT}))] += 1
+            seq = tuple(s.event_ids)
+            if seq in distinct or len(distinct) < COMPARE_SESSIONS:
+                distinct[seq] += 1
+
+    for line in lines:
+        take(sz.feed(line))
+    take(sz.flush())
+    read = sz.stats.to_dict()
+    if read_stats is not None:
+        read.update(decode_errors=read_stats.decode_errors, empty_files=read_stats.empty_files)
+    if not n:
+        raise DataError(f"{source}: no session read from {read['lines']} line(s) ({_skips(read)}); nothing learned. "
+                        f"The detector reads lines with log format {scorer.log_format!r}")
+    n_known = scorer.matcher.n_known
+    trained = len(getattr(scorer, "_trained", (scorer.detector.templates_,))[0])
+    order: dict[int, int] = {}  # scorer id -> index into the batch's templates
+    per_template: Counter[int] = Counter()
+    for key, count in sets.items():
+        for e in key:
+            per_template[e] += count
+            order.setdefault(e, len(order))
+    learned = []
+    for e in sorted(order, key=order.__getitem__):
+        text = scorer.template(e)
+        vector = None
+        if e >= trained or e >= n_known:  # not in the trained table: keep its vector (mined now, or a baseline's)
+            vector = tuple(float(x) for x in scorer.detector.vectors_[e])
+        learned.append(LearnedTemplate(text, per_template[e], vector))
+    batch_sets = tuple((tuple(sorted(order[e] for e in key)), count) for key, count in sets.items())
+    batch = BaselineBatch(source, at, reason, int(read["lines"]), n, tuple(learned), batch_sets, replace)
+    texts = {e: scorer.template(e) for seq in distinct for e in seq if e != UNKNOWN_EVENT}
+    return LearnedLogs(batch, distinct, texts, read)
+
+
+def _skips(read: dict) -> str:
+    parts = [f"{k.replace('_', ' ')} {read[k]}" for k in ("unmatched_format", "no_session_key", "empty",
+                                                           "decode_errors") if read.get(k)]
+    return ", ".join(parts) or "none skipped"
+
+
+def flagged(scorer, sessions: Counter[tuple[int, ...]]) -> int:
+    """How many of these sessions (with their counts) the scorer flags."""
+    if not sessions:
+        return 0
+    seqs = list(sessions)
+    scores, _ = scorer.score_sessions([list(s) for s in seqs])
+    return int(sum(c for s, c in zip(scores, sessions.values(), strict=True) if s > scorer.threshold))
+
+
+def renumber(sessions: Counter[tuple[int, ...]], texts: dict[int, str], scorer) -> Counter[tuple[int, ...]]:
+    """The same sessions in another scorer's ids (one that loaded the batch: every learned text is in its table)."""
+    index: dict[str, int] = {}
+    for i, t in enumerate(scorer.detector.templates_):
+        index.setdefault(t, i)
+    out: Counter[tuple[int, ...]] = Counter()
+    for seq, count in sessions.items():
+        out[tuple(index.get(texts.get(e, ""), UNKNOWN_EVENT) for e in seq)] += count
+    return out
+
+
+def everyday_absent(stats: ReferenceStats, templates: list[str], batch: BaselineBatch) -> list[str]:
+    """Templates in more than half the reference's sessions that none of the batch's sessions holds.
+
+    Why: after a deploy renames a message, adding the new hour to the old reference leaves every new session
+    lacking the old everyday step (and having a new one the old sessions lack), so they stay flagged; the
+    user needs to hear that the service changed and `--replace` fits, not find out from the next alerts.
+    """
+    held = {t.template for t in batch.templates}
+    n = stats.n_sessions
+    everyday = np.flatnonzero(2 * stats.doc_freq[: len(templates)] > n)
+    return [templates[i] for i in everyday if templates[i] not in held]

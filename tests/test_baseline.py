@@ -1,0 +1,199 @@
+"""Known-good logs counted into a trained detector's reference (`fusionlog baseline`); detect and serve follow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fusionlog.baseline import BASELINE_NAME, load_baseline
+from fusionlog.cli import main
+from fusionlog.detector import Detector
+from fusionlog.errors import ArtifactError
+from fusionlog.feedback import load_mutes
+from fusionlog.served import load_scorer
+from fusionlog.stream import StreamLimits, detect_stream, scorer_sessionizer
+
+CORE = "generating core."
+
+
+@pytest.fixture()
+def artifact(bgl_artifact, tmp_path):
+    """A copy the test may write its baseline into."""
+    return shutil.copytree(bgl_artifact, tmp_path / "det")
+
+
+@pytest.fixture(scope="module")
+def bgl_lines(data_dir) -> list[str]:
+    return (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _sessions(folder, lines):
+    """The sessions `detect` cuts from `lines` with this detector, as event-id sets (and the scorer that cut them)."""
+    scorer = load_scorer(folder)
+    sz = scorer_sessionizer(scorer, StreamLimits(idle_seconds=None))
+    done = [s for line in lines for s in sz.feed(line)] + sz.flush()
+    return [frozenset(s.event_ids) for s in done], scorer
+
+
+def _deploy(lines):
+    """The same lines after a release that reworded BGL's commonest message."""
+    return [line.replace(CORE, "writing core dump ") for line in lines]
+
+
+def _verdicts(folder, lines):
+    return list(detect_stream(load_scorer(folder), lines, StreamLimits(idle_seconds=None)))
+
+
+def test_known_good_sessions_are_counted_into_the_reference_as_the_pool_was(artifact, bgl_lines, tmp_path, capsys):
+    trained = Detector.from_pretrained(artifact).stats_
+    sets, _ = _sessions(artifact, bgl_lines)  # counted independently: what the reference must gain
+    before = _verdicts(artifact, bgl_lines)
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "good.log", bgl_lines),
+                 "--reason", "a healthy day"]) == 0
+    out = capsys.readouterr().out
+    assert f"learned {len(sets)} sessions (2000 lines) as normal" in out
+    assert f"its reference holds {trained.n_sessions + len(sets)} sessions (was {trained.n_sessions})" in out
+    stats = load_scorer(artifact).detector.stats_
+    n = len(trained.doc_freq)
+    df = Counter(e for s in sets for e in s)
+    assert stats.n_sessions == trained.n_sessions + len(sets)
+    assert stats.doc_freq[:n].tolist() == [int(trained.doc_freq[i]) + df[i] for i in range(n)]
+    gained = Counter(tuple(sorted(s)) for s in sets)
+    for key, count in gained.items():
+        assert stats.set_counts[key] == trained.set_counts.get(key, 0) + count
+    after = _verdicts(artifact, bgl_lines)
+    assert [v["key"] for v in after] == [v["key"] for v in before]
+    # every window is now part of what "usual" means: most are less surprising (a few lack what is now commoner)
+    fell = sum(a["surprise"] < b["surprise"] - 0.05 for a, b in zip(after, before, strict=True))
+    assert fell > len(after) // 2
+    assert sum(a["surprise"] for a in after) < sum(b["surprise"] for b in before)
+    assert Detector.from_pretrained(artifact).stats_.n_sessions == trained.n_sessions  # the trained files: untouched
+    assert main(["baseline", "--model", str(artifact), "--list"]) == 0
+    assert "(a healthy day)" in capsys.readouterr().out
+    assert main(["baseline", "--model", str(artifact), "--undo"]) == 0
+    assert not (artifact / BASELINE_NAME).exists()
+    assert [v["score"] for v in _verdicts(artifact, bgl_lines)] == [v["score"] for v in before]
+
+
+def test_after_a_release_rewords_a_message_replace_makes_the_new_wording_the_usual_one(
+        artifact, bgl_lines, tmp_path, capsys):
+    released = _deploy(bgl_lines)
+    first, later = released[:1000], released[1000:]
+    plain = _verdicts(artifact, later)
+    new_before = sum(any(d["kind"] == "new" and "writing core dump" in d["template"] for d in v["departures"])
+                     for v in plain)
+    assert new_before >= 5  # the reworded message reads as never seen in many windows
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "first.log", first), "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert "the reference shrank from 60 to 50 sessions" in out
+    sets, scorer = _sessions(artifact, [])  # the scorer as detect loads it now
+    stats, table = scorer.detector.stats_, scorer.detector.templates_
+    assert stats.n_sessions == 50
+    old = [i for i, t in enumerate(table) if t.startswith("generating core")]
+    new = [i for i, t in enumerate(table) if t.startswith("writing core dump")]
+    assert old and len(new) == 1 and all(stats.doc_freq[i] == 0 for i in old)  # only the new sessions count
+    windows = [first[i:i + 20] for i in range(0, 1000, 20)]
+    assert stats.doc_freq[new[0]] == sum(any("writing core dump" in line for line in w) for w in windows)
+    after = _verdicts(artifact, later)
+    assert not any(d["kind"] == "new" and "writing core dump" in d["template"] for v in after for d in v["departures"])
+    assert all(v["new_templates"] == 0 or "writing core dump" not in json.dumps(v) for v in after)
+    held = [(a, p) for a, p in zip(after, plain, strict=True) if any("writing core dump" in line for line in
+                                                                     later[a["first_line"] - 1: a["last_line"]])]
+    assert held and all(a["surprise"] < p["surprise"] for a, p in held)
+    assert sum(v["anomalous"] for v in after) < sum(v["anomalous"] for v in plain)
+    # the vector came with the baseline: scoring the reworded lines embedded nothing
+    scorer = load_scorer(artifact)
+    list(detect_stream(scorer, later, StreamLimits(idle_seconds=None)))
+    assert scorer.new_templates_embedded == 0
+
+
+def test_adding_logs_that_lack_an_everyday_template_says_replace_may_fit(artifact, bgl_lines, tmp_path, capsys):
+    core = [line for line in bgl_lines if CORE in line][:200]
+    rest = [line for line in bgl_lines if CORE not in line][:400]
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "core.log", core), "--replace"]) == 0
+    capsys.readouterr()
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "rest.log", rest)]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 template(s) in most reference sessions are in none of these: 'generating core.<:NUM:>'" in out
+    assert "--replace" in out
+    batches = load_baseline(artifact)
+    assert [b.replace for b in batches] == [True, False] and [b.sessions for b in batches] == [10, 20]
+    assert load_scorer(artifact).detector.stats_.n_sessions == 30
+
+
+def test_a_running_service_applies_a_baseline_and_a_live_detect_waits_for_a_restart(
+        artifact, bgl_lines, tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    released = _deploy(bgl_lines)
+    good = _write(tmp_path / "good.log", released[:1000])
+    live = load_scorer(artifact)
+    with TestClient(create_app(load_scorer(artifact))) as client:
+        before = client.post("/v1/detect", json={"lines": released[1000:1400]}).json()["verdicts"]
+        assert client.get("/healthz").json()["reference_sessions"] == 60
+        assert main(["baseline", "--model", str(artifact), good, "--replace"]) == 0
+        after = client.post("/v1/detect", json={"lines": released[1000:1400]}).json()["verdicts"]
+        health = client.get("/healthz").json()
+        assert (health["reference_sessions"], health["baseline_batches"]) == (50, 1)
+        assert "\nfusionlog_reference_sessions 50\n" in client.get("/metrics").text
+        assert [v["score"] for v in after] != [v["score"] for v in before]
+        assert all(v["new_templates"] == 0 for v in after)
+        # a file caught mid-edit keeps the baseline in force
+        (artifact / BASELINE_NAME).write_text("{", encoding="utf-8")
+        again = client.post("/v1/detect", json={"lines": released[1000:1400]}).json()["verdicts"]
+        assert [v["score"] for v in again] == [v["score"] for v in after]
+        assert "baseline batch(es) read before stay in force" in caplog.text
+    # a live detect's open sessions hold template ids: the baseline waits for a restart, said once
+    (artifact / BASELINE_NAME).unlink()
+    assert main(["baseline", "--model", str(artifact), good]) == 0
+    assert live.refresh_feedback(keep_ids=True) is False
+    assert "applies when it is restarted" in caplog.text
+    assert live.detector.stats_.n_sessions == 60
+
+
+def test_a_mute_of_a_template_only_a_baseline_brought_outlives_the_baseline(artifact, bgl_lines, tmp_path):
+    released = _deploy(bgl_lines)
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "good.log", released[:400])]) == 0
+    assert main(["mute", "--model", str(artifact), "writing core dump <:NUM:>"]) == 0
+    (mute,) = load_mutes(artifact)
+    assert mute.vector is not None and len(mute.vector) == load_scorer(artifact).detector.vectors_.shape[1]
+    assert main(["baseline", "--model", str(artifact), "--undo"]) == 0
+    scorer = load_scorer(artifact)  # no baseline now: the muted template comes from the mute's own vector
+    i = scorer.detector.templates_.index("writing core dump <:NUM:>")
+    assert i in scorer.muted_ids and scorer.detector.stats_.doc_freq[i] == 0
+    assert np.allclose(scorer.detector.vectors_[i], mute.vector)
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(artifact, tmp_path, capsys):
+    empty = tmp_path / "empty.log"
+    empty.write_text("", encoding="utf-8")
+    assert main(["baseline", "--model", str(artifact), str(empty)]) == 2
+    assert "no session read from 0 line(s)" in capsys.readouterr().err
+    other = _write(tmp_path / "app.jsonl", ['{"level": "info", "msg": "started"}'] * 50)
+    assert main(["baseline", "--model", str(artifact), other]) == 2
+    err = capsys.readouterr().err
+    assert "no session read from 50 line(s) (unmatched format 50)" in err and "log format" in err
+    assert main(["baseline", "--model", str(artifact), str(tmp_path / "missing.log")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (artifact / BASELINE_NAME).exists()
+    assert main(["baseline", "--model", str(artifact), "--undo"]) == 2
+    assert "no baseline batch to undo" in capsys.readouterr().err
+    assert main(["baseline", "--model", str(artifact), "--list", other]) == 2
+    assert main(["baseline", "--model", str(artifact)]) == 2
+    assert "give the known-good log file(s)" in capsys.readouterr().err
+    (artifact / BASELINE_NAME).write_text('{"version": 1, "batches": [{"source": "x"}]}', encoding="utf-8")
+    with pytest.raises(ArtifactError, match="baseline.json: unreadable baseline file"):
+        load_scorer(artifact)
+    assert main(["detect", "--model", str(artifact), "/dev/null"]) == 2
+    assert "fix or delete it" in capsys.readouterr().err
