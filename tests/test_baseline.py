@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 
@@ -197,3 +198,30 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(artifact, tmp_path, capsy
         load_scorer(artifact)
     assert main(["detect", "--model", str(artifact), "/dev/null"]) == 2
     assert "fix or delete it" in capsys.readouterr().err
+
+
+def test_detect_says_when_far_more_is_flagged_than_in_its_training_pool(artifact, bgl_lines, tmp_path, caplog):
+    """A release that rewords a message floods detect with flags: it says the service may have changed and how
+    to teach it the new normal, judged against the share of its own pool the artifact flagged in training."""
+    from fusionlog.commands.detect import drift_hint
+
+    released = _write(tmp_path / "released.log", _deploy(bgl_lines))
+    report = json.loads((artifact / "report.json").read_text(encoding="utf-8"))
+
+    def detect_with_pool_share(share: float) -> str:
+        report["findings"]["flagged_share"] = share
+        (artifact / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        caplog.clear()
+        assert main(["detect", "--model", str(artifact), released, "--anomalies-only", "-o", str(tmp_path / "v")]) == 0
+        return caplog.text
+
+    err = detect_with_pool_share(0.2)
+    assert "where 20% of the training pool was" in err and "fusionlog baseline --model" in err
+    flagged = re.search(r"(\d+) of 100 sessions flagged \((\d+)%\)", err)
+    assert flagged and int(flagged.group(1)) > 50
+    # the same flood from a detector that flagged most of its own pool is no news
+    assert "training pool was" not in detect_with_pool_share(int(flagged.group(1)) / 200 + 0.01)
+    assert drift_hint(15, 19, 0.1, "m") is None  # too few sessions to say
+    assert drift_hint(40, 100, 0.1, "m") is None  # not most of them
+    assert "51 of 100 sessions flagged (51%)" in drift_hint(51, 100, 0.1, "m")
+    assert drift_hint(51, 100, None, "m") is None  # an artifact without a report

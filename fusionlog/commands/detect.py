@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if causes:
         logger.info("detect: anomalous sessions by their largest departure: %s", _digest(causes))
+    if hint := drift_hint(anomalous, stats["sessions"], pool_flagged_share(args.model), args.model):
+        logger.warning("detect: %s", hint)
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
 
@@ -160,6 +162,41 @@ def follow_feedback(lines, scorer, every: int = FEEDBACK_CHECK_LINES):
             if n % every == 0:
                 scorer.refresh_feedback(keep_ids=True)
         yield line
+
+
+#: Sessions a run must score before `detect` compares its flagged share with the training pool's.
+DRIFT_MIN_SESSIONS = 20
+
+
+def pool_flagged_share(model_dir) -> float | None:
+    """The share of its own pool the artifact flagged when it was trained (report.json; None without one)."""
+    import json
+    from pathlib import Path
+
+    try:
+        share = json.loads((Path(model_dir) / "report.json").read_text(encoding="utf-8"))["findings"]["flagged_share"]
+        return float(share)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def drift_hint(flagged: int, sessions: int, pool_share: float | None, model: str) -> str | None:
+    """What to say when most sessions are flagged, far more than in the training pool.
+
+    Why: a release that rewords or drops messages makes nearly every session depart from the reference, and
+    the flood reads like an outage. Whether it is one only the operator knows; the run can say which it looks
+    like and what teaches the detector the new normal (`fusionlog baseline`), instead of leaving them to mute
+    template after template.
+    """
+    if pool_share is None or sessions < DRIFT_MIN_SESSIONS:
+        return None
+    share = flagged / sessions
+    if share <= 0.5 or share <= 2 * pool_share:
+        return None
+    return (f"{flagged} of {sessions} sessions flagged ({share:.0%}), where {pool_share:.0%} of the training pool "
+            "was. If the service changed since training (a release), teach the detector the new normal from logs "
+            f"you vouch for: `fusionlog baseline --model {model} GOOD.log --replace`; if it did not, this is an "
+            "incident")
 
 
 def _digest(causes: Counter[str], top: int = 5) -> str:
