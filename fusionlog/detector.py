@@ -35,7 +35,7 @@ from fusionlog.constants import (
     VECTORS_NAME,
 )
 from fusionlog.errors import ArtifactError, ConfigError, NotFittedError
-from fusionlog.io import atomic_save_npy, atomic_write_json, load_npy
+from fusionlog.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy
 from fusionlog.model import (
     ANCHOR_TEXTS,
     ReferenceStats,
@@ -247,7 +247,7 @@ class Detector:
         self._check_fitted()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         atomic_write_json(folder / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,
@@ -260,7 +260,7 @@ class Detector:
             "versions": {"fusionlog": __version__, "torch": torch.__version__, "python": platform.python_version()},
         })
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        save_file(tensors, str(folder / MODEL_WEIGHTS_NAME))
+        atomic_write_bytes(folder / MODEL_WEIGHTS_NAME, save(tensors))
         atomic_save_npy(folder / VECTORS_NAME, self.vectors_)
         atomic_write_json(folder / REFERENCE_NAME, self.stats_.to_dict())
         atomic_write_json(folder / THRESHOLD_NAME, self.threshold_info_.to_dict())

@@ -12,6 +12,29 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc), else by a set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(tmp: str | Path) -> None:
+    """Give a temp file (mkstemp makes it 0600) the mode `open()` would have, before it is renamed into place.
+
+    Why: an artifact trained by one user is served by another (a service account, a container's user); with
+    mkstemp's 0600 every JSON file of it was unreadable there, and so was a `detect --metrics-file` to the
+    collector that reads it.
+    """
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +67,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     os.close(fd)
     try:
         np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

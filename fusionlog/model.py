@@ -51,14 +51,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fusionlog.config import config_from_dict, register_config_type
 from fusionlog.constants import CONFIG_NAME, FORMAT_VERSION, MODEL_WEIGHTS_NAME
 from fusionlog.errors import ArtifactError, ConfigError
-from fusionlog.io import atomic_write_json
+from fusionlog.io import atomic_write_bytes, atomic_write_json
 from fusionlog.types import Session
 
 #: Per-step features appended to each template vector: [template rarity].
@@ -683,7 +683,8 @@ class SessionModel(nn.Module):
             {"format_version": FORMAT_VERSION, "model_type": "SessionModel", "model": asdict(self.config)},
         )
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / MODEL_WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
+        data = save(tensors, metadata={"format_version": str(FORMAT_VERSION)})
+        atomic_write_bytes(folder / MODEL_WEIGHTS_NAME, data)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> SessionModel:

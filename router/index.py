@@ -26,7 +26,7 @@ import numpy as np
 from fusionlog.config import config_from_dict
 from fusionlog.constants import FORMAT_VERSION
 from fusionlog.errors import ArtifactError, ConfigError, DataError
-from fusionlog.io import atomic_write_json
+from fusionlog.io import atomic_write_json, publish_mode
 from router.config import IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class VectorIndex:
         os.close(fd)
         try:
             faiss.write_index(cpu, tmp)
+            publish_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

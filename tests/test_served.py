@@ -439,3 +439,20 @@ def test_service_exports_score_cache_counters(bgl_artifact):
     assert float(samples["fusionlog_score_cache_misses_total"]) == 1
     assert float(samples["fusionlog_score_cache_hits_total"]) == 3
     assert float(samples["fusionlog_score_cache_entries"]) == 1
+
+
+def test_every_file_of_an_artifact_is_readable_by_the_user_a_service_runs_as(bgl_artifact):
+    """Temp-then-rename writes made every file 0600 (mkstemp; safetensors too), so an artifact trained by one
+    user could not be served by another (a service account, a container's user). Files now get the mode
+    `open()` gives under the process umask."""
+    import os
+
+    from fusionlog.io import _umask
+
+    expected = 0o666 & ~_umask()
+    files = [p for p in Path(bgl_artifact).rglob("*") if p.is_file()]
+    assert {"model.safetensors", "config.json", "vectors.npy", "templates.json"} <= {p.name for p in files}
+    wrong = {str(p.relative_to(bgl_artifact)): oct(p.stat().st_mode & 0o777) for p in files
+             if p.stat().st_mode & 0o777 != expected}
+    assert not wrong, f"expected {oct(expected)}: {wrong}"
+    assert os.access(Path(bgl_artifact) / "config.json", os.R_OK)
