@@ -41,6 +41,7 @@ from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
+from fusionlog.metrics_file import prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
 logger = logging.getLogger(__name__)
@@ -231,30 +232,19 @@ class Metrics:
                 if not family and name in self._UNLABELLED:
                     out.append(f"{name} 0")  # present from the start, so rate() has a first sample
                 for labels, v in sorted(family.items()):
-                    out.append(f"{name}{_labels(labels)} {_num(v)}")
+                    out.append(f"{name}{prom_labels(labels)} {prom_number(v)}")
             name = "fusionlog_request_duration_seconds"
             out += [f"# HELP {name} request latency by path", f"# TYPE {name} histogram"]
             for path, h in sorted(self._hist.items()):
                 for i, bound in enumerate(LATENCY_BUCKETS):
-                    out.append(f'{name}_bucket{{le="{bound}",path="{path}"}} {_num(h[i])}')
-                out.append(f'{name}_bucket{{le="+Inf",path="{path}"}} {_num(h[len(LATENCY_BUCKETS)])}')
+                    out.append(f'{name}_bucket{{le="{bound}",path="{path}"}} {prom_number(h[i])}')
+                out.append(f'{name}_bucket{{le="+Inf",path="{path}"}} {prom_number(h[len(LATENCY_BUCKETS)])}')
                 out.append(f'{name}_sum{{path="{path}"}} {h[-2]!r}')
-                out.append(f'{name}_count{{path="{path}"}} {_num(h[-1])}')
+                out.append(f'{name}_count{{path="{path}"}} {prom_number(h[-1])}')
             gauges = dict(gauges, fusionlog_in_flight_requests=("requests being handled", float(self.in_flight)))
         for name, (help_, v) in gauges.items():
-            out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {_num(v)}"]
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {prom_number(v)}"]
         return "\n".join(out) + "\n"
-
-
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    esc = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in labels)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(labels, esc, strict=True)) + "}"
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
 class _MetricsMiddleware:

@@ -35,6 +35,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "--follow or stdin, never for a file)")
     g.add_argument("--poll-interval", type=float, default=0.25, help="--follow: seconds between polls")
     g.add_argument("--batch-size", type=int, default=256, help="finished sessions scored per model call")
+    m = p.add_argument_group("monitoring the detector")
+    m.add_argument("--metrics-file", metavar="PATH",
+                   help="keep Prometheus counters (the names of serve's /metrics) in PATH, rewritten atomically: "
+                        "for node_exporter's textfile collector beside a `detect --follow`")
+    m.add_argument("--metrics-interval", type=float, default=15.0,
+                   help="--metrics-file: seconds between rewrites at most (default 15)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
     if live and hasattr(scorer, "refresh_feedback"):
         lines = follow_feedback(lines, scorer)
     sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
+    metrics = None
+    if args.metrics_file:
+        from fusionlog.metrics_file import MetricsFile
+
+        metrics = MetricsFile(args.metrics_file, sessionizer, scorer, interval=args.metrics_interval,
+                              read_stats=read_stats)
+        lines = metrics.lines(lines)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
@@ -111,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
                                      sessionizer=sessionizer):
+            if metrics is not None:
+                metrics.record(verdict)
             if verdict["anomalous"]:
                 anomalous += 1
                 if cause := largest_departure(verdict.get("departures") or ()):
@@ -124,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        if metrics is not None:
+            metrics.write(up=False)
         out.flush()
         if out is not sys.stdout:
             out.close()
