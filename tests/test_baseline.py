@@ -225,3 +225,33 @@ def test_detect_says_when_far_more_is_flagged_than_in_its_training_pool(artifact
     assert drift_hint(40, 100, 0.1, "m") is None  # not most of them
     assert "51 of 100 sessions flagged (51%)" in drift_hint(51, 100, 0.1, "m")
     assert drift_hint(51, 100, None, "m") is None  # an artifact without a report
+
+
+def test_a_live_detect_says_so_when_its_recent_sessions_flood_and_not_again_at_once():
+    """`detect --follow` never reaches a closing summary: it judges its last 200 sessions as they come."""
+    import logging
+
+    from fusionlog.commands.detect import DRIFT_REPEAT_SECONDS, DRIFT_WINDOW, DriftWatch
+
+    said: list[str] = []
+
+    class Log(logging.Logger):
+        def warning(self, msg, *args, **kw):
+            said.append(msg % args)
+
+    now = [0.0]
+    watch = DriftWatch(0.2, "runs/web", Log("t"), clock=lambda: now[0])
+    for i in range(DRIFT_WINDOW):  # an ordinary stretch: 10% flagged
+        watch.record(i % 10 == 0)
+    assert said == []
+    for _ in range(DRIFT_WINDOW):  # a release: everything flagged
+        watch.record(True)
+    assert len(said) == 1 and "sessions flagged" in said[0] and "--model runs/web" in said[0]
+    assert said[0].startswith(f"detect: over the last {DRIFT_WINDOW} sessions: ")
+    for _ in range(DRIFT_WINDOW):
+        watch.record(True)
+    assert len(said) == 1  # not again within the repeat time
+    now[0] += DRIFT_REPEAT_SECONDS
+    for _ in range(50):
+        watch.record(True)
+    assert len(said) == 2

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
+import time
+from collections import Counter, deque
 
 NAME = "detect"
 HELP = "score raw log lines (file, stdin, or a growing file) with a trained detector; one JSON line per session"
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
     import threading
-    import time
 
     from fusionlog.data.logfiles import expand_log_source, is_multi_source
     from fusionlog.errors import ConfigError, DataError
@@ -121,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
     written = anomalous = 0
     causes: Counter[str] = Counter()  # an anomalous verdict's largest departure, for the closing digest
     watch = FitWatch(sessionizer, scorer, logger)
+    pool_share = pool_flagged_share(args.model)
+    drift = DriftWatch(pool_share, args.model, logger) if live else None
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
                                      sessionizer=sessionizer):
             if metrics is not None:
                 metrics.record(verdict)
+            if drift is not None:
+                drift.record(verdict["anomalous"])
             if verdict["anomalous"]:
                 anomalous += 1
                 if cause := largest_departure(verdict.get("departures") or ()):
@@ -157,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if causes:
         logger.info("detect: anomalous sessions by their largest departure: %s", _digest(causes))
-    if hint := drift_hint(anomalous, stats["sessions"], pool_flagged_share(args.model), args.model):
+    if hint := drift_hint(anomalous, stats["sessions"], pool_share, args.model):
         logger.warning("detect: %s", hint)
     logger.debug("detect stats: %s", json.dumps(stats))
     return 0
@@ -214,6 +218,35 @@ def drift_hint(flagged: int, sessions: int, pool_share: float | None, model: str
             "was. If the service changed since training (a release), teach the detector the new normal from logs "
             f"you vouch for: `fusionlog baseline --model {model} GOOD.log --replace`; if it did not, this is an "
             "incident")
+
+
+#: A live detect judges a flood of flags on its last this many sessions, looks every DRIFT_EVERY sessions,
+#: and says so at most once per DRIFT_REPEAT_SECONDS of wall time.
+DRIFT_WINDOW, DRIFT_EVERY, DRIFT_REPEAT_SECONDS = 200, 50, 1800.0
+
+
+class DriftWatch:
+    """`drift_hint` for a live detect, over its most recent sessions.
+
+    Why: a `detect --follow` never reaches its closing summary, and the release that floods it with flags happens
+    while it runs; said on every session it would be noise, so it is said again only after DRIFT_REPEAT_SECONDS.
+    """
+
+    def __init__(self, pool_share: float | None, model: str, logger, clock=time.monotonic) -> None:
+        self.pool_share, self.model, self.logger, self.clock = pool_share, model, logger, clock
+        self.recent: deque[bool] = deque(maxlen=DRIFT_WINDOW)
+        self.seen = 0
+        self._said = float("-inf")
+
+    def record(self, anomalous: bool) -> None:
+        self.recent.append(bool(anomalous))
+        self.seen += 1
+        if self.seen % DRIFT_EVERY or len(self.recent) < DRIFT_WINDOW:
+            return
+        hint = drift_hint(sum(self.recent), len(self.recent), self.pool_share, self.model)
+        if hint and self.clock() - self._said >= DRIFT_REPEAT_SECONDS:
+            self._said = self.clock()
+            self.logger.warning("detect: over the last %d sessions: %s", len(self.recent), hint)
 
 
 def _digest(causes: Counter[str], top: int = 5) -> str:
