@@ -226,22 +226,25 @@ def read_known_good(scorer, lines: Iterable[str], *, source: str, reason: str = 
     if not n:
         raise DataError(f"{source}: no session read from {read['lines']} line(s) ({_skips(read)}); nothing learned. "
                         f"The detector reads lines with log format {scorer.log_format!r}")
-    n_known = scorer.matcher.n_known
-    trained = len(getattr(scorer, "_trained", (scorer.detector.templates_,))[0])
-    order: dict[int, int] = {}  # scorer id -> index into the batch's templates
-    per_template: Counter[int] = Counter()
+    trained = scorer.n_trained  # ids below it are the trained table's; above, a baseline's, a mute's or mined now
+    text_of = {e: scorer.template(e) for key in sets for e in key}
+    index: dict[str, int] = {}  # text -> its index in the batch (two ids that came to read alike are one)
+    vectors: dict[int, tuple[float, ...] | None] = {}
+    text_sets: Counter[tuple[int, ...]] = Counter()
     for key, count in sets.items():
         for e in key:
-            per_template[e] += count
-            order.setdefault(e, len(order))
-    learned = []
-    for e in sorted(order, key=order.__getitem__):
-        text = scorer.template(e)
-        vector = None
-        if e >= trained or e >= n_known:  # not in the trained table: keep its vector (mined now, or a baseline's)
-            vector = tuple(float(x) for x in scorer.detector.vectors_[e])
-        learned.append(LearnedTemplate(text, per_template[e], vector))
-    batch_sets = tuple((tuple(sorted(order[e] for e in key)), count) for key, count in sets.items())
+            j = index.setdefault(text_of[e], len(index))
+            if e < trained:
+                vectors[j] = None  # the trained table has it: no vector to keep
+            elif j not in vectors:
+                vectors[j] = tuple(float(x) for x in scorer.detector.vectors_[e])
+        text_sets[tuple(sorted({index[text_of[e]] for e in key}))] += count
+    per_template: Counter[int] = Counter()
+    for key, count in text_sets.items():
+        for j in key:
+            per_template[j] += count
+    learned = [LearnedTemplate(t, per_template[j], vectors[j]) for t, j in index.items()]
+    batch_sets = tuple(text_sets.items())
     batch = BaselineBatch(source, at, reason, int(read["lines"]), n, tuple(learned), batch_sets, replace)
     texts = {e: scorer.template(e) for seq in distinct for e in seq if e != UNKNOWN_EVENT}
     return LearnedLogs(batch, distinct, texts, read)

@@ -203,7 +203,7 @@ def add_mute(scorer, text: str, embed: Callable[[str], np.ndarray], *, raw_line:
         return MuteChange(found, False, tuple(mutes))
     if found.event_id is None:
         vector: tuple[float, ...] | None = tuple(float(x) for x in embed(found.template))
-    elif found.event_id >= len(getattr(scorer, "_trained", (scorer.detector.templates_,))[0]):
+    elif found.event_id >= scorer.n_trained:
         # in the loaded table only through a baseline (or another mute): keep its vector, so the mute outlives it
         vector = tuple(float(x) for x in scorer.detector.vectors_[found.event_id])
     else:

@@ -207,6 +207,11 @@ class ArtifactScorer:
         self._row_epoch: dict[int, int] = {}  # detection-time template id -> times its row was (re)embedded
         self._last_keys: list[CacheKey] = []  # of the sessions `score_sessions` scored last
 
+    @property
+    def n_trained(self) -> int:
+        """Templates of the trained table; ids from here on came with a baseline, a mute, or detection."""
+        return len(self._trained[0])
+
     # -- parsing ---------------------------------------------------------------------------------
     def event_id(self, content: str) -> int:
         eid = self.matcher.event_id(content)
