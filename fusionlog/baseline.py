@@ -224,8 +224,8 @@ def read_known_good(scorer, lines: Iterable[str], *, source: str, reason: str = 
     if read_stats is not None:
         read.update(decode_errors=read_stats.decode_errors, empty_files=read_stats.empty_files)
     if not n:
-        raise DataError(f"{source}: no session read from {read['lines']} line(s) ({_skips(read)}); nothing learned. "
-                        f"The detector reads lines with log format {scorer.log_format!r}")
+        raise DataError(f"{source}: no session read from {read['lines']} line(s) ({skip_reasons(read)}); nothing "
+                        f"learned. The detector reads lines with log format {scorer.log_format!r}")
     trained = scorer.n_trained  # ids below it are the trained table's; above, a baseline's, a mute's or mined now
     text_of = {e: scorer.template(e) for key in sets for e in key}
     index: dict[str, int] = {}  # text -> its index in the batch (two ids that came to read alike are one)
@@ -250,7 +250,8 @@ def read_known_good(scorer, lines: Iterable[str], *, source: str, reason: str = 
     return LearnedLogs(batch, distinct, texts, read)
 
 
-def _skips(read: dict) -> str:
+def skip_reasons(read: dict) -> str:
+    """'no session key 727, unmatched format 3': which setting to check when lines vanish."""
     parts = [f"{k.replace('_', ' ')} {read[k]}" for k in ("unmatched_format", "no_session_key", "empty",
                                                            "decode_errors") if read.get(k)]
     return ", ".join(parts) or "none skipped"

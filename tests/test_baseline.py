@@ -176,7 +176,7 @@ def test_a_mute_of_a_template_only_a_baseline_brought_outlives_the_baseline(arti
     assert np.allclose(scorer.detector.vectors_[i], mute.vector)
 
 
-def test_bad_input_is_a_clear_error_and_writes_nothing(artifact, tmp_path, capsys):
+def test_bad_input_is_a_clear_error_or_a_counted_skip_and_writes_nothing(artifact, bgl_lines, tmp_path, capsys):
     empty = tmp_path / "empty.log"
     empty.write_text("", encoding="utf-8")
     assert main(["baseline", "--model", str(artifact), str(empty)]) == 2
@@ -185,6 +185,10 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(artifact, tmp_path, capsy
     assert main(["baseline", "--model", str(artifact), other]) == 2
     err = capsys.readouterr().err
     assert "no session read from 50 line(s) (unmatched format 50)" in err and "log format" in err
+    mixed = _write(tmp_path / "mixed.log", [*bgl_lines[:40], "", "not a BGL line", "\x00\x01", *bgl_lines[40:60]])
+    assert main(["baseline", "--model", str(artifact), mixed]) == 0
+    assert "learned 3 sessions (63 lines, 3 skipped: unmatched format 2, empty 1) as normal" in capsys.readouterr().out
+    assert main(["baseline", "--model", str(artifact), "--undo"]) == 0
     assert main(["baseline", "--model", str(artifact), str(tmp_path / "missing.log")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (artifact / BASELINE_NAME).exists()

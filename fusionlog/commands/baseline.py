@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         read_known_good,
         renumber,
         save_baseline,
+        skip_reasons,
     )
     from fusionlog.data.logfiles import expand_log_source
     from fusionlog.errors import ArtifactError, ConfigError, DataError
@@ -84,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     raw = (read_stream(sys.stdin.buffer, read_stats, heartbeat=None) if stdin
            else files_lines(files, read_stats, logger))
     lines = tqdm(raw, desc="baseline", unit=" lines", disable=None, mininterval=1.0)
-    learned = read_known_good(scorer, lines, source=" ".join(sources), reason=args.reason, at=now_utc(),
-                              replace=args.replace, read_stats=read_stats)
+    learned = read_known_good(scorer, lines, source="stdin" if stdin else " ".join(sources), reason=args.reason,
+                              at=now_utc(), replace=args.replace, read_stats=read_stats)
     batch = learned.batch
     before = flagged(scorer, learned.distinct)
     reference = scorer.detector.stats_.n_sessions
@@ -96,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     compared = sum(learned.distinct.values())
     of = f"{compared}" + ("" if compared == batch.sessions else f" (the first {len(learned.distinct)} distinct)")
     skipped = learned.read.get("skipped", 0)
+    why = skip_reasons(learned.read)
     print(f"learned {batch.sessions} sessions ({batch.lines} lines"
-          + (f", {skipped} skipped" if skipped else "")
+          + (f", {skipped} skipped: {why}" if skipped else "")
           + f") as normal: {len(batch.templates)} templates, {batch.new_templates} not in its trained table; its "
           f"reference holds {after_scorer.detector.stats_.n_sessions} sessions (was {reference}). Of these "
           f"{of} sessions it flagged {before} before, {after} now. Written to {folder / BASELINE_NAME}; a running "
