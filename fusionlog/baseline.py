@@ -17,7 +17,6 @@ with failures in them teach the detector that those failures are normal: only ba
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 
 from fusionlog.constants import UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, DataError
-from fusionlog.io import atomic_write_json
+from fusionlog.io import atomic_write_json, file_stamp, read_versioned_list
 from fusionlog.model import ReferenceStats
 
 BASELINE_NAME = "baseline.json"
@@ -96,25 +95,13 @@ class BaselineBatch:
 
 def baseline_stamp(folder: Path | str) -> tuple[int, int] | None:
     """(mtime ns, size) of the folder's baseline file, None without one: what tells a running service to re-read it."""
-    try:
-        st = (Path(folder) / BASELINE_NAME).stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
+    return file_stamp(Path(folder) / BASELINE_NAME)
 
 
 def load_baseline(folder: Path | str) -> list[BaselineBatch]:
     """The folder's batches, oldest first ([] without a file); a malformed file is an `ArtifactError` naming it."""
-    path = Path(folder) / BASELINE_NAME
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") != BASELINE_VERSION:
-            raise ValueError(f"version {data.get('version')!r}, expected {BASELINE_VERSION}")
-        return [BaselineBatch.from_dict(b) for b in data["batches"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: unreadable baseline file ({exc}); fix or delete it") from exc
+    return read_versioned_list(Path(folder) / BASELINE_NAME, BASELINE_VERSION, "batches", BaselineBatch.from_dict,
+                               "baseline")
 
 
 def save_baseline(folder: Path | str, batches: list[BaselineBatch]) -> Path:

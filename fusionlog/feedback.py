@@ -17,7 +17,6 @@ vector, embedded when it was muted and stored with it, so scoring still needs no
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from fusionlog.errors import ArtifactError
-from fusionlog.io import atomic_write_json
+from fusionlog.io import atomic_write_json, file_stamp, read_versioned_list
 from fusionlog.model import ReferenceStats
 
 FEEDBACK_NAME = "feedback.json"
@@ -64,25 +63,12 @@ def now_utc() -> str:
 def feedback_stamp(folder: Path | str) -> tuple[int, int] | None:
     """(mtime ns, size) of the folder's feedback file, None without one: what tells a running service to
     re-read it."""
-    try:
-        st = (Path(folder) / FEEDBACK_NAME).stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
+    return file_stamp(Path(folder) / FEEDBACK_NAME)
 
 
 def load_mutes(folder: Path | str) -> list[Mute]:
     """The folder's mutes ([] without a feedback file); a malformed file is an `ArtifactError` naming it."""
-    path = Path(folder) / FEEDBACK_NAME
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") != FEEDBACK_VERSION:
-            raise ValueError(f"version {data.get('version')!r}, expected {FEEDBACK_VERSION}")
-        return [Mute.from_dict(m) for m in data["muted"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: unreadable feedback file ({exc}); fix or delete it") from exc
+    return read_versioned_list(Path(folder) / FEEDBACK_NAME, FEEDBACK_VERSION, "muted", Mute.from_dict, "feedback")
 
 
 def save_mutes(folder: Path | str, mutes: list[Mute]) -> Path:

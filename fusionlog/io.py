@@ -1,4 +1,5 @@
-"""Crash-safe file writes: write to a temp name in the same folder, then rename into place."""
+"""Crash-safe file writes (a temp name in the same folder, then a rename), and the versioned files operators keep
+beside an artifact (mutes, baselines), read with errors that name them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -101,3 +105,29 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file, None without one: what tells a running service that an operator changed it."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def read_versioned_list(path: Path, version: int, key: str, parse: Callable[[dict], T], what: str) -> list[T]:
+    """`parse` of each item of `{"version": version, key: [...]}` in `path` ([] without the file); a malformed or
+    other-version file is an `ArtifactError` naming it (an operator's file beside an artifact: mutes, baseline)."""
+    from fusionlog.errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != version:
+            raise ValueError(f"version {data.get('version')!r}, expected {version}")
+        return [parse(item) for item in data[key]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: unreadable {what} file ({exc}); fix or delete it") from exc

@@ -326,16 +326,10 @@ class ArtifactScorer:
         mutes, baseline = self.mutes, self.baseline
         if stamp != self._feedback_stamp:
             self._feedback_stamp = stamp
-            try:
-                mutes = load_mutes(self.model_dir)
-            except ArtifactError as exc:
-                logger.warning("%s; the %d mute(s) read before stay in force", exc, len(self.mutes))
+            mutes = self._reread(load_mutes, self.mutes, "mute(s)")
         if base_stamp != self._baseline_stamp:
             self._baseline_stamp = base_stamp
-            try:
-                baseline = load_baseline(self.model_dir)
-            except ArtifactError as exc:
-                logger.warning("%s; the %d baseline batch(es) read before stay in force", exc, len(self.baseline))
+            baseline = self._reread(load_baseline, self.baseline, "baseline batch(es)")
             if keep_ids and baseline != self.baseline:
                 logger.warning("%s changed: a live detect keeps the template ids its open sessions hold, so the "
                                "new baseline applies when it is restarted", self.model_dir / BASELINE_NAME)
@@ -361,6 +355,14 @@ class ArtifactScorer:
         self.clear_cache()
         logger.info("%s: %d muted template(s), %d baseline batch(es) now", self.model_dir, len(mutes), len(baseline))
         return True
+
+    def _reread(self, load, current: list, what: str) -> list:
+        """`load(model_dir)`, or what was read before (warned) when the file is caught mid-edit."""
+        try:
+            return load(self.model_dir)
+        except ArtifactError as exc:
+            logger.warning("%s; the %d %s read before stay in force", exc, len(current), what)
+            return current
 
     def _mute_in_place(self, mutes: list) -> None:
         """Weigh every template whose text is muted 0, without renumbering: table ids, and templates mined at
