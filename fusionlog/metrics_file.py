@@ -10,7 +10,9 @@ growing cannot tell apart from a quiet service.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,47 @@ logger = logging.getLogger("fusionlog.detect")
 CHECK_LINES = 1024
 #: Skip reasons, as `serve` labels them.
 SKIP_REASONS = ("empty", "continuation", "unmatched_format", "no_session_key")
+#: Sessions the recent flagged share is taken over.
+RECENT_SESSIONS = 200
+
+
+class RecentFlags:
+    """Whether each of the last RECENT_SESSIONS scored sessions was judged anomalous (thread-safe).
+
+    Why: a release that rewords messages floods a detector with flags; the share of recent sessions flagged,
+    beside the share of its own training pool the artifact flagged, lets an alert rule tell that drift from
+    the odd anomaly (`fusionlog_recent_flagged_share > 2 * fusionlog_pool_flagged_share`).
+    """
+
+    def __init__(self, size: int = RECENT_SESSIONS) -> None:
+        self._q: deque[bool] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, anomalous: bool) -> None:
+        with self._lock:
+            self._q.append(bool(anomalous))
+
+    def counts(self) -> tuple[int, int]:
+        """(flagged, sessions) among the recent ones."""
+        with self._lock:
+            return sum(self._q), len(self._q)
+
+    @property
+    def full(self) -> bool:
+        return len(self._q) == self._q.maxlen
+
+
+def flag_gauges(recent: RecentFlags, pool_share: float | None) -> dict[str, tuple[str, float]]:
+    """The drift gauges `serve`'s /metrics and `detect --metrics-file` share (none before a first session)."""
+    flagged, n = recent.counts()
+    out: dict[str, tuple[str, float]] = {}
+    if n:
+        out["fusionlog_recent_flagged_share"] = (
+            f"share of the last {n} scored sessions judged anomalous", flagged / n)
+    if pool_share is not None:
+        out["fusionlog_pool_flagged_share"] = (
+            "share of its own training pool the model flagged (report.json)", float(pool_share))
+    return out
 
 
 def prom_labels(labels: tuple[tuple[str, str], ...]) -> str:
@@ -55,6 +98,7 @@ class MetricsFile:
         self.interval, self.clock = interval, clock
         self.started = clock()
         self.sessions = self.anomalies = self.with_new = 0
+        self.recent = RecentFlags()
         self._last = float("-inf")
         self.write()
 
@@ -62,6 +106,7 @@ class MetricsFile:
         """Count one verdict `detect` wrote (or judged: --anomalies-only still counts every session)."""
         self.sessions += 1
         self.anomalies += bool(verdict.get("anomalous"))
+        self.recent.add(bool(verdict.get("anomalous")))
         self.with_new += bool(verdict.get("new_templates"))
 
     def lines(self, lines: Iterable[str | None]) -> Iterator[str | None]:
@@ -115,6 +160,8 @@ class MetricsFile:
         if detector is not None:
             gauges.append(("fusionlog_reference_sessions", "sessions the surprise is measured against",
                            float(detector.stats_.n_sessions)))
+        gauges += [(name, help_, v) for name, (help_, v) in
+                   flag_gauges(self.recent, getattr(self.scorer, "pool_flagged_share", None)).items()]
         out: list[str] = []
         for name, help_, samples in counters:
             out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]

@@ -24,7 +24,7 @@ import torch
 
 from fusionlog.baseline import BASELINE_NAME, apply_baseline, baseline_stamp, load_baseline
 from fusionlog.config import SessionRule, config_from_dict
-from fusionlog.constants import DRAIN_STATE_NAME, UNKNOWN_EVENT
+from fusionlog.constants import DRAIN_STATE_NAME, REPORT_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.explain import explain_surprise
 from fusionlog.feedback import FEEDBACK_NAME, apply_mutes, feedback_stamp, load_mutes
@@ -191,6 +191,8 @@ class ArtifactScorer:
         self._unmuted = _without_mutes(det.stats_, self._trained[2])
         self._live_pending: frozenset[str] | None = None  # set by an in-place refresh (`refresh_feedback`)
         self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
+        # the share of its own pool the artifact flagged in training: what a flood of flags is judged against
+        self.pool_flagged_share = _pool_flagged_share(self.model_dir)
         nearest = _read_json(self.model_dir / NEAREST_NAME, {"nearest": []})["nearest"]
         self.nearest: list[dict | None] = list(nearest)
         self._embedder = embedder
@@ -443,6 +445,14 @@ def _without_mutes(loaded: ReferenceStats, trained: ReferenceStats) -> Reference
     if trained.have_weights is not None:
         weights[: len(trained.have_weights)] = trained.have_weights
     return ReferenceStats(loaded.n_sessions, loaded.doc_freq, loaded.set_counts).with_have_weights(weights)
+
+
+def _pool_flagged_share(model_dir: Path) -> float | None:
+    """report.json's findings.flagged_share (None for an artifact without one: the report is informational)."""
+    try:
+        return float(_read_json(model_dir / REPORT_NAME, {})["findings"]["flagged_share"])
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_scorer(model_dir: Path | str, *, threads: int | None = SCORE_THREADS,

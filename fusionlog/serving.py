@@ -41,7 +41,7 @@ from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.metrics_file import prom_labels, prom_number
+from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ class Metrics:
         self._hist: dict[str, list[float]] = {}  # path -> per-bucket counts (+Inf last), then sum, count
         self.in_flight = 0
         self.started = time.time()
+        self.recent = RecentFlags()  # the last sessions' verdicts: the drift gauges
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -370,6 +371,8 @@ class DetectService:
                 m.inc("fusionlog_skipped_lines_total", stats[reason], reason=reason)
         m.inc("fusionlog_sessions_scored_total", len(out))
         m.inc("fusionlog_anomalies_total", anomalous)
+        for v in out:
+            m.recent.add(v["anomalous"])
         with_new = sum(1 for v in out if v.get("new_templates"))
         if with_new:
             m.inc("fusionlog_sessions_with_new_templates_total", with_new)
@@ -683,6 +686,7 @@ def create_app(
         }
         if hasattr(scorer, "mutes"):  # `fusionlog mute` / POST /v1/mute: how many templates are not counted
             gauges["fusionlog_muted_templates"] = ("templates an operator marked normal", float(len(scorer.mutes)))
+        gauges.update(flag_gauges(metrics.recent, getattr(scorer, "pool_flagged_share", None)))
         if (n_ref := _reference_sessions(scorer)) is not None:  # grows (or is replaced) by `fusionlog baseline`
             gauges["fusionlog_reference_sessions"] = ("sessions the surprise is measured against", float(n_ref))
         cache = getattr(scorer, "cache", None)

@@ -235,7 +235,8 @@ def test_a_live_detect_says_so_when_its_recent_sessions_flood_and_not_again_at_o
     """`detect --follow` never reaches a closing summary: it judges its last 200 sessions as they come."""
     import logging
 
-    from fusionlog.commands.detect import DRIFT_REPEAT_SECONDS, DRIFT_WINDOW, DriftWatch
+    from fusionlog.commands.detect import DRIFT_REPEAT_SECONDS, DriftWatch
+    from fusionlog.metrics_file import RECENT_SESSIONS as DRIFT_WINDOW
 
     said: list[str] = []
 

@@ -45,6 +45,10 @@ def test_detect_keeps_the_counters_serve_would_in_a_file(bgl_artifact, bgl_log, 
     assert got["fusionlog_reference_sessions"] == 60
     assert got["fusionlog_metrics_written_timestamp_seconds"] >= got["fusionlog_started_timestamp_seconds"]
     assert "# TYPE fusionlog_anomalies_total counter" in text
+    # the drift gauges: recent flagged share beside the share of its own pool the artifact flagged in training
+    assert got["fusionlog_recent_flagged_share"] == pytest.approx(got["fusionlog_anomalies_total"] / 100)
+    report = json.loads((bgl_artifact / "report.json").read_text(encoding="utf-8"))
+    assert got["fusionlog_pool_flagged_share"] == pytest.approx(report["findings"]["flagged_share"])
     # --anomalies-only writes fewer verdicts but the counters still count every session judged
     assert main(["detect", "--model", str(bgl_artifact), str(bgl_log), "-o", str(out), "--anomalies-only",
                  "--metrics-file", str(prom)]) == 0
@@ -86,3 +90,18 @@ def test_a_metrics_file_that_cannot_be_written_is_a_clear_error(bgl_artifact, bg
     assert main(["detect", "--model", str(bgl_artifact), str(bgl_log), "--metrics-file", str(tmp_path / "m.prom"),
                  "--metrics-interval", "0"]) == 2
     assert "--metrics-interval=0.0: must be > 0" in capsys.readouterr().err
+
+
+def test_serve_shows_the_same_drift_gauges(bgl_artifact, bgl_log):
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    lines = bgl_log.read_text(encoding="utf-8").splitlines()
+    with TestClient(create_app(load_scorer(bgl_artifact))) as client:
+        assert "fusionlog_recent_flagged_share" not in client.get("/metrics").text  # no session yet
+        verdicts = client.post("/v1/detect", json={"lines": lines[:600]}).json()["verdicts"]
+        got = _samples(client.get("/metrics").text)
+    flagged = sum(v["anomalous"] for v in verdicts)
+    assert len(verdicts) == 30 and got["fusionlog_recent_flagged_share"] == pytest.approx(flagged / 30)
+    assert 0 < got["fusionlog_pool_flagged_share"] <= 1

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter, deque
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fusionlog.metrics_file import RecentFlags
 
 NAME = "detect"
 HELP = "score raw log lines (file, stdin, or a growing file) with a trained detector; one JSON line per session"
@@ -121,15 +125,15 @@ def run(args: argparse.Namespace) -> int:
     written = anomalous = 0
     causes: Counter[str] = Counter()  # an anomalous verdict's largest departure, for the closing digest
     watch = FitWatch(sessionizer, scorer, logger)
-    pool_share = pool_flagged_share(args.model)
-    drift = DriftWatch(pool_share, args.model, logger) if live else None
+    pool_share = getattr(scorer, "pool_flagged_share", None)
+    drift = DriftWatch(pool_share, args.model, logger, recent=metrics.recent if metrics else None) if live else None
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
                                      sessionizer=sessionizer):
             if metrics is not None:
                 metrics.record(verdict)
             if drift is not None:
-                drift.record(verdict["anomalous"])
+                drift.record(verdict["anomalous"], counted=metrics is not None)
             if verdict["anomalous"]:
                 anomalous += 1
                 if cause := largest_departure(verdict.get("departures") or ()):
@@ -189,18 +193,6 @@ def follow_feedback(lines, scorer, every: int = FEEDBACK_CHECK_LINES):
 DRIFT_MIN_SESSIONS = 20
 
 
-def pool_flagged_share(model_dir) -> float | None:
-    """The share of its own pool the artifact flagged when it was trained (report.json; None without one)."""
-    import json
-    from pathlib import Path
-
-    try:
-        share = json.loads((Path(model_dir) / "report.json").read_text(encoding="utf-8"))["findings"]["flagged_share"]
-        return float(share)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def drift_hint(flagged: int, sessions: int, pool_share: float | None, model: str) -> str | None:
     """What to say when most sessions are flagged, far more than in the training pool.
 
@@ -220,9 +212,9 @@ def drift_hint(flagged: int, sessions: int, pool_share: float | None, model: str
             "incident")
 
 
-#: A live detect judges a flood of flags on its last this many sessions, looks every DRIFT_EVERY sessions,
-#: and says so at most once per DRIFT_REPEAT_SECONDS of wall time.
-DRIFT_WINDOW, DRIFT_EVERY, DRIFT_REPEAT_SECONDS = 200, 50, 1800.0
+#: A live detect looks at its recent sessions (RecentFlags) every DRIFT_EVERY sessions and says a flood of flags
+#: at most once per DRIFT_REPEAT_SECONDS of wall time.
+DRIFT_EVERY, DRIFT_REPEAT_SECONDS = 50, 1800.0
 
 
 class DriftWatch:
@@ -232,21 +224,27 @@ class DriftWatch:
     while it runs; said on every session it would be noise, so it is said again only after DRIFT_REPEAT_SECONDS.
     """
 
-    def __init__(self, pool_share: float | None, model: str, logger, clock=time.monotonic) -> None:
+    def __init__(self, pool_share: float | None, model: str, logger, clock=time.monotonic,
+                 recent: RecentFlags | None = None) -> None:
         self.pool_share, self.model, self.logger, self.clock = pool_share, model, logger, clock
-        self.recent: deque[bool] = deque(maxlen=DRIFT_WINDOW)
+        from fusionlog.metrics_file import RecentFlags
+
+        self.recent = recent if recent is not None else RecentFlags()
         self.seen = 0
         self._said = float("-inf")
 
-    def record(self, anomalous: bool) -> None:
-        self.recent.append(bool(anomalous))
+    def record(self, anomalous: bool, counted: bool = False) -> None:
+        """One verdict; `counted`: it is already in `recent` (shared with a --metrics-file)."""
+        if not counted:
+            self.recent.add(anomalous)
         self.seen += 1
-        if self.seen % DRIFT_EVERY or len(self.recent) < DRIFT_WINDOW:
+        if self.seen % DRIFT_EVERY or not self.recent.full:
             return
-        hint = drift_hint(sum(self.recent), len(self.recent), self.pool_share, self.model)
+        flagged, n = self.recent.counts()
+        hint = drift_hint(flagged, n, self.pool_share, self.model)
         if hint and self.clock() - self._said >= DRIFT_REPEAT_SECONDS:
             self._said = self.clock()
-            self.logger.warning("detect: over the last %d sessions: %s", len(self.recent), hint)
+            self.logger.warning("detect: over the last %d sessions: %s", n, hint)
 
 
 def _digest(causes: Counter[str], top: int = 5) -> str:
