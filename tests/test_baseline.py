@@ -229,6 +229,7 @@ def test_detect_says_when_far_more_is_flagged_than_in_its_training_pool(artifact
     assert drift_hint(40, 100, 0.1, "m") is None  # not most of them
     assert "51 of 100 sessions flagged (51%)" in drift_hint(51, 100, 0.1, "m")
     assert drift_hint(51, 100, None, "m") is None  # an artifact without a report
+    assert "--model 'my runs/web' GOOD.log" in drift_hint(51, 100, 0.1, "my runs/web")  # a command to paste
 
 
 def test_a_live_detect_says_so_when_its_recent_sessions_flood_and_not_again_at_once():

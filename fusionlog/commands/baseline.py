@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     before = flagged(scorer, learned.distinct)
     reference = scorer.detector.stats_.n_sessions
     absent = [] if args.replace else everyday_absent(scorer.detector.stats_, list(scorer.detector.templates_), batch)
-    save_baseline(folder, [*batches, batch])
+    save_baseline(folder, [*load_baseline(folder), batch])  # read again: another baseline may have landed meanwhile
     after_scorer = load_scorer(folder)
     after = flagged(after_scorer, renumber(learned.distinct, learned.texts, after_scorer))
     compared = sum(learned.distinct.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -208,8 +209,8 @@ def drift_hint(flagged: int, sessions: int, pool_share: float | None, model: str
         return None
     return (f"{flagged} of {sessions} sessions flagged ({share:.0%}), where {pool_share:.0%} of the training pool "
             "was. If the service changed since training (a release), teach the detector the new normal from logs "
-            f"you vouch for: `fusionlog baseline --model {model} GOOD.log --replace`; if it did not, this is an "
-            "incident")
+            f"you vouch for: `fusionlog baseline --model {shlex.quote(str(model))} GOOD.log --replace`; if it did not, "
+            "this is an incident")
 
 
 #: A live detect looks at its recent sessions (RecentFlags) every DRIFT_EVERY sessions and says a flood of flags
