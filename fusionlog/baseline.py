@@ -18,7 +18,7 @@ with failures in them teach the detector that those failures are normal: only ba
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,33 +132,17 @@ def apply_baseline(detector, batches: list[BaselineBatch]) -> int:
         index.setdefault(t, i)
     dim = detector.vectors_.shape[1]
     rows: list[np.ndarray] = []
-    added: Counter[int] = Counter()
-    sets = dict(stats.set_counts)
-    n_sessions = stats.n_sessions
-    base = stats.doc_freq
     for batch in batches:
-        if batch.replace:  # what came before no longer counts; its templates stay in the table, seen in none
-            base, sets, n_sessions = np.zeros_like(stats.doc_freq), {}, 0
-            added.clear()
-        ids = []
         for t in batch.templates:
-            i = index.get(t.template)
-            if i is None:
-                if t.vector is None or len(t.vector) != dim:
-                    raise ArtifactError(f"{BASELINE_NAME}: learned template {t.template!r} is not in the detector's "
-                                        f"table and has no {dim}-dim vector; delete the batch and baseline again")
-                i = index[t.template] = len(templates)
-                templates.append(t.template)
-                rows.append(np.asarray(t.vector, dtype=np.float32))
-            ids.append(i)
-            added[i] += t.sessions
-        for key, count in batch.sets:
-            ids_key = tuple(sorted({ids[j] for j in key}))
-            sets[ids_key] = sets.get(ids_key, 0) + count
-        n_sessions += batch.sessions
-    df = np.concatenate([base, np.zeros(len(rows), dtype=stats.doc_freq.dtype)])
-    for i, c in added.items():
-        df[i] += c
+            if t.template in index:
+                continue
+            if t.vector is None or len(t.vector) != dim:
+                raise ArtifactError(f"{BASELINE_NAME}: learned template {t.template!r} is not in the detector's "
+                                    f"table and has no {dim}-dim vector; delete the batch and baseline again")
+            index[t.template] = len(templates)
+            templates.append(t.template)
+            rows.append(np.asarray(t.vector, dtype=np.float32))
+    counted = count_batches(stats, batches, lambda t: index[t.template], len(templates))
     weights = None
     if stats.have_weights is not None:  # an appended template is weighed as an undecided one: its rarity
         weights = np.concatenate([stats.have_weights, np.ones(len(rows))])
@@ -166,8 +150,33 @@ def apply_baseline(detector, batches: list[BaselineBatch]) -> int:
         detector.vectors_ = np.vstack([detector.vectors_, np.stack(rows)]).astype(np.float32)
         detector._vectors_t = torch.from_numpy(detector.vectors_)
         detector.templates_ = templates
-    detector.stats_ = ReferenceStats(n_sessions, df, sets).with_have_weights(weights)
+    detector.stats_ = counted.with_have_weights(weights)
     return len(rows)
+
+
+def count_batches(base: ReferenceStats, batches: list[BaselineBatch],
+                  id_of: Callable[[LearnedTemplate], int | None], size: int) -> ReferenceStats:
+    """`base` (unweighted) with the batches' sessions counted in, over template ids [0, size).
+
+    `id_of` places each learned template; one it cannot place yet (None: a live detect has not met that text)
+    is left out of the template counts and the sets, while its sessions still count. A `replace` batch drops
+    everything before it.
+    """
+    df = np.zeros(max(size, len(base.doc_freq)), dtype=np.int64)
+    df[: len(base.doc_freq)] = base.doc_freq
+    sets, n_sessions = dict(base.set_counts), base.n_sessions
+    for batch in batches:
+        if batch.replace:  # what came before no longer counts; its templates stay in the table, seen in none
+            df[:], sets, n_sessions = 0, {}, 0
+        ids = [id_of(t) for t in batch.templates]
+        for t, i in zip(batch.templates, ids, strict=True):
+            if i is not None:
+                df[i] += t.sessions
+        for key, count in batch.sets:
+            ids_key = tuple(sorted({ids[j] for j in key if ids[j] is not None}))
+            sets[ids_key] = sets.get(ids_key, 0) + count
+        n_sessions += batch.sessions
+    return ReferenceStats(n_sessions, df, sets)
 
 
 @dataclass

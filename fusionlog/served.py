@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionlog.baseline import BASELINE_NAME, apply_baseline, baseline_stamp, load_baseline
+from fusionlog.baseline import apply_baseline, baseline_stamp, count_batches, load_baseline
 from fusionlog.config import SessionRule, config_from_dict
 from fusionlog.constants import DRAIN_STATE_NAME, REPORT_NAME, UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError
 from fusionlog.explain import explain_surprise
-from fusionlog.feedback import FEEDBACK_NAME, apply_mutes, feedback_stamp, load_mutes
+from fusionlog.feedback import apply_mutes, feedback_stamp, load_mutes
 from fusionlog.model import ReferenceStats, encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
@@ -190,6 +190,7 @@ class ArtifactScorer:
         self.muted_ids = apply_mutes(det, self.mutes)
         self._unmuted = _without_mutes(det.stats_, self._trained[2])
         self._live_pending: frozenset[str] | None = None  # set by an in-place refresh (`refresh_feedback`)
+        self._baseline_pending: frozenset[str] = frozenset()  # learned texts a live detect has not met yet
         self.matcher = TemplateMatcher(list(det.templates_), _parse_config(self.model_dir))
         # the share of its own pool the artifact flagged in training: what a flood of flags is judged against
         self.pool_flagged_share = _pool_flagged_share(self.model_dir)
@@ -220,6 +221,8 @@ class ArtifactScorer:
         new = self.matcher.take_new()
         if new:
             self._embed_new(new)
+            if self._baseline_pending and any(t in self._baseline_pending for _, t in new):
+                self._baseline_in_place(self.baseline)  # a learned text was just mined: count it (mutes too)
             pending = self._live_pending
             if pending is not None and any(t in pending or i in self.muted_ids for i, t in new):
                 self._mute_in_place(self.mutes)  # a muted text was just mined, or a muted template widened
@@ -316,9 +319,9 @@ class ArtifactScorer:
         `keep_ids=False` (the HTTP service, which keeps no session between requests): reloaded as at start, the
         matcher rebuilt, so templates mined at detection time get new ids. `keep_ids=True` (a live `detect`,
         whose open sessions hold ids): ids stay; a muted text is matched against the table and the templates
-        mined so far, and against each one mined later; a changed baseline, which adds templates to the table,
-        waits for a restart (said once). An unreadable file (caught mid-edit) keeps what was read before in
-        force and warns once; its next change is read again.
+        mined so far, and against each one mined later, and the baseline is recounted over the ids in use (a
+        learned text not met yet is counted once it is mined). An unreadable file (caught mid-edit) keeps what was
+        read before in force and warns once; its next change is read again.
         """
         from fusionlog.matcher import TemplateMatcher
 
@@ -332,15 +335,13 @@ class ArtifactScorer:
         if base_stamp != self._baseline_stamp:
             self._baseline_stamp = base_stamp
             baseline = self._reread(load_baseline, self.baseline, "baseline batch(es)")
-            if keep_ids and baseline != self.baseline:
-                logger.warning("%s changed: a live detect keeps the template ids its open sessions hold, so the "
-                               "new baseline applies when it is restarted", self.model_dir / BASELINE_NAME)
-                baseline = self.baseline
         if mutes == self.mutes and baseline == self.baseline:
             return False
         if keep_ids:
-            self._mute_in_place(mutes)
-            logger.info("%s: %d muted template(s) now", self.model_dir / FEEDBACK_NAME, len(mutes))
+            self.mutes = mutes
+            self._baseline_in_place(baseline)  # recounts, then weighs the mutes (`_mute_in_place`)
+            logger.info("%s: %d muted template(s), %d baseline batch(es) now", self.model_dir, len(mutes),
+                        len(baseline))
             return True
         det = self.detector
         templates, vectors, stats = self._trained
@@ -365,6 +366,32 @@ class ArtifactScorer:
         except ArtifactError as exc:
             logger.warning("%s; the %d %s read before stay in force", exc, len(current), what)
             return current
+
+    def _baseline_in_place(self, batches: list) -> None:
+        """Recount the reference with these baseline batches over the ids in use, without renumbering (a live
+        detect's open sessions hold them): a learned text is placed on the table's or a mined template's id with
+        that text; one not met yet waits in `_baseline_pending` for the miner. The mutes are then weighed again."""
+        size = self.matcher.n_known + self.matcher.n_new
+        first: dict[str, int] = {}
+        for i in range(size):
+            first.setdefault(self.matcher.template(i), i)
+        waiting: set[str] = set()
+
+        def id_of(t) -> int | None:
+            i = first.get(t.template)
+            if i is None:
+                waiting.add(t.template)
+            return i
+
+        trained = self._trained[2]
+        counted = count_batches(trained, batches, id_of, size)
+        weights = np.ones(len(counted.doc_freq))
+        if trained.have_weights is not None:
+            weights[: len(trained.have_weights)] = trained.have_weights
+        self._unmuted = counted.with_have_weights(weights)
+        self.baseline = batches
+        self._baseline_pending = frozenset(waiting)
+        self._mute_in_place(self.mutes)
 
     def _mute_in_place(self, mutes: list) -> None:
         """Weigh every template whose text is muted 0, without renumbering: table ids, and templates mined at

@@ -131,7 +131,7 @@ def test_adding_logs_that_lack_an_everyday_template_says_replace_may_fit(artifac
     assert load_scorer(artifact).detector.stats_.n_sessions == 30
 
 
-def test_a_running_service_applies_a_baseline_and_a_live_detect_waits_for_a_restart(
+def test_a_running_service_applies_a_baseline_at_its_next_request(
         artifact, bgl_lines, tmp_path, caplog):
     from fastapi.testclient import TestClient
 
@@ -139,7 +139,6 @@ def test_a_running_service_applies_a_baseline_and_a_live_detect_waits_for_a_rest
 
     released = _deploy(bgl_lines)
     good = _write(tmp_path / "good.log", released[:1000])
-    live = load_scorer(artifact)
     with TestClient(create_app(load_scorer(artifact))) as client:
         before = client.post("/v1/detect", json={"lines": released[1000:1400]}).json()["verdicts"]
         assert client.get("/healthz").json()["reference_sessions"] == 60
@@ -155,12 +154,40 @@ def test_a_running_service_applies_a_baseline_and_a_live_detect_waits_for_a_rest
         again = client.post("/v1/detect", json={"lines": released[1000:1400]}).json()["verdicts"]
         assert [v["score"] for v in again] == [v["score"] for v in after]
         assert "baseline batch(es) read before stay in force" in caplog.text
-    # a live detect's open sessions hold template ids: the baseline waits for a restart, said once
-    (artifact / BASELINE_NAME).unlink()
-    assert main(["baseline", "--model", str(artifact), good]) == 0
-    assert live.refresh_feedback(keep_ids=True) is False
-    assert "applies when it is restarted" in caplog.text
-    assert live.detector.stats_.n_sessions == 60
+
+
+def test_a_live_detect_recounts_a_new_baseline_without_renumbering_its_templates(artifact, bgl_lines, tmp_path):
+    """A live detect's open sessions hold template ids, so a baseline written while it runs is counted onto the
+    ids in use: a learned text it already mined gets that id's counts, one it has not met yet is counted when
+    it is mined. It then scores as a detect started after the baseline does."""
+    released = _deploy(bgl_lines)
+    limits = StreamLimits(idle_seconds=None)
+    mined_first, not_met = load_scorer(artifact), load_scorer(artifact)
+    list(detect_stream(mined_first, released[1000:1400], limits))  # mines the reworded message before the baseline
+    assert any(t.startswith("writing core dump") for t in
+               (mined_first.template(i) for i in range(mined_first.matcher.n_known, mined_first.matcher.n_known
+                                                       + mined_first.matcher.n_new)))
+    assert main(["baseline", "--model", str(artifact), _write(tmp_path / "good.log", released[:1000])]) == 0
+    for live in (mined_first, not_met):
+        assert live.refresh_feedback(keep_ids=True) is True
+        assert live.detector.stats_.n_sessions == 110
+    assert not_met._baseline_pending == {"writing core dump <:NUM:>"}
+    fresh = _verdicts(artifact, released[1400:1800])
+    got = list(detect_stream(mined_first, released[1400:1800], limits))
+    assert [v["surprise"] for v in got] == pytest.approx([v["surprise"] for v in fresh], abs=1e-6)
+    assert [v["anomalous"] for v in got] == [v["anomalous"] for v in fresh]
+    # not met yet: lacking it costs nothing until the first line of it is mined; from then on, as a fresh start
+    fresh = _verdicts(artifact, released[1000:1400])
+    got = list(detect_stream(not_met, released[1000:1400], limits))
+    first = next(i for i, v in enumerate(got) if any("writing core dump" in line for line in
+                                                     released[1000:1400][v["first_line"] - 1: v["last_line"]]))
+    assert not not_met._baseline_pending  # met and counted
+    assert [v["surprise"] for v in got[first:]] == pytest.approx([v["surprise"] for v in fresh[first:]], abs=1e-6)
+    assert all(g["surprise"] <= f["surprise"] + 1e-6 for g, f in zip(got[:first], fresh[:first], strict=True))
+    # undone while it runs: the counts go, the ids stay
+    assert main(["baseline", "--model", str(artifact), "--undo"]) == 0
+    assert mined_first.refresh_feedback(keep_ids=True) is True
+    assert mined_first.detector.stats_.n_sessions == 60
 
 
 def test_a_mute_of_a_template_only_a_baseline_brought_outlives_the_baseline(artifact, bgl_lines, tmp_path):

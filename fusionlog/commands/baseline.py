@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             gone = batches.pop()
             save_baseline(folder, batches)
             print(f"removed the baseline batch of {gone.at} ({gone.sessions} sessions of {gone.source}); "
-                  f"{len(batches)} left. A running serve applies it at its next request, others when they next load "
-                  f"{folder}")
+                  f"{len(batches)} left. A running serve or live detect applies it within moments, others when they "
+                  f"next load {folder}")
             return 0
         if not batches:
             print(f"{folder}: no baseline batches")
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
           + f") as normal: {len(batch.templates)} templates, {batch.new_templates} not in its trained table; its "
           f"reference holds {after_scorer.detector.stats_.n_sessions} sessions (was {reference}). Of these "
           f"{of} sessions it flagged {before} before, {after} now. Written to {folder / BASELINE_NAME}; a running "
-          f"serve applies it at its next request, a live detect when restarted; `--undo` removes it")
+          f"serve or live detect applies it within moments; `--undo` removes it")
     if absent:
         shown = "; ".join(repr(t[:100]) for t in absent[:3])
         shown += f" (+{len(absent) - 3} more)" if len(absent) > 3 else ""

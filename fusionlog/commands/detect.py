@@ -177,8 +177,9 @@ FEEDBACK_CHECK_LINES = 4096
 
 
 def follow_feedback(lines, scorer, every: int = FEEDBACK_CHECK_LINES):
-    """`lines` unchanged; a change to the model's feedback.json (`fusionlog mute`) is applied on the next
-    heartbeat or within `every` lines, keeping template ids (open sessions hold them): no restart."""
+    """`lines` unchanged; a change to the model's feedback.json (`fusionlog mute`) or baseline.json (`fusionlog
+    baseline`) is applied on the next heartbeat or within `every` lines, keeping template ids (open sessions
+    hold them): no restart."""
     n = 0
     for line in lines:
         if line is None:
