@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fusionlog.constants import UNKNOWN_EVENT
-from fusionlog.errors import ArtifactError, DataError
+from fusionlog.errors import ArtifactError, ConfigError, DataError
 from fusionlog.io import atomic_write_json, file_stamp, read_versioned_list
 from fusionlog.model import ReferenceStats
 
@@ -34,6 +34,8 @@ BASELINE_NAME = "baseline.json"
 BASELINE_VERSION = 1
 #: Distinct sessions kept to compare scores before and after a batch (memory bound; the batch counts them all).
 COMPARE_SESSIONS = 100_000
+#: Why lines gave no event, as the sessionizer and reader count them (named when lines vanish).
+SKIP_KEYS = ("unmatched_format", "no_session_key", "empty", "decode_errors")
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,96 @@ def read_known_good(scorer, lines: Iterable[str], *, source: str, reason: str = 
     return LearnedLogs(batch, distinct, texts, read)
 
 
+@dataclass
+class BaselineOutcome:
+    """What one learned batch did: what the logs gave, and how many of their own sessions were flagged before and
+    after (the one figure that says whether the batch taught what the user meant)."""
+
+    batch: BaselineBatch
+    read: dict[str, int]
+    compared: int  # sessions the before/after counts cover (all, unless over COMPARE_SESSIONS distinct)
+    distinct: int
+    before: int
+    after: int
+    reference_before: int
+    reference_after: int
+    absent: list[str]  # everyday templates of the old reference none of the batch's sessions holds (not with replace)
+    batches: int  # in the file after the write
+
+    def notes(self, redo: str, grow: str) -> list[str]:
+        """The two mistakes the counts can show: adding when the service changed, replacing with too little.
+
+        `redo` says how to undo and replace, `grow` how to add logs, in the words of the caller (CLI or HTTP).
+        """
+        out = []
+        if self.absent:
+            shown = "; ".join(repr(t[:100]) for t in self.absent[:3])
+            shown += f" (+{len(self.absent) - 3} more)" if len(self.absent) > 3 else ""
+            out.append(f"{len(self.absent)} template(s) in most reference sessions are in none of these: {shown}. If "
+                       "the service changed (a deploy renamed or dropped them), every new session still lacks them: "
+                       f"{redo}")
+        if self.batch.replace and self.batch.sessions < self.reference_before:
+            out.append(f"the reference shrank from {self.reference_before} to {self.batch.sessions} sessions, so one "
+                       "session is a larger share of it and more sessions cross the cut until it grows: "
+                       f"{grow}")
+        return out
+
+    def summary(self) -> str:
+        b = self.batch
+        of = f"{self.compared}" + ("" if self.compared == b.sessions else f" (the first {self.distinct} distinct)")
+        skipped = self.read.get("skipped", 0)
+        return (f"learned {b.sessions} sessions ({b.lines} lines"
+                + (f", {skipped} skipped: {skip_reasons(self.read)}" if skipped else "")
+                + f") as normal: {len(b.templates)} templates, {b.new_templates} not in its trained table; its "
+                f"reference holds {self.reference_after} sessions (was {self.reference_before}). Of these {of} "
+                f"sessions it flagged {self.before} before, {self.after} now")
+
+    def to_dict(self) -> dict:
+        b = self.batch
+        return {"sessions": b.sessions, "lines": b.lines, "skipped": int(self.read.get("skipped", 0)),
+                "skip_reasons": {k: int(self.read[k]) for k in SKIP_KEYS if self.read.get(k)},
+                "templates": len(b.templates), "new_templates": b.new_templates, "replace": b.replace,
+                "reference_sessions": self.reference_after, "reference_sessions_before": self.reference_before,
+                "compared_sessions": self.compared, "flagged_before": self.before, "flagged_after": self.after,
+                "batches": self.batches}
+
+
+def learn_baseline(folder: Path | str, scorer, lines: Iterable[str], reload: Callable[[], object], *, source: str,
+                   reason: str = "", at: str = "", replace: bool = False, read_stats=None) -> BaselineOutcome:
+    """Read known-good `lines` with `scorer` (the detector as `folder` holds it now), append the batch to the
+    folder's baseline file and measure it: `reload()` returns a scorer that has applied the new file.
+
+    The CLI reloads from disk; the HTTP service refreshes its live scorer. The file is read again just before the
+    write, so a batch another process wrote meanwhile is kept.
+    """
+    learned = read_known_good(scorer, lines, source=source, reason=reason, at=at, replace=replace,
+                              read_stats=read_stats)
+    batch = learned.batch
+    before = flagged(scorer, learned.distinct)
+    stats = scorer.detector.stats_
+    reference = int(stats.n_sessions)
+    absent = [] if replace else everyday_absent(stats, list(scorer.detector.templates_), batch)
+    batches = [*load_baseline(folder), batch]
+    save_baseline(folder, batches)
+    after_scorer = reload()
+    after = flagged(after_scorer, renumber(learned.distinct, learned.texts, after_scorer))
+    return BaselineOutcome(batch, learned.read, sum(learned.distinct.values()), len(learned.distinct), before, after,
+                           reference, int(after_scorer.detector.stats_.n_sessions), absent, len(batches))
+
+
+def undo_baseline(folder: Path | str) -> tuple[BaselineBatch, int]:
+    """Remove the folder's last batch; (it, batches left). No batch is a `ConfigError`."""
+    batches = load_baseline(folder)
+    if not batches:
+        raise ConfigError(f"{folder}: no baseline batch to undo")
+    gone = batches.pop()
+    save_baseline(folder, batches)
+    return gone, len(batches)
+
+
 def skip_reasons(read: dict) -> str:
     """'no session key 727, unmatched format 3': which setting to check when lines vanish."""
-    parts = [f"{k.replace('_', ' ')} {read[k]}" for k in ("unmatched_format", "no_session_key", "empty",
-                                                           "decode_errors") if read.get(k)]
+    parts = [f"{k.replace('_', ' ')} {read[k]}" for k in SKIP_KEYS if read.get(k)]
     return ", ".join(parts) or "none skipped"
 
 

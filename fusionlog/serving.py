@@ -7,6 +7,9 @@
                       → {"verdicts": [SessionVerdict.to_dict(), ...], "stats": {...}}
     POST /v1/mute     {"template": text | event id, "line": false, "reason": ""}   with --allow-mute (and a token):
     POST /v1/unmute   {"template": ...}       as `fusionlog mute` (feedback.json), applied from the next request
+    POST /v1/baseline {"lines": [...], "replace": false, "reason": ""}   with --allow-baseline (and a token): as
+    POST /v1/baseline/undo                    `fusionlog baseline` (baseline.json), applied from the next request
+    GET  /v1/baseline the batches in force and the reference's size
     GET  /healthz     liveness + what is loaded (never needs the token)
     GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
@@ -55,7 +58,8 @@ TOKEN_ENV = "FUSIONLOG_TOKEN"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Longest text a mute request may name (a template or one raw line).
 MAX_MUTE_CHARS = 10_000
-_KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
+_KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/v1/baseline", "/v1/baseline/undo",
+                "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
                 "/docs/oauth2-redirect"}
 
 
@@ -149,6 +153,60 @@ class MuteOut(BaseModel):
     event_id: int | None = Field(description="its id in the model's table; null: one the model never saw")
     changed: bool = Field(description="false: it was muted already")
     muted_templates: list[str] = Field(description="every muted template after the change")
+
+
+class BaselineIn(BaseModel):
+    """`POST /v1/baseline` (with `serve --allow-baseline`): known-good raw lines, read as `fusionlog baseline`
+    reads a file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lines: list[str | dict[str, Any]] = Field(min_length=1, description=(
+        "raw log lines the operator vouches for, cut into sessions by the model's rule (a JSON-lines model also "
+        "takes records as objects); more than one request's worth: post the rest in later requests without replace"))
+    replace: bool = Field(False, description="the service changed: these sessions alone are the reference from now "
+                          "on; false adds them to it")
+    reason: str = Field("", max_length=500, description="why these logs are normal (kept with the batch)")
+    source: str = Field("", max_length=200, description="where the lines came from (kept with the batch)")
+
+
+class BaselineOut(BaseModel):
+    sessions: int = Field(description="sessions the lines gave, all counted into the reference")
+    lines: int
+    skipped: int = Field(description="lines that gave no event (reasons in skip_reasons)")
+    skip_reasons: dict[str, int]
+    templates: int
+    new_templates: int = Field(description="templates not in the trained table (stored with their vectors)")
+    replace: bool
+    reference_sessions: int = Field(description="sessions the surprise is measured against now")
+    reference_sessions_before: int
+    compared_sessions: int
+    flagged_before: int = Field(description="of these sessions, how many the detector flagged before the batch")
+    flagged_after: int = Field(description="and how many it flags now")
+    batches: int
+    notes: list[str] = Field(description="when the counts suggest replacing instead, or more logs")
+
+
+class BatchOut(BaseModel):
+    at: str
+    source: str
+    reason: str
+    sessions: int
+    lines: int
+    templates: int
+    new_templates: int
+    replace: bool
+
+
+class BaselineListOut(BaseModel):
+    batches: list[BatchOut] = Field(description="oldest first")
+    reference_sessions: int | None
+
+
+class BaselineUndoOut(BaseModel):
+    removed: BatchOut
+    batches: int = Field(description="batches left")
+    reference_sessions: int | None
 
 
 class DetectResponse(BaseModel):
@@ -404,6 +462,63 @@ class DetectService:
                 "muted_templates": [m.template for m in change.mutes]}
 
 
+    # -- known-good logs (`--allow-baseline`) -------------------------------------------------------
+
+    def baseline(self, req: BaselineIn) -> dict:
+        """Count known-good lines into the served artifact's reference (`fusionlog.baseline`), then apply it.
+
+        Read with the live scorer under the lock, as a detect request would read them, so "before" is what the
+        service flagged and "after" what it flags from the next request on.
+        """
+        from fusionlog.baseline import learn_baseline
+        from fusionlog.feedback import now_utc
+
+        folder = self._artifact_folder()
+        if len(req.lines) > self.limits.max_lines:
+            raise ApiError(413, "too_many_lines", f"{len(req.lines)} lines in the request; the limit is "
+                           f"{self.limits.max_lines} (post the rest in later requests, without replace)")
+        lines = [_one_line(x) for x in self._as_lines(req.lines, "lines")]
+        scorer = self.scorer
+
+        def applied():
+            scorer.refresh_feedback()
+            return scorer
+
+        with self.lock:
+            scorer.refresh_feedback()  # "before" against the reference in force now
+            outcome = learn_baseline(folder, scorer, lines, applied, source=req.source or "POST /v1/baseline",
+                                     reason=req.reason, at=now_utc(), replace=req.replace)
+        out = outcome.to_dict()
+        out["notes"] = outcome.notes(redo='POST /v1/baseline/undo, then post these lines with "replace": true',
+                                     grow='post later known-good lines without "replace"')
+        return out
+
+    def baseline_undo(self) -> dict:
+        from fusionlog.baseline import undo_baseline
+
+        folder = self._artifact_folder()
+        with self.lock:
+            try:
+                gone, left = undo_baseline(folder)
+            except ConfigError as exc:
+                raise ApiError(409, "no_baseline", str(exc)) from None
+            self.scorer.refresh_feedback()
+        return {"removed": _batch_summary(gone), "batches": left,
+                "reference_sessions": _reference_sessions(self.scorer)}
+
+    def baseline_list(self) -> dict:
+        with self.lock:
+            refresh = getattr(self.scorer, "refresh_feedback", None)
+            if refresh is not None:
+                refresh()
+            batches = [_batch_summary(b) for b in getattr(self.scorer, "baseline", ())]
+        return {"batches": batches, "reference_sessions": _reference_sessions(self.scorer)}
+
+    def _artifact_folder(self):
+        if not hasattr(self.scorer, "refresh_feedback"):
+            raise ApiError(501, "not_supported", "this scorer has no artifact folder to keep a baseline in")
+        return self.scorer.model_dir
+
     def _from_lines(self, lines: list[str], examples: bool = False) -> tuple[list[str], list[list[int]], dict, list]:
         # Verdicts carry no times, so only a time rule needs them parsed; one parser for all requests.
         sz = scorer_sessionizer(self.scorer, self.stream_limits, timestamps=False, parser=self.parser,
@@ -549,15 +664,18 @@ def create_app(
     max_lines: int = DEFAULT_MAX_LINES,
     stream_limits: StreamLimits | None = None,
     allow_mute: bool = False,
+    allow_baseline: bool = False,
 ) -> FastAPI:
     """The HTTP app over one loaded scorer. `token`: require `Authorization: Bearer <token>` (None = open).
 
     `allow_mute`: also take `POST /v1/mute` and `/v1/unmute` (an alert's "this is normal" button), which write
-    the artifact folder's `feedback.json`; only with a token, since a mute silences alerts.
+    the artifact folder's `feedback.json`; `allow_baseline`: `POST /v1/baseline` and `/v1/baseline/undo` (known-good
+    logs after a release), which write its `baseline.json`. Only with a token: both silence alerts.
     """
-    if allow_mute and not token:
-        raise ConfigError("allow_mute needs a token: an open service must not let anyone who reaches it silence "
-                          "its alerts (set --token or $" + TOKEN_ENV + ")")
+    for allowed, name in ((allow_mute, "allow_mute"), (allow_baseline, "allow_baseline")):
+        if allowed and not token:
+            raise ConfigError(f"{name} needs a token: an open service must not let anyone who reaches it silence "
+                              "its alerts (set --token or $" + TOKEN_ENV + ")")
     metrics = Metrics()
     service = DetectService(scorer, ServiceLimits(max_body_bytes, max_lines), stream_limits, metrics)
     token_bytes = token.encode("utf-8") if token else None
@@ -654,6 +772,45 @@ def create_app(
     async def unmute(request: Request) -> JSONResponse:
         return await mute_route(request, undo=True)
 
+    def baseline_allowed() -> None:
+        if not allow_baseline:
+            raise ApiError(403, "baseline_disabled", "baselines over HTTP are off; start serve with --allow-baseline "
+                           "(and a token), or run `fusionlog baseline --model DIR FILE` where the model is")
+
+    async def in_worker(call, *args):
+        """Run `call` in a worker thread (it reads and scores many lines), mapping library errors to 4xx."""
+        try:
+            return await run_in_threadpool(call, *args)
+        except ApiError:
+            raise
+        except FusionLogError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+
+    @app.post("/v1/baseline", response_model=BaselineOut, responses=error_responses, dependencies=[Depends(auth)],
+              openapi_extra=_openapi_body(BaselineIn),
+              summary="Count known-good lines into the reference (serve --allow-baseline)")
+    async def baseline(request: Request) -> JSONResponse:
+        baseline_allowed()
+        req = decode_body(await _read_body(request, max_body_bytes), BaselineIn, "a JSON object with 'lines'")
+        result = await in_worker(service.baseline, req)
+        logger.info("baseline over HTTP: %d sessions %s (reference %d -> %d sessions)", result["sessions"],
+                    "replaced the reference" if result["replace"] else "added", result["reference_sessions_before"],
+                    result["reference_sessions"])
+        return JSONResponse(result)
+
+    @app.post("/v1/baseline/undo", response_model=BaselineUndoOut, responses=error_responses,
+              dependencies=[Depends(auth)], summary="Remove the last baseline batch (serve --allow-baseline)")
+    async def baseline_undo() -> JSONResponse:
+        baseline_allowed()
+        result = await in_worker(service.baseline_undo)
+        logger.info("baseline batch of %s removed over HTTP", result["removed"]["at"])
+        return JSONResponse(result)
+
+    @app.get("/v1/baseline", response_model=BaselineListOut, responses=error_responses, dependencies=[Depends(auth)],
+             summary="The baseline batches in force")
+    async def baseline_list() -> JSONResponse:
+        return JSONResponse(await in_worker(service.baseline_list))
+
     @app.get("/healthz", summary="Liveness and what is loaded")
     async def healthz() -> dict:
         rule = scorer.rule
@@ -671,6 +828,7 @@ def create_app(
             "baseline_batches": len(getattr(scorer, "baseline", ())),  # `fusionlog baseline`
             "reference_sessions": _reference_sessions(scorer),  # what "rare" is measured against
             "allow_mute": allow_mute,  # POST /v1/mute, /v1/unmute
+            "allow_baseline": allow_baseline,  # POST /v1/baseline, /v1/baseline/undo
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),
@@ -697,6 +855,12 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_schemas(app)
     return app
+
+
+def _batch_summary(batch) -> dict:
+    return {"at": batch.at, "source": batch.source, "reason": batch.reason, "sessions": batch.sessions,
+            "lines": batch.lines, "templates": len(batch.templates), "new_templates": batch.new_templates,
+            "replace": batch.replace}
 
 
 def _reference_sessions(scorer) -> int | None:
@@ -750,6 +914,7 @@ def serve(
     log_level: str = "info",
     access_log: bool = True,
     allow_mute: bool = False,
+    allow_baseline: bool = False,
 ) -> None:
     """Load the artifact in `model_dir` and serve it with uvicorn until interrupted."""
     import uvicorn
@@ -758,9 +923,11 @@ def serve(
 
     if allow_mute and not token:  # before loading the model: a mistake is one quick error
         raise ConfigError(f"--allow-mute needs a token (--token or ${TOKEN_ENV}): a mute silences alerts")
+    if allow_baseline and not token:
+        raise ConfigError(f"--allow-baseline needs a token (--token or ${TOKEN_ENV}): a baseline silences alerts")
     scorer = load_scorer(model_dir)
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a token: anyone who can reach the port can use it", host)
     app = create_app(scorer, token=token or None, max_body_bytes=max_body_bytes, max_lines=max_lines,
-                     allow_mute=allow_mute)
+                     allow_mute=allow_mute, allow_baseline=allow_baseline)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

@@ -156,6 +156,68 @@ def test_a_running_service_applies_a_baseline_at_its_next_request(
         assert "baseline batch(es) read before stay in force" in caplog.text
 
 
+def test_the_service_takes_known_good_lines_over_http_as_the_command_reads_a_file(
+        artifact, bgl_lines, tmp_path):
+    """`serve --allow-baseline`: after a release, an operator posts the healthy hour's lines; the batch equals what
+    `fusionlog baseline` makes of the same lines in a file, and the next request scores as a fresh load of it."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.errors import ConfigError
+    from fusionlog.serving import create_app
+
+    released = _deploy(bgl_lines)
+    good, later = released[:1000], released[1000:1400]
+    twin = shutil.copytree(artifact, tmp_path / "twin")  # the same artifact, given the same lines by the command
+    assert main(["baseline", "--model", str(twin), _write(tmp_path / "good.log", good), "--replace"]) == 0
+    with pytest.raises(ConfigError, match="allow_baseline needs a token"):
+        create_app(load_scorer(artifact), allow_baseline=True)
+    assert main(["serve", "--model", str(artifact), "--allow-baseline", "--port", "0"]) == 2  # refused before loading
+    with TestClient(create_app(load_scorer(artifact))) as client:  # off by default; the list is open
+        r = client.post("/v1/baseline", json={"lines": good})
+        assert r.status_code == 403 and r.json()["error"] == "baseline_disabled"
+        assert client.get("/v1/baseline").json() == {"batches": [], "reference_sessions": 60}
+    auth = {"Authorization": "Bearer t0k"}
+    with TestClient(create_app(load_scorer(artifact), token="t0k", allow_baseline=True)) as client:
+        assert client.post("/v1/baseline", json={"lines": good}).status_code == 401
+        before = client.post("/v1/detect", json={"lines": later}, headers=auth).json()["verdicts"]
+        r = client.post("/v1/baseline", json={"lines": good, "replace": True, "reason": "2.4 rollout",
+                                              "source": "web-1 10:00-11:00"}, headers=auth)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert (got["sessions"], got["lines"], got["reference_sessions_before"], got["reference_sessions"]) == (
+            50, 1000, 60, 50)
+        assert got["flagged_after"] < got["flagged_before"] and got["batches"] == 1 and got["replace"] is True
+        assert any("shrank from 60 to 50" in n and "without \"replace\"" in n for n in got["notes"])
+        (http_batch,), (cli_batch,) = load_baseline(artifact), load_baseline(twin)
+        assert (http_batch.source, http_batch.reason) == ("web-1 10:00-11:00", "2.4 rollout")
+        assert (http_batch.templates, http_batch.sets, http_batch.sessions) == (
+            cli_batch.templates, cli_batch.sets, cli_batch.sessions)
+        after = client.post("/v1/detect", json={"lines": later}, headers=auth).json()["verdicts"]
+        fresh = _verdicts(twin, later)
+        assert [v["score"] for v in after] == pytest.approx([v["score"] for v in fresh], abs=1e-6)
+        assert [v["anomalous"] for v in after] == [v["anomalous"] for v in fresh]
+        assert sum(v["anomalous"] for v in after) < sum(v["anomalous"] for v in before)
+        health = client.get("/healthz").json()
+        assert (health["reference_sessions"], health["baseline_batches"], health["allow_baseline"]) == (50, 1, True)
+        listed = client.get("/v1/baseline", headers=auth).json()
+        assert [(b["sessions"], b["replace"], b["reason"]) for b in listed["batches"]] == [(50, True, "2.4 rollout")]
+        # bad input: a clear 4xx, nothing written
+        assert client.post("/v1/baseline", json={"lines": []}, headers=auth).status_code == 422
+        other = client.post("/v1/baseline", json={"lines": ['{"msg": "started"}'] * 5}, headers=auth)
+        assert other.status_code == 422 and "no session read from 5 line(s)" in other.json()["detail"]
+        assert client.post("/v1/baseline", json={"lines": good, "replace": "yes"}, headers=auth).status_code == 422
+        assert len(load_baseline(artifact)) == 1
+        # undone: the trained reference again, scores bit for bit; nothing left to undo is a 409
+        r = client.post("/v1/baseline/undo", headers=auth)
+        assert r.status_code == 200 and r.json()["batches"] == 0 and r.json()["reference_sessions"] == 60
+        assert r.json()["removed"]["source"] == "web-1 10:00-11:00"
+        restored = client.post("/v1/detect", json={"lines": later}, headers=auth).json()["verdicts"]
+        assert [v["score"] for v in restored] == [v["score"] for v in before]
+        r = client.post("/v1/baseline/undo", headers=auth)
+        assert r.status_code == 409 and "no baseline batch to undo" in r.json()["detail"]
+    assert not (artifact / BASELINE_NAME).exists()
+
+
 def test_a_live_detect_recounts_a_new_baseline_without_renumbering_its_templates(artifact, bgl_lines, tmp_path):
     """A live detect's open sessions hold template ids, so a baseline written while it runs is counted onto the
     ids in use: a learned text it already mined gets that id's counts, one it has not met yet is counted when

@@ -135,6 +135,8 @@ def test_healthz_and_openapi(client):
     body = spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"lines", "sessions", "examples"}
     assert "SessionIn" in spec["components"]["schemas"] and "DetectResponse" in spec["components"]["schemas"]
+    body = spec["paths"]["/v1/baseline"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"lines", "replace", "reason", "source"} and body["required"] == ["lines"]
     assert client.get("/docs").status_code == 200
 
 

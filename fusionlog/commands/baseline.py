@@ -29,16 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from fusionlog.baseline import (
-        BASELINE_NAME,
-        everyday_absent,
-        flagged,
-        load_baseline,
-        read_known_good,
-        renumber,
-        save_baseline,
-        skip_reasons,
-    )
+    from fusionlog.baseline import BASELINE_NAME, learn_baseline, load_baseline, undo_baseline
     from fusionlog.data.logfiles import expand_log_source
     from fusionlog.errors import ArtifactError, ConfigError, DataError
     from fusionlog.feedback import now_utc
@@ -50,19 +41,16 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{folder}: not a detector folder (no config.json); give what `fusionlog fuse` wrote")
-    batches = load_baseline(folder)
     if args.list or args.undo:
         if args.source:
             raise ConfigError("--list and --undo take no log files")
         if args.undo:
-            if not batches:
-                raise ConfigError(f"{folder}: no baseline batch to undo")
-            gone = batches.pop()
-            save_baseline(folder, batches)
+            gone, left = undo_baseline(folder)
             print(f"removed the baseline batch of {gone.at} ({gone.sessions} sessions of {gone.source}); "
-                  f"{len(batches)} left. A running serve or live detect applies it within moments, others when they "
+                  f"{left} left. A running serve or live detect applies it within moments, others when they "
                   f"next load {folder}")
             return 0
+        batches = load_baseline(folder)
         if not batches:
             print(f"{folder}: no baseline batches")
         for b in batches:
@@ -85,33 +73,12 @@ def run(args: argparse.Namespace) -> int:
     raw = (read_stream(sys.stdin.buffer, read_stats, heartbeat=None) if stdin
            else files_lines(files, read_stats, logger))
     lines = tqdm(raw, desc="baseline", unit=" lines", disable=None, mininterval=1.0)
-    learned = read_known_good(scorer, lines, source="stdin" if stdin else " ".join(sources), reason=args.reason,
-                              at=now_utc(), replace=args.replace, read_stats=read_stats)
-    batch = learned.batch
-    before = flagged(scorer, learned.distinct)
-    reference = scorer.detector.stats_.n_sessions
-    absent = [] if args.replace else everyday_absent(scorer.detector.stats_, list(scorer.detector.templates_), batch)
-    save_baseline(folder, [*load_baseline(folder), batch])  # read again: another baseline may have landed meanwhile
-    after_scorer = load_scorer(folder)
-    after = flagged(after_scorer, renumber(learned.distinct, learned.texts, after_scorer))
-    compared = sum(learned.distinct.values())
-    of = f"{compared}" + ("" if compared == batch.sessions else f" (the first {len(learned.distinct)} distinct)")
-    skipped = learned.read.get("skipped", 0)
-    why = skip_reasons(learned.read)
-    print(f"learned {batch.sessions} sessions ({batch.lines} lines"
-          + (f", {skipped} skipped: {why}" if skipped else "")
-          + f") as normal: {len(batch.templates)} templates, {batch.new_templates} not in its trained table; its "
-          f"reference holds {after_scorer.detector.stats_.n_sessions} sessions (was {reference}). Of these "
-          f"{of} sessions it flagged {before} before, {after} now. Written to {folder / BASELINE_NAME}; a running "
-          f"serve or live detect applies it within moments; `--undo` removes it")
-    if absent:
-        shown = "; ".join(repr(t[:100]) for t in absent[:3])
-        shown += f" (+{len(absent) - 3} more)" if len(absent) > 3 else ""
-        print(f"note: {len(absent)} template(s) in most reference sessions are in none of these: {shown}. If the "
-              "service changed (a deploy renamed or dropped them), every new session still lacks them: `--undo`, "
-              "then baseline with --replace")
-    if args.replace and batch.sessions < reference:
-        print(f"note: the reference shrank from {reference} to {batch.sessions} sessions, so one session is a larger "
-              "share of it and more sessions cross the cut until it grows: add later known-good logs with "
-              "`fusionlog baseline` (without --replace)")
+    outcome = learn_baseline(folder, scorer, lines, lambda: load_scorer(folder),
+                             source="stdin" if stdin else " ".join(sources), reason=args.reason, at=now_utc(),
+                             replace=args.replace, read_stats=read_stats)
+    print(f"{outcome.summary()}. Written to {folder / BASELINE_NAME}; a running serve or live detect applies it "
+          "within moments; `--undo` removes it")
+    for note in outcome.notes(redo="`--undo`, then baseline with --replace",
+                              grow="add later known-good logs with `fusionlog baseline` (without --replace)"):
+        print(f"note: {note}")
     return 0

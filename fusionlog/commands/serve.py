@@ -6,7 +6,7 @@ import argparse
 
 NAME = "serve"
 HELP = ("serve a trained detector over HTTP (POST /v1/detect, GET /healthz, GET /metrics, OpenAPI at /docs; "
-        "POST /v1/mute with --allow-mute)")
+        "POST /v1/mute with --allow-mute, POST /v1/baseline with --allow-baseline)")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-mute", action="store_true",
                    help="also take POST /v1/mute and /v1/unmute (as `fusionlog mute`: they write the model folder's "
                         "feedback.json); needs a token")
+    p.add_argument("--allow-baseline", action="store_true",
+                   help="also take POST /v1/baseline and /v1/baseline/undo (known-good lines, as `fusionlog "
+                        "baseline`: they write the model folder's baseline.json); needs a token")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
           max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log,
-          allow_mute=args.allow_mute)
+          allow_mute=args.allow_mute, allow_baseline=args.allow_baseline)
     return 0
