@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 from fusionlog.config import SessionRule
 from fusionlog.constants import MAX_LINE_BYTES
+from fusionlog.data.containers import UNWRAPPED_LINE
 from fusionlog.data.formats import (
     TIME_FIELDS,
     TimeReader,
@@ -173,6 +174,9 @@ class HeaderParser:
         self._ts_memo: dict[object, float | None] = {}
         self._epoch_at = self.time_fields.index("Timestamp") if "Timestamp" in self.time_fields else None
         self._times = TimeReader(memo_size=0)  # the layout that worked last, first (`_ts_memo` remembers)
+        #: a container runtime's line last parsed, unwrapped and joined (None for other formats): its session key is
+        #: searched there, not in the runtime's JSON
+        self.unwrapped: str | None = None
 
     @property
     def reading(self) -> tuple[str, str, str]:
@@ -195,7 +199,10 @@ class HeaderParser:
             return line, None
         if self._record is not None:
             fields = self._record(line)
-            return (fields["Content"].strip(), fields) if fields else None  # False (a held chunk): none yet
+            if not fields:
+                return None  # False (a held chunk): none yet
+            self.unwrapped = fields.get(UNWRAPPED_LINE)
+            return fields["Content"].strip(), fields
         if self._split:
             parts = line.split(None, self._split)
             if len(parts) == self._split + 1:
@@ -225,6 +232,7 @@ class HeaderParser:
             fields = self._record(line)
             if not fields:
                 return fields  # None, or False: a chunk held until the rest of its line (a continuation)
+            self.unwrapped = fields.get(UNWRAPPED_LINE)
             return fields["Content"].strip(), (fields.get("Timestamp", ""), fields.get("Time", ""))
         if self._split:
             parts = line.split(None, self._split)
@@ -362,9 +370,18 @@ class StreamSessionizer:
             return self._not_record(line, read, continuation=parsed is False)
         content, sig = parsed
         ts = self.parser.timestamp(sig) if (sig is not None and self._timestamps) else None
+        key_line = line if self.parser.unwrapped is None else self._container_key_line(self.parser.unwrapped, line)
         tail = self._tail
-        tail.parent, tail.kept = (line, ts), 0  # TraceTail.record, inline: this is the hot path
-        return self._place(content, ts, line, text)
+        tail.parent, tail.kept = (key_line, ts), 0  # TraceTail.record, inline: this is the hot path
+        return self._place(content, ts, key_line, text)
+
+    def _container_key_line(self, inner: str, raw: str) -> str:
+        """Where a container's line is searched for its key: the service's line, unless only the runtime's line
+        holds one (an artifact trained before stop 24, whose regex matched Docker's escaped JSON, keeps working)."""
+        key_re = self._key_re
+        if key_re is None or key_re.search(inner) is not None or key_re.search(raw) is None:
+            return inner
+        return raw
 
     def _not_record(self, line: str, read: ReadStats, continuation: bool) -> Sequence[FinishedSession]:
         """A line that is no record: its record's exception event (a trace's `ValueError: ...`), or counted."""

@@ -16,7 +16,7 @@ class LogRecord:
     text: str  # the content field (what Drain parses)
     label: int | None = None
     fields: dict[str, str] = field(default_factory=dict)  # header fields from the format string
-    raw: str = ""
+    raw: str = ""  # the line as read (a container runtime's: the service's line inside it), where keys are searched
     key_text: str = ""  # where session keys are read when not `raw`: a trace's exception line keys as its record
 
 

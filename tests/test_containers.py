@@ -145,3 +145,44 @@ def test_a_line_the_runtime_split_is_joined_again(wrapper, tmp_path):
     out = sz.feed_many(line for _, line in iter_lines(log)) + sz.flush()
     assert [s.event_ids for s in out] == [s.event_ids for s in ds.sessions]
     assert sz.stats.read.continuation == len(chunks) - 1
+
+
+@pytest.mark.parametrize("wrapper", ["docker", "cri"])
+def test_a_session_key_is_searched_in_the_services_line_not_the_runtimes(wrapper, tmp_path):
+    """A key regex written for the service's JSON (`"req": "r0"`) reads through Docker's escaping (`\\"req\\"`),
+    and a key in the first chunk of a line the runtime split names the joined line's session: in training and
+    in streaming alike, no line left without its key."""
+    frames = "".join(f"\n\tat com.shop.orders.Handler.step{i}(Handler.java:{i})" for i in range(900))
+    big = json.dumps({"req": "r0", "time": "2026-11-28T10:00:09Z", "level": "error", "msg": "order failed",
+                      "stack_trace": "java.io.IOException: broken pipe" + frames})
+    chunks = [big[i:i + 16_384] for i in range(0, len(big), 16_384)]
+    rows, n = [], 0
+    for i in range(6):
+        rec = json.dumps({"time": f"2026-11-28T10:00:0{i}Z", "level": "info", "msg": f"step {i // 2} done",
+                          "req": f"r{i % 2}"})
+        rows.append(_wrap(wrapper, rec, _runtime_time(n)))
+        n += 1
+    for j, text in enumerate(chunks):
+        partial = j < len(chunks) - 1
+        when = _runtime_time(n)
+        n += 1
+        rows.append(json.dumps({"log": text + ("" if partial else "\n"), "stream": "stdout", "time": when})
+                    if wrapper == "docker" else f"{when} stdout {'P' if partial else 'F'} {text}")
+    assert '"req": "r0"' not in chunks[-1]  # the key is only in the first chunk
+    log = tmp_path / "keyed.log"
+    log.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rule = SessionRule("key", key_pattern='"req": *"([^"]+)"')
+    ds, spec = _load(log, f"{wrapper}:json", rule)
+    assert ds.stats.no_session_key == 0
+    by_key = {s.key: [ds.templates[e] for e in s.event_ids] for s in ds.sessions}
+    assert sorted(by_key) == ["r0", "r1"] and len(by_key["r0"]) == 4 and len(by_key["r1"]) == 3
+    assert "[java.io.IOException: broken pipe]" in by_key["r0"][-1]
+    sz = StreamSessionizer(ds.store.match_line, rule, spec.log_format, StreamLimits(idle_seconds=None))
+    out = sz.feed_many(line for _, line in iter_lines(log)) + sz.flush()
+    assert sorted((s.key, s.event_ids) for s in out) == sorted((s.key, s.event_ids) for s in ds.sessions)
+    assert sz.stats.read.no_session_key == 0
+    if wrapper == "docker":  # a regex written for the runtime's escaped JSON (before stop 24) still finds keys live
+        escaped = SessionRule("key", key_pattern=r'\\"req\\": *\\"([^\\"]+)')
+        sz = StreamSessionizer(ds.store.match_line, escaped, spec.log_format, StreamLimits(idle_seconds=None))
+        old = sz.feed_many(line for _, line in iter_lines(log)) + sz.flush()
+        assert sorted(s.key for s in old) == ["r0", "r1"] and sz.stats.read.no_session_key == 1  # the chunk's end

@@ -11,8 +11,8 @@ is used when the inner format gives none, since many services log to stdout with
 
 Both runtimes split a line longer than their buffer (16 KiB: a JSON record with a deep stack trace) into
 chunks; the chunks are joined again (up to `MAX_LINE_BYTES`) and read as the one line they were, the held
-ones counted as continuation lines. Known limit: a session key (`--key-regex`) is searched in the line as
-the runtime wrote it, so inside Docker's JSON a quote in the service's line reads `\\"`.
+ones counted as continuation lines. A session key (`--key-regex`) is searched in the service's line, joined,
+not in the runtime's: inside Docker's JSON a quote reads `\\"`, and a long line's key may sit in its first chunk.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import re
 DOCKER = "docker"
 CRI = "cri"
 CONTAINER_WRAPPERS = (DOCKER, CRI)
+#: The header field that carries the service's (unwrapped, joined) line, where a session key is searched; a space
+#: keeps it apart from every format field (`<Name>` is a word)
+UNWRAPPED_LINE = "unwrapped line"
 
 #: a CRI log line: time, stream, tag (F full, P partial), the service's line
 _CRI_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\S+) (?:stdout|stderr) ([FP]) ?(.*)\Z", re.S)

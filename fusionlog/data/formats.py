@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.data.access import ACCESS_FORMAT, access_fields
-from fusionlog.data.containers import UNWRAP, json_object, split_wrapper
+from fusionlog.data.containers import UNWRAP, UNWRAPPED_LINE, json_object, split_wrapper
 from fusionlog.errors import ConfigError
 
 _FIELD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
@@ -395,7 +395,8 @@ def header_reader(log_format: str) -> Callable[[str], dict[str, str] | None | bo
 
 def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[str, str] | None | bool]:
     """Header fields of a container runtime's line (`fusionlog.data.containers`): the inner line's fields
-    with its time as an epoch `Timestamp` in nanoseconds, the runtime's time where the inner line has none."""
+    with its time as an epoch `Timestamp` in nanoseconds, the runtime's time where the inner line has none, and
+    the inner line itself (`UNWRAPPED_LINE`)."""
     unwrap = UNWRAP[wrapper]
     inner = header_reader(inner_format)
     inner_timed = is_structured_format(inner_format) or any(n in TIME_FIELDS for n in compile_format(inner_format)[1])
@@ -423,6 +424,7 @@ def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[
         out = {k: v for k, v in fields.items() if k not in TIME_FIELDS}
         if ts is not None:
             out["Timestamp"] = str(round(ts * 1e9))  # 18-19 digits: read back as nanoseconds
+        out[UNWRAPPED_LINE] = text  # where a session key is searched: the service's words, all of its chunks
         return out
 
     return read

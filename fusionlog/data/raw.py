@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fusionlog.config import MaskRule, ParseConfig, SessionRule, config_from_dict
+from fusionlog.data.containers import UNWRAPPED_LINE
 from fusionlog.data.formats import TimeReader, format_hint, header_reader
 from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.data.readers import iter_lines
@@ -189,7 +190,7 @@ class _LineReader:
             text=fields["Content"].strip(),
             label=self._label(fields),
             fields=fields,
-            raw=line,
+            raw=fields.pop(UNWRAPPED_LINE, line),  # a container's line: its key is in the service's words
         )
         tail.record(rec)
         return rec
