@@ -35,7 +35,7 @@ from distill.prompts import PromptTemplate
 from distill.quality import prf, roc_auc
 from fusionlog.constants import FORMAT_VERSION
 from fusionlog.errors import ArtifactError, ConfigError
-from fusionlog.io import atomic_write_json
+from fusionlog.io import atomic_write_json, publish_tree
 from fusionlog.types import Session, SessionDataset
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def save_adapter(model, out_dir: Path, meta: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    publish_tree(out_dir)  # peft writes through safetensors' save_file: 0600
     atomic_write_json(out_dir / ADAPTER_META_NAME, meta)
 
 

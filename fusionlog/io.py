@@ -39,6 +39,17 @@ def publish_mode(tmp: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~_umask())
 
 
+def publish_tree(folder: str | Path) -> None:
+    """Give a folder written by another library (safetensors' `save_file`, `mkdtemp`: 0600 files in a 0700 folder)
+    and everything in it the modes `open()` and `mkdir()` would have: a LoRA adapter, a converted LLM in a
+    shared cache."""
+    umask = _umask()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

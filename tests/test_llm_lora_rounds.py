@@ -9,6 +9,7 @@ mechanics -- adapter written, loaded next round, cache identity, resume -- not l
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -89,6 +90,9 @@ def test_two_rounds_with_llm_lora_train_save_and_load_the_adapter(tmp_path, cach
     adapter = out / "rounds" / "round_1" / "llm_adapter"
     names = {p.name for p in adapter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", ADAPTER_META_NAME} <= names
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in adapter.iterdir()} == dict.fromkeys(names, 0o666 & ~umask)
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
     meta = json.loads((adapter / ADAPTER_META_NAME).read_text())
     assert meta["kind"] == "round" and meta["examples"] == r1["examples"] and meta["target_system"] == "bgl"

@@ -456,3 +456,23 @@ def test_every_file_of_an_artifact_is_readable_by_the_user_a_service_runs_as(bgl
              if p.stat().st_mode & 0o777 != expected}
     assert not wrong, f"expected {oct(expected)}: {wrong}"
     assert os.access(Path(bgl_artifact) / "config.json", os.R_OK)
+
+
+def test_a_folder_another_library_wrote_gets_the_modes_open_and_mkdir_give(tmp_path):
+    """safetensors' save_file (peft's adapters) and mkdtemp (a converted LLM in a shared cache) leave 0600 files in
+    a 0700 folder; `publish_tree` gives them what `open()` and `mkdir()` would."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from fusionlog.io import _umask, publish_tree
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / "sub").mkdir(mode=0o700)
+    save_file({"w": torch.zeros(2)}, str(folder / "sub" / "adapter_model.safetensors"))
+    assert (folder / "sub" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o600
+    publish_tree(folder)
+    umask = _umask()
+    assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (folder / "sub" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -23,6 +23,7 @@ from pathlib import Path
 from distill.backends.base import LABEL_WORDS, LLMResult, Messages, ScoreParams, softmax2
 from distill.models import ResolvedModel, resolve_model
 from fusionlog.errors import LLMError
+from fusionlog.io import publish_tree
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ def _save_converted(folder: Path, tokenizer, model) -> None:
         save_model(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONVERTED_MARK).write_text(json.dumps({"from": "gguf"}) + "\n", encoding="utf-8")
+        publish_tree(tmp)  # mkdtemp's 0700 and save_model's 0600: a cache shared by users must be readable
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
