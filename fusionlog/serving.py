@@ -24,11 +24,14 @@ loop (a thread hop costs more than their scoring), big ones in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -44,6 +47,7 @@ from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
+from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink, record_line, stream_name
 from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 
@@ -58,8 +62,8 @@ TOKEN_ENV = "FUSIONLOG_TOKEN"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Longest text a mute request may name (a template or one raw line).
 MAX_MUTE_CHARS = 10_000
-_KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/v1/baseline", "/v1/baseline/undo",
-                "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
+_KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/v1/baseline", "/v1/baseline/undo", "/v1/ingest",
+                "/v1/ingest/flush", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
                 "/docs/oauth2-redirect"}
 
 
@@ -153,6 +157,27 @@ class MuteOut(BaseModel):
     event_id: int | None = Field(description="its id in the model's table; null: one the model never saw")
     changed: bool = Field(description="false: it was muted already")
     muted_templates: list[str] = Field(description="every muted template after the change")
+
+
+class IngestIn(BaseModel):
+    """`POST /v1/ingest`: raw lines for a stream whose sessions stay open across requests. A shipper may also post a
+    JSON array (or JSON lines) of strings or records, or plain text with `Content-Type: text/plain`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lines: list[str | dict[str, Any]] = Field(description=(
+        "raw log lines, or a shipper's records (the line read from log/message/msg/line; a JSON-lines model reads "
+        "the record)"))
+    stream: str | None = Field(None, description="which stream (a pod, a file): its own open sessions; default "
+                               "'default'; also ?stream= in the URL")
+
+
+class IngestOut(BaseModel):
+    stream: str
+    open_sessions: int = Field(description="sessions of this stream still open after these lines")
+    verdicts: list[VerdictOut] = Field(description="sessions these lines finished (others close later: a window "
+                                       "full, an idle key, the background timeout; all go to serve's verdicts file)")
+    stats: dict[str, Any]
 
 
 class BaselineIn(BaseModel):
@@ -355,7 +380,7 @@ class DetectService:
     """The request logic without HTTP: validated request → verdicts + stats, one request at a time."""
 
     def __init__(self, scorer, limits: ServiceLimits, stream_limits: StreamLimits | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, ingest: IngestConfig | None = None) -> None:
         self.scorer = scorer
         self.limits = limits
         # One request is a batch: no idle timeouts, room for every key it can hold.
@@ -365,6 +390,16 @@ class DetectService:
         self.metrics = metrics or Metrics()
         self.parser = scorer_parser(scorer)
         self.lock = threading.Lock()
+        self.ingest_config = ingest or IngestConfig()
+        self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
+        self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
+
+    def _refresh(self) -> None:
+        """Apply a changed feedback.json / baseline.json. While ingest streams hold open sessions, their template
+        ids must stay (as in a live `detect`); otherwise the scorer is reloaded as at start."""
+        refresh = getattr(self.scorer, "refresh_feedback", None)
+        if refresh is not None:
+            refresh(keep_ids=any(self.streams.open_sessions().values()))
 
     def handle(self, body: bytes) -> dict:
         """Body bytes → response dict; raises ApiError for anything the client got wrong."""
@@ -404,9 +439,7 @@ class DetectService:
         if not self.lock.acquire(blocking=wait):
             return None
         try:
-            refresh = getattr(self.scorer, "refresh_feedback", None)
-            if refresh is not None:  # `fusionlog mute` takes effect at the next request, no restart
-                refresh()
+            self._refresh()  # `fusionlog mute` / `baseline` take effect at the next request, no restart
             if req.lines is not None:
                 keys, sessions, stats, examples = self._from_lines(req.lines, req.examples)
             else:
@@ -423,21 +456,66 @@ class DetectService:
         anomalous = sum(1 for v in out if v["anomalous"])
         stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
         m = self.metrics
-        m.inc("fusionlog_lines_total", stats.get("lines", 0))
-        for reason in ("empty", "continuation", "unmatched_format", "no_session_key"):
-            if stats.get(reason):
-                m.inc("fusionlog_skipped_lines_total", stats[reason], reason=reason)
-        m.inc("fusionlog_sessions_scored_total", len(out))
-        m.inc("fusionlog_anomalies_total", anomalous)
+        self._count_reading(stats)
         for v in out:
-            m.recent.add(v["anomalous"])
-        with_new = sum(1 for v in out if v.get("new_templates"))
-        if with_new:
-            m.inc("fusionlog_sessions_with_new_templates_total", with_new)
+            self._count_verdict(v)
         if cache_before is not None and cache_after is not None:
             m.inc("fusionlog_score_cache_hits_total", cache_after[0] - cache_before[0])
             m.inc("fusionlog_score_cache_misses_total", cache_after[1] - cache_before[1])
         return {"verdicts": out, "stats": stats}
+
+    def _count_reading(self, stats: dict) -> None:
+        m = self.metrics
+        m.inc("fusionlog_lines_total", stats.get("lines", 0))
+        for reason in ("empty", "continuation", "unmatched_format", "no_session_key"):
+            if stats.get(reason):
+                m.inc("fusionlog_skipped_lines_total", stats[reason], reason=reason)
+
+    def _count_verdict(self, v: dict) -> None:
+        m = self.metrics
+        m.inc("fusionlog_sessions_scored_total")
+        m.inc("fusionlog_anomalies_total", float(v["anomalous"]))
+        m.recent.add(v["anomalous"])
+        if v.get("new_templates"):
+            m.inc("fusionlog_sessions_with_new_templates_total")
+
+    # -- ingest streams (a shipper's batches, sessions kept across requests) ------------------------
+
+    def ingest(self, stream: str, items: list, decode_errors: int = 0) -> dict:
+        """Feed posted lines to a stream; the response holds the verdicts of the sessions they finished."""
+        t0 = time.perf_counter()
+        if len(items) > self.limits.max_lines:
+            raise ApiError(413, "too_many_lines", f"{len(items)} lines in the request; the limit is "
+                           f"{self.limits.max_lines} (post smaller batches)")
+        json_model = self.parser.log_format == JSON_FORMAT
+        try:
+            lines = [_one_line(record_line(x, json_model, f"lines[{i}]")) for i, x in enumerate(items)]
+        except ConfigError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        with self.lock:
+            self._refresh()
+            verdicts, stats = self.streams.feed(stream, lines)
+            open_now = self.streams.open_sessions().get(stream, 0)
+        self._count_reading(stats)
+        stats.update(decode_errors=decode_errors, sessions=len(verdicts),
+                     anomalous=sum(v["anomalous"] for v in verdicts),
+                     elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
+        return {"stream": stream, "open_sessions": open_now, "verdicts": verdicts, "stats": stats}
+
+    def ingest_flush(self, stream: str | None) -> dict:
+        with self.lock:
+            verdicts = self.streams.flush(stream)
+        return {"stream": stream, "verdicts": verdicts, "stats": {"sessions": len(verdicts),
+                                                                 "anomalous": sum(v["anomalous"] for v in verdicts)}}
+
+    def ingest_poll(self, wait: bool = True) -> int:
+        """Close the streams' sessions idle past `wall_idle_seconds` (the background task); how many closed."""
+        if not self.lock.acquire(blocking=wait):
+            return 0
+        try:
+            return len(self.streams.poll())
+        finally:
+            self.lock.release()
 
     def _decode(self, body: bytes) -> DetectRequest:
         return decode_body(body, DetectRequest, "a JSON object with 'lines' or 'sessions'")
@@ -456,7 +534,7 @@ class DetectService:
             else:
                 change = add_mute(self.scorer, req.template, self.scorer.embed_text, raw_line=req.line,
                                   reason=req.reason)
-            self.scorer.refresh_feedback()
+            self._refresh()
         found = change.resolved
         return {"template": found.template, "event_id": found.event_id, "changed": change.changed,
                 "muted_templates": [m.template for m in change.mutes]}
@@ -481,11 +559,11 @@ class DetectService:
         scorer = self.scorer
 
         def applied():
-            scorer.refresh_feedback()
+            self._refresh()
             return scorer
 
         with self.lock:
-            scorer.refresh_feedback()  # "before" against the reference in force now
+            self._refresh()  # "before" against the reference in force now
             outcome = learn_baseline(folder, scorer, lines, applied, source=req.source or "POST /v1/baseline",
                                      reason=req.reason, at=now_utc(), replace=req.replace)
         out = outcome.to_dict()
@@ -502,15 +580,13 @@ class DetectService:
                 gone, left = undo_baseline(folder)
             except ConfigError as exc:
                 raise ApiError(409, "no_baseline", str(exc)) from None
-            self.scorer.refresh_feedback()
+            self._refresh()
         return {"removed": _batch_summary(gone), "batches": left,
                 "reference_sessions": _reference_sessions(self.scorer)}
 
     def baseline_list(self) -> dict:
         with self.lock:
-            refresh = getattr(self.scorer, "refresh_feedback", None)
-            if refresh is not None:
-                refresh()
+            self._refresh()
             batches = [_batch_summary(b) for b in getattr(self.scorer, "baseline", ())]
         return {"batches": batches, "reference_sessions": _reference_sessions(self.scorer)}
 
@@ -591,6 +667,62 @@ class DetectService:
             raise ApiError(422, "invalid_request", f"{where}: {eid} is not an event id of this model") from None
         return eid
 
+def decode_ingest(body: bytes, content_type: str) -> tuple[str | None, list, int]:
+    """(stream named in the body, posted items, lines whose bad bytes were replaced) of an ingest body: our JSON
+    object, a JSON array, JSON lines (one value per line, as shippers frame them), or plain text lines."""
+    if content_type.split(";")[0].strip().lower() == "text/plain":
+        raw = body.split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        items, bad = [], 0
+        for line in raw:
+            try:
+                items.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                items.append(line.decode("utf-8", errors="replace"))
+                bad += 1
+        return None, items, bad
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "not_utf8", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason}); send "
+                       "plain text with Content-Type: text/plain to have bad bytes replaced and counted") from None
+    if not text.strip():
+        raise ApiError(400, "malformed_json", "request body is empty; expected lines")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            raise ApiError(400, "malformed_json",
+                           f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        obj = _json_lines(text)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    if isinstance(obj, list):
+        return None, obj, 0
+    if not isinstance(obj, dict):
+        raise ApiError(422, "invalid_request", f"expected a JSON object with 'lines', an array or JSON lines, got "
+                       f"{type(obj).__name__}")
+    if "lines" not in obj:  # one record posted alone (a shipper's batch of one)
+        return None, [obj], 0
+    try:
+        req = IngestIn.model_validate(obj)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _describe(exc)) from None
+    return req.stream, req.lines, 0
+
+
+def _json_lines(text: str) -> list:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                raise ApiError(400, "malformed_json", f"JSON lines: line {n} is not JSON ({exc})") from None
+    return out
+
+
 def decode_body(body: bytes, model: type[BaseModel], expected: str):
     """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields)."""
     try:
@@ -665,25 +797,54 @@ def create_app(
     stream_limits: StreamLimits | None = None,
     allow_mute: bool = False,
     allow_baseline: bool = False,
+    ingest: IngestConfig | None = None,
+    poll_seconds: float = 1.0,
 ) -> FastAPI:
     """The HTTP app over one loaded scorer. `token`: require `Authorization: Bearer <token>` (None = open).
 
     `allow_mute`: also take `POST /v1/mute` and `/v1/unmute` (an alert's "this is normal" button), which write
     the artifact folder's `feedback.json`; `allow_baseline`: `POST /v1/baseline` and `/v1/baseline/undo` (known-good
     logs after a release), which write its `baseline.json`. Only with a token: both silence alerts.
+    `ingest`: the bounds of `POST /v1/ingest`'s streams and where their verdicts go (`fusionlog.ingest`); their
+    sessions idle past its wall-clock timeout are closed every `poll_seconds`, and all at shutdown.
     """
     for allowed, name in ((allow_mute, "allow_mute"), (allow_baseline, "allow_baseline")):
         if allowed and not token:
             raise ConfigError(f"{name} needs a token: an open service must not let anyone who reaches it silence "
                               "its alerts (set --token or $" + TOKEN_ENV + ")")
     metrics = Metrics()
-    service = DetectService(scorer, ServiceLimits(max_body_bytes, max_lines), stream_limits, metrics)
+    service = DetectService(scorer, ServiceLimits(max_body_bytes, max_lines), stream_limits, metrics, ingest)
     token_bytes = token.encode("utf-8") if token else None
+
+    async def poll_streams() -> None:
+        while True:
+            await asyncio.sleep(poll_seconds)
+            try:
+                await run_in_threadpool(service.ingest_poll)
+            except Exception:  # the next poll tries again; the service keeps serving
+                logger.exception("closing idle ingest sessions failed")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        task = asyncio.create_task(poll_streams()) if service.ingest_config.wall_idle_seconds else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            flushed = await run_in_threadpool(service.ingest_flush, None)  # nothing open is lost at shutdown
+            if flushed["verdicts"]:
+                logger.info("shutdown: scored the %d open session(s) of the ingest streams",
+                            len(flushed["verdicts"]))
+            service.sink.close()
 
     app = FastAPI(
         title="FusionLog detector",
         version=__version__,
         description="Score log sessions with a distilled FusionLog detector (no LLM behind it).",
+        lifespan=lifespan,
     )
     app.state.service = service
     app.state.metrics = metrics
@@ -811,6 +972,25 @@ def create_app(
     async def baseline_list() -> JSONResponse:
         return JSONResponse(await in_worker(service.baseline_list))
 
+    @app.post("/v1/ingest", response_model=IngestOut, responses=error_responses, dependencies=[Depends(auth)],
+              openapi_extra=_openapi_body(IngestIn),
+              summary="Add a shipper's lines to a stream whose sessions stay open across requests")
+    async def ingest(request: Request, stream: str | None = None) -> JSONResponse:
+        body = await _read_body(request, max_body_bytes)
+        named, items, bad = decode_ingest(body, request.headers.get("content-type", ""))
+        if named and stream and named != stream:
+            raise ApiError(422, "invalid_request", f"stream {named!r} in the body, {stream!r} in the URL: give one")
+        try:
+            name = stream_name(named or stream)
+        except ConfigError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        return JSONResponse(await in_worker(service.ingest, name, items, bad))
+
+    @app.post("/v1/ingest/flush", responses=error_responses, dependencies=[Depends(auth)],
+              summary="Close and score every open session of a stream (?stream=), or of all")
+    async def ingest_flush(stream: str | None = None) -> JSONResponse:
+        return JSONResponse(await in_worker(service.ingest_flush, stream))
+
     @app.get("/healthz", summary="Liveness and what is loaded")
     async def healthz() -> dict:
         rule = scorer.rule
@@ -829,6 +1009,7 @@ def create_app(
             "reference_sessions": _reference_sessions(scorer),  # what "rare" is measured against
             "allow_mute": allow_mute,  # POST /v1/mute, /v1/unmute
             "allow_baseline": allow_baseline,  # POST /v1/baseline, /v1/baseline/undo
+            "ingest": _ingest_health(service),  # POST /v1/ingest: streams, open sessions, verdicts file
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),
@@ -845,6 +1026,9 @@ def create_app(
         if hasattr(scorer, "mutes"):  # `fusionlog mute` / POST /v1/mute: how many templates are not counted
             gauges["fusionlog_muted_templates"] = ("templates an operator marked normal", float(len(scorer.mutes)))
         gauges.update(flag_gauges(metrics.recent, getattr(scorer, "pool_flagged_share", None)))
+        open_now = service.streams.open_sessions()
+        gauges["fusionlog_ingest_streams"] = ("ingest streams open (POST /v1/ingest)", float(len(open_now)))
+        gauges["fusionlog_open_sessions"] = ("sessions open in the ingest streams", float(sum(open_now.values())))
         if (n_ref := _reference_sessions(scorer)) is not None:  # grows (or is replaced) by `fusionlog baseline`
             gauges["fusionlog_reference_sessions"] = ("sessions the surprise is measured against", float(n_ref))
         cache = getattr(scorer, "cache", None)
@@ -855,6 +1039,13 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_schemas(app)
     return app
+
+
+def _ingest_health(service: DetectService) -> dict:
+    open_now = service.streams.open_sessions()
+    return {"streams": len(open_now), "open_sessions": sum(open_now.values()),
+            "verdicts_file": service.ingest_config.verdicts_path,
+            "wall_idle_seconds": service.ingest_config.wall_idle_seconds}
 
 
 def _batch_summary(batch) -> dict:
@@ -915,6 +1106,7 @@ def serve(
     access_log: bool = True,
     allow_mute: bool = False,
     allow_baseline: bool = False,
+    ingest: IngestConfig | None = None,
 ) -> None:
     """Load the artifact in `model_dir` and serve it with uvicorn until interrupted."""
     import uvicorn
@@ -929,5 +1121,5 @@ def serve(
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a token: anyone who can reach the port can use it", host)
     app = create_app(scorer, token=token or None, max_body_bytes=max_body_bytes, max_lines=max_lines,
-                     allow_mute=allow_mute, allow_baseline=allow_baseline)
+                     allow_mute=allow_mute, allow_baseline=allow_baseline, ingest=ingest)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

@@ -818,6 +818,22 @@ def attach_examples(verdict: dict, examples: dict[int, tuple[int, str]]) -> None
             t["example"] = {"line": hit[0], "text": hit[1]}
 
 
+def finished_verdicts(scorer, batch: Sequence[FinishedSession]) -> list[dict]:
+    """Score finished sessions in one model call: `SessionVerdict.to_dict()` plus how and where each closed."""
+    if not batch:
+        return []
+    verdicts = scorer.verdicts([s.key for s in batch], [s.event_ids for s in batch])
+    out = []
+    for sess, verdict in zip(batch, verdicts, strict=True):
+        d = verdict.to_dict()
+        d.update(closed_by=sess.closed_by, part=sess.part, start=sess.start, end=sess.end,
+                 first_line=sess.first_line, last_line=sess.last_line)
+        if sess.examples:
+            attach_examples(d, sess.examples)
+        out.append(d)
+    return out
+
+
 def detect_stream(
     scorer,
     lines: Iterable[str | None],
@@ -841,18 +857,7 @@ def detect_stream(
     def score() -> Iterator[dict]:
         nonlocal pending
         batch, pending = pending, []
-        if not batch:
-            return
-        verdicts = scorer.verdicts([s.key for s in batch], [s.event_ids for s in batch])
-        for sess, verdict in zip(batch, verdicts, strict=True):
-            out = verdict.to_dict()
-            out.update(
-                closed_by=sess.closed_by, part=sess.part, start=sess.start, end=sess.end,
-                first_line=sess.first_line, last_line=sess.last_line,
-            )
-            if sess.examples:
-                attach_examples(out, sess.examples)
-            yield out
+        yield from finished_verdicts(scorer, batch)
 
     feed = sz.feed
     fed = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 NAME = "serve"
-HELP = ("serve a trained detector over HTTP (POST /v1/detect, GET /healthz, GET /metrics, OpenAPI at /docs; "
-        "POST /v1/mute with --allow-mute, POST /v1/baseline with --allow-baseline)")
+HELP = ("serve a trained detector over HTTP (POST /v1/detect, POST /v1/ingest for a log shipper, GET /healthz, GET "
+        "/metrics, OpenAPI at /docs; POST /v1/mute with --allow-mute, POST /v1/baseline with --allow-baseline)")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -29,15 +29,30 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-baseline", action="store_true",
                    help="also take POST /v1/baseline and /v1/baseline/undo (known-good lines, as `fusionlog "
                         "baseline`: they write the model folder's baseline.json); needs a token")
+    g = p.add_argument_group("POST /v1/ingest (a shipper's batches; sessions stay open across requests)")
+    g.add_argument("--verdicts", metavar="PATH",
+                   help="append every ingest verdict to this JSONL file (anomalous ones are also logged as warnings)")
+    g.add_argument("--anomalies-only", action="store_true", help="--verdicts gets only anomalous sessions")
+    g.add_argument("--idle-seconds", type=float, default=3_600.0,
+                   help="key sessions close after this much log time without a line; 0 = never (default 3600)")
+    g.add_argument("--wall-idle-seconds", type=float, default=30.0,
+                   help="any session closes after this much wall time without a line; 0 = never (default 30)")
+    g.add_argument("--max-streams", type=int, default=64, help="ingest streams open at most (default 64)")
+    g.add_argument("--max-open-sessions", type=int, default=10_000,
+                   help="open sessions per stream; the least recently updated is scored early (default 10000)")
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from fusionlog.ingest import IngestConfig
     from fusionlog.serving import TOKEN_ENV, serve
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    ingest = IngestConfig(verdicts_path=args.verdicts, anomalies_only=args.anomalies_only, max_streams=args.max_streams,
+                          idle_seconds=args.idle_seconds or None, wall_idle_seconds=args.wall_idle_seconds or None,
+                          max_open_sessions=args.max_open_sessions)
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
           max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log,
-          allow_mute=args.allow_mute, allow_baseline=args.allow_baseline)
+          allow_mute=args.allow_mute, allow_baseline=args.allow_baseline, ingest=ingest)
     return 0

@@ -1,0 +1,178 @@
+"""Raw lines posted by a log shipper, kept in open sessions across requests (`POST /v1/ingest` of `serve`).
+
+Why: `/v1/detect` scores each request on its own and closes every session at its end. A shipper (Fluent Bit,
+Vector, Logstash's http output) batches lines by size and time, not by session: a request id's lines straddle
+two posts, and each half scored alone lacks the other half's steps, so ordinary sessions are flagged (a Java
+trace cut from its record loses its exception too). An ingest stream is `detect --follow` behind HTTP: one
+sessionizer per named stream (a pod, a file), whose sessions close by the artifact's rule (a window full, a
+later time window, a key idle for `idle_seconds` of log time) or after `wall_idle_seconds` without a line
+(polled in the background, so a stream that goes quiet still gets its last verdicts). Shippers ignore response
+bodies, so every verdict also goes where an operator looks: a JSONL file (`serve --verdicts`), one warning log
+line per anomalous session, and serve's /metrics. A shutdown scores and writes every open session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionlog.errors import ConfigError
+from fusionlog.stream import StreamLimits, StreamSessionizer, finished_verdicts, scorer_sessionizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STREAM = "default"
+#: What a stream may be called: it is echoed in verdicts and logs, and bounded in length.
+STREAM_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
+#: Where a shipper's record object keeps the raw line: Fluent Bit and Docker `log`, Vector and Logstash
+#: `message`, others `msg` / `line`.
+LINE_KEYS = ("log", "message", "msg", "line")
+#: Counters of a stream's reading, as `/v1/detect` reports them per request.
+READ_COUNTS = ("lines", "events", "empty", "continuation", "exception_lines", "unmatched_format", "no_session_key",
+               "evicted", "split")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Bounds and timeouts of the ingest streams, and where their verdicts go (defaults: `detect --follow`'s)."""
+
+    verdicts_path: str | None = None  # JSONL, appended; None: log lines and metrics only
+    anomalies_only: bool = False  # the file gets only anomalous verdicts
+    max_streams: int = 64
+    idle_seconds: float | None = 3_600.0  # key sessions: log time without a line
+    wall_idle_seconds: float | None = 30.0  # any session: wall time without a line (background poll)
+    max_open_sessions: int = 10_000  # per stream
+    max_events: int = 1_000  # per session; a longer one is scored in parts
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1:
+            raise ConfigError(f"max_streams={self.max_streams}: must be >= 1")
+        if self.verdicts_path is not None and not Path(self.verdicts_path).parent.is_dir():
+            raise ConfigError(f"--verdicts {self.verdicts_path}: its folder does not exist")
+
+    def limits(self) -> StreamLimits:
+        return StreamLimits(max_open_sessions=self.max_open_sessions, max_events_per_session=self.max_events,
+                            idle_seconds=self.idle_seconds or None, wall_idle_seconds=self.wall_idle_seconds or None)
+
+
+def stream_name(name: str | None) -> str:
+    """A valid stream name (None: the default stream), or a `ConfigError` saying what is allowed."""
+    if name is None or name == "":
+        return DEFAULT_STREAM
+    if not STREAM_NAME.fullmatch(name):
+        raise ConfigError(f"stream {name[:120]!r}: use 1-100 letters, digits and _ . : / -")
+    return name
+
+
+def record_line(item: Any, json_model: bool, where: str) -> str:
+    """One posted item as the raw line the model reads: a string as it is; a shipper's record object by its line
+    field (`LINE_KEYS`), or for a model trained on JSON lines the record itself (a `log` field holding a JSON
+    object's text is that record: Docker's json-file as Fluent Bit forwards it)."""
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: a {type(item).__name__}; send raw lines as strings or records as objects")
+    line = next((item[k] for k in LINE_KEYS if isinstance(item.get(k), str)), None)
+    if json_model:
+        if line is not None and line.lstrip().startswith("{"):
+            return line.rstrip("\r\n")
+        return json.dumps(item, ensure_ascii=False)
+    if line is None:
+        raise ConfigError(f"{where}: a record without a line; this model reads text lines, looked for in the "
+                          f"fields {', '.join(LINE_KEYS)}")
+    return line.rstrip("\r\n")
+
+
+class VerdictSink:
+    """Where finished verdicts go besides the response: the JSONL file, a warning per anomaly, the counters.
+
+    A failed write (a full disk) warns once and ingest goes on: the log lines and metrics still carry the
+    verdicts.
+    """
+
+    def __init__(self, config: IngestConfig, record=None) -> None:
+        self.config = config
+        self.record = record  # called with each verdict (serve's metrics)
+        self._fh = open(config.verdicts_path, "a", encoding="utf-8") if config.verdicts_path else None  # noqa: SIM115
+        self._failed = False
+        self.written = 0
+
+    def take(self, stream: str, verdicts: list[dict]) -> None:
+        lines = []
+        for v in verdicts:
+            v["stream"] = stream
+            if self.record is not None:
+                self.record(v)
+            if v["anomalous"]:
+                departures = v.get("departures") or ()
+                cause = (departures[0]["kind"], departures[0]["template"]) if departures else None  # the largest
+                logger.warning("anomalous session %s (stream %s, score %.3f)%s", v["key"], stream, v["score"],
+                               f": {cause[0]} {cause[1]!r}" if cause else "")
+            if self._fh is not None and (v["anomalous"] or not self.config.anomalies_only):
+                lines.append(json.dumps(v, ensure_ascii=False) + "\n")
+        if lines and self._fh is not None:
+            try:
+                self._fh.writelines(lines)
+                self._fh.flush()
+                self.written += len(lines)
+            except OSError as exc:
+                if not self._failed:
+                    logger.warning("cannot write verdicts to %s (%s); they are still logged and counted",
+                                   self.config.verdicts_path, exc)
+                self._failed = True
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class IngestStreams:
+    """The open sessions of every named stream over one scorer. Not thread-safe: the caller holds the scorer's
+    lock around each call, as the scorer itself needs."""
+
+    def __init__(self, scorer, config: IngestConfig, sink: VerdictSink) -> None:
+        self.scorer = scorer
+        self.config = config
+        self.sink = sink
+        self._limits = config.limits()
+        self._streams: dict[str, StreamSessionizer] = {}
+
+    def feed(self, stream: str, lines: list[str]) -> tuple[list[dict], dict[str, int]]:
+        """Add lines to a stream: (verdicts of the sessions they finished, what reading them counted)."""
+        sz = self._streams.get(stream)
+        if sz is None:
+            if len(self._streams) >= self.config.max_streams:
+                raise ConfigError(f"{len(self._streams)} streams are open, the limit (serve --max-streams); post "
+                                  f"to one of them or flush one: POST /v1/ingest/flush")
+            # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
+            sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits)
+        before = sz.stats.to_dict()
+        done = []
+        for line in lines:
+            done += sz.feed(line)
+        after = sz.stats.to_dict()
+        return self._score(stream, done), {k: after[k] - before[k] for k in READ_COUNTS}
+
+    def poll(self) -> list[dict]:
+        """Close and score the sessions idle for `wall_idle_seconds` in every stream."""
+        return [v for name, sz in list(self._streams.items()) for v in self._score(name, sz.poll())]
+
+    def flush(self, stream: str | None = None) -> list[dict]:
+        """Close and score every open session of one stream (or of all: at shutdown); a flushed stream is gone."""
+        names = list(self._streams) if stream is None else [stream]
+        if stream is not None and stream not in self._streams:
+            raise ConfigError(f"no open stream {stream!r}; open: {', '.join(sorted(self._streams)) or 'none'}")
+        return [v for name in names for v in self._score(name, self._streams.pop(name).flush())]
+
+    def open_sessions(self) -> dict[str, int]:
+        return {name: sz.open_sessions for name, sz in self._streams.items()}
+
+    def _score(self, stream: str, done: list) -> list[dict]:
+        verdicts = finished_verdicts(self.scorer, done)
+        self.sink.take(stream, verdicts)
+        return verdicts
