@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionlog import watch
 from fusionlog.constants import UNKNOWN_EVENT
 from fusionlog.errors import ArtifactError, ConfigError, DataError
 from fusionlog.io import atomic_write_json, file_stamp, read_versioned_list
@@ -337,8 +338,7 @@ def undo_baseline(folder: Path | str) -> tuple[BaselineBatch, int]:
 
 def skip_reasons(read: dict) -> str:
     """'no session key 727, unmatched format 3': which setting to check when lines vanish."""
-    parts = [f"{k.replace('_', ' ')} {read[k]}" for k in SKIP_KEYS if read.get(k)]
-    return ", ".join(parts) or "none skipped"
+    return ", ".join(watch.skip_reasons(read, SKIP_KEYS)) or "none skipped"
 
 
 def flagged(scorer, sessions: Counter[tuple[int, ...]]) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from fusionlog.errors import ConfigError
 from fusionlog.stream import StreamLimits, StreamSessionizer, finished_verdicts, scorer_sessionizer
+from fusionlog.watch import FitWatch
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class IngestStreams:
         self.sink = sink
         self._limits = config.limits()
         self._streams: dict[str, StreamSessionizer] = {}
+        self._fit: dict[str, FitWatch] = {}  # says once when a stream's first lines give the detector nothing
 
     def feed(self, stream: str, lines: list[str]) -> tuple[list[dict], dict[str, int]]:
         """Add lines to a stream: (verdicts of the sessions they finished, what reading them counted)."""
@@ -151,10 +153,12 @@ class IngestStreams:
                                   f"to one of them or flush one: POST /v1/ingest/flush")
             # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
             sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits)
+            self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
         before = sz.stats.to_dict()
         done = []
         for line in lines:
             done += sz.feed(line)
+        self._fit[stream].fed()
         after = sz.stats.to_dict()
         return self._score(stream, done), {k: after[k] - before[k] for k in READ_COUNTS}
 
@@ -167,6 +171,8 @@ class IngestStreams:
         names = list(self._streams) if stream is None else [stream]
         if stream is not None and stream not in self._streams:
             raise ConfigError(f"no open stream {stream!r}; open: {', '.join(sorted(self._streams)) or 'none'}")
+        for name in names:
+            self._fit.pop(name, None)
         return [v for name in names for v in self._score(name, self._streams.pop(name).flush())]
 
     def open_sessions(self) -> dict[str, int]:

@@ -50,6 +50,7 @@ from fusionlog.errors import ConfigError, FusionLogError
 from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink, record_line, stream_name
 from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
+from fusionlog.watch import DriftWatch
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +394,9 @@ class DetectService:
         self.ingest_config = ingest or IngestConfig()
         self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
         self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
+        # a flood of flags, as after a release: said in the log, as a live detect says it
+        self.drift = DriftWatch(getattr(scorer, "pool_flagged_share", None), str(getattr(scorer, "model_dir", "MODEL")),
+                                logger, recent=self.metrics.recent, who="serve")
 
     def _refresh(self) -> None:
         """Apply a changed feedback.json / baseline.json. While ingest streams hold open sessions, their template
@@ -476,6 +480,7 @@ class DetectService:
         m.inc("fusionlog_sessions_scored_total")
         m.inc("fusionlog_anomalies_total", float(v["anomalous"]))
         m.recent.add(v["anomalous"])
+        self.drift.record(v["anomalous"], counted=True)
         if v.get("new_templates"):
             m.inc("fusionlog_sessions_with_new_templates_total")
 

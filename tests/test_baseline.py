@@ -296,7 +296,7 @@ def test_bad_input_is_a_clear_error_or_a_counted_skip_and_writes_nothing(artifac
 def test_detect_says_when_far_more_is_flagged_than_in_its_training_pool(artifact, bgl_lines, tmp_path, caplog):
     """A release that rewords a message floods detect with flags: it says the service may have changed and how
     to teach it the new normal, judged against the share of its own pool the artifact flagged in training."""
-    from fusionlog.commands.detect import drift_hint
+    from fusionlog.watch import drift_hint
 
     released = _write(tmp_path / "released.log", _deploy(bgl_lines))
     report = json.loads((artifact / "report.json").read_text(encoding="utf-8"))
@@ -325,8 +325,8 @@ def test_a_live_detect_says_so_when_its_recent_sessions_flood_and_not_again_at_o
     """`detect --follow` never reaches a closing summary: it judges its last 200 sessions as they come."""
     import logging
 
-    from fusionlog.commands.detect import DRIFT_REPEAT_SECONDS, DriftWatch
     from fusionlog.metrics_file import RECENT_SESSIONS as DRIFT_WINDOW
+    from fusionlog.watch import DRIFT_REPEAT_SECONDS, DriftWatch
 
     said: list[str] = []
 
@@ -350,3 +350,23 @@ def test_a_live_detect_says_so_when_its_recent_sessions_flood_and_not_again_at_o
     for _ in range(50):
         watch.record(True)
     assert len(said) == 2
+
+
+def test_a_running_service_says_so_when_its_recent_sessions_flood(artifact, bgl_lines, caplog):
+    """`serve` never ends with a summary either: it judges the last 200 sessions it scored, as a live detect does."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    report = json.loads((artifact / "report.json").read_text(encoding="utf-8"))
+    report["findings"]["flagged_share"] = 0.2
+    (artifact / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    released = _deploy(bgl_lines)
+    with TestClient(create_app(load_scorer(artifact))) as client:
+        flagged = 0
+        for _ in range(2):  # 200 windows of the released service
+            flagged += sum(v["anomalous"] for v in client.post("/v1/detect", json={"lines": released}).json()[
+                "verdicts"])
+    assert flagged > 100
+    said = [r.getMessage() for r in caplog.records if "serve: over the last 200 sessions" in r.getMessage()]
+    assert len(said) == 1 and "where 20% of the training pool was" in said[0] and "fusionlog baseline" in said[0]

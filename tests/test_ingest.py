@@ -193,3 +193,36 @@ def test_a_mute_applied_while_a_stream_holds_open_sessions_keeps_their_template_
     assert [(t["template"], t["attention"]) for t in second[0]["top_templates"]] == [
         (t["template"], t["attention"]) for t in fresh[1]["top_templates"]]
     assert [d["template"] for d in second[0]["departures"]] == [d["template"] for d in fresh[1]["departures"]]
+
+
+def test_a_stream_of_another_systems_lines_is_named_in_one_warning(os_lines, make_scorer, caplog):
+    """Posting the wrong pod's logs is no error (each line is a counted skip), so nothing would ever be said: after
+    its first 1,000 lines with no event the stream is named once, with what the detector reads."""
+    from fusionlog.watch import FIT_CHECK_LINES
+
+    other = [f'{{"level": "info", "msg": "request {i} served"}}' for i in range(FIT_CHECK_LINES + 200)]
+    with TestClient(create_app(make_scorer(), ingest=QUIET)) as client:
+        for i in range(0, len(other), 300):
+            assert client.post("/v1/ingest?stream=web-2", json={"lines": other[i:i + 300]}).status_code == 200
+        client.post("/v1/ingest?stream=nova", json={"lines": os_lines})
+    said = [r.getMessage() for r in caplog.records if "gave this detector an event" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("ingest stream 'web-2': none of the 1200 lines")
+    assert "unmatched format 1200" in said[0] and "log format" in said[0]
+
+
+def test_a_trace_cut_from_its_record_by_a_post_still_joins_the_records_session(os_lines, make_scorer):
+    """A Python service's traceback after its record: the shipper's batch ends after the record, the next begins
+    with the frames. In a stream the exception line is still an event of the record's instance; `/v1/detect`
+    scoring each post alone cannot place it."""
+    record = next(line for line in os_lines if "[instance: " in line)
+    key = next(iter(_instances([record])))
+    trace = ["Traceback (most recent call last):", '  File "nova/compute/manager.py", line 1, in spawn',
+             "    raise ValueError('disk image corrupt')", "ValueError: disk image corrupt"]
+    with TestClient(create_app(make_scorer(), ingest=QUIET)) as client:
+        client.post("/v1/ingest", json={"lines": [record]})
+        stats = client.post("/v1/ingest", json={"lines": trace}).json()["stats"]
+        (v,) = client.post("/v1/ingest/flush").json()["verdicts"]
+        assert stats["exception_lines"] == 1 and v["key"] == key and v["events"] == 2
+        assert any("ValueError: disk image corrupt" in t["template"] for t in v["top_templates"])
+        alone = client.post("/v1/detect", json={"lines": trace}).json()
+        assert alone["verdicts"] == [] and alone["stats"]["exception_lines"] == 0

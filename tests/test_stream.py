@@ -306,7 +306,7 @@ def test_detect_warns_once_when_the_lines_give_the_detector_nothing(caplog):
     import logging
     from types import SimpleNamespace
 
-    from fusionlog.commands.detect import FIT_CHECK_LINES, FitWatch
+    from fusionlog.watch import FIT_CHECK_LINES, FitWatch
 
     rule = SessionRule("key", key_pattern=r"id=(\w+)")
     scorer = SimpleNamespace(rule=rule, log_format="<Level> <Content>", line_filter="")
