@@ -608,6 +608,7 @@ class DetectService:
         for line in lines:
             finished += sz.feed(_one_line(line))
         finished += sz.flush()
+        self.parser.reset()  # shared by every request: a chunk this one left unfinished is not the next one's
         st = sz.stats.to_dict()
         names = ("lines", "events", "empty", "continuation", "exception_lines", "unmatched_format", "no_session_key",
                  "evicted", "split")

@@ -183,6 +183,13 @@ class HeaderParser:
         """What decides how a line reads; sessionizers may share a parser only when this is equal."""
         return self.log_format, self.line_filter, self.strip
 
+    def reset(self) -> None:
+        """End of one input (an HTTP request): drop a container runtime's chunk held for a rest that never came,
+        so it is not glued onto the next input's first line."""
+        reset = getattr(self._record, "reset", None)
+        if reset is not None:
+            reset()
+
     def continuation(self, line: str) -> bool:
         """True for a line the system's `line_filter` rejects (a stack-trace line, say): not a record."""
         return self._keep is not None and self._keep.search(line) is None

@@ -186,3 +186,15 @@ def test_a_session_key_is_searched_in_the_services_line_not_the_runtimes(wrapper
         sz = StreamSessionizer(ds.store.match_line, escaped, spec.log_format, StreamLimits(idle_seconds=None))
         old = sz.feed_many(line for _, line in iter_lines(log)) + sz.flush()
         assert sorted(s.key for s in old) == ["r0", "r1"] and sz.stats.read.no_session_key == 1  # the chunk's end
+
+
+def test_a_chunk_left_held_at_the_end_of_one_input_is_not_glued_onto_the_next():
+    """The HTTP service shares one parser between requests: a request that ends inside a split line must not
+    prefix the next request's first line with its chunk."""
+    from fusionlog.stream import HeaderParser
+
+    parser = HeaderParser("docker:<Content>")
+    assert parser.parse_timed(json.dumps({"log": "the first half of a long li", "time": _runtime_time(0)})) is False
+    parser.reset()
+    content, _ = parser.parse_timed(json.dumps({"log": "INFO next request\n", "time": _runtime_time(1)}))
+    assert content == "INFO next request"

@@ -427,4 +427,5 @@ def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[
         out[UNWRAPPED_LINE] = text  # where a session key is searched: the service's words, all of its chunks
         return out
 
+    read.reset = held.clear  # type: ignore[attr-defined]  # the end of one input: a held chunk has no rest to come
     return read
