@@ -1,7 +1,7 @@
-"""HTTP benchmark: POST /v1/detect throughput and latency with 64 concurrent clients on 127.0.0.1.
+"""HTTP benchmark: POST /v1/detect (or /v1/ingest) throughput and latency with 64 concurrent clients on 127.0.0.1.
 
     fusionlog bench serve [--model DIR] [--requests 2000] [--duration 30] [--concurrency 64] [--lines 20]
-                          [--threads 1] [--cache-size 32768]
+                          [--threads 1] [--cache-size 32768] [--endpoint detect|ingest]
 
 The service runs in its own process (uvicorn, one worker, the real `fusionlog.serving` app) so the
 load generator does not share its interpreter; the clients are a minimal asyncio HTTP/1.1 client, one
@@ -11,6 +11,9 @@ by the service). The run stops at `--requests` or `--duration` seconds, whicheve
 `--model`, a `DemoScorer` (eval/bench_detect.py) stands in for the trained detector. Figures only.
 The payloads cycle through 64 windows, so with the served score cache (`--cache-size`, 0 = off) nearly
 every timed session is a cache hit; the server's hit and miss counters are reported.
+With `--endpoint ingest` each client posts to a stream of its own (`?stream=cN`, as one shipper per pod would):
+sessions stay open across its requests, so a request's figure counts lines taken, and the sessions scored
+are the server's counter (those a window or key finished during the run).
 """
 
 from __future__ import annotations
@@ -67,18 +70,20 @@ def _payloads(dataset: str, data_dir: str | None, lines: int, n: int = 64) -> li
 
 
 async def _load(port: int, payloads: list[bytes], requests: int, duration: float, concurrency: int,
-                token: str | None, warmup: int) -> dict:
+                token: str | None, warmup: int, endpoint: str = "detect") -> dict:
     """`concurrency` keep-alive connections, each a client sending one request after another.
 
     A minimal HTTP/1.1 client on asyncio streams: a Python HTTP library costs more CPU per request
     than the service under test, and this benchmark shares the machine with the server.
     """
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    requests_raw = [
-        (f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
-         f"Content-Length: {len(p)}\r\n\r\n").encode() + p
-        for p in payloads
-    ]
+    path = f"/v1/{endpoint}"
+
+    def raw_requests(target: str) -> list[bytes]:
+        return [(f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
+                 f"Content-Length: {len(p)}\r\n\r\n").encode() + p for p in payloads]
+
+    requests_raw = raw_requests(path)
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     lines_scored = [0]
@@ -99,12 +104,14 @@ async def _load(port: int, payloads: list[bytes], requests: int, duration: float
         return status, await reader.readexactly(length)
 
     reader, writer = await connect()
+    warm = raw_requests(f"{path}?stream=c0") if endpoint == "ingest" else requests_raw  # no stream beyond the clients'
     for i in range(warmup):
-        await exchange(reader, writer, requests_raw[i % len(requests_raw)])
+        await exchange(reader, writer, warm[i % len(warm)])
     writer.close()
     deadline = time.monotonic() + duration
 
-    async def worker() -> None:
+    async def worker(n: int) -> None:
+        own = raw_requests(f"{path}?stream=c{n}") if endpoint == "ingest" else requests_raw
         reader, writer = await connect()
         try:
             while counter[0] < requests and time.monotonic() < deadline:
@@ -112,7 +119,7 @@ async def _load(port: int, payloads: list[bytes], requests: int, duration: float
                 counter[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    status, body = await exchange(reader, writer, requests_raw[i % len(requests_raw)])
+                    status, body = await exchange(reader, writer, own[i % len(own)])
                     key = str(status)
                     if status == 200:
                         lines_scored[0] += json.loads(body)["stats"]["lines"]
@@ -125,7 +132,7 @@ async def _load(port: int, payloads: list[bytes], requests: int, duration: float
             writer.close()
 
     t_start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
     wall = time.perf_counter() - t_start
     reader, writer = await connect()
     get = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
@@ -133,8 +140,8 @@ async def _load(port: int, payloads: list[bytes], requests: int, duration: float
     writer.close()
     metrics = metrics_body.decode()
     lat = np.asarray(latencies) * 1e3
-    server_s = _metric(metrics, 'fusionlog_request_duration_seconds_sum{path="/v1/detect"}')
-    server_n = _metric(metrics, 'fusionlog_request_duration_seconds_count{path="/v1/detect"}')
+    server_s = _metric(metrics, f'fusionlog_request_duration_seconds_sum{{path="{path}"}}')
+    server_n = _metric(metrics, f'fusionlog_request_duration_seconds_count{{path="{path}"}}')
     return {
         "requests": len(latencies),
         "status": statuses,
@@ -186,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
         startup = time.perf_counter() - t0
         payloads = _payloads(args.dataset, args.data_dir, args.lines)
         result = asyncio.run(_load(port, payloads, args.requests, args.duration, args.concurrency, token,
-                                   args.warmup))
+                                   args.warmup, args.endpoint))
     finally:
         proc.terminate()
         try:
@@ -196,6 +203,7 @@ def run(args: argparse.Namespace) -> dict:
             proc.wait()
     return {
         "scorer": f"load_scorer({args.model})" if args.model else f"DemoScorer({args.dataset})",
+        "endpoint": f"/v1/{args.endpoint}",
         "concurrency": args.concurrency,
         "lines_per_request": args.lines,
         "limit": {"requests": args.requests, "seconds": args.duration},
@@ -231,6 +239,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="concurrent clients (default 64)")
     p.add_argument("--lines", type=int, default=20, help="raw lines per request (default 20)")
     p.add_argument("--warmup", type=int, default=20, help="requests sent before timing")
+    p.add_argument("--endpoint", choices=["detect", "ingest"], default="detect",
+                   help="detect: each request scored alone; ingest: a stream per client, sessions kept open")
     p.add_argument("--token", default=None, help="run the service with this bearer token")
     p.add_argument("--threads", type=int, help="--model only: torch threads while scoring (0 = torch's default)")
     p.add_argument("--cache-size", type=int, help="--model only: score cache entries (0 = no cache)")

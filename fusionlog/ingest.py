@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,19 +89,27 @@ def record_line(item: Any, json_model: bool, where: str) -> str:
     return line.rstrip("\r\n")
 
 
+#: Anomalous sessions logged one by one per minute at most; the rest of a flood is one line a minute.
+WARNINGS_PER_MINUTE = 20
+
+
 class VerdictSink:
     """Where finished verdicts go besides the response: the JSONL file, a warning per anomaly, the counters.
 
-    A failed write (a full disk) warns once and ingest goes on: the log lines and metrics still carry the
-    verdicts.
+    The warnings are capped (`WARNINGS_PER_MINUTE`): a release can flag every session, and tens of thousands of
+    log lines a minute would bury the one that says so; the file and the metrics still count every verdict. A
+    failed write (a full disk) warns once and ingest goes on: the log lines and metrics still carry the verdicts.
     """
 
-    def __init__(self, config: IngestConfig, record=None) -> None:
+    def __init__(self, config: IngestConfig, record=None, clock=time.monotonic) -> None:
         self.config = config
         self.record = record  # called with each verdict (serve's metrics)
         self._fh = open(config.verdicts_path, "a", encoding="utf-8") if config.verdicts_path else None  # noqa: SIM115
         self._failed = False
         self.written = 0
+        self._clock = clock
+        self._minute = clock()
+        self._warned = self._quiet = 0  # this minute: anomalies logged, and not logged
 
     def take(self, stream: str, verdicts: list[dict]) -> None:
         lines = []
@@ -109,10 +118,7 @@ class VerdictSink:
             if self.record is not None:
                 self.record(v)
             if v["anomalous"]:
-                departures = v.get("departures") or ()
-                cause = (departures[0]["kind"], departures[0]["template"]) if departures else None  # the largest
-                logger.warning("anomalous session %s (stream %s, score %.3f)%s", v["key"], stream, v["score"],
-                               f": {cause[0]} {cause[1]!r}" if cause else "")
+                self._warn(stream, v)
             if self._fh is not None and (v["anomalous"] or not self.config.anomalies_only):
                 lines.append(json.dumps(v, ensure_ascii=False) + "\n")
         if lines and self._fh is not None:
@@ -125,6 +131,22 @@ class VerdictSink:
                     logger.warning("cannot write verdicts to %s (%s); they are still logged and counted",
                                    self.config.verdicts_path, exc)
                 self._failed = True
+
+    def _warn(self, stream: str, v: dict) -> None:
+        now = self._clock()
+        if now - self._minute >= 60.0:
+            if self._quiet:
+                logger.warning("%d more anomalous session(s) in the last minute not logged one by one%s",
+                               self._quiet, f" (all in {self.config.verdicts_path})" if self._fh else "")
+            self._minute, self._warned, self._quiet = now, 0, 0
+        if self._warned >= WARNINGS_PER_MINUTE:
+            self._quiet += 1
+            return
+        self._warned += 1
+        departures = v.get("departures") or ()
+        cause = (departures[0]["kind"], departures[0]["template"]) if departures else None  # the largest
+        logger.warning("anomalous session %s (stream %s, score %.3f)%s", v["key"], stream, v["score"],
+                       f": {cause[0]} {cause[1]!r}" if cause else "")
 
     def close(self) -> None:
         if self._fh is not None:

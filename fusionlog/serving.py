@@ -459,14 +459,16 @@ class DetectService:
                 attach_examples(verdict, ex)
         anomalous = sum(1 for v in out if v["anomalous"])
         stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
-        m = self.metrics
         self._count_reading(stats)
         for v in out:
             self._count_verdict(v)
-        if cache_before is not None and cache_after is not None:
-            m.inc("fusionlog_score_cache_hits_total", cache_after[0] - cache_before[0])
-            m.inc("fusionlog_score_cache_misses_total", cache_after[1] - cache_before[1])
+        self._count_cache(cache_before, cache_after)
         return {"verdicts": out, "stats": stats}
+
+    def _count_cache(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        if before is not None and after is not None:
+            self.metrics.inc("fusionlog_score_cache_hits_total", after[0] - before[0])
+            self.metrics.inc("fusionlog_score_cache_misses_total", after[1] - before[1])
 
     def _count_reading(self, stats: dict) -> None:
         m = self.metrics
@@ -499,7 +501,9 @@ class DetectService:
             raise ApiError(422, "invalid_request", str(exc)) from None
         with self.lock:
             self._refresh()
+            cache_before = _cache_counts(self.scorer)
             verdicts, stats = self.streams.feed(stream, lines)
+            self._count_cache(cache_before, _cache_counts(self.scorer))
             open_now = self.streams.open_sessions().get(stream, 0)
         self._count_reading(stats)
         stats.update(decode_errors=decode_errors, sessions=len(verdicts),

@@ -226,3 +226,22 @@ def test_a_trace_cut_from_its_record_by_a_post_still_joins_the_records_session(o
         assert any("ValueError: disk image corrupt" in t["template"] for t in v["top_templates"])
         alone = client.post("/v1/detect", json={"lines": trace}).json()
         assert alone["verdicts"] == [] and alone["stats"]["exception_lines"] == 0
+
+
+def test_a_flood_of_anomalies_is_logged_one_by_one_up_to_a_cap_then_counted(tmp_path, caplog):
+    """A release can flag every session; the log names 20 a minute and counts the rest, the file keeps all."""
+    from fusionlog.ingest import WARNINGS_PER_MINUTE, VerdictSink
+
+    now = [0.0]
+    path = tmp_path / "v.jsonl"
+    sink = VerdictSink(IngestConfig(verdicts_path=str(path)), clock=lambda: now[0])
+    flood = [{"key": f"k{i}", "score": 0.9, "anomalous": True, "departures": []}
+             for i in range(WARNINGS_PER_MINUTE + 10)]
+    sink.take("web", flood)
+    assert caplog.text.count("anomalous session ") == WARNINGS_PER_MINUTE
+    now[0] += 61
+    sink.take("web", [{"key": "late", "score": 0.9, "anomalous": True, "departures": []}])
+    sink.close()
+    assert "10 more anomalous session(s) in the last minute not logged one by one (all in" in caplog.text
+    assert "anomalous session late (stream web" in caplog.text
+    assert len(path.read_text(encoding="utf-8").splitlines()) == WARNINGS_PER_MINUTE + 11
