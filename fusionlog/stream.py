@@ -23,6 +23,7 @@ wall-clock timeouts, and both stop when a `threading.Event` is set. `detect_stre
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import queue
@@ -669,6 +670,7 @@ def follow(
     pending = b""
     first_open = True
     drained = False  # after seeing a rotation: one more read pass over the old file before leaving it
+    sniff = False  # a file opened empty: look for a byte-order mark in its first bytes
     try:
         while not stop.is_set():
             if fh is None:
@@ -682,6 +684,8 @@ def follow(
                     raise DataError(f"{path}: is a directory, expected a log file") from exc
                 st = os.fstat(fh.fileno())
                 ident = (st.st_dev, st.st_ino)
+                fh = _bom_recoded(fh)
+                sniff = not isinstance(fh, _FollowedRecoded) and st.st_size < 4  # no mark to see yet
                 if first_open and from_end:
                     fh.seek(0, os.SEEK_END)
                 first_open = False
@@ -691,6 +695,12 @@ def follow(
                 raw = fh.readline(max_line_bytes + 1)
                 if not raw:
                     break
+                if sniff:  # the file's first bytes: a byte-order mark decides how all of it is read
+                    sniff = False
+                    if fh.tell() - len(raw) == 0 and _bom_codec(raw) is not None:
+                        fh.seek(0)
+                        fh = _bom_recoded(fh)
+                        continue
                 got = True
                 if not raw.endswith(b"\n"):
                     if len(pending) + len(raw) > max_line_bytes:
@@ -735,6 +745,64 @@ def follow(
     finally:
         if fh is not None:
             fh.close()
+
+
+#: byte-order mark -> the codec a followed file is read with (explicit byte order: a read may start mid-file)
+_FOLLOW_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def _bom_codec(head: bytes) -> str | None:
+    return next((codec for bom, codec in _FOLLOW_BOMS if head.startswith(bom)), None)
+
+
+def _bom_recoded(fh):
+    """`fh` itself, or for a file that starts with a byte-order mark (PowerShell 5's `>` writes UTF-16) a reader
+    of its lines as UTF-8 bytes, so `follow` reads it as `file_lines` does."""
+    at = fh.tell()
+    fh.seek(0)
+    head = fh.read(4)
+    fh.seek(at)
+    codec = _bom_codec(head)
+    return fh if codec is None else _FollowedRecoded(fh, codec)
+
+
+class _FollowedRecoded:
+    """A growing file in a marked encoding, read as UTF-8 lines (`fusionlog.data.readers._Recoded` for a file
+    that grows): `readline` returns what is there, never waits, and a partial line is completed by `follow`."""
+
+    def __init__(self, fh: BinaryIO, codec: str) -> None:
+        self.fh, self.codec = fh, codec
+        self._reset(fh.tell() == 0)
+
+    def _reset(self, at_start: bool) -> None:
+        self._decode = codecs.getincrementaldecoder(self.codec)(errors="replace")
+        self._buf = b""
+        self._mark = at_start  # the byte-order mark is still to be dropped
+
+    def readline(self, limit: int) -> bytes:
+        while b"\n" not in self._buf and len(self._buf) < limit:
+            data = self.fh.read(1 << 16)
+            if not data:
+                break
+            text = self._decode.decode(data)
+            if self._mark and text:
+                text, self._mark = text.removeprefix("\ufeff"), False
+            self._buf += text.encode("utf-8")
+        nl = self._buf.find(b"\n")
+        cut = nl + 1 if 0 <= nl < limit else min(len(self._buf), limit)
+        out, self._buf = self._buf[:cut], self._buf[cut:]
+        return out
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        at = self.fh.seek(pos, whence)
+        self._reset(at == 0)
+        return at
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def _skip_rest_of_line(fh: BinaryIO, stats: ReadStats) -> None:

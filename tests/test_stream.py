@@ -328,3 +328,38 @@ def test_detect_warns_once_when_the_lines_give_the_detector_nothing(caplog):
             sz.feed(line)
         watch.final()
     assert not caplog.records
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig"])
+def test_follow_reads_a_file_with_a_byte_order_mark_as_file_reading_does(tmp_path, encoding):
+    """PowerShell 5's `>` writes UTF-16 with a mark, Notepad UTF-8 with one: followed, such a file gives the
+    lines `file_lines` gives, as it grows (a line split mid-character waits), from the end, and after a
+    rotation to a file that is empty when opened."""
+    bom = {"utf-16": b"\xff\xfe", "utf-16-be": b"\xfe\xff", "utf-8-sig": b"\xef\xbb\xbf"}[encoding]
+    codec = {"utf-16": "utf-16-le", "utf-16-be": "utf-16-be", "utf-8-sig": "utf-8"}[encoding]
+    path = tmp_path / "ps.log"
+    stats = ReadStats()
+    path.write_bytes(bom + "INFO start é\r\nWARN half".encode(codec))
+    gen = follow(path, stats, stop=threading.Event(), poll_interval=0.001)
+    assert _until_quiet(gen) == ["INFO start é"]
+    rest = " done\r\nERROR x\r\n".encode(codec)
+    with open(path, "ab") as fh:
+        fh.write(rest[:3])  # a character cut in two
+    assert _until_quiet(gen) == []
+    with open(path, "ab") as fh:
+        fh.write(rest[3:])
+    assert _until_quiet(gen) == ["WARN half done", "ERROR x"]
+    os.rename(path, tmp_path / "ps.log.1")
+    path.write_bytes(b"")  # the new file is empty when the follower opens it
+    assert _until_quiet(gen) + _until_quiet(gen) == []
+    with open(path, "ab") as fh:
+        fh.write(bom + "INFO after rotation\r\n".encode(codec))
+    assert _until_quiet(gen) + _until_quiet(gen) == ["INFO after rotation"]
+    assert stats.decode_errors == 0
+    gen.close()
+    from_end = follow(tmp_path / "ps.log.1", stop=threading.Event(), poll_interval=0.001, from_end=True)
+    assert _until_quiet(from_end) == []
+    with open(tmp_path / "ps.log.1", "ab") as fh:
+        fh.write("INFO appended\r\n".encode(codec))
+    assert _until_quiet(from_end) == ["INFO appended"]
+    from_end.close()
