@@ -29,6 +29,7 @@ import contextlib
 import hmac
 import json
 import logging
+import signal
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -64,7 +65,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: Longest text a mute request may name (a template or one raw line).
 MAX_MUTE_CHARS = 10_000
 _KNOWN_PATHS = {"/v1/detect", "/v1/mute", "/v1/unmute", "/v1/baseline", "/v1/baseline/undo", "/v1/ingest",
-                "/v1/ingest/flush", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
+                "/v1/ingest/flush", "/v1/reload", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json",
                 "/docs/oauth2-redirect"}
 
 
@@ -395,8 +396,34 @@ class DetectService:
         self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
         self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
         # a flood of flags, as after a release: said in the log, as a live detect says it
+        from fusionlog.feedback import now_utc
+
+        self.loaded_at = now_utc()
         self.drift = DriftWatch(getattr(scorer, "pool_flagged_share", None), str(getattr(scorer, "model_dir", "MODEL")),
                                 logger, recent=self.metrics.recent, who="serve")
+
+    def reload(self, load) -> dict:
+        """Swap in the scorer `load()` returns (the artifact re-read from its folder, after a re-`fuse`).
+
+        Loaded before the lock is taken, so requests are served meanwhile; a load that fails (a half-written or
+        broken artifact) raises and the old scorer keeps serving. The ingest streams' open sessions hold the old
+        scorer's template ids, so they are closed and scored with it first (`closed_by` flush).
+        """
+        from fusionlog.feedback import now_utc
+
+        new = load()
+        with self.lock:
+            flushed = self.streams.flush()
+            self.scorer = new
+            self.parser = scorer_parser(new)
+            self.streams = IngestStreams(new, self.ingest_config, self.sink)
+            self.drift.pool_share = getattr(new, "pool_flagged_share", None)
+            self.loaded_at = now_utc()
+        logger.info("reloaded the model from %s (threshold %.6g); %d open ingest session(s) scored with the old one",
+                    getattr(new, "model_dir", "?"), float(new.threshold), len(flushed))
+        return {"reloaded": True, "loaded_at": self.loaded_at, "threshold": float(new.threshold),
+                "templates": len(getattr(getattr(new, "detector", None), "templates_", None) or ()),
+                "flushed_sessions": len(flushed)}
 
     def _refresh(self) -> None:
         """Apply a changed feedback.json / baseline.json. While ingest streams hold open sessions, their template
@@ -834,12 +861,21 @@ def create_app(
             except Exception:  # the next poll tries again; the service keeps serving
                 logger.exception("closing idle ingest sessions failed")
 
+    async def reload_on_signal() -> None:
+        try:
+            await run_in_threadpool(service.reload, load_again)
+        except Exception as exc:  # noqa: BLE001 - the old model keeps serving, and the log says why
+            logger.error("SIGHUP: the model was not reloaded, the loaded one keeps serving: %s", exc)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         task = asyncio.create_task(poll_streams()) if service.ingest_config.wall_idle_seconds else None
+        hup = _on_sighup(lambda: asyncio.ensure_future(reload_on_signal()))
         try:
             yield
         finally:
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -1001,8 +1037,22 @@ def create_app(
     async def ingest_flush(stream: str | None = None) -> JSONResponse:
         return JSONResponse(await in_worker(service.ingest_flush, stream))
 
+    def load_again():
+        folder = getattr(service.scorer, "model_dir", None)
+        if folder is None:
+            raise ApiError(501, "not_supported", "this scorer has no artifact folder to reload from")
+        from fusionlog.stream import load_scorer
+
+        return load_scorer(folder)
+
+    @app.post("/v1/reload", responses=error_responses, dependencies=[Depends(auth)],
+              summary="Load the model folder again (after a re-fuse), as SIGHUP does")
+    async def reload() -> JSONResponse:
+        return JSONResponse(await in_worker(service.reload, load_again))
+
     @app.get("/healthz", summary="Liveness and what is loaded")
     async def healthz() -> dict:
+        scorer = service.scorer  # the one loaded now (`POST /v1/reload`, SIGHUP)
         rule = scorer.rule
         return {
             "status": "ok",
@@ -1023,11 +1073,13 @@ def create_app(
             "auth": token_bytes is not None,
             "limits": {"max_body_bytes": max_body_bytes, "max_lines": max_lines},
             "uptime_s": round(time.time() - metrics.started, 3),
+            "loaded_at": service.loaded_at,  # UTC, ISO 8601: start or the last reload
         }
 
     @app.get("/metrics", dependencies=[Depends(auth)], response_class=PlainTextResponse,
              summary="Prometheus metrics")
     async def metrics_endpoint() -> PlainTextResponse:
+        scorer = service.scorer
         gauges = {
             "fusionlog_up": ("1 while the service runs", 1.0),
             "fusionlog_threshold": ("decision threshold of the loaded model", float(scorer.threshold)),
@@ -1049,6 +1101,18 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_schemas(app)
     return app
+
+
+def _on_sighup(callback) -> bool:
+    """Reload on SIGHUP, as daemons do; only where the loop may take signals (the main thread, not Windows)."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        asyncio.get_running_loop().add_signal_handler(sighup, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _ingest_health(service: DetectService) -> dict:

@@ -476,3 +476,78 @@ def test_a_folder_another_library_wrote_gets_the_modes_open_and_mkdir_give(tmp_p
     umask = _umask()
     assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
     assert (folder / "sub" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _new_threshold(folder: Path, value: float) -> None:
+    """What a re-`fuse` into the folder changes, in the smallest form: the decision threshold."""
+    info = json.loads((folder / "threshold.json").read_text(encoding="utf-8"))
+    info["value"] = value
+    (folder / "threshold.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def test_the_service_reloads_its_model_folder_without_a_restart(bgl_artifact, data_dir, tmp_path):
+    """After a re-fuse the operator posts /v1/reload (or sends SIGHUP): the folder is loaded again while requests
+    are served; open ingest sessions are scored with the model that cut them; a broken folder is refused and the
+    loaded model keeps serving."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from fusionlog.ingest import IngestConfig
+    from fusionlog.serving import create_app
+
+    art = shutil.copytree(bgl_artifact, tmp_path / "det")
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:400]
+    quiet = IngestConfig(idle_seconds=None, wall_idle_seconds=None)
+    with TestClient(create_app(load_scorer(art), ingest=quiet)) as client:
+        before = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
+        assert any(v["anomalous"] for v in before)
+        assert len(client.post("/v1/ingest", json={"lines": lines[:30]}).json()["verdicts"]) == 1  # one open
+        high = max(v["score"] for v in before) + 1.0
+        _new_threshold(art, high)
+        assert client.post("/v1/detect", json={"lines": lines}).json()["verdicts"] == before  # not yet
+        r = client.post("/v1/reload")
+        assert r.status_code == 200, r.text
+        assert r.json()["flushed_sessions"] == 1 and r.json()["threshold"] == pytest.approx(high)
+        health = client.get("/healthz").json()
+        assert health["threshold"] == pytest.approx(high) and health["ingest"]["open_sessions"] == 0
+        after = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
+        assert [v["score"] for v in after] == [v["score"] for v in before] and not any(v["anomalous"] for v in after)
+        (art / "config.json").unlink()  # a folder caught mid-copy
+        r = client.post("/v1/reload")
+        assert r.status_code == 422 and "config.json" in r.json()["detail"]
+        assert client.post("/v1/detect", json={"lines": lines}).json()["verdicts"] == after
+
+
+def test_sighup_reloads_a_running_serve(bgl_artifact, tmp_path):
+    import re
+    import shutil
+    import signal
+    import time
+    import urllib.request
+
+    art = shutil.copytree(bgl_artifact, tmp_path / "det")
+    proc = subprocess.Popen([sys.executable, "-m", "fusionlog.cli", "serve", "--model", str(art), "--port", "0",
+                             "--no-access-log"], stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            if m := re.search(r"running on http://127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+                break
+        assert port
+
+        def threshold() -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60) as r:
+                return json.load(r)["threshold"]
+
+        old = threshold()
+        _new_threshold(art, old + 0.25)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while threshold() == old and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert threshold() == pytest.approx(old + 0.25) and proc.poll() is None  # reloaded, still running
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

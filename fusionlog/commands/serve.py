@@ -6,7 +6,8 @@ import argparse
 
 NAME = "serve"
 HELP = ("serve a trained detector over HTTP (POST /v1/detect, POST /v1/ingest for a log shipper, GET /healthz, GET "
-        "/metrics, OpenAPI at /docs; POST /v1/mute with --allow-mute, POST /v1/baseline with --allow-baseline)")
+        "/metrics, OpenAPI at /docs; POST /v1/mute with --allow-mute, POST /v1/baseline with --allow-baseline; "
+        "POST /v1/reload or SIGHUP loads the model folder again)")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
