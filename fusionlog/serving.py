@@ -395,10 +395,10 @@ class DetectService:
         self.ingest_config = ingest or IngestConfig()
         self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
         self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
-        # a flood of flags, as after a release: said in the log, as a live detect says it
         from fusionlog.feedback import now_utc
 
-        self.loaded_at = now_utc()
+        self.loaded_at = now_utc()  # start, or the last `reload`
+        # a flood of flags, as after a release: said in the log, as a live detect says it
         self.drift = DriftWatch(getattr(scorer, "pool_flagged_share", None), str(getattr(scorer, "model_dir", "MODEL")),
                                 logger, recent=self.metrics.recent, who="serve")
 
@@ -575,7 +575,6 @@ class DetectService:
         return {"template": found.template, "event_id": found.event_id, "changed": change.changed,
                 "muted_templates": [m.template for m in change.mutes]}
 
-
     # -- known-good logs (`--allow-baseline`) -------------------------------------------------------
 
     def baseline(self, req: BaselineIn) -> dict:
@@ -592,13 +591,13 @@ class DetectService:
             raise ApiError(413, "too_many_lines", f"{len(req.lines)} lines in the request; the limit is "
                            f"{self.limits.max_lines} (post the rest in later requests, without replace)")
         lines = [_one_line(x) for x in self._as_lines(req.lines, "lines")]
-        scorer = self.scorer
 
         def applied():
             self._refresh()
             return scorer
 
         with self.lock:
+            scorer = self.scorer  # under the lock: a reload swaps it
             self._refresh()  # "before" against the reference in force now
             outcome = learn_baseline(folder, scorer, lines, applied, source=req.source or "POST /v1/baseline",
                                      reason=req.reason, at=now_utc(), replace=req.replace)
@@ -703,6 +702,7 @@ class DetectService:
         except (KeyError, IndexError):
             raise ApiError(422, "invalid_request", f"{where}: {eid} is not an event id of this model") from None
         return eid
+
 
 def decode_ingest(body: bytes, content_type: str) -> tuple[str | None, list, int]:
     """(stream named in the body, posted items, lines whose bad bytes were replaced) of an ingest body: our JSON
