@@ -245,3 +245,33 @@ def test_a_flood_of_anomalies_is_logged_one_by_one_up_to_a_cap_then_counted(tmp_
     assert "10 more anomalous session(s) in the last minute not logged one by one (all in" in caplog.text
     assert "anomalous session late (stream web" in caplog.text
     assert len(path.read_text(encoding="utf-8").splitlines()) == WARNINGS_PER_MINUTE + 11
+
+
+def test_compressed_and_back_to_back_json_bodies_as_shippers_send_them(os_lines, make_scorer):
+    """Fluent Bit (`compress gzip`, `format json_stream` or `json_lines`) and Vector (`compression = "gzip"`) send
+    compressed batches; a compressed body is capped by what it holds, not by its size on the wire."""
+    import gzip
+    import zlib
+
+    records = [{"date": 1.0, "log": line} for line in os_lines[:200]]
+    stream = "".join(json.dumps(r) for r in records).encode()  # json_stream: objects back to back
+    with TestClient(create_app(make_scorer(), max_body_bytes=256 * 1024, ingest=QUIET)) as client:
+        plain = client.post("/v1/ingest?stream=a", content=stream, headers={"Content-Type": "application/json"})
+        zipped = client.post("/v1/ingest?stream=b", content=gzip.compress(stream),
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert plain.status_code == zipped.status_code == 200, zipped.text
+        assert zipped.json()["stats"] == {**plain.json()["stats"], "elapsed_ms": zipped.json()["stats"]["elapsed_ms"]}
+        assert zipped.json()["stats"]["lines"] == 200
+        deflated = client.post("/v1/detect", content=zlib.compress(json.dumps({"lines": os_lines[:50]}).encode()),
+                               headers={"Content-Encoding": "deflate"})
+        assert deflated.status_code == 200 and deflated.json()["stats"]["lines"] == 50
+        bomb = gzip.compress(json.dumps({"lines": ["x" * 1000] * 1000}).encode())  # 1 MB in a few KB
+        assert len(bomb) < 256 * 1024
+        r = client.post("/v1/ingest", content=bomb, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413 and "holds over" in r.json()["detail"]
+        r = client.post("/v1/ingest", content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_encoding"
+        r = client.post("/v1/ingest", content=gzip.compress(stream)[:100], headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and "ends early" in r.json()["detail"]
+        r = client.post("/v1/ingest", content=stream, headers={"Content-Encoding": "br"})
+        assert r.status_code == 415
