@@ -107,4 +107,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result = fuse(cfg, spec=spec)
     print(f"artifact: {result.out_dir}")
+    if not args.quiet:  # what to do with it; a serve of this folder already running keeps the old model until told
+        import shlex
+
+        print(f"serve it: fusionlog serve --model {shlex.quote(str(result.out_dir))} (a serve of this folder already "
+              "running loads it on POST /v1/reload or SIGHUP)")
     return 0
