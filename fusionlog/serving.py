@@ -10,6 +10,10 @@
     POST /v1/baseline {"lines": [...], "replace": false, "reason": ""}   with --allow-baseline (and a token): as
     POST /v1/baseline/undo                    `fusionlog baseline` (baseline.json), applied from the next request
     GET  /v1/baseline the batches in force and the reference's size
+    POST /v1/ingest   a shipper's batch ({"lines": [...]}, an array, JSON lines, text/plain; ?stream=NAME): sessions
+                      stay open across requests (`fusionlog.ingest`) → {"verdicts": those it finished, ...}
+    POST /v1/ingest/flush[?stream=]   close and score open sessions now (all of them at shutdown)
+    POST /v1/reload   load the model folder again (also on SIGHUP)
     GET  /healthz     liveness + what is loaded (never needs the token)
     GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
