@@ -18,12 +18,13 @@
     GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
 
-Edge rules: the body is read with a byte cap (413 before or while reading), must be UTF-8 and JSON,
-and is validated strictly (no coercion: `"lines": "x"` or `[1]` is an error naming the field). Every
-error is a 4xx JSON object `{"error": kind, "detail": message}`; an unexpected failure is a 500 of the
-same shape and the service keeps serving. Scoring runs under one lock, because the scorer's parser
-state (template cache, new templates) and the model are not thread-safe: small bodies on the event
-loop (a thread hop costs more than their scoring), big ones in a worker thread.
+Edge rules: the body is read with a byte cap (413 before or while reading; a gzip or deflate body is
+capped by what it holds), must be UTF-8 and JSON (ingest also takes text/plain), and is validated
+strictly (no coercion: `"lines": "x"` or `[1]` is an error naming the field). Every error is a 4xx JSON
+object `{"error": kind, "detail": message}`; an unexpected failure is a 500 of the same shape and the
+service keeps serving. Scoring runs under one lock, because the scorer's parser state (template cache,
+new templates) and the model are not thread-safe: small bodies on the event loop (a thread hop costs more
+than their scoring), big ones in a worker thread.
 """
 
 from __future__ import annotations
