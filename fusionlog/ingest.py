@@ -49,6 +49,7 @@ class IngestConfig:
     wall_idle_seconds: float | None = 30.0  # any session: wall time without a line (background poll)
     max_open_sessions: int = 10_000  # per stream
     max_events: int = 1_000  # per session; a longer one is scored in parts
+    examples: bool = False  # each verdict's top templates and has/new departures carry their first raw line
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -174,7 +175,7 @@ class IngestStreams:
                 raise ConfigError(f"{len(self._streams)} streams are open, the limit (serve --max-streams); post "
                                   f"to one of them or flush one: POST /v1/ingest/flush")
             # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
-            sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits)
+            sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits, examples=self.config.examples)
             self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
         before = sz.stats.to_dict()
         done = []

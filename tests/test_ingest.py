@@ -275,3 +275,16 @@ def test_compressed_and_back_to_back_json_bodies_as_shippers_send_them(os_lines,
         assert r.status_code == 400 and "ends early" in r.json()["detail"]
         r = client.post("/v1/ingest", content=stream, headers={"Content-Encoding": "br"})
         assert r.status_code == 415
+
+
+def test_ingest_verdicts_can_name_the_raw_line_behind_each_template(os_lines, make_scorer):
+    """`serve --examples`: what an SRE greps for next, numbered by the stream's lines across posts."""
+    cfg = IngestConfig(idle_seconds=None, wall_idle_seconds=None, examples=True)
+    with TestClient(create_app(make_scorer(), ingest=cfg)) as client:
+        for i in range(0, len(os_lines), 97):
+            client.post("/v1/ingest", json={"lines": os_lines[i:i + 97]})
+        verdicts = client.post("/v1/ingest/flush").json()["verdicts"]
+    shown = [t["example"] for v in verdicts for t in v["top_templates"]]
+    assert verdicts and len(shown) == sum(len(v["top_templates"]) for v in verdicts)
+    assert all(os_lines[ex["line"] - 1].strip().startswith(ex["text"]) for ex in shown)
+    assert max(ex["line"] for ex in shown) > 97  # numbered across posts, not per request

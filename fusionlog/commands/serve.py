@@ -34,6 +34,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verdicts", metavar="PATH",
                    help="append every ingest verdict to this JSONL file (anomalous ones are also logged as warnings)")
     g.add_argument("--anomalies-only", action="store_true", help="--verdicts gets only anomalous sessions")
+    g.add_argument("--examples", action="store_true",
+                   help="ingest verdicts name the first raw line of each top template and has/new departure")
     g.add_argument("--idle-seconds", type=float, default=3_600.0,
                    help="key sessions close after this much log time without a line; 0 = never (default 3600)")
     g.add_argument("--wall-idle-seconds", type=float, default=30.0,
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.serving import TOKEN_ENV, serve
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
-    ingest = IngestConfig(verdicts_path=args.verdicts, anomalies_only=args.anomalies_only, max_streams=args.max_streams,
+    ingest = IngestConfig(verdicts_path=args.verdicts, anomalies_only=args.anomalies_only, examples=args.examples,
+                          max_streams=args.max_streams,
                           idle_seconds=args.idle_seconds or None, wall_idle_seconds=args.wall_idle_seconds or None,
                           max_open_sessions=args.max_open_sessions)
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
