@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionlog.errors import ConfigError
+from fusionlog.journal import StreamJournal, journals, read_journal
 from fusionlog.stream import StreamLimits, StreamSessionizer, finished_verdicts, scorer_sessionizer
 from fusionlog.watch import FitWatch
 
@@ -50,12 +51,15 @@ class IngestConfig:
     max_open_sessions: int = 10_000  # per stream
     max_events: int = 1_000  # per session; a longer one is scored in parts
     examples: bool = False  # each verdict's top templates and has/new departures carry their first raw line
+    journal_dir: str | None = None  # write-ahead journal of each stream's lines (`fusionlog.journal`)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
             raise ConfigError(f"max_streams={self.max_streams}: must be >= 1")
         if self.verdicts_path is not None and not Path(self.verdicts_path).parent.is_dir():
             raise ConfigError(f"--verdicts {self.verdicts_path}: its folder does not exist")
+        if self.journal_dir is not None and not Path(self.journal_dir).is_dir():
+            raise ConfigError(f"--journal {self.journal_dir}: not a folder (create it first)")
 
     def limits(self) -> StreamLimits:
         return StreamLimits(max_open_sessions=self.max_open_sessions, max_events_per_session=self.max_events,
@@ -166,37 +170,110 @@ class IngestStreams:
         self._limits = config.limits()
         self._streams: dict[str, StreamSessionizer] = {}
         self._fit: dict[str, FitWatch] = {}  # says once when a stream's first lines give the detector nothing
+        self._journals: dict[str, StreamJournal] = {}  # with `journal_dir`: each stream's write-ahead journal
+
+    def _open_stream(self, stream: str, journal: StreamJournal | None = None) -> StreamSessionizer:
+        if len(self._streams) >= self.config.max_streams:
+            raise ConfigError(f"{len(self._streams)} streams are open, the limit (serve --max-streams); post "
+                              f"to one of them or flush one: POST /v1/ingest/flush")
+        # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
+        sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits, examples=self.config.examples)
+        self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
+        if journal is None and self.config.journal_dir is not None:
+            journal = StreamJournal(Path(self.config.journal_dir), stream)
+        if journal is not None:
+            self._journals[stream] = journal
+        return sz
 
     def feed(self, stream: str, lines: list[str]) -> tuple[list[dict], dict[str, int]]:
         """Add lines to a stream: (verdicts of the sessions they finished, what reading them counted)."""
-        sz = self._streams.get(stream)
-        if sz is None:
-            if len(self._streams) >= self.config.max_streams:
-                raise ConfigError(f"{len(self._streams)} streams are open, the limit (serve --max-streams); post "
-                                  f"to one of them or flush one: POST /v1/ingest/flush")
-            # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
-            sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits, examples=self.config.examples)
-            self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
+        sz = self._streams.get(stream) or self._open_stream(stream)
+        journal = self._journals.get(stream)
+        if journal is not None:
+            journal.lines_added(lines)  # before reading them: a crash from here on loses none
         before = sz.stats.to_dict()
         done = []
         for line in lines:
             done += sz.feed(line)
         self._fit[stream].fed()
         after = sz.stats.to_dict()
-        return self._score(stream, done), {k: after[k] - before[k] for k in READ_COUNTS}
+        verdicts = self._score(stream, done)
+        if journal is not None:
+            journal.written_through(sz.line_no)
+            journal.settle(sz.line_no, sz.oldest_open_line())
+        return verdicts, {k: after[k] - before[k] for k in READ_COUNTS}
 
     def poll(self) -> list[dict]:
         """Close and score the sessions idle for `wall_idle_seconds` in every stream."""
-        return [v for name, sz in list(self._streams.items()) for v in self._score(name, sz.poll())]
+        out = []
+        for name, sz in list(self._streams.items()):
+            done = sz.poll()
+            if not done:
+                continue
+            out += self._score(name, done)
+            journal = self._journals.get(name)
+            if journal is not None:
+                journal.closed([s.key for s in done])
+                journal.settle(sz.line_no, sz.oldest_open_line())
+        return out
 
     def flush(self, stream: str | None = None) -> list[dict]:
         """Close and score every open session of one stream (or of all: at shutdown); a flushed stream is gone."""
         names = list(self._streams) if stream is None else [stream]
         if stream is not None and stream not in self._streams:
             raise ConfigError(f"no open stream {stream!r}; open: {', '.join(sorted(self._streams)) or 'none'}")
+        out = []
         for name in names:
             self._fit.pop(name, None)
-        return [v for name in names for v in self._score(name, self._streams.pop(name).flush())]
+            out += self._score(name, self._streams.pop(name).flush())
+            journal = self._journals.pop(name, None)
+            if journal is not None:
+                journal.remove()
+        return out
+
+    def recover(self) -> dict[str, int]:
+        """Rebuild the streams a previous serve's journals hold (`journal_dir`) as they were when it stopped:
+        sessions finished after its last written verdicts are scored now, the others are open again. Returns
+        the open sessions per recovered stream."""
+        if self.config.journal_dir is None:
+            return {}
+        recovered = {}
+        for path in journals(Path(self.config.journal_dir)):
+            try:
+                replay = read_journal(path)
+                name = stream_name(replay.stream)
+            except (ConfigError, OSError) as exc:
+                logger.warning("ingest journal %s: not replayed (%s)", path, exc)
+                continue
+            if name in self._streams:
+                logger.warning("ingest journal %s: stream %r is already open; not replayed", path, name)
+                continue
+            sz = self._open_stream(name, StreamJournal.resume(path, replay))
+            sz.start_at(replay.base)
+            late = []
+            for entry in replay.entries:
+                if isinstance(entry, str):
+                    done = sz.feed(entry)
+                    if done and sz.line_no > replay.done:
+                        late += done
+                else:
+                    sz.close_keys(entry)  # a wall-idle close: its verdicts were written
+            self._fit[name].fed()
+            verdicts = self._score(name, late)
+            journal = self._journals[name]
+            journal.written_through(sz.line_no)
+            journal.settle(sz.line_no, sz.oldest_open_line())
+            recovered[name] = sz.open_sessions
+            logger.info("ingest journal: stream %r recovered from %s: %d line(s) replayed, %d session(s) open again, "
+                        "%d finished but unwritten scored now%s", name, path.name, sz.line_no - replay.base,
+                        sz.open_sessions, len(verdicts),
+                        f", {replay.skipped} unreadable entr(y/ies) skipped" if replay.skipped else "")
+        return recovered
+
+    def close(self) -> None:
+        """Close the journal files (they stay: a flush removes a stream's, a crash leaves them for `recover`)."""
+        for journal in self._journals.values():
+            journal.close()
 
     def open_sessions(self) -> dict[str, int]:
         return {name: sz.open_sessions for name, sz in self._streams.items()}

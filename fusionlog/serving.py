@@ -401,6 +401,7 @@ class DetectService:
         self.ingest_config = ingest or IngestConfig()
         self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
         self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
+        self.recovered = self.streams.recover()  # what a crashed serve's journals held (`serve --journal`)
         from fusionlog.feedback import now_utc
 
         self.loaded_at = now_utc()  # start, or the last `reload`
@@ -896,6 +897,7 @@ def create_app(
             if flushed["verdicts"]:
                 logger.info("shutdown: scored the %d open session(s) of the ingest streams",
                             len(flushed["verdicts"]))
+            service.streams.close()
             service.sink.close()
 
     app = FastAPI(
@@ -1131,7 +1133,8 @@ def _ingest_health(service: DetectService) -> dict:
     open_now = service.streams.open_sessions()
     return {"streams": len(open_now), "open_sessions": sum(open_now.values()),
             "verdicts_file": service.ingest_config.verdicts_path,
-            "wall_idle_seconds": service.ingest_config.wall_idle_seconds}
+            "wall_idle_seconds": service.ingest_config.wall_idle_seconds,
+            "journal": service.ingest_config.journal_dir}
 
 
 def _batch_summary(batch) -> dict:

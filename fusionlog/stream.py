@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -357,6 +357,34 @@ class StreamSessionizer:
     @property
     def open_sessions(self) -> int:
         return len(self._open) + (self._cur is not None)
+
+    @property
+    def line_no(self) -> int:
+        """Lines fed so far (the number of the last one)."""
+        return self._line_no
+
+    def start_at(self, line_no: int) -> None:
+        """Number the next line `line_no + 1`: a replay from a journal continues the stream's numbering."""
+        if self._line_no or self.open_sessions:
+            raise ConfigError("start_at: only before the first line")
+        self._line_no = line_no
+
+    def oldest_open_line(self) -> int | None:
+        """The first line of the oldest open session (None when nothing is open): a replay from there rebuilds
+        every open session."""
+        firsts = [s.first_line for s in self._open.values()]
+        if self._cur is not None:
+            firsts.append(self._cur.first_line)
+        return min(firsts) if firsts else None
+
+    def close_keys(self, keys: Collection[str]) -> list[FinishedSession]:
+        """Close the open sessions under these keys as a wall-idle `poll` did (a journal's replay of one)."""
+        wanted = set(keys)
+        done = [self._finish(self._open.pop(k), CLOSED_WALL_IDLE) for k in list(self._open) if k in wanted]
+        if self._cur is not None and self._cur.key in wanted:
+            done.append(self._finish(self._cur, CLOSED_WALL_IDLE))
+            self._window_count = 0
+        return done
 
     # -- input ---------------------------------------------------------------------------------
     def feed(self, line: str) -> Sequence[FinishedSession]:

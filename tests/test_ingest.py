@@ -84,7 +84,7 @@ def test_a_shippers_batches_make_the_sessions_one_request_would(os_lines, make_s
         assert client.get("/healthz").json()["ingest"]["open_sessions"] == len(whole) - len(got) > 0
         got += client.post("/v1/ingest/flush").json()["verdicts"]
         assert client.get("/healthz").json()["ingest"] == {"streams": 0, "open_sessions": 0, "verdicts_file": None,
-                                                           "wall_idle_seconds": None}
+                                                           "wall_idle_seconds": None, "journal": None}
     assert sorted((v["key"], v["score"], v["events"]) for v in got) == sorted(
         (v["key"], v["score"], v["events"]) for v in whole)
 

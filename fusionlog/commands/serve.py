@@ -43,6 +43,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-streams", type=int, default=64, help="ingest streams open at most (default 64)")
     g.add_argument("--max-open-sessions", type=int, default=10_000,
                    help="open sessions per stream; the least recently updated is scored early (default 10000)")
+    g.add_argument("--journal", metavar="DIR",
+                   help="write each stream's lines to a journal in DIR before reading them, so a crash (kill -9, the "
+                        "OOM killer) loses no open session: the next serve with this DIR replays them")
+
+
+def _journal_dir(folder: str | None) -> str | None:
+    from pathlib import Path
+
+    from fusionlog.errors import ConfigError
+
+    if folder is None:
+        return None
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--journal {folder}: cannot create it ({exc})") from None
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     ingest = IngestConfig(verdicts_path=args.verdicts, anomalies_only=args.anomalies_only, examples=args.examples,
                           max_streams=args.max_streams,
                           idle_seconds=args.idle_seconds or None, wall_idle_seconds=args.wall_idle_seconds or None,
-                          max_open_sessions=args.max_open_sessions)
+                          max_open_sessions=args.max_open_sessions, journal_dir=_journal_dir(args.journal))
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
           max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log,
           allow_mute=args.allow_mute, allow_baseline=args.allow_baseline, ingest=ingest)

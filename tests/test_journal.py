@@ -1,0 +1,193 @@
+"""`serve --journal`: an ingest stream's open sessions survive a crash (`fusionlog.journal`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fusionlog import journal as journal_mod
+from fusionlog.errors import ConfigError
+from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink
+from fusionlog.journal import StreamJournal, read_journal
+from fusionlog.serving import create_app
+from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
+
+STREAM = "nova/compute-1"  # a name with a slash: the file name is quoted
+
+
+def _posts(lines: list[str], size: int = 97) -> list[list[str]]:
+    return [lines[i:i + size] for i in range(0, len(lines), size)]
+
+
+def _seen(verdicts: list[dict]) -> list[tuple]:
+    return sorted((v["key"], round(v["score"], 6), v["events"]) for v in verdicts)
+
+
+def test_a_crashed_serve_loses_no_session_and_writes_none_twice(os_lines, make_scorer, tmp_path):  # noqa: F811
+    """Posts to a journaled stream, then the process dies (no shutdown: nothing flushed). A new serve on the
+    same journal folder has the open sessions back; with the verdicts written before the crash, its flush
+    gives exactly the sessions and scores of a serve that never crashed, none twice."""
+    cfg = IngestConfig(idle_seconds=60.0, wall_idle_seconds=None, journal_dir=str(tmp_path))
+    with TestClient(create_app(make_scorer(), ingest=IngestConfig(idle_seconds=60.0, wall_idle_seconds=None))) as c:
+        whole = [v for part in _posts(os_lines) for v in c.post(f"/v1/ingest?stream={STREAM}",
+                                                                json={"lines": part}).json()["verdicts"]]
+        whole += c.post(f"/v1/ingest/flush?stream={STREAM}").json()["verdicts"]
+    crashed = TestClient(create_app(make_scorer(), ingest=cfg))  # never entered: its shutdown never runs
+    before = [v for part in _posts(os_lines) for v in crashed.post(f"/v1/ingest?stream={STREAM}",
+                                                                   json={"lines": part}).json()["verdicts"]]
+    open_then = crashed.get("/healthz").json()["ingest"]["open_sessions"]
+    assert open_then > 0 and [p.name for p in tmp_path.iterdir()] == ["nova%2Fcompute-1.journal"]
+    with TestClient(create_app(make_scorer(), ingest=cfg)) as client:
+        health = client.get("/healthz").json()["ingest"]
+        assert (health["streams"], health["open_sessions"], health["journal"]) == (1, open_then, str(tmp_path))
+        after = client.post(f"/v1/ingest/flush?stream={STREAM}").json()["verdicts"]
+        assert not list(tmp_path.iterdir())  # flushed: nothing left to replay
+    assert _seen(before + after) == _seen(whole) and len(before) > 0
+
+
+def test_sessions_finished_by_a_post_whose_verdicts_were_not_written_are_scored_at_recovery(
+        os_lines, make_scorer, tmp_path):  # noqa: F811
+    """A crash after a post's lines reached the journal but before its verdicts were written (its mark is
+    missing): the recovery scores the sessions those lines finished. A line cut by the crash is skipped."""
+    limits = IngestConfig(idle_seconds=60.0, wall_idle_seconds=None, journal_dir=str(tmp_path))
+    streams = IngestStreams(make_scorer(), limits, VerdictSink(limits))
+    finished_last = []
+    for part in _posts(os_lines):
+        finished_last, _ = streams.feed(STREAM, part)
+    assert finished_last  # the last post closed sessions (log-time idle)
+    path = next(tmp_path.iterdir())
+    rows = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(rows[-1]) == {"done": 600}
+    path.write_text("\n".join(rows[:-1]) + '\n"2017-05-16 00:13:22.112 2931 INFO nova.compu', encoding="utf-8")
+    written = tmp_path / "written.jsonl"  # where the recovery's verdicts go
+    again = IngestStreams(make_scorer(), limits, VerdictSink(IngestConfig(verdicts_path=str(written))))
+    assert again.recover() == {STREAM: streams.open_sessions()[STREAM]}
+    recovered_verdicts = [json.loads(row) for row in written.read_text(encoding="utf-8").splitlines()]
+    assert _seen(recovered_verdicts) == _seen(finished_last)
+    assert read_journal(path).done == 600  # marked now: a second crash would not score them again
+    assert _seen(again.flush(STREAM)) == _seen(streams.flush(STREAM))
+
+
+def test_a_wall_idle_close_is_replayed_where_it_happened(os_lines, make_scorer, tmp_path):  # noqa: F811
+    """The background poll closed the instances quiet for 30 s while others stayed open; then their lines came
+    again. A replay closes the same sessions at the same place, so every reopened session is the original's."""
+    clock = [0.0]
+    (tmp_path / "j").mkdir()
+    cfg = IngestConfig(idle_seconds=None, wall_idle_seconds=30.0, journal_dir=str(tmp_path / "j"))
+    streams = IngestStreams(make_scorer(), cfg, VerdictSink(cfg))
+    streams.feed(STREAM, [])
+    streams._streams[STREAM].clock = lambda: clock[0]  # the wall clock the poll reads, stepped by the test
+    streams.feed(STREAM, os_lines[:150])
+    clock[0] = 50.0
+    streams.feed(STREAM, os_lines[150:300])
+    clock[0] = 70.0
+    closed = streams.poll()  # the instances only the first post touched
+    assert closed and streams.open_sessions()[STREAM] > 0
+    clock[0] = 75.0
+    streams.feed(STREAM, os_lines[:300])  # the same instances again: the closed ones start new sessions
+    path = next((tmp_path / "j").iterdir())
+    assert sorted(next(e for e in read_journal(path).entries if isinstance(e, list))) == sorted(
+        v["key"] for v in closed)
+    shutil.copytree(tmp_path / "j", tmp_path / "copy")  # the journal as a crash would leave it
+    again = IngestStreams(make_scorer(), IngestConfig(idle_seconds=None, wall_idle_seconds=30.0,
+                                                      journal_dir=str(tmp_path / "copy")), VerdictSink(cfg))
+    assert again.recover() == {STREAM: streams.open_sessions()[STREAM]}
+    original, replayed = streams.flush(STREAM), again.flush(STREAM)
+    assert _seen(replayed) == _seen(original)
+    reopened = {v["key"] for v in closed}
+    assert all(v["first_line"] > 300 for v in replayed if v["key"] in reopened)
+
+
+def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp_path, monkeypatch):
+    j = StreamJournal(tmp_path, "s")
+    j.lines_added([f"line {i}" for i in range(1, 11)])
+    j.written_through(10)
+    j.settle(10, None)  # nothing open: only the header stays, numbering kept
+    r = read_journal(j.path)
+    assert (r.base, r.done, r.entries) == (10, 10, [])
+    monkeypatch.setattr(journal_mod, "COMPACT_MIN_LINES", 20)
+    j.lines_added([f"line {i}" for i in range(11, 30)])
+    j.closed(["k0"])  # before the oldest open session: dropped with its lines
+    j.lines_added([f"line {i}" for i in range(30, 34)])
+    j.closed(["k1"])
+    j.lines_added([f"line {i}" for i in range(34, 36)])
+    j.written_through(35)
+    j.settle(35, 28)  # 25 lines held, 8 span the oldest open session (from line 28): under 4 times, kept
+    assert read_journal(j.path).base == 10
+    j.settle(35, 33)  # 3 span it: rewritten from line 33
+    r = read_journal(j.path)
+    assert (r.base, r.done, j.lines) == (32, 35, 3)
+    assert r.entries == ["line 33", ["k1"], "line 34", "line 35"]
+    j.lines_added(["line 36"])  # appending goes on after the rewrite
+    assert read_journal(j.path).entries[-1] == "line 36"
+    j.remove()
+    assert not j.path.exists()
+
+
+def test_unreadable_journals_are_named_and_left(make_scorer, tmp_path, caplog):  # noqa: F811
+    (tmp_path / "x.journal").write_text("not json\n", encoding="utf-8")
+    (tmp_path / "y.journal").write_text(json.dumps({"fusionlog_journal": 1, "stream": "bad name!", "base": 0,
+                                                    "done": 0}) + "\n", encoding="utf-8")
+    cfg = IngestConfig(journal_dir=str(tmp_path))
+    assert IngestStreams(make_scorer(), cfg, VerdictSink(cfg)).recover() == {}
+    assert "x.journal: not replayed (" in caplog.text and "y.journal: not replayed (" in caplog.text
+    assert (tmp_path / "x.journal").exists()  # kept for the operator to look at
+    with pytest.raises(ConfigError, match="--journal"):
+        IngestConfig(journal_dir=str(tmp_path / "absent"))
+
+
+def _serve(model, *extra) -> tuple:
+    """A real `fusionlog serve` process on a free port: (process, base URL)."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fusionlog.cli", "serve", "--model", str(model), "--port", "0",
+                             "--no-access-log", *extra], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if m := re.search(r"running on http://127\.0\.0\.1:(\d+)", line):
+            return proc, f"http://127.0.0.1:{m.group(1)}"
+    proc.kill()
+    raise AssertionError("the server never said where it listens")
+
+
+def _post(url: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)
+
+
+def test_kill_9_of_a_real_serve_loses_no_open_window(bgl_artifact, data_dir, tmp_path):
+    """`fusionlog serve --journal DIR` killed with SIGKILL (no shutdown code runs) while a 20-line window is half
+    full: the next serve with the same DIR has it open again, and its flush scores it as one request of all the
+    lines would."""
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:50]
+    journal = tmp_path / "journal"  # created by serve
+    proc, base = _serve(bgl_artifact)
+    try:
+        whole = _post(f"{base}/v1/detect", {"lines": lines})["verdicts"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert [v["events"] for v in whole] == [20, 20, 10]
+    proc, base = _serve(bgl_artifact, "--journal", str(journal))
+    try:
+        first = _post(f"{base}/v1/ingest?stream=bgl", {"lines": lines})
+    finally:
+        proc.kill()  # SIGKILL: the shutdown flush never runs
+        proc.wait(timeout=60)
+    assert len(first["verdicts"]) == 2 and first["open_sessions"] == 1
+    proc, base = _serve(bgl_artifact, "--journal", str(journal))
+    try:
+        rest = _post(f"{base}/v1/ingest/flush?stream=bgl")["verdicts"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert _seen(first["verdicts"] + rest) == _seen(whole)
+    assert rest[0]["closed_by"] == "flush" and not list(journal.iterdir())
