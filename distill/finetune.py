@@ -91,7 +91,8 @@ def finetune(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    src_data = [SystemData.build(s.name, s.system, s.vectors, s.sessions, mc.max_len, True) for s in sources]
+    src_data = [SystemData.build(s.name, s.system, s.vectors, s.sessions, mc.max_len, True, trim=mc.trim_reference)
+                for s in sources]
     samplers = [
         Sampler.build(d.encoded, np.arange(len(d.encoded)), 0.5, True, True) for d in src_data
     ]

@@ -112,11 +112,12 @@ def main(args: argparse.Namespace) -> int:
     src_data = []
     for name in sources:
         system, vectors, sessions = load_prepared_folder(find_prepared(root, name))
-        src_data.append(SystemData.build(name, system, vectors, sessions, mc.max_len, True, device))
+        src_data.append(SystemData.build(name, system, vectors, sessions, mc.max_len, True, device,
+                                        trim=mc.trim_reference))
     system, vectors, sessions = load_prepared_folder(find_prepared(root, args.target))
     cut = int(round(0.6 * len(sessions)))
     pool = [Session(s.system, s.key, s.event_ids, None) for s in sessions[:cut]]
-    tgt = SystemData.build(args.target, system, vectors, pool, mc.max_len, False, device)
+    tgt = SystemData.build(args.target, system, vectors, pool, mc.max_len, False, device, trim=mc.trim_reference)
     encode_seconds = time.perf_counter() - t0
     anchors, anchor_note = anchor_vectors(args.anchors, vectors.shape[1])
 

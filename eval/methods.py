@@ -157,8 +157,9 @@ def rarity(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOutpu
     from fusionlog.threshold import POOL_RULES, choose_threshold
 
     t0 = time.perf_counter()
-    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors))
-    max_len = SessionModelConfig.max_len
+    mc = replace(SessionModelConfig(), **options.model_overrides)
+    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors), trim=mc.trim_reference)
+    max_len = mc.max_len
     # one score per distinct model input, leave-one-out, as the detector's pool-side rules see the pool
     enc = encode_sessions(ctx.pool.sessions, stats, max_len, in_corpus=True)
     pool, counts = enc.session_features.mean(axis=1), enc.counts.astype(np.float64)
@@ -181,10 +182,11 @@ def surprise(ctx: TargetContext, seed: int, options: MethodOptions) -> MethodOut
     one never-seen template (`ReferenceStats.surprise`), with the threshold fixed a priori at 1 unit: a
     session departs from the pool in more ways than one new line would. No training, no threshold search.
     """
-    from fusionlog.model import SURPRISE_UNIT, ReferenceStats
+    from fusionlog.model import SURPRISE_UNIT, ReferenceStats, SessionModelConfig
 
     t0 = time.perf_counter()
-    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors))
+    trim = replace(SessionModelConfig(), **options.model_overrides).trim_reference  # as the general path counts
+    stats = ReferenceStats.from_sessions(ctx.pool.sessions, len(ctx.pool.vectors), trim=trim)
     pool = np.array([stats.surprise(s.event_ids, in_corpus=True) for s in ctx.pool.sessions], np.float32)
     t1 = time.perf_counter()
     scores = np.array([stats.surprise(s.event_ids, in_corpus=False) for s in ctx.test], dtype=np.float32)

@@ -52,14 +52,14 @@ def pseudo_target_run(target, sources: list, pool_fraction: float = 0.6) -> Pseu
     """One pseudo-target (prepared datasets); None when the sources give no prior (too few labelled templates)."""
     from eval.metrics import prf, roc_auc
     from fusionlog.data import split_sessions
-    from fusionlog.model import SURPRISE_UNIT, ReferenceStats
+    from fusionlog.model import SURPRISE_UNIT, ReferenceStats, SessionModelConfig
     from fusionlog.template_prior import fit_template_prior, labelled_templates
 
     prior = fit_template_prior([(p.dataset.system, p.vectors, p.dataset.sessions) for p in sources])
     if prior is None:
         return None
     split = split_sessions(target.dataset, pool_fraction, 0)
-    stats = ReferenceStats.from_sessions(split.pool, len(target.vectors))
+    stats = ReferenceStats.from_sessions(split.pool, len(target.vectors), trim=SessionModelConfig().trim_reference)
     labels = np.array([int(s.label) for s in split.test])
     plain = surprise_scores(stats, split.test)
     weighted = surprise_scores(stats.with_have_weights(prior.have_weights(target.vectors)), split.test)

@@ -135,10 +135,12 @@ class Detector:
             raise ConfigError(f"sources {same} are the target's system {target.system!r}; use other systems")
         mc = self.model_config
         src_data = [
-            SystemData.build(s.name, s.system, s.vectors, s.sessions, mc.max_len, True, cfg.device) for s in sources
+            SystemData.build(s.name, s.system, s.vectors, s.sessions, mc.max_len, True, cfg.device,
+                             trim=mc.trim_reference)
+            for s in sources
         ]
         tgt_data = SystemData.build(target.name, target.system, target.vectors, target.sessions, mc.max_len, False,
-                                    cfg.device)
+                                    cfg.device, trim=mc.trim_reference)
         if mc.anchors and anchor_vectors is None:
             anchor_vectors = embed_anchors()
         result = train_model(src_data, tgt_data, mc, cfg, anchor_vectors)

@@ -68,6 +68,7 @@ def explain_surprise(stats: ReferenceStats, ids: Sequence[int], in_corpus: bool 
     sessions, are never listed.
     """
     key = sorted({int(e) for e in ids})
+    in_corpus = stats.counts_itself(key, in_corpus)  # a pool session a trimmed corpus left out reads as new
     n = len(stats.doc_freq)
     present = [e for e in key if 0 <= e < n]
     unknown = [e for e in key if not 0 <= e < n]

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -149,15 +149,52 @@ class ReferenceStats:
     _lack: dict[tuple[int, bool], tuple[np.ndarray, float]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_sessions(cls, sessions: Sequence[Session], n_templates: int) -> ReferenceStats:
+    def from_sessions(cls, sessions: Sequence[Session], n_templates: int, trim: bool = False) -> ReferenceStats:
+        """The corpus of these sessions; with `trim`, of those the corpus itself reads as normal (`trimmed`)."""
+        sets = Counter(_set_key(s.event_ids) for s in sessions)
+        return cls.trimmed(sets, n_templates) if trim else cls._from_sets(sets, n_templates)
+
+    @classmethod
+    def _from_sets(cls, sets: Mapping[tuple[int, ...], int], n_templates: int) -> ReferenceStats:
         df = np.zeros(n_templates, dtype=np.int64)
-        sets: Counter[tuple[int, ...]] = Counter()
-        for s in sessions:
-            key = _set_key(s.event_ids)
-            sets[key] += 1
+        for key, count in sets.items():
             known = [e for e in key if 0 <= e < n_templates]
-            df[known] += 1
-        return cls(len(sessions), df, dict(sets))
+            df[known] += count
+        return cls(int(sum(sets.values())), df, dict(sets))
+
+    @classmethod
+    def trimmed(cls, sets: Mapping[tuple[int, ...], int], n_templates: int, max_rounds: int = 20) -> ReferenceStats:
+        """The corpus of the sessions within `SURPRISE_UNIT` of it: a fixed point of the 1-unit rule.
+
+        Why: an unlabelled pool holds anomalies, and a failure counted in the corpus makes its own error lines
+        look less rare and the steps it lacks look less everyday, for every session scored against it. The
+        rule that flags a session calls one above 1 unit abnormal, so the reference it is measured against
+        should be the sessions that rule keeps: count the corpus, drop the sessions above 1 unit (each scored
+        leave-one-out while kept, as new once dropped), recount, until nothing changes. Identical template
+        sets score alike, so whole sets go, and `counts_itself` can tell a dropped pool session from a kept
+        one. A pool with no session within 1 unit (a small pool of a many-template system) has no normal side
+        to keep: its full corpus is returned, as without trimming.
+        """
+        full = cls._from_sets(sets, n_templates)
+        stats, kept = full, set(sets)
+        for _ in range(max_rounds):
+            keep = {k for k in sets if stats.surprise(k, in_corpus=True) <= SURPRISE_UNIT}
+            if sum(sets[k] for k in keep) < 2:
+                return full
+            if keep == kept:
+                return stats
+            kept, stats = keep, cls._from_sets({k: sets[k] for k in keep}, n_templates)
+        return stats
+
+    def counts_itself(self, ids: Sequence[int], in_corpus: bool) -> bool:
+        """Whether a session is counted out of the corpus it is scored against (leave-one-out).
+
+        `in_corpus` says the session is one of those the corpus was built from; a trimmed corpus dropped
+        whole template sets, so a pool session whose set it does not hold was left out and reads as new.
+        """
+        if not in_corpus:
+            return False
+        return not self.set_counts or self.set_counts.get(_set_key(ids), 0) > 0
 
     def _rarity(self, count: np.ndarray | float) -> np.ndarray:
         n = self.n_sessions
@@ -178,6 +215,7 @@ class ReferenceStats:
         """(5,) [rarity of the exact template set, max and mean template rarity over distinct templates,
         missing-everyday (`missing_everyday`), set surprise squashed to [0, 1) as s / (1 + s) (`surprise`)]."""
         key = _set_key(ids)
+        in_corpus = self.counts_itself(key, in_corpus)
         set_count = self.set_counts.get(key, 0) - (1 if in_corpus else 0)
         per_template = self.event_rarity(key, in_corpus) if key else np.ones(1, np.float32)
         return np.array(
@@ -199,6 +237,7 @@ class ReferenceStats:
         everywhere (squashed, 1 unit sits at 0.5, the wide path's centre).
         """
         key = _set_key(ids)
+        in_corpus = self.counts_itself(key, in_corpus)
         n = len(self.doc_freq)
         present = [e for e in key if 0 <= e < n]
         unknown = len(key) - len(present)  # ids outside the corpus' table: never seen, 1 each
@@ -368,14 +407,15 @@ def encode_sessions(
     index = np.empty(len(sessions), dtype=np.int64)
     for i, s in enumerate(sessions):
         capped = cap_events(s.event_ids, max_len) or [-1]
+        member = stats.counts_itself(s.event_ids, in_corpus)
         label = float("nan") if s.label is None else float(s.label)
         key = (tuple(capped), _set_key(s.event_ids), "nan" if s.label is None else s.label)
         g = groups.get(key)
         if g is None:
             g = groups[key] = len(ids)
             ids.append(np.asarray(capped, dtype=np.int64))
-            steps.append(stats.event_rarity(capped, in_corpus)[:, None])
-            sess.append(stats.session_features(s.event_ids, in_corpus))
+            steps.append(stats.event_rarity(capped, member)[:, None])
+            sess.append(stats.session_features(s.event_ids, member))
             labels.append(label)
             counts.append(0)
         counts[g] += 1
@@ -469,6 +509,11 @@ class SessionModelConfig:
     wide_features: str = field(
         default="surprise",
         metadata={"help": "session features on the wide path: 'surprise' or 'all' (weights learned on the sources)"},
+    )
+    trim_reference: bool = field(
+        default=True,
+        metadata={"help": "count each system's reference corpus over the sessions within 1 unit of surprise of it "
+                          "(ReferenceStats.trimmed), so the pool's anomalies do not make their own lines look usual"},
     )
 
     def __post_init__(self) -> None:

@@ -248,6 +248,8 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         "split": {"method": split_method, "pool_sessions": len(pool), "test_sessions": len(test),
                   "test_anomalies": int(sum(1 for s in test if s.label == 1))},
         "router": route.summary(),
+        "reference": {"sessions": int(detector.stats_.n_sessions), "pool_sessions": len(pool),
+                      "trimmed": bool(detector.model_.config.trim_reference)},
         "threshold": {"value": float(detector.threshold_), "rule": detector.threshold_info_.rule,
                       "source": detector.threshold_info_.source, "details": detector.threshold_info_.details},
         "template_prior": _prior_summary(detector),
@@ -269,6 +271,18 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     _plot_rounds(report, out)
     _print_summary(report, cfg.progress)
     return FuseResult(out, report, detector)
+
+
+def _reference_line(ref: dict) -> str:
+    """Why say it: rarity is counted over these sessions, and an SRE reading a flagged pool session's
+    explanation should know the pool's own outliers were left out of the counts."""
+    if not ref["trimmed"]:
+        return f"- reference: all {ref['pool_sessions']} pool sessions (untrimmed)"
+    if ref["sessions"] == ref["pool_sessions"]:
+        return (f"- reference: all {ref['pool_sessions']} pool sessions (none within 1 unit of surprise of the "
+                f"others to trim to, or none above it)")
+    return (f"- reference: {ref['sessions']} of {ref['pool_sessions']} pool sessions, those within 1 unit of "
+            f"surprise of the rest; the {ref['pool_sessions'] - ref['sessions']} others are left out of the counts")
 
 
 def _prior_summary(detector) -> dict | None:
@@ -665,6 +679,7 @@ def report_markdown(report: dict) -> str:
         f"test {report['split']['test_sessions']} ({report['split']['test_anomalies']} anomalous)",
         f"- router: {report['router'].get('general', '?')} general / {report['router'].get('proprietary', '?')} "
         f"proprietary pool sessions",
+        *([_reference_line(report["reference"])] if report.get("reference") else []),
         f"- threshold: {report['threshold']['value']:.4f} ({report['threshold']['rule']}, "
         f"{report['threshold']['source']})",
         f"- wall time: {report['wall_seconds']} s",

@@ -350,3 +350,56 @@ def test_a_batch_can_train_the_wide_path_without_the_deep_one():
         gru = model.gru.weight_ih_l0.grad
         assert model.rarity_weight.grad.abs().sum() > 0 and model.bias.grad.abs().sum() > 0
         assert (gru is not None and gru.abs().sum() > 0) == deep_grad
+
+
+def test_trimmed_reference_leaves_out_the_pool_sessions_the_rule_flags():
+    """95 ordinary lifecycles and 5 failures (stopped after step 0, one error line) in one unlabelled pool:
+    counted in the corpus, the failures make their own error line less rare; trimmed, the corpus is the
+    ordinary sessions, and a failure (in the pool or new) scores as never seen."""
+    ordinary, failure = [0, 1, 2, 3], [0, 4]
+    pool = _sessions([ordinary] * 95 + [failure] * 5)
+    full = ReferenceStats.from_sessions(pool, n_templates=6)
+    trimmed = ReferenceStats.from_sessions(pool, n_templates=6, trim=True)
+    assert full.n_sessions == 100 and trimmed.n_sessions == 95
+    assert set(trimmed.set_counts) == {(0, 1, 2, 3)} and trimmed.doc_freq.tolist() == [95, 95, 95, 95, 0, 0]
+    assert 1.0 < full.surprise(failure, False) < trimmed.surprise(failure, False)
+    assert trimmed.surprise(failure, False) == pytest.approx(4.0, abs=1e-6)  # lacks 1, 2, 3; has unseen 4
+    # a pool failure the corpus left out is scored as a new session (nothing of it to count out) ...
+    assert not trimmed.counts_itself(failure, True) and trimmed.counts_itself(ordinary, True)
+    assert trimmed.surprise(failure, True) == trimmed.surprise(failure, False)
+    assert trimmed.session_features(failure, True).tolist() == trimmed.session_features(failure, False).tolist()
+    # ... and an ordinary pool session still leave-one-out
+    assert trimmed.surprise(ordinary, True) > trimmed.surprise(ordinary, False)
+    enc = encode_sessions(pool, trimmed, 16, in_corpus=True)
+    assert surprising(enc.session_features).tolist() == [False, True]
+    # the fixed point: what it keeps is within 1 unit of it, what it drops is above
+    assert trimmed.surprise(ordinary, True) <= 1.0 < trimmed.surprise(failure, True)
+    back = ReferenceStats.from_dict(json.loads(json.dumps(trimmed.to_dict())))
+    assert not back.counts_itself(failure, True) and back.surprise(failure, True) == pytest.approx(4.0, abs=1e-6)
+    # a pool with no session within 1 unit of the others has no normal side: the full corpus, as untrimmed
+    scattered = _sessions([[i, 10 + i] for i in range(8)])
+    as_is, kept = ReferenceStats.from_sessions(scattered, 20), ReferenceStats.from_sessions(scattered, 20, trim=True)
+    assert kept.n_sessions == as_is.n_sessions == 8 and kept.set_counts == as_is.set_counts
+    assert kept.doc_freq.tolist() == as_is.doc_freq.tolist()
+
+
+def test_trimmed_reference_of_a_real_pool_keeps_its_normal_side(data_dir):
+    """OpenStack's unlabelled pool (labels only score): the sessions trimming drops are its failures, what it
+    keeps is within 1 unit of the kept corpus, and the 1-unit cut on the test part loses nothing by it."""
+    from sklearn.metrics import f1_score
+
+    from fusionlog.data import load_dataset, split_sessions
+
+    ds = load_dataset("openstack", data_dir, progress=False)
+    split = split_sessions(ds)
+    full = ReferenceStats.from_sessions(split.pool, len(ds.templates))
+    trimmed = ReferenceStats.from_sessions(split.pool, len(ds.templates), trim=True)
+    kept = np.array([trimmed.counts_itself(s.event_ids, True) for s in split.pool])
+    labels = np.array([s.label for s in split.pool])
+    assert trimmed.n_sessions == kept.sum() and 0 < (~kept).sum() < 0.2 * len(kept)
+    assert labels[~kept].mean() > 0.9 and labels[kept].mean() < 0.01 < labels.mean()
+    pool_surprise = np.array([trimmed.surprise(s.event_ids, True) for s in split.pool])
+    assert (pool_surprise[kept] <= 1.0).all() and (pool_surprise[~kept] > 1.0).all()
+    y = np.array([s.label for s in split.test])
+    f1 = [f1_score(y, [st.surprise(s.event_ids, False) > 1.0 for s in split.test]) for st in (full, trimmed)]
+    assert f1[1] >= f1[0] > 0.9, f1

@@ -61,15 +61,17 @@ class SystemData:
         max_len: int,
         labelled: bool,
         device: str | torch.device = "cpu",
+        trim: bool = False,
     ) -> SystemData:
-        """Reference stats come from these same sessions (leave-one-out), labels or not."""
+        """Reference stats come from these same sessions (leave-one-out), labels or not; with `trim`, from those
+        within 1 unit of surprise (`ReferenceStats.trimmed`), as the target's pool is counted."""
         if labelled:
             assert_labelled(sessions, f"source {name}")
         else:
             assert_unlabelled(sessions, f"target {name} adaptation pool")
         if not sessions:
             raise DataError(f"{name}: no sessions")
-        stats = ReferenceStats.from_sessions(sessions, len(vectors))
+        stats = ReferenceStats.from_sessions(sessions, len(vectors), trim=trim)
         enc = encode_sessions(sessions, stats, max_len, in_corpus=True, system=system)
         return cls(name, enc, torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device), stats)
 
