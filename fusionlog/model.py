@@ -136,7 +136,8 @@ class ReferenceStats:
     unlabelled adaptation pool. Rarity is normalised by the corpus size, ``log((N+1)/(c+1)) / log(N+1)``,
     so 0 means "in every session" and 1 means "in no other session", whatever N is. A session that is
     itself part of the corpus is counted out (leave-one-out), so a training session sees the same
-    statistic a new session would.
+    statistic a new session would. By default (`SessionModelConfig.trim_reference`) the corpus is trimmed to
+    the sessions within 1 unit of surprise of it (`trimmed`): the pool's own failures do not count.
     """
 
     n_sessions: int

@@ -294,6 +294,9 @@ def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_pa
     assert all(t["templates"] and t["key"] for t in top)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "What it flags in the target's own logs" in md and top[0]["key"] in md
+    # BGL's 60 pool windows are each over 1 unit from the others: no normal side to trim to, all are the reference
+    assert res.report["reference"] == {"sessions": len(pool), "pool_sessions": len(pool), "trimmed": True}
+    assert det.stats_.n_sessions == len(pool) and f"- reference: all {len(pool)} pool sessions" in md
     # why: each listed session's largest surprise terms, which the table shows
     stats = det.stats_
     by_key = {s.key: s for s in pool}
