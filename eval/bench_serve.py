@@ -1,7 +1,7 @@
 """HTTP benchmark: POST /v1/detect (or /v1/ingest) throughput and latency with 64 concurrent clients on 127.0.0.1.
 
     fusionlog bench serve [--model DIR] [--requests 2000] [--duration 30] [--concurrency 64] [--lines 20]
-                          [--threads 1] [--cache-size 32768] [--endpoint detect|ingest]
+                          [--threads 1] [--cache-size 32768] [--endpoint detect|ingest] [--journal DIR]
 
 The service runs in its own process (uvicorn, one worker, the real `fusionlog.serving` app) so the
 load generator does not share its interpreter; the clients are a minimal asyncio HTTP/1.1 client, one
@@ -48,7 +48,12 @@ def _serve_only(args: argparse.Namespace) -> int:
         from eval.bench_detect import DemoScorer
 
         scorer = DemoScorer(args.dataset, args.data_dir)
-    app = create_app(scorer, token=args.token or None, max_lines=max(20_000, args.lines))
+    ingest = None
+    if args.journal:
+        from fusionlog.ingest import IngestConfig
+
+        ingest = IngestConfig(journal_dir=args.journal)
+    app = create_app(scorer, token=args.token or None, max_lines=max(20_000, args.lines), ingest=ingest)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -176,6 +181,9 @@ def run(args: argparse.Namespace) -> dict:
         cmd += ["--model", args.model]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    if args.journal:
+        Path(args.journal).mkdir(parents=True, exist_ok=True)
+        cmd += ["--journal", args.journal]
     for flag, value in (("--threads", args.threads), ("--cache-size", args.cache_size)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -204,6 +212,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "scorer": f"load_scorer({args.model})" if args.model else f"DemoScorer({args.dataset})",
         "endpoint": f"/v1/{args.endpoint}",
+        "journal": args.journal,
         "concurrency": args.concurrency,
         "lines_per_request": args.lines,
         "limit": {"requests": args.requests, "seconds": args.duration},
@@ -245,6 +254,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="--model only: torch threads while scoring (0 = torch's default)")
     p.add_argument("--cache-size", type=int, help="--model only: score cache entries (0 = no cache)")
     p.add_argument("--data-dir")
+    p.add_argument("--journal", metavar="DIR", help="--endpoint ingest: the service journals each stream's lines in "
+                                                     "DIR (serve --journal)")
     p.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -267,7 +267,9 @@ class IngestStreams:
             logger.info("ingest journal: stream %r recovered from %s: %d line(s) replayed, %d session(s) open again, "
                         "%d finished but unwritten scored now%s", name, path.name, sz.line_no - replay.base,
                         sz.open_sessions, len(verdicts),
-                        f", {replay.skipped} unreadable entr(y/ies) skipped" if replay.skipped else "")
+                        "".join([f", {replay.skipped} unreadable entr(y/ies) skipped" if replay.skipped else "",
+                                 f", {replay.uncommitted} line(s) of a post the crash cut dropped (never answered: "
+                                 f"the shipper sends them again)" if replay.uncommitted else ""]))
         return recovered
 
     def close(self) -> None:

@@ -14,10 +14,12 @@ session's first line once it holds several times the lines that session spans. A
 background poll) is journaled, so a replay closes the same sessions; a stream's flush (and a clean shutdown,
 and a reload) removes its file.
 
-Format: JSON lines. The first is a header `{"fusionlog_journal": 1, "stream": NAME, "base": N, "done": M}` (the
+Format: one entry per line. The first is a header `{"fusionlog_journal": 1, "stream": NAME, "base": N, "done": M}` (the
 stream's lines before this file, and the last line whose finished sessions were written); then each line as a
-JSON string, `{"done": M}` after a post's verdicts were written, and `{"close": [KEY, ...]}` after a wall-idle
-close. A last line cut by the crash is skipped.
+space and the line itself (a JSON string if it holds a line break), `{"post": K}` after a post's K lines (in the
+same write: lines without it were cut by a crash, their shipper had no answer and sends them again, so they are
+not replayed), `{"done": M}` after a post's verdicts were written, and `{"close": [KEY, ...]}` after a wall-idle
+close.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class Replay:
     base: int  # lines of the stream before the journal's first line
     done: int  # the last line whose finished sessions were written (a stream line number)
     entries: list[str | list[str]] = field(default_factory=list)  # a line, or the keys of a wall-idle close
-    skipped: int = 0  # unreadable entries (a last line cut by the crash)
+    skipped: int = 0  # unreadable entries (a damaged file)
+    uncommitted: int = 0  # lines of a post the crash cut short (its shipper had no answer: it sends them again)
+    committed_bytes: int = 0  # where the last committed entry ends (a resumed journal is cut there)
 
 
 class StreamJournal:
@@ -71,7 +75,7 @@ class StreamJournal:
         journal = cls.__new__(cls)
         journal.path, journal.stream, journal._failed, journal._fh = Path(path), replay.stream, False, None
         journal.lines = sum(1 for e in replay.entries if isinstance(e, str))
-        journal._guarded(lambda: _drop_cut_tail(journal.path))  # so the next entry starts a line of its own
+        journal._guarded(lambda: os.truncate(journal.path, replay.committed_bytes))  # a cut post's lines go
         journal._open_append()
         return journal
 
@@ -90,7 +94,7 @@ class StreamJournal:
 
     def _open_append(self) -> None:
         if not self._failed:
-            self._fh = self._guarded(lambda: open(self.path, "a", encoding="utf-8"))  # noqa: SIM115
+            self._fh = self._guarded(lambda: open(self.path, "a", **TEXT))  # noqa: SIM115
 
     def _guarded(self, write):
         if self._failed:
@@ -112,8 +116,9 @@ class StreamJournal:
             self._guarded(write)
 
     def lines_added(self, lines: list[str]) -> None:
-        """Before the lines are read: after a crash they are in the file."""
-        self._write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        """Before the lines are read: after a crash they are in the file. The post's end mark comes in the same
+        write, after them: lines without it were cut by a crash and are not replayed."""
+        self._write("".join(map(_line_entry, lines)) + json.dumps({"post": len(lines)}) + "\n")
         self.lines += len(lines)
 
     def written_through(self, line_no: int) -> None:
@@ -144,14 +149,23 @@ class StreamJournal:
         self._fh = None
         replay = read_journal(self.path)
         kept: list[str] = [self._header(first_line - 1, line_no)]
+        run: list[str] = []  # kept lines since the last mark: committed as one post
+
+        def commit() -> None:
+            if run:
+                kept.extend([*run, json.dumps({"post": len(run)})])
+                run.clear()
+
         n = replay.base
         for entry in replay.entries:
             if isinstance(entry, str):
                 n += 1
                 if n >= first_line:
-                    kept.append(json.dumps(entry, ensure_ascii=False))
+                    run.append(_line_entry(entry)[:-1])
             elif n >= first_line:
+                commit()
                 kept.append(json.dumps({"close": entry}, ensure_ascii=False))
+        commit()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._guarded(lambda: _write_new(tmp, self.path, kept))
         self.lines = line_no - first_line + 1
@@ -170,22 +184,23 @@ class StreamJournal:
             self._fh = None
 
 
-def _drop_cut_tail(path: Path) -> None:
-    """Truncate a last line the crash cut (no newline after it): it was skipped at reading."""
-    with open(path, "rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        back = min(size, 1 << 20)
-        fh.seek(size - back)
-        tail = fh.read(back)
-        if tail.endswith(b"\n") or not tail:
-            return
-        cut = tail.rfind(b"\n")
-        fh.truncate(size - back + cut + 1 if cut >= 0 else size - back)
+#: How journal files are opened: exact round trips of any str a post can hold (no newline translation; a lone
+#: surrogate from a JSON escape is kept as it came, where strict UTF-8 would fail the write).
+TEXT = {"encoding": "utf-8", "errors": "surrogatepass", "newline": ""}
+TEXT_CODEC = ("utf-8", "surrogatepass")
+
+
+def _line_entry(line: str) -> str:
+    """A line's entry: the line itself after a space (no encoding work on the hot path), or as a JSON string
+    when it holds a line break of its own."""
+    if "\n" in line or "\r" in line:
+        return json.dumps(line, ensure_ascii=False) + "\n"
+    return " " + line + "\n"
 
 
 def _write_new(tmp: Path, path: Path, rows: list[str]) -> None:
     """Write `rows` to a temp file beside `path` and rename it there (a crash leaves the old file or the new)."""
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", **TEXT) as fh:
         fh.write("".join(r + "\n" for r in rows))
         fh.flush()
         os.fsync(fh.fileno())
@@ -193,18 +208,27 @@ def _write_new(tmp: Path, path: Path, rows: list[str]) -> None:
 
 
 def read_journal(path: Path) -> Replay:
-    """A journal file's header and entries; `ConfigError` for a file that is not one (its header unreadable)."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        rows = fh.read().split("\n")
+    """A journal file's header and committed entries; `ConfigError` for a file that is not one (its header
+    unreadable). A post's lines count only once the post's end mark follows them: a crash while a post was being
+    written left lines its shipper never had an answer for (it sends them again)."""
+    data = Path(path).read_bytes()
+    rows = data.split(b"\n")
     try:
-        head = json.loads(rows[0])
+        head = json.loads(rows[0].decode("utf-8"))
         if head.get("fusionlog_journal") != JOURNAL_VERSION:
             raise ValueError(f"version {head.get('fusionlog_journal')!r}")
         replay = Replay(str(head["stream"]), int(head["base"]), int(head["done"]))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not an ingest journal ({exc})") from None
-    for row in rows[1:]:
-        if not row:
+    pending: list[str] = []
+    offset = replay.committed_bytes = len(rows[0]) + 1
+    for raw in rows[1:]:
+        offset += len(raw) + 1
+        if not raw:
+            continue
+        row = raw.decode(*TEXT_CODEC)
+        if row[0] == " ":
+            pending.append(row[1:])
             continue
         try:
             entry = json.loads(row)
@@ -212,14 +236,23 @@ def read_journal(path: Path) -> Replay:
             replay.skipped += 1
             continue
         if isinstance(entry, str):
-            replay.entries.append(entry)
+            pending.append(entry)
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("post"), int):
+            if entry["post"] != len(pending):  # lines lost in the middle: never the case but for a damaged file
+                replay.skipped += len(pending)
+            else:
+                replay.entries += pending
+            pending = []
         elif isinstance(entry, dict) and isinstance(entry.get("done"), int):
-            replay.done = max(replay.done, entry["done"])
-            # a mark ends a post: entries before it are done; the replay needs only the furthest one
+            replay.done = max(replay.done, entry["done"])  # the marks grow: the furthest is all a replay needs
         elif isinstance(entry, dict) and isinstance(entry.get("close"), list):
             replay.entries.append([str(k) for k in entry["close"]])
         else:
             replay.skipped += 1
+            continue
+        replay.committed_bytes = min(offset, len(data))
+    replay.uncommitted = len(pending)
     return replay
 
 

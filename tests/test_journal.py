@@ -60,14 +60,19 @@ def test_sessions_finished_by_a_post_whose_verdicts_were_not_written_are_scored_
     assert finished_last  # the last post closed sessions (log-time idle)
     path = next(tmp_path.iterdir())
     rows = path.read_text(encoding="utf-8").splitlines()
-    assert json.loads(rows[-1]) == {"done": 600}
-    path.write_text("\n".join(rows[:-1]) + '\n"2017-05-16 00:13:22.112 2931 INFO nova.compu', encoding="utf-8")
+    assert json.loads(rows[-1]) == {"done": 600} and json.loads(rows[-2]) == {"post": 600 - 97 * 6}
+    # the crash: the last post's mark never written, and the next post cut while its lines were written
+    cut = [" " + line for line in os_lines[:2]] + [" 2017-05-16 00:13:22.112 2931 INFO nova.compu"]
+    path.write_text("\n".join(rows[:-1] + cut), encoding="utf-8")
+    assert read_journal(path).uncommitted == 3  # never answered: its shipper sends them again
     written = tmp_path / "written.jsonl"  # where the recovery's verdicts go
     again = IngestStreams(make_scorer(), limits, VerdictSink(IngestConfig(verdicts_path=str(written))))
     assert again.recover() == {STREAM: streams.open_sessions()[STREAM]}
     recovered_verdicts = [json.loads(row) for row in written.read_text(encoding="utf-8").splitlines()]
     assert _seen(recovered_verdicts) == _seen(finished_last)
-    assert read_journal(path).done == 600  # marked now: a second crash would not score them again
+    after = read_journal(path)
+    assert after.done == 600 and after.uncommitted == 0  # marked now, the cut post gone: a second crash agrees
+    assert len([e for e in after.entries if isinstance(e, str)]) == 600
     assert _seen(again.flush(STREAM)) == _seen(streams.flush(STREAM))
 
 
@@ -191,3 +196,16 @@ def test_kill_9_of_a_real_serve_loses_no_open_window(bgl_artifact, data_dir, tmp
         proc.wait(timeout=60)
     assert _seen(first["verdicts"] + rest) == _seen(whole)
     assert rest[0]["closed_by"] == "flush" and not list(journal.iterdir())
+
+
+def test_any_line_a_post_can_hold_comes_back_as_it_went(tmp_path):
+    """Line breaks inside a JSON string, a lone surrogate from a JSON escape, a leading space or brace, non-ASCII:
+    what the sessionizer read is what a replay reads."""
+    odd = ["a\nb", "x\ud800y", " lead", '{"k": 1}', "naïve ✓", "tab\there", "cr\rhere", ""]
+    j = StreamJournal(tmp_path, "s")
+    j.lines_added(odd)
+    j.closed(["k\nx"])
+    j.lines_added(odd[:2])
+    j.close()
+    r = read_journal(j.path)
+    assert r.entries == [*odd, ["k\nx"], *odd[:2]] and (r.skipped, r.uncommitted) == (0, 0)
