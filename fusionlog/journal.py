@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from fusionlog.errors import ConfigError
@@ -257,5 +258,33 @@ def read_journal(path: Path) -> Replay:
 
 
 def journals(folder: Path) -> Iterator[Path]:
-    """The journal files a previous serve left in `folder` (oldest name first)."""
+    """The journal files a previous serve left in `folder` (oldest name first); a rewrite's temp file a crash
+    left behind is removed (the journal it was to replace is still whole)."""
+    for tmp in Path(folder).glob(f".*{SUFFIX}.tmp"):
+        tmp.unlink(missing_ok=True)
     yield from sorted(Path(folder).glob(f"*{SUFFIX}"))
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_folder(folder: Path) -> IO[str]:
+    """Hold `folder` for this process (released when it exits, however it exits); `ConfigError` when another
+    serve holds it. Why: two replicas pointed at one volume would append to, replay and remove each other's
+    journals."""
+    import fcntl
+
+    fh = open(Path(folder) / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise ConfigError(f"--journal {folder}: another serve uses it{f' (pid {holder})' if holder else ''}; give "
+                          f"each serve a journal folder of its own") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh

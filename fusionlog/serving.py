@@ -40,6 +40,7 @@ import time
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -55,6 +56,7 @@ from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
 from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink, record_line, stream_name
+from fusionlog.journal import lock_folder
 from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
 from fusionlog.watch import DriftWatch
@@ -401,6 +403,8 @@ class DetectService:
         self.ingest_config = ingest or IngestConfig()
         self.sink = VerdictSink(self.ingest_config, record=self._count_verdict)
         self.streams = IngestStreams(scorer, self.ingest_config, self.sink)
+        journal = self.ingest_config.journal_dir
+        self.journal_lock = lock_folder(Path(journal)) if journal else None  # one serve per journal folder
         self.recovered = self.streams.recover()  # what a crashed serve's journals held (`serve --journal`)
         from fusionlog.feedback import now_utc
 
@@ -899,6 +903,8 @@ def create_app(
                             len(flushed["verdicts"]))
             service.streams.close()
             service.sink.close()
+            if service.journal_lock is not None:
+                service.journal_lock.close()
 
     app = FastAPI(
         title="FusionLog detector",

@@ -39,12 +39,19 @@ def test_a_crashed_serve_loses_no_session_and_writes_none_twice(os_lines, make_s
     before = [v for part in _posts(os_lines) for v in crashed.post(f"/v1/ingest?stream={STREAM}",
                                                                    json={"lines": part}).json()["verdicts"]]
     open_then = crashed.get("/healthz").json()["ingest"]["open_sessions"]
-    assert open_then > 0 and [p.name for p in tmp_path.iterdir()] == ["nova%2Fcompute-1.journal"]
+    assert open_then > 0 and [p.name for p in tmp_path.glob("*.journal")] == ["nova%2Fcompute-1.journal"]
+    with pytest.raises(ConfigError, match="another serve uses it"):  # a second replica on the same folder
+        create_app(make_scorer(), ingest=cfg)
+    service = crashed.app.state.service  # the process dies: the kernel closes its files and drops its lock
+    service.streams.close()
+    service.journal_lock.close()
+    (tmp_path / ".nova%2Fcompute-1.journal.tmp").write_text("a rewrite the crash cut", encoding="utf-8")
     with TestClient(create_app(make_scorer(), ingest=cfg)) as client:
         health = client.get("/healthz").json()["ingest"]
         assert (health["streams"], health["open_sessions"], health["journal"]) == (1, open_then, str(tmp_path))
+        assert not list(tmp_path.glob("*.tmp"))
         after = client.post(f"/v1/ingest/flush?stream={STREAM}").json()["verdicts"]
-        assert not list(tmp_path.iterdir())  # flushed: nothing left to replay
+        assert not list(tmp_path.glob("*journal*"))  # flushed: nothing left to replay
     assert _seen(before + after) == _seen(whole) and len(before) > 0
 
 
@@ -195,7 +202,7 @@ def test_kill_9_of_a_real_serve_loses_no_open_window(bgl_artifact, data_dir, tmp
         proc.terminate()
         proc.wait(timeout=60)
     assert _seen(first["verdicts"] + rest) == _seen(whole)
-    assert rest[0]["closed_by"] == "flush" and not list(journal.iterdir())
+    assert rest[0]["closed_by"] == "flush" and not list(journal.glob("*journal*"))
 
 
 def test_any_line_a_post_can_hold_comes_back_as_it_went(tmp_path):
