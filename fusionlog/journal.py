@@ -146,9 +146,10 @@ class StreamJournal:
     def _compact(self, first_line: int, line_no: int) -> None:
         """Keep the entries from stream line `first_line` on (the closes among them too); the header's mark is
         `line_no`, as every verdict up to now was written."""
-        self._fh.close()
-        self._fh = None
-        replay = read_journal(self.path)
+        self.close()
+        replay = self._guarded(lambda: read_journal(self.path))
+        if replay is None:
+            return
         kept: list[str] = [self._header(first_line - 1, line_no)]
         run: list[str] = []  # kept lines since the last mark: committed as one post
 
@@ -227,7 +228,11 @@ def read_journal(path: Path) -> Replay:
         offset += len(raw) + 1
         if not raw:
             continue
-        row = raw.decode(*TEXT_CODEC)
+        try:
+            row = raw.decode(*TEXT_CODEC)
+        except UnicodeDecodeError:  # a character the crash cut in two, or a damaged file
+            replay.skipped += 1
+            continue
         if row[0] == " ":
             pending.append(row[1:])
             continue

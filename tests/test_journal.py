@@ -216,3 +216,9 @@ def test_any_line_a_post_can_hold_comes_back_as_it_went(tmp_path):
     j.close()
     r = read_journal(j.path)
     assert r.entries == [*odd, ["k\nx"], *odd[:2]] and (r.skipped, r.uncommitted) == (0, 0)
+    with open(j.path, "ab") as fh:  # the crash cut the next post inside a two-byte character
+        fh.write(" naïve".encode()[:-3])
+    r = read_journal(j.path)
+    assert r.entries == [*odd, ["k\nx"], *odd[:2]] and r.skipped == 1
+    StreamJournal.resume(j.path, r).close()  # cut back to the last whole post
+    assert j.path.read_bytes().endswith(b'{"post": 2}\n')
