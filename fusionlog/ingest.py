@@ -198,10 +198,16 @@ class IngestStreams:
         self._fit[stream].fed()
         after = sz.stats.to_dict()
         verdicts = self._score(stream, done)
+        self._written(stream, sz)
+        return verdicts, {k: after[k] - before[k] for k in READ_COUNTS}
+
+    def _written(self, stream: str, sz: StreamSessionizer) -> None:
+        """The verdicts of what the stream's lines so far finished are written: mark it in the journal, and let
+        the journal shrink to what the open sessions need."""
+        journal = self._journals.get(stream)
         if journal is not None:
             journal.written_through(sz.line_no)
             journal.settle(sz.line_no, sz.oldest_open_line())
-        return verdicts, {k: after[k] - before[k] for k in READ_COUNTS}
 
     def poll(self) -> list[dict]:
         """Close and score the sessions idle for `wall_idle_seconds` in every stream."""
@@ -260,9 +266,7 @@ class IngestStreams:
                     sz.close_keys(entry)  # a wall-idle close: its verdicts were written
             self._fit[name].fed()
             verdicts = self._score(name, late)
-            journal = self._journals[name]
-            journal.written_through(sz.line_no)
-            journal.settle(sz.line_no, sz.oldest_open_line())
+            self._written(name, sz)
             recovered[name] = sz.open_sessions
             logger.info("ingest journal: stream %r recovered from %s: %d line(s) replayed, %d session(s) open again, "
                         "%d finished but unwritten scored now%s", name, path.name, sz.line_no - replay.base,
