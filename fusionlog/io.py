@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -50,13 +50,17 @@ def publish_tree(folder: str | Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
+    """`durable`: on disk before the rename (fsync), for a file a power loss must not leave empty."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -64,8 +68,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, durable: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
@@ -142,3 +146,26 @@ def read_versioned_list(path: Path, version: int, key: str, parse: Callable[[dic
         return [parse(item) for item in data[key]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path}: unreadable {what} file ({exc}); fix or delete it") from exc
+
+
+def hold_lock(lock_path: Path, busy: Callable[[str], str]) -> IO[str]:
+    """Hold `lock_path` for this process (released when it exits, however it exits), with the holder's pid in it;
+    `ConfigError(busy(pid))` when another process holds it. Why: two processes sharing one journal or one state
+    file would write over each other's progress."""
+    import fcntl
+
+    from fusionlog.errors import ConfigError
+
+    fh = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise ConfigError(busy(holder)) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh

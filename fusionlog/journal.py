@@ -34,6 +34,7 @@ from typing import IO
 from urllib.parse import quote
 
 from fusionlog.errors import ConfigError
+from fusionlog.io import hold_lock
 
 logger = logging.getLogger(__name__)
 
@@ -274,22 +275,8 @@ LOCK_NAME = ".lock"
 
 
 def lock_folder(folder: Path) -> IO[str]:
-    """Hold `folder` for this process (released when it exits, however it exits); `ConfigError` when another
-    serve holds it. Why: two replicas pointed at one volume would append to, replay and remove each other's
-    journals."""
-    import fcntl
-
-    fh = open(Path(folder) / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        holder = fh.read().strip()
-        fh.close()
-        raise ConfigError(f"--journal {folder}: another serve uses it{f' (pid {holder})' if holder else ''}; give "
-                          f"each serve a journal folder of its own") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
+    """Hold `folder` for this serve; `ConfigError` when another serve holds it. Why: two replicas pointed at one
+    volume would append to, replay and remove each other's journals."""
+    return hold_lock(Path(folder) / LOCK_NAME, lambda pid: (
+        f"--journal {folder}: another serve uses it{f' (pid {pid})' if pid else ''}; give each serve a journal "
+        f"folder of its own"))

@@ -52,6 +52,7 @@ from fusionlog.data.readers import decode_line
 from fusionlog.data.sessionize import TimeWindowKeys
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, DataError
+from fusionlog.follow_state import FilePosition, FollowState, ResumeAt
 from fusionlog.types import ReadStats
 
 logger = logging.getLogger(__name__)
@@ -680,6 +681,8 @@ def follow(
     poll_interval: float = 0.25,
     from_end: bool = False,
     max_line_bytes: int = MAX_LINE_BYTES,
+    position: FilePosition | None = None,
+    resume: ResumeAt | None = None,
 ) -> Iterator[str | None]:
     """Lines of a growing file, like `tail -F`; yields `None` after each empty poll. Runs until `stop`.
 
@@ -689,6 +692,10 @@ def follow(
     * truncation (size below the read position) restarts at the top, counted in `truncated`;
     * rotation (the path now names another file) finishes the old file, then opens the new one;
     * a missing file is waited for.
+
+    `position` (for a resumable follow, `fusionlog.follow_state`) is kept at the end of the last line yielded;
+    with it an unterminated last line is left for the next run at `stop`, not yielded cut. `resume` starts in the
+    file it names (the followed path, or the file a rotation renamed it to) where an earlier run stopped.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -699,11 +706,25 @@ def follow(
     first_open = True
     drained = False  # after seeing a rotation: one more read pass over the old file before leaving it
     sniff = False  # a file opened empty: look for a byte-order mark in its first bytes
+    file_line = lines = 0  # lines yielded from the open file, and in all
+    gone = (0, 0)  # (offset, file_line) where the last file left ended
+
+    def where() -> tuple[int, int, int]:
+        """(offset, file_line, lines) after the last line yielded; read while the generator waits at a yield,
+        so nothing per line is spent on it."""
+        if fh is None:
+            return (*gone, lines)
+        return fh.tell() - len(pending), file_line, lines
+
+    if position is not None:
+        position.track(where)
     try:
         while not stop.is_set():
             if fh is None:
+                opening = Path(resume.path) if resume is not None else path
+                opened_name = str(opening)
                 try:
-                    fh = open(path, "rb")  # noqa: SIM115 - held across polls
+                    fh = open(opening, "rb")  # noqa: SIM115 - held across polls
                 except FileNotFoundError:
                     yield None
                     stop.wait(poll_interval)
@@ -713,11 +734,18 @@ def follow(
                 st = os.fstat(fh.fileno())
                 ident = (st.st_dev, st.st_ino)
                 fh = _bom_recoded(fh)
-                sniff = not isinstance(fh, _FollowedRecoded) and st.st_size < 4  # no mark to see yet
-                if first_open and from_end:
+                recoded = isinstance(fh, _FollowedRecoded)
+                sniff = not recoded and st.st_size < 4  # no mark to see yet
+                file_line = 0
+                if resume is not None:
+                    file_line = _resume_in(fh, resume, recoded, max_line_bytes)
+                    resume = None
+                elif first_open and from_end:
                     fh.seek(0, os.SEEK_END)
                 first_open = False
                 pending, drained = b"", False
+                if position is not None:
+                    position.opened(opened_name, ident, fh.fileno(), recoded)
             got = False
             while True:
                 raw = fh.readline(max_line_bytes + 1)
@@ -728,18 +756,26 @@ def follow(
                     if fh.tell() - len(raw) == 0 and _bom_codec(raw) is not None:
                         fh.seek(0)
                         fh = _bom_recoded(fh)
+                        recoded = True
+                        if position is not None:
+                            position.opened(opened_name, ident, fh.fileno(), recoded)
                         continue
                 got = True
                 if not raw.endswith(b"\n"):
                     if len(pending) + len(raw) > max_line_bytes:
                         stats.truncated += 1
-                        yield decode_line((pending + raw)[:max_line_bytes], stats)
+                        cut = decode_line((pending + raw)[:max_line_bytes], stats)
                         pending = b""
                         _skip_rest_of_line(fh, stats)
+                        file_line += 1
+                        lines += 1
+                        yield cut
                         continue
                     pending += raw  # mid-line: the rest comes later
                     continue
                 line, pending = pending + raw, b""
+                file_line += 1
+                lines += 1
                 yield decode_line(line[:max_line_bytes], stats)
                 if stop.is_set():
                     return
@@ -755,7 +791,11 @@ def follow(
                     drained = True
                     continue
                 if pending:  # the old file's unterminated last line
-                    yield decode_line(pending, stats)
+                    line, pending = pending, b""
+                    file_line += 1
+                    lines += 1
+                    yield decode_line(line, stats)
+                gone = (fh.tell(), file_line)
                 fh.close()
                 fh = None
                 logger.info("%s: rotated, reopening", path)
@@ -764,13 +804,17 @@ def follow(
                 logger.info("%s: truncated, reading from the top", path)
                 stats.truncated += 1
                 fh.seek(0)
-                pending = b""
+                pending, file_line = b"", 0
+                if position is not None:
+                    position.opened(opened_name, ident, fh.fileno(), recoded)
                 continue
             yield None
             stop.wait(poll_interval)
-        if pending:
+        if pending and position is None:  # a resumable follow leaves it for the next run, whole
             yield decode_line(pending, stats)
     finally:
+        if position is not None:
+            position.closed()  # what it says stays as it is now
         if fh is not None:
             fh.close()
 
@@ -824,6 +868,9 @@ class _FollowedRecoded:
     def tell(self) -> int:
         return self.fh.tell()
 
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
         at = self.fh.seek(pos, whence)
         self._reset(at == 0)
@@ -831,6 +878,20 @@ class _FollowedRecoded:
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _resume_in(fh, resume: ResumeAt, recoded: bool, max_line_bytes: int) -> int:
+    """Put `fh` where an earlier run stopped; returns the lines of the file before that point. A file read
+    through a recoder (a byte-order mark) is skipped line by line: its byte offsets are the recoder's input's."""
+    if not recoded:
+        fh.seek(resume.offset)
+        return resume.file_line
+    for _ in range(resume.file_line):
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw or raw.endswith(b"\n"):
+                break
+    return resume.file_line
 
 
 def _skip_rest_of_line(fh: BinaryIO, stats: ReadStats) -> None:
@@ -945,6 +1006,7 @@ def detect_stream(
     batch_size: int = 256,
     max_delay: float = 1.0,
     sessionizer: StreamSessionizer | None = None,
+    checkpoint: FollowState | None = None,
 ) -> Iterator[dict]:
     """Raw lines (and `None` heartbeats) → one verdict dict per finished session, in closing order.
 
@@ -952,21 +1014,37 @@ def detect_stream(
     waiting, or the end of input scores what is pending, so a live log never sits on a verdict.
     Each dict is `SessionVerdict.to_dict()` plus `closed_by`, `part`, `start`, `end`, `first_line`,
     `last_line`.
+
+    With a `checkpoint` (`detect --follow --state`): the lines an earlier run read after its resume mark are
+    read again first, its written sessions closing silently; each time everything finished is written the
+    checkpoint hears it; and the end of input leaves the open sessions open, for the next run.
     """
     sz = sessionizer or scorer_sessionizer(scorer, limits)
     pending: list[FinishedSession] = []
     since = time.monotonic()
+    lines = iter(lines)
+    if checkpoint is not None:
+        sz.start_at(checkpoint.position.base)
+        pending += _replay(sz, lines, checkpoint)
 
     def score() -> Iterator[dict]:
         nonlocal pending
         batch, pending = pending, []
         yield from finished_verdicts(scorer, batch)
+        if checkpoint is not None:
+            checkpoint.settled(sz)
+
+    def poll() -> list[FinishedSession]:
+        closed = sz.poll()
+        if closed and checkpoint is not None:
+            checkpoint.closed(sz.line_no, [s.key for s in closed])
+        return closed
 
     feed = sz.feed
     fed = 0
     for line in lines:
         if line is None:
-            pending += sz.poll()
+            pending += poll()
             yield from score()
             since = time.monotonic()
             continue
@@ -975,7 +1053,7 @@ def detect_stream(
         if fed & 4095 == 0:
             # A busy stream never heartbeats: run the wall-clock timeout now and then, and do not
             # let finished sessions wait longer than max_delay for their batch to fill.
-            done = [*done, *sz.poll()]
+            done = [*done, *poll()]
             if pending and time.monotonic() - since > max_delay:
                 pending += done
                 yield from score()
@@ -986,5 +1064,29 @@ def detect_stream(
             pending += done
             if len(pending) >= batch_size or time.monotonic() - since > max_delay:
                 yield from score()
-    pending += sz.flush()
-    yield from score()
+    if checkpoint is None:
+        pending += sz.flush()
+    yield from finished_verdicts(scorer, pending)
+    if checkpoint is not None:
+        checkpoint.settled(sz, final=True)
+
+
+def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: FollowState) -> list[FinishedSession]:
+    """Read again what an earlier run read after its resume mark, closing what its wall-idle closes closed where
+    they did; returns the sessions finished after its last written verdicts (the rest were written)."""
+    through, closes = checkpoint.replay_through, checkpoint.replay_closes
+    end = max([through, *closes], default=0)
+    late: list[FinishedSession] = []
+    if sz.line_no >= end:
+        return late
+    for line in lines:
+        if line is None:  # the file ends before the earlier run's last line (rewritten since): go on live
+            break
+        done = sz.feed(line)
+        for keys in closes.get(sz.line_no, ()):
+            done = [*done, *sz.close_keys(keys)]
+        if done and sz.line_no > through:
+            late += done
+        if sz.line_no >= end:
+            break
+    return late

@@ -20,7 +20,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep reading a growing file like `tail -F` (survives truncation and rotation)")
     p.add_argument("--from-end", action="store_true", help="with --follow: start at the end of the file")
-    p.add_argument("--output", "-o", help="write verdicts here instead of stdout")
+    p.add_argument("--state", metavar="FILE",
+                   help="with --follow: keep where it is in FILE (created), so a restart after a stop or a crash "
+                        "goes on there with its open sessions, even across a rotation; a stop leaves them open "
+                        "for the next run instead of scoring them cut short")
+    p.add_argument("--output", "-o", help="write verdicts here instead of stdout (appended to with --state)")
     p.add_argument("--anomalies-only", action="store_true", help="write only sessions judged anomalous")
     p.add_argument("--examples", action="store_true",
                    help="give each top template and has/new departure of a verdict the session's first raw line "
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.data.logfiles import expand_log_source, is_multi_source
     from fusionlog.errors import ConfigError, DataError
     from fusionlog.explain import largest_departure
+    from fusionlog.follow_state import FollowState
     from fusionlog.stream import (
         StreamLimits,
         detect_stream,
@@ -74,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("read either stdin (-) or files, not both")
     if args.follow and (stdin or len(sources) > 1 or is_multi_source(sources[0])):
         raise ConfigError("--follow needs one FILE (stdin is followed anyway; a directory or glob is read once)")
+    if args.state and not args.follow:
+        raise ConfigError("--state needs --follow (a finished file is read whole; stdin has no position to keep)")
     files = [] if stdin else [f for s in sources for f in expand_log_source(s)]
     missing = [str(f) for f in files if not f.exists()]  # exists, not is_file: a pipe or /dev/stdin will do
     if missing:
@@ -92,17 +99,21 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.model)
     read_stats = ReadStats()
     stop = threading.Event()
+    state = FollowState(args.state, files[0]) if args.state else None
     if stdin:
         lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
     elif args.follow:
-        lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval, from_end=args.from_end)
+        lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval,
+                       from_end=args.from_end and not (state and state.resumed),
+                       position=state.position if state else None, resume=state.resume if state else None)
     else:
         lines = files_lines(files, read_stats, logger)
     saved: dict = {}
     if live and threading.current_thread() is threading.main_thread():
         # First Ctrl-C / SIGTERM: stop reading; open sessions are still scored and written. Second: abort.
         def _stop(signum, frame) -> None:
-            logger.info("stopping: scoring open sessions (Ctrl-C again to abort)")
+            logger.info("stopping: %s (Ctrl-C again to abort)",
+                        "saving where it is (--state)" if state else "scoring open sessions")
             stop.set()
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -118,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = MetricsFile(args.metrics_file, sessionizer, scorer, interval=args.metrics_interval,
                               read_stats=read_stats)
         lines = metrics.lines(lines)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    # with --state a restart goes on writing after the verdicts the earlier run wrote
+    out = open(args.output, "a" if state else "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     t0 = time.perf_counter()
     written = anomalous = 0
     causes: Counter[str] = Counter()  # an anomalous verdict's largest departure, for the closing digest
@@ -127,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     drift = DriftWatch(pool_share, args.model, logger, recent=metrics.recent if metrics else None) if live else None
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
-                                     sessionizer=sessionizer):
+                                     sessionizer=sessionizer, checkpoint=state):
             if metrics is not None:
                 metrics.record(verdict)
             if drift is not None:
@@ -150,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         if out is not sys.stdout:
             out.close()
+        if state is not None:
+            state.close()
     elapsed = time.perf_counter() - t0
     stats = sessionizer.stats.to_dict()
     stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, files=len(files),
@@ -161,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
         _files_read(stats), stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"],
         stats["skipped"], _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
     )
+    if state is not None and sessionizer.open_sessions:
+        logger.info("detect: %d open session(s) left open for the next run (--state %s)", sessionizer.open_sessions,
+                    args.state)
     if causes:
         logger.info("detect: anomalous sessions by their largest departure: %s", _digest(causes))
     if hint := drift_hint(anomalous, stats["sessions"], pool_share, args.model):

@@ -1,0 +1,269 @@
+"""Where a `detect --follow` stopped (`--state FILE`), so a restart loses no line and no open session.
+
+Why: killed (a deploy, the OOM killer, a reboot), a follow started again at the top of its file (every verdict a
+second time) or, with `--from-end`, past the lines written while it was down and without the sessions it held
+open. Unlike serve's ingest (`fusionlog.journal`) the followed file is itself the record of the lines: the state
+only says where in it a restart begins and what was already written:
+
+* the *resume mark*: a point in a file (its device and inode, a hash of its first bytes, a byte offset and the
+  lines before it) at or before the first line of the oldest open session: reading again from there rebuilds
+  every open session;
+* `done`: the last line whose finished sessions have their verdicts written. Sessions the replay finishes at
+  or before it close silently; later ones are scored (at least once: none lost);
+* the wall-idle closes since the mark, replayed at the lines where they happened.
+
+The state is rewritten (atomically, synced to disk) at most once a second, each time after the verdicts so far
+are written; a clean stop writes it last and leaves the open sessions open for the next run instead of scoring
+them cut short. A restart finds the file by its identity under its own name or, rotated while the detector was
+down, as a sibling (`app.log.1`, `app.log-20261128`); it reads that file's rest, then the path's new file, as a
+running follow does across a rotation. A file that is gone (compressed, deleted) or rewritten since starts over,
+with a warning that says what was lost.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusionlog.errors import ConfigError
+from fusionlog.io import atomic_write_text, hold_lock
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+#: The bytes of a file's head whose hash tells it from a later file that reuses its inode.
+HEAD_BYTES = 1024
+#: Seconds between two rewrites of the state file at most (a crash re-reads at most this much more).
+SAVE_INTERVAL = 1.0
+#: Seconds between two resume marks at most: a restart re-reads up to this much before the oldest open session.
+MARK_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class ResumeAt:
+    """Where `follow` starts: the file to open first (the followed path or a rotated sibling) and the point in it."""
+
+    path: str
+    offset: int
+    file_line: int
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in a followed file, after `line` lines of the stream."""
+
+    line: int
+    path: str
+    dev: int
+    ino: int
+    head_sha256: str
+    head_len: int
+    offset: int  # bytes before the point
+    file_line: int  # the file's lines before the point
+
+
+@dataclass
+class FilePosition:
+    """Where `follow` is (`fusionlog.stream.follow`): the file it has open, and the end of the last line it
+    yielded, read from the follow itself when asked (nothing is spent per line)."""
+
+    base: int = 0  # stream lines before this run's first
+    path: str = ""
+    ident: tuple[int, int] | None = None
+    fd: int | None = None
+    recoded: bool = False
+    origin: Mark | None = None  # where this run began reading
+    head: bytes = b""  # the open file's first bytes (up to HEAD_BYTES), as last read
+    _where: Callable[[], tuple[int, int, int]] | None = None  # the follow's (offset, file_line, lines)
+    _last: tuple[int, int, int] = (0, 0, 0)  # what it said when it ended
+
+    def track(self, where: Callable[[], tuple[int, int, int]]) -> None:
+        self._where = where
+
+    def opened(self, path: str, ident: tuple[int, int], fd: int, recoded: bool) -> None:
+        self.path, self.ident, self.fd, self.recoded, self.head = path, ident, fd, recoded, b""
+        if self.origin is None:
+            self.origin = self.mark()
+
+    def closed(self) -> None:
+        """The follow ended: marks go on from where it was."""
+        if self._where is not None:
+            self._last, self._where = self._where(), None
+        self.fd = None
+
+    def now(self) -> tuple[int, int, int]:
+        """(byte offset, the file's lines, this run's lines) after the last line yielded."""
+        return self._where() if self._where is not None else self._last
+
+    @property
+    def line(self) -> int:
+        return self.base + self.now()[2]
+
+    def mark(self) -> Mark:
+        if len(self.head) < HEAD_BYTES and self.fd is not None:  # a young file's head is still growing
+            self.head = os.pread(self.fd, HEAD_BYTES, 0)
+        dev, ino = self.ident or (0, 0)
+        offset, file_line, lines = self.now()
+        return Mark(self.base + lines, self.path, dev, ino, hashlib.sha256(self.head).hexdigest(), len(self.head),
+                    offset, file_line)
+
+
+@dataclass
+class Checkpoint:
+    """What the state file holds."""
+
+    followed: str
+    mark: Mark
+    done: int
+    open_sessions: int = 0
+    closes: list[tuple[int, list[str]]] = field(default_factory=list)  # (line, keys) of wall-idle closes
+
+    def to_json(self) -> dict:
+        return {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": asdict(self.mark),
+                "done": self.done, "open_sessions": self.open_sessions,
+                "closes": [[line, keys] for line, keys in self.closes]}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: Path) -> Checkpoint:
+        if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
+            raise ConfigError(f"--state {where}: not a follow state file of version {STATE_VERSION}")
+        try:
+            return cls(str(obj["followed"]), Mark(**obj["mark"]), int(obj["done"]), int(obj["open_sessions"]),
+                       [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
+                              f"over") from None
+
+
+def locate(mark: Mark, followed: Path) -> Path | None:
+    """The file `mark` points into, if it is still there: under the followed name, or a rotated sibling's."""
+    names = [followed, Path(mark.path)]
+    names += sorted(Path(p) for p in glob.glob(glob.escape(str(followed)) + "?*"))
+    for name in dict.fromkeys(names):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) != (mark.dev, mark.ino) or st.st_size < mark.offset:
+            continue
+        try:
+            with open(name, "rb") as fh:
+                head = fh.read(mark.head_len)
+        except OSError:
+            continue
+        if hashlib.sha256(head).hexdigest() == mark.head_sha256:
+            return name
+    return None
+
+
+class FollowState:
+    """The state file of one followed file, for `detect_stream`'s checkpoint hooks. One process at a time
+    (a lock beside the file)."""
+
+    def __init__(self, state_path: Path | str, followed: Path | str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(state_path)
+        self.followed = Path(followed).absolute()
+        self.clock = clock
+        if self.path.is_dir():
+            raise ConfigError(f"--state {self.path}: is a directory; give a file name (it is created)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_lock(self.path.with_name(self.path.name + ".lock"), lambda pid: (
+            f"--state {self.path}: another detect uses it{f' (pid {pid})' if pid else ''}; give each follow a "
+            f"state file of its own"))
+        self.position = FilePosition()
+        self.resume: ResumeAt | None = None
+        self.replay_through = 0
+        self.replay_closes: dict[int, list[list[str]]] = {}
+        self._marks: list[Mark] = []
+        self._closes: list[tuple[int, list[str]]] = []
+        self._done = 0
+        self._last_mark = self._last_save = float("-inf")
+        self._load()
+
+    # -- start -------------------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            obj = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--state {self.path}: unreadable ({exc}); move it away to start over") from None
+        cp = Checkpoint.from_json(obj, self.path)
+        if Path(cp.followed) != self.followed:
+            raise ConfigError(f"--state {self.path}: it is the state of {cp.followed}, not {self.followed}; give "
+                              f"each followed file a state file of its own")
+        self._done = self.position.base = cp.done
+        found = locate(cp.mark, self.followed)
+        if found is None:
+            logger.warning("--state %s: %s (where it stopped, line %d) is gone or was rewritten; starting over at "
+                           "the %s%s", self.path, cp.mark.path, cp.done, "top of the file",
+                           f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
+            return
+        self.position.base = cp.mark.line
+        self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
+        self.replay_through = cp.done
+        self._closes = list(cp.closes)
+        for line, keys in cp.closes:
+            self.replay_closes.setdefault(line, []).append(keys)
+        self._marks = [cp.mark]
+        where = "" if found == self.followed else f" (now {found.name}: rotated since)"
+        logger.info("--state %s: resuming %s at line %d%s: reading %d line(s) again for %d open session(s)",
+                    self.path, cp.mark.path, cp.mark.line, where, cp.done - cp.mark.line, cp.open_sessions)
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume is not None
+
+    # -- detect_stream's hooks ---------------------------------------------------------------------------------
+    def closed(self, line_no: int, keys: list[str]) -> None:
+        """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
+        self._closes.append((line_no, list(keys)))
+
+    def settled(self, sz, final: bool = False) -> None:
+        """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
+        session, and write the state (at most once a second, unless `final`)."""
+        pos = self.position
+        if pos.ident is None or pos.origin is None:
+            return  # no file opened yet: nothing to resume
+        line_no = sz.line_no
+        if line_no != pos.line:
+            logger.debug("--state: %d lines read, %d fed; no mark", pos.line, line_no)
+            return
+        now = self.clock()
+        if not self._marks:
+            self._marks.append(pos.origin)
+        oldest = sz.oldest_open_line()
+        if oldest is None or final or now - self._last_mark >= MARK_INTERVAL:
+            self._marks.append(pos.mark())
+            self._last_mark = now
+        if oldest is None:
+            self._marks = self._marks[-1:]
+        else:
+            first = max((i for i, m in enumerate(self._marks) if m.line < oldest), default=0)
+            self._marks = self._marks[first:]
+        self._done = max(self._done, line_no)
+        start = self._marks[0].line
+        self._closes = [(line, keys) for line, keys in self._closes if line > start]
+        if final or now - self._last_save >= SAVE_INTERVAL:
+            self.save(sz.open_sessions)
+            self._last_save = now
+
+    def save(self, open_sessions: int) -> None:
+        if not self._marks:
+            return
+        cp = Checkpoint(str(self.followed), self._marks[0], self._done, open_sessions, self._closes)
+        try:
+            atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
+        except OSError as exc:  # a full disk must not stop detection: the next save tries again
+            logger.warning("--state %s: cannot write (%s)", self.path, exc)
+
+    def close(self) -> None:
+        self._lock.close()

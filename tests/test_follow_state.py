@@ -1,0 +1,297 @@
+"""`detect --follow --state FILE`: a restart goes on where a stop or a crash left it (`fusionlog.follow_state`)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+
+import pytest
+
+from fusionlog.errors import ConfigError
+from fusionlog.follow_state import FilePosition, FollowState, ResumeAt
+from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, follow, scorer_sessionizer
+from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
+
+
+class Crash(Exception):
+    """The process dies here: nothing after this point runs (no final save, no flush)."""
+
+
+def _seen(verdicts: list[dict]) -> list[tuple]:
+    return sorted((v["key"], round(v["score"], 6), v["events"], v["first_line"]) for v in verdicts)
+
+
+def _write(path, lines: list[str], mode: str = "a") -> None:
+    with open(path, mode, encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+
+
+def _until_quiet(gen) -> list[str]:
+    out = []
+    for item in gen:
+        if item is None:
+            return out
+        out.append(item)
+    return out
+
+
+def test_a_follow_resumes_at_its_position_in_the_file_or_in_the_file_a_rotation_renamed(tmp_path):
+    path = tmp_path / "app.log"
+    path.write_bytes(b"one\ntwo\nthr")
+    pos = FilePosition()
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=pos)
+    assert _until_quiet(gen) == ["one", "two"] and pos.now() == (8, 2, 2)  # "thr" waits for its newline
+    gen.close()
+    assert pos.now() == (8, 2, 2)  # ended: what it said stays
+    with open(path, "ab") as fh:
+        fh.write(b"ee\nfour\n")
+    again = follow(path, stop=threading.Event(), poll_interval=0.001, position=FilePosition(),
+                   resume=ResumeAt(str(path), *pos.now()[:2]))
+    assert _until_quiet(again) == ["three", "four"]
+    again.close()
+    os.rename(path, tmp_path / "app.log.1")  # rotated while no follow ran
+    path.write_bytes(b"five\n")
+    pos2 = FilePosition()
+    rotated = follow(path, stop=threading.Event(), poll_interval=0.001, position=pos2,
+                     resume=ResumeAt(str(tmp_path / "app.log.1"), 8, 2))
+    assert _until_quiet(rotated) + _until_quiet(rotated) == ["three", "four", "five"]
+    assert (pos2.path, pos2.now()) == (str(path), (5, 1, 3))
+    rotated.close()
+    stop = threading.Event()  # a stop leaves an unterminated last line for the next run, whole
+    path.write_bytes(b"five\nsi")
+    cut = follow(path, stop=stop, poll_interval=0.001, position=FilePosition())
+    assert next(cut) == "five" and next(cut) is None
+    stop.set()
+    assert list(cut) == []
+
+
+def test_a_utf16_file_resumes_by_its_lines(tmp_path):
+    """A file in a marked encoding is read through a recoder, whose byte offsets are not the lines': resumed by
+    counting lines."""
+    path = tmp_path / "ps.log"
+    path.write_bytes("\ufeffalpha\nbeta\n".encode("utf-16-le"))
+    pos = FilePosition()
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=pos)
+    assert _until_quiet(gen) == ["alpha", "beta"] and pos.recoded and pos.now()[1:] == (2, 2)
+    gen.close()
+    with open(path, "ab") as fh:
+        fh.write("gamma\n".encode("utf-16-le"))
+    again = follow(path, stop=threading.Event(), poll_interval=0.001, position=FilePosition(),
+                   resume=ResumeAt(str(path), *pos.now()[:2]))
+    assert _until_quiet(again) == ["gamma"]
+    again.close()
+
+
+def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowState:
+    """A follow that read `lines` from app.log and saved its state with nothing open; the lock released."""
+    path = tmp_path / "app.log"
+    _write(path, lines, "w")
+    state = FollowState(tmp_path / name, path)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
+    got = _until_quiet(gen)
+
+    class Nothing:
+        line_no, open_sessions = len(got), 0
+
+        def oldest_open_line(self):
+            return None
+
+    state.settled(Nothing(), final=True)
+    gen.close()
+    state.close()
+    return state
+
+
+def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is_gone(tmp_path, caplog):
+    path = tmp_path / "app.log"
+    _state_after(tmp_path, ["a 1", "b 2"])
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert (saved["done"], saved["mark"]["offset"], saved["mark"]["line"]) == (2, 8, 2)
+    held = FollowState(tmp_path / "st.json", path)
+    assert held.resume == ResumeAt(str(path), 8, 2) and held.position.base == 2
+    with pytest.raises(ConfigError, match=r"another detect uses it \(pid \d+\)"):
+        FollowState(tmp_path / "st.json", path)
+    held.close()
+    with pytest.raises(ConfigError, match="not .*other.log"):
+        FollowState(tmp_path / "st.json", tmp_path / "other.log")
+    os.rename(path, tmp_path / "app.log-20261128")  # rotated (dateext) while down
+    moved = FollowState(tmp_path / "st.json", path)
+    assert moved.resume == ResumeAt(str(tmp_path / "app.log-20261128"), 8, 2)
+    moved.close()
+    (tmp_path / "app.log-20261128").unlink()  # compressed away; a new file under the name, another inode
+    path.write_text("x 1\ny 2\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        gone = FollowState(tmp_path / "st.json", path)
+    assert gone.resume is None and gone.position.base == 2  # from the top, numbering going on
+    assert "is gone or was rewritten; starting over" in caplog.text
+    gone.close()
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unreadable"):
+        FollowState(tmp_path / "bad.json", path)
+    with pytest.raises(ConfigError, match="is a directory"):
+        FollowState(tmp_path, path)
+
+
+def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):
+    """`detect_stream` over `follow(path)` with `state`; `quiet(k)` runs after the k-th empty poll was handled (it
+    may append lines, step the clock, raise Crash or return True to stop). Returns the verdicts written."""
+    stop = threading.Event()
+    lines = follow(path, stop=stop, poll_interval=0.001, position=state.position, resume=state.resume)
+
+    def steered():
+        for k in itertools.count(1):
+            for item in lines:
+                yield item
+                if item is None:
+                    break
+            else:
+                return
+            if quiet(k):
+                stop.set()
+
+    out = []
+    try:
+        for verdict in detect_stream(scorer, steered(), batch_size=batch_size, sessionizer=sz, checkpoint=state):
+            out.append(verdict)
+            if take is not None and len(out) == take:
+                raise Crash
+    except Crash:
+        pass
+    state.close()  # the process is gone: the kernel drops its lock
+    return out
+
+
+def test_a_crashed_follow_resumes_with_its_open_sessions_and_wall_closes_writing_none_twice(
+        os_lines, make_scorer, tmp_path):  # noqa: F811
+    """OpenStack instances followed from a file: some are closed by wall-clock idleness, others stay open across
+    it; the process dies after its verdicts so far are written. The restart reads again from the oldest open
+    instance's first line, closes what the earlier run closed where it did, and with a final flush the two runs
+    wrote exactly the sessions and scores of one run that never stopped, none twice."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=30.0)
+    wall = [0.0]
+    path = tmp_path / "nova.log"
+    _write(path, os_lines[:150], "w")
+    ref = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])  # one run that never stops
+    done = ref.feed_many(os_lines[:150])
+    wall[0] = 50.0
+    done += ref.feed_many(os_lines[150:300])
+    wall[0] = 70.0
+    closed = ref.poll()
+    done += closed
+    wall[0] = 75.0
+    done += ref.feed_many(os_lines[:300])
+    whole = finished_verdicts(scorer, [*done, *ref.flush()])
+    assert closed and ref.open_sessions == 0
+
+    def first_run(k: int) -> None:
+        if k == 1:  # the poll at 0 s closed nothing; then the next lines, at 50 s
+            _write(path, os_lines[150:300])
+            wall[0] = 50.0
+        elif k == 2:  # the poll at 70 s closed the instances only the first lines touched
+            _write(path, os_lines[:300])
+            wall[0] = 75.0
+        elif k == 3:
+            raise Crash
+
+    wall[0] = 0.0
+    tick = itertools.count(0, 10).__next__  # the state's clock: every settle saves
+    sz = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, first_run)
+    assert sz.open_sessions > 0
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert saved["done"] == 600 and saved["open_sessions"] == sz.open_sessions
+    assert saved["mark"]["line"] < sz.oldest_open_line() and saved["closes"][0][0] == 300
+    state = FollowState(tmp_path / "st.json", path, clock=tick)
+    assert state.replay_through == 600 and sorted(state.replay_closes[300][0]) == sorted(s.key for s in closed)
+    sz2 = scorer_sessionizer(scorer, limits, clock=lambda: 75.0)
+    after = _follow_run(scorer, path, state, sz2, lambda k: True)  # a clean stop: open sessions stay open
+    assert after == [] and sz2.open_sessions == sz.open_sessions
+    assert json.loads((tmp_path / "st.json").read_text())["open_sessions"] == sz.open_sessions
+    rest = finished_verdicts(scorer, sz2.flush())
+    assert _seen(before + rest) == _seen(whole)
+
+
+def test_verdicts_written_after_the_last_save_come_again_none_lost(os_lines, make_scorer, tmp_path):  # noqa: F811
+    """Killed between writing a verdict and saving the state: that verdict is written again after the restart
+    (at least once), every other one once."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=2.0, wall_idle_seconds=None)  # log-time idleness closes instances
+    path = tmp_path / "nova.log"
+    _write(path, os_lines, "w")
+    ref = scorer_sessionizer(scorer, limits)
+    whole = finished_verdicts(scorer, [*ref.feed_many(os_lines), *ref.flush()])
+    tick = itertools.count(0, 10).__next__
+    sz = scorer_sessionizer(scorer, limits)
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, lambda k: True,
+                         batch_size=1, take=5)
+    assert len(before) == 5
+    sz2 = scorer_sessionizer(scorer, limits)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz2, lambda k: True)
+    rest = finished_verdicts(scorer, sz2.flush())
+    assert [t for t in _seen(after) if t in _seen(before)] == _seen(before[-1:])
+    assert _seen(before[:-1] + after + rest) == _seen(whole)
+
+
+def _detect(model, log, *extra):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "fusionlog.cli", "detect", "--model", str(model), str(log),
+                             "--wall-idle-seconds", "0", "--poll-interval", "0.05", *extra],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _wait(what, proc, timeout: float = 180.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"detect exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if got := what():
+            return got
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+def _verdicts(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_kill_9_and_a_rotation_while_down_lose_no_window_and_write_none_twice(bgl_artifact, data_dir, tmp_path):
+    """A real `detect --follow --state` killed with SIGKILL while a 20-line BGL window was half full; before the
+    restart the file gets 10 more lines and is rotated, a new file starting under its name. The restart reads the
+    rotated file's rest and the new file: its windows, appended to the same output, are the batch detector's over
+    all the lines, none twice; a SIGTERM leaves the last, half-full window open for the next run."""
+    import signal
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:90]
+    (tmp_path / "all.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batch = _detect(bgl_artifact, tmp_path / "all.log")
+    ref = [json.loads(line) for line in batch.communicate(timeout=300)[0].splitlines()]
+    assert [v["events"] for v in ref] == [20, 20, 20, 20, 10]
+    log, state, out = tmp_path / "BGL.log", tmp_path / "bgl.state", tmp_path / "verdicts.jsonl"
+    _write(log, lines[:50], "w")
+    proc = _detect(bgl_artifact, log, "--follow", "--state", str(state), "-o", str(out))
+    _wait(lambda: state.exists() and json.loads(state.read_text())["done"] == 50, proc)
+    proc.kill()  # SIGKILL: nothing more runs
+    proc.wait(timeout=60)
+    assert len(_verdicts(out)) == 2 and json.loads(state.read_text())["open_sessions"] == 1
+    _write(log, lines[50:60])
+    os.rename(log, tmp_path / "BGL.log.1")
+    _write(log, lines[60:], "w")
+    proc = _detect(bgl_artifact, log, "--follow", "--state", str(state), "-o", str(out))
+    _wait(lambda: json.loads(state.read_text())["done"] == 90 and len(_verdicts(out)) == 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "now BGL.log.1: rotated since" in err and "1 open session(s) left open for the next run" in err
+    got = _verdicts(out)
+    assert [(v["key"], v["events"], round(v["score"], 6)) for v in got] == [
+        (v["key"], v["events"], round(v["score"], 6)) for v in ref[:4]]
+    assert json.loads(state.read_text())["open_sessions"] == 1
