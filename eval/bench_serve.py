@@ -52,7 +52,7 @@ def _serve_only(args: argparse.Namespace) -> int:
     if args.journal:
         from fusionlog.ingest import IngestConfig
 
-        ingest = IngestConfig(journal_dir=args.journal)
+        ingest = IngestConfig(journal_dir=args.journal, journal_sync=args.journal_sync)
     app = create_app(scorer, token=args.token or None, max_lines=max(20_000, args.lines), ingest=ingest)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
         cmd += ["--data-dir", args.data_dir]
     if args.journal:
         Path(args.journal).mkdir(parents=True, exist_ok=True)
-        cmd += ["--journal", args.journal]
+        cmd += ["--journal", args.journal, *(["--journal-sync"] if args.journal_sync else [])]
     for flag, value in (("--threads", args.threads), ("--cache-size", args.cache_size)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> dict:
         "scorer": f"load_scorer({args.model})" if args.model else f"DemoScorer({args.dataset})",
         "endpoint": f"/v1/{args.endpoint}",
         "journal": args.journal,
+        "journal_sync": bool(args.journal_sync),
         "concurrency": args.concurrency,
         "lines_per_request": args.lines,
         "limit": {"requests": args.requests, "seconds": args.duration},
@@ -256,6 +257,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--journal", metavar="DIR", help="--endpoint ingest: the service journals each stream's lines in "
                                                      "DIR (serve --journal)")
+    p.add_argument("--journal-sync", action="store_true", help="--journal: each post synced to disk (serve "
+                                                               "--journal-sync)")
     p.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -52,6 +52,7 @@ class IngestConfig:
     max_events: int = 1_000  # per session; a longer one is scored in parts
     examples: bool = False  # each verdict's top templates and has/new departures carry their first raw line
     journal_dir: str | None = None  # write-ahead journal of each stream's lines (`fusionlog.journal`)
+    journal_sync: bool = False  # each post's journal entry synced to disk before it is read (survives a power loss)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -60,6 +61,8 @@ class IngestConfig:
             raise ConfigError(f"--verdicts {self.verdicts_path}: its folder does not exist")
         if self.journal_dir is not None and not Path(self.journal_dir).is_dir():
             raise ConfigError(f"--journal {self.journal_dir}: not a folder (create it first)")
+        if self.journal_sync and self.journal_dir is None:
+            raise ConfigError("--journal-sync needs --journal DIR")
 
     def limits(self) -> StreamLimits:
         return StreamLimits(max_open_sessions=self.max_open_sessions, max_events_per_session=self.max_events,
@@ -180,7 +183,7 @@ class IngestStreams:
         sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits, examples=self.config.examples)
         self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
         if journal is None and self.config.journal_dir is not None:
-            journal = StreamJournal(Path(self.config.journal_dir), stream)
+            journal = StreamJournal(Path(self.config.journal_dir), stream, sync=self.config.journal_sync)
         if journal is not None:
             self._journals[stream] = journal
         return sz
@@ -254,7 +257,7 @@ class IngestStreams:
             if name in self._streams:
                 logger.warning("ingest journal %s: stream %r is already open; not replayed", path, name)
                 continue
-            sz = self._open_stream(name, StreamJournal.resume(path, replay))
+            sz = self._open_stream(name, StreamJournal.resume(path, replay, sync=self.config.journal_sync))
             sz.start_at(replay.base)
             late = []
             for entry in replay.entries:

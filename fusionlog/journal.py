@@ -60,22 +60,26 @@ class Replay:
 
 
 class StreamJournal:
-    """One stream's journal file. Writes are flushed to the operating system after each call; a failed write (a
-    full disk) warns once and journaling of this stream stops, while ingest goes on."""
+    """One stream's journal file. Writes are flushed to the operating system after each call (a process crash
+    loses none); with `sync` a post's lines are also synced to disk before they are read (a power loss loses
+    none), and a new or rewritten file's folder entry with them. A failed write (a full disk) warns once and
+    journaling of this stream stops, while ingest goes on."""
 
-    def __init__(self, folder: Path, stream: str, base: int = 0, done: int = 0) -> None:
+    def __init__(self, folder: Path, stream: str, base: int = 0, done: int = 0, sync: bool = False) -> None:
         self.path = Path(folder) / f"{quote(stream, safe='')}{SUFFIX}"
         self.stream = stream
+        self.sync = sync
         self.lines = 0  # lines in the file
         self._failed = False
         self._fh = None
         self._start(base, done)
 
     @classmethod
-    def resume(cls, path: Path, replay: Replay) -> StreamJournal:
+    def resume(cls, path: Path, replay: Replay, sync: bool = False) -> StreamJournal:
         """Go on appending to a journal a previous serve left (its lines are the replayed sessions' lines)."""
         journal = cls.__new__(cls)
         journal.path, journal.stream, journal._failed, journal._fh = Path(path), replay.stream, False, None
+        journal.sync = sync
         journal.lines = sum(1 for e in replay.entries if isinstance(e, str))
         journal._guarded(lambda: os.truncate(journal.path, replay.committed_bytes))  # a cut post's lines go
         journal._open_append()
@@ -87,7 +91,7 @@ class StreamJournal:
             self._fh.close()
             self._fh = None
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done)]))
+        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done)], self.sync))
         self._open_append()
         self.lines = 0
 
@@ -109,18 +113,20 @@ class StreamJournal:
             self._failed = True
             return None
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str, sync: bool = False) -> None:
         fh = self._fh
         if fh is not None:
             def write() -> None:
                 fh.write(text)
                 fh.flush()
+                if sync:
+                    os.fsync(fh.fileno())
             self._guarded(write)
 
     def lines_added(self, lines: list[str]) -> None:
         """Before the lines are read: after a crash they are in the file. The post's end mark comes in the same
         write, after them: lines without it were cut by a crash and are not replayed."""
-        self._write("".join(map(_line_entry, lines)) + json.dumps({"post": len(lines)}) + "\n")
+        self._write("".join(map(_line_entry, lines)) + json.dumps({"post": len(lines)}) + "\n", self.sync)
         self.lines += len(lines)
 
     def written_through(self, line_no: int) -> None:
@@ -170,7 +176,7 @@ class StreamJournal:
                 kept.append(json.dumps({"close": entry}, ensure_ascii=False))
         commit()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._guarded(lambda: _write_new(tmp, self.path, kept))
+        self._guarded(lambda: _write_new(tmp, self.path, kept, self.sync))
         self.lines = line_no - first_line + 1
         self._open_append()
 
@@ -201,13 +207,20 @@ def _line_entry(line: str) -> str:
     return " " + line + "\n"
 
 
-def _write_new(tmp: Path, path: Path, rows: list[str]) -> None:
-    """Write `rows` to a temp file beside `path` and rename it there (a crash leaves the old file or the new)."""
+def _write_new(tmp: Path, path: Path, rows: list[str], sync_folder: bool = False) -> None:
+    """Write `rows` to a temp file beside `path` and rename it there (a crash leaves the old file or the new);
+    `sync_folder`: the rename itself reaches the disk too."""
     with open(tmp, "w", **TEXT) as fh:
         fh.write("".join(r + "\n" for r in rows))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if sync_folder:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_journal(path: Path) -> Replay:

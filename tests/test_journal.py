@@ -139,6 +139,37 @@ def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp
     assert not j.path.exists()
 
 
+def test_journal_sync_puts_each_post_on_disk_before_it_is_read(os_lines, make_scorer, tmp_path,  # noqa: F811
+                                                                monkeypatch):
+    """`--journal-sync`: each post's entry is synced (its file's descriptor, in the write that holds its end mark)
+    and a new or rewritten file's folder entry too; without it a post costs no disk flush."""
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    plain, durable = StreamJournal(tmp_path, "plain"), StreamJournal(tmp_path, "durable", sync=True)
+    assert synced.count(str(durable.path.parent)) == 1  # the new file's folder entry (only with sync)
+    synced.clear()
+    plain.lines_added(["a 1", "a 2"])
+    assert synced == []
+    durable.lines_added(["b 1", "b 2"])
+    assert synced == [str(durable.path)] and read_journal(durable.path).entries == ["b 1", "b 2"]
+    with pytest.raises(ConfigError, match="--journal-sync needs --journal"):
+        IngestConfig(journal_sync=True)
+    (tmp_path / "j").mkdir()
+    cfg = IngestConfig(journal_dir=str(tmp_path / "j"), journal_sync=True)
+    streams = IngestStreams(make_scorer(), cfg, VerdictSink(cfg))  # serve --journal DIR --journal-sync
+    synced.clear()
+    streams.feed("s", os_lines[:5])
+    assert str(tmp_path / "j" / "s.journal") in synced
+
+
 def test_unreadable_journals_are_named_and_left(make_scorer, tmp_path, caplog):  # noqa: F811
     (tmp_path / "x.journal").write_text("not json\n", encoding="utf-8")
     (tmp_path / "y.journal").write_text(json.dumps({"fusionlog_journal": 1, "stream": "bad name!", "base": 0,

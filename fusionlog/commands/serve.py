@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--journal", metavar="DIR",
                    help="write each stream's lines to a journal in DIR before reading them, so a crash (kill -9, the "
                         "OOM killer) loses no open session: the next serve with this DIR replays them")
+    g.add_argument("--journal-sync", action="store_true",
+                   help="--journal: sync each post's lines to disk before reading them (a power loss loses none "
+                        "either; costs a disk flush per post)")
 
 
 def _journal_dir(folder: str | None) -> str | None:
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     ingest = IngestConfig(verdicts_path=args.verdicts, anomalies_only=args.anomalies_only, examples=args.examples,
                           max_streams=args.max_streams,
                           idle_seconds=args.idle_seconds or None, wall_idle_seconds=args.wall_idle_seconds or None,
-                          max_open_sessions=args.max_open_sessions, journal_dir=_journal_dir(args.journal))
+                          max_open_sessions=args.max_open_sessions, journal_dir=_journal_dir(args.journal),
+                          journal_sync=args.journal_sync)
     serve(args.model, args.host, args.port, token or None, max_body_bytes=args.max_body_bytes,
           max_lines=args.max_lines, log_level=args.log_level, access_log=not args.no_access_log,
           allow_mute=args.allow_mute, allow_baseline=args.allow_baseline, ingest=ingest)
