@@ -504,6 +504,7 @@ def test_bad_input_is_one_clear_line_exit_2(case, tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 2
     assert needle in proc.stderr and str(tmp_path) in proc.stderr
+    assert proc.stderr.count(str(log)) <= 1  # named once at most (a reader's error was named twice)
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

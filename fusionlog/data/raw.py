@@ -148,7 +148,8 @@ def read_records(spec: RawSpec, data_dir: Path, stats: ReadStats) -> Iterator[Lo
         if matched == 0 and stats.lines > n_before:
             raise DataError(
                 f"{path}: no line matches the log format {spec.log_format!r} "
-                f"({file_stats.lines} lines read, the first: {first[:100]!r}); check the format string"
+                f"({file_stats.lines} line{'' if file_stats.lines == 1 else 's'} read, the first: {first[:100]!r}); "
+                f"check the format string"
                 f"{format_hint(spec.log_format)}"
             )
 
@@ -262,10 +263,13 @@ def load_raw(
             parsed[0] += 1
             yield rec, store.fit_line(rec.text)
 
-    files = ", ".join(str(resolve(f.path, data_dir)) for f in spec.files[:3]) + (" ..." if len(spec.files) > 3 else "")
+    paths = [str(resolve(f.path, data_dir)) for f in spec.files]
+    files = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
     try:
         sessions = sessionize(spec.system, pairs(), spec.rule, stats, key_labels, default)
-    except DataError as exc:  # name the files, not just the system
+    except DataError as exc:  # name the files, not just the system (a reader's error names its file already)
+        if str(exc).startswith(tuple(paths)):
+            raise
         raise DataError(f"{files}: {exc}") from exc
     if parsed[0] == 0:
         raise DataError(f"{name}: no parsable log lines in {[f.path for f in spec.files]}")
