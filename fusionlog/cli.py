@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`fusionlog detect ... | head`): stop quietly, as `cat` does
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
+    except OSError as exc:
+        # the machine said no (a full disk, a folder removed or made read-only mid-run): one line, not a traceback
+        logging.getLogger("fusionlog").debug("%s failed", args.command, exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fusionlog {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _silence_stdout() -> None:

@@ -174,10 +174,13 @@ class FollowState:
         self.clock = clock
         if self.path.is_dir():
             raise ConfigError(f"--state {self.path}: is a directory; give a file name (it is created)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = hold_lock(self.path.with_name(self.path.name + ".lock"), lambda pid: (
-            f"--state {self.path}: another detect uses it{f' (pid {pid})' if pid else ''}; give each follow a "
-            f"state file of its own"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = hold_lock(self.path.with_name(self.path.name + ".lock"), lambda pid: (
+                f"--state {self.path}: another detect uses it{f' (pid {pid})' if pid else ''}; give each follow a "
+                f"state file of its own"))
+        except OSError as exc:
+            raise ConfigError(f"--state {self.path}: cannot write there ({exc.strerror or exc})") from None
         self.position = FilePosition()
         self.resume: ResumeAt | None = None
         self.replay_through = 0

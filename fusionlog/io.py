@@ -50,6 +50,23 @@ def publish_tree(folder: str | Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
+def make_out_dir(path: Path | str, what: str) -> Path:
+    """`path` created (with its parents), or a `ConfigError` naming `what` (the flag) and why. Why: a job finds out
+    it cannot write its output before its work, not after."""
+    from fusionlog.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{what} {path}: not writable")
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
     """`durable`: on disk before the rename (fsync), for a file a power loss must not leave empty."""
     path = Path(path)

@@ -132,6 +132,9 @@ def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is
         FollowState(tmp_path / "bad.json", path)
     with pytest.raises(ConfigError, match="is a directory"):
         FollowState(tmp_path, path)
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot write there"):
+        FollowState(tmp_path / "file" / "st.json", path)
 
 
 def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):

@@ -94,6 +94,32 @@ def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_
     assert json.loads(first)["key"] and "Traceback" not in err and "BrokenPipe" not in err
 
 
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work_or_when_the_disk_fills(
+        bgl_artifact, data_dir, tmp_path):
+    """A folder that cannot be made (a file in the way) stops detect, fuse and eval before any work with the flag
+    named; a disk that fills while verdicts are written (/dev/full) ends in one line and status 1, no traceback."""
+    log = data_dir / "loghub2k/BGL/BGL_2k.log"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fusionlog.cli", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    runs = {
+        "--output": cli("detect", "--model", str(bgl_artifact), str(log), "-o", str(blocker / "v.jsonl")),
+        "is a file, not a folder": cli("fuse", "--target", "bgl", "--rounds", "0", "--out", str(blocker)),
+        "--out": cli("eval", "--target", "bgl", "--methods", "unseen-template", "--seeds", "1", "--out",
+                     str(blocker / "e")),
+    }
+    for needle, proc in runs.items():
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "prepare" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1  # before any work
+    full = cli("detect", "--model", str(bgl_artifact), str(log), "-o", "/dev/full")
+    assert full.returncode == 1 and "Traceback" not in full.stderr
+    assert full.stderr.strip().splitlines()[-1] == "fusionlog detect: error: No space left on device"
+
+
 def test_session_trained_artifact_reads_raw_lines(tmp_path, data_dir, cache_root):
     """`openstack` is template sequences only; its artifact still scores raw Kalaki nova lines."""
     out = tmp_path / "os"

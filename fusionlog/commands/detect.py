@@ -130,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
                               read_stats=read_stats)
         lines = metrics.lines(lines)
     # with --state a restart goes on writing after the verdicts the earlier run wrote
-    out = open(args.output, "a" if state else "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        out = open(args.output, "a" if state else "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"--output {args.output}: cannot write it ({exc.strerror or exc})") from None
     t0 = time.perf_counter()
     written = anomalous = 0
     causes: Counter[str] = Counter()  # an anomalous verdict's largest departure, for the closing digest

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from eval.protocol import EvalConfig, prepared_dir_loader, run_eval
     from eval.report import summary_markdown, write_run
     from fusionlog.errors import ConfigError
-    from fusionlog.io import atomic_write_text, load_npy
+    from fusionlog.io import atomic_write_text, load_npy, make_out_dir
 
     if args.list_methods:
         for name, spec in METHODS.items():
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
     overrides = {k[len("train_"):]: v for k, v in vars(args).items() if k.startswith("train_")}
-    out = Path(args.out)
+    out = make_out_dir(args.out, "--out")
     loader = prepared_dir_loader(Path(args.prepared_dir)) if args.prepared_dir else None
     anchors = load_npy(Path(args.anchors)) if args.anchors else None
     methods = args.methods or EvalConfig.__dataclass_fields__["methods"].default
