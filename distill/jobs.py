@@ -19,7 +19,7 @@ from distill.config import BackendConfig, LabelConfig, TuneConfig
 from fusionlog.config import SessionRule
 from fusionlog.data.raw import RawSpec
 from fusionlog.errors import ConfigError
-from fusionlog.io import atomic_write_json, atomic_write_text, load_npy, make_out_dir
+from fusionlog.io import atomic_write_json, atomic_write_text, check_out_dir, load_npy
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_label(job: LabelJob) -> dict:
     from distill.quality import label_quality
     from fusionlog.data import hide_labels, load_dataset, split_sessions
 
-    make_out_dir(job.out_dir, "--out")  # before the LLM's work, not after it
+    check_out_dir(job.out_dir, "--out")  # before the LLM's work, not after it
     t0 = time.perf_counter()
     prompt = load_prompt(job.label.prompt)  # validate before anything slow
     need_vectors = job.label.k_examples > 0 and "examples" in prompt.variables
@@ -174,7 +174,7 @@ def run_tune(job: TuneJob) -> dict:
     if not job.sources:
         raise ConfigError("llm-tune: give --sources (labelled datasets of other systems)")
     if where := (job.adapter if job.calibrate_only and job.adapter else job.out_dir):
-        make_out_dir(where, "--out")
+        check_out_dir(where, "--out")
     prompt = load_prompt(job.prompt)
     datasets = [load_dataset(name, job.data_dir, progress=job.progress) for name in job.sources]
     out = Path(job.out_dir)

@@ -81,6 +81,7 @@ class FilePosition:
     recoded: bool = False
     origin: Mark | None = None  # where this run began reading
     head: bytes = b""  # the open file's first bytes (up to HEAD_BYTES), as last read
+    idents: set[tuple[int, int]] = field(default_factory=set)  # every file it has been in (a rotation's too)
     _where: Callable[[], tuple[int, int, int]] | None = None  # the follow's (offset, file_line, lines)
     _last: tuple[int, int, int] = (0, 0, 0)  # what it said when it ended
 
@@ -89,6 +90,7 @@ class FilePosition:
 
     def opened(self, path: str, ident: tuple[int, int], fd: int, recoded: bool) -> None:
         self.path, self.ident, self.fd, self.recoded, self.head = path, ident, fd, recoded, b""
+        self.idents.add(ident)
         if self.origin is None:
             self.origin = self.mark()
 

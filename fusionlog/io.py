@@ -50,20 +50,22 @@ def publish_tree(folder: str | Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
-def make_out_dir(path: Path | str, what: str) -> Path:
-    """`path` created (with its parents), or a `ConfigError` naming `what` (the flag) and why. Why: a job finds out
-    it cannot write its output before its work, not after."""
+def check_out_dir(path: Path | str, what: str) -> Path:
+    """`path`, once it is clear the job could create or write it: a `ConfigError` naming `what` (the flag) and why
+    otherwise. Nothing is created: a job refused later for another reason leaves no empty folder. Why: a job
+    finds out it cannot write its output before its work, not after."""
     from fusionlog.errors import ConfigError
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path}: is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"{what} {path}: not writable")
+    probe = path
+    while not probe.exists():  # the nearest folder that is there: where the first mkdir will happen
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {'it' if probe == path else probe} is a file, not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {probe} is not writable")
     return path
 
 

@@ -20,7 +20,7 @@ from fusionlog.constants import DRAIN_STATE_NAME
 from fusionlog.data.named_formats import resolve_log_format
 from fusionlog.errors import ConfigError
 from fusionlog.findings import findings_markdown, pool_findings
-from fusionlog.io import atomic_write_json, atomic_write_text, make_out_dir
+from fusionlog.io import atomic_write_json, atomic_write_text, check_out_dir
 from fusionlog.threshold import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
         raise ConfigError("--llm-lora trains the LLM the pipeline loads itself; it cannot adapt a backend passed in")
     if backend is None and not cfg.resume and getattr(cfg.distill, "rounds", 0) > 0:
         preflight_llm(cfg.llm, cfg.llm_backend)  # a resumed run may need no LLM at all: it loads lazily
-    make_out_dir(cfg.out_dir, "--out")  # before any work: a folder it cannot write is said at once
+    check_out_dir(cfg.out_dir, "--out")  # before any work: a folder it cannot write is said at once
     t_start = time.perf_counter()
     stage = _Stages(cfg.progress)
 

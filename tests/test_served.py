@@ -77,8 +77,10 @@ def test_detect_reads_a_directory_of_rotated_logs_as_one_stream(bgl_artifact, da
     assert "detect: 3 files, 2000 lines, 100 sessions" in parts.stderr
     listed = detect(str(folder / "bgl.log.2.gz"), str(folder / "bgl.log.1"), str(folder / "bgl.log"))
     assert [json.loads(v)["score"] for v in listed.stdout.splitlines()] == [v["score"] for v in b]
-    follow = detect("--follow", str(folder))
-    assert follow.returncode == 2 and "--follow needs one FILE" in follow.stderr and "Traceback" not in follow.stderr
+    follow = detect("--follow", "-")  # a folder is followed file by file (tests/test_multifollow.py); stdin is not
+    assert follow.returncode == 2 and "--follow needs a FILE" in follow.stderr and "Traceback" not in follow.stderr
+    state = detect("--follow", str(folder), "--state", str(tmp_path / "st.json"))
+    assert state.returncode == 2 and "--state keeps the place in one followed FILE" in state.stderr
 
 
 def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_dir, tmp_path):

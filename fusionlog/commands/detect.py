@@ -18,7 +18,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="raw log file(s), a directory of them or a quoted glob ('logs/app.log*'), read as one "
                         "stream oldest first (app.log.2.gz, app.log.1, app.log); - for stdin (default)")
     p.add_argument("--follow", "-f", action="store_true",
-                   help="keep reading a growing file like `tail -F` (survives truncation and rotation)")
+                   help="keep reading a growing file like `tail -F` (survives truncation and rotation); given a "
+                        "directory, a glob or several files, every live file as one stream, new files included")
     p.add_argument("--from-end", action="store_true", help="with --follow: start at the end of the file")
     p.add_argument("--state", metavar="FILE",
                    help="with --follow: keep where it is in FILE (created), so a restart after a stop or a crash "
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.errors import ConfigError, DataError
     from fusionlog.explain import largest_departure
     from fusionlog.follow_state import FollowState
+    from fusionlog.multifollow import MultiFollow
     from fusionlog.stream import (
         StreamLimits,
         detect_stream,
@@ -77,11 +79,16 @@ def run(args: argparse.Namespace) -> int:
     stdin = sources == ["-"]
     if "-" in sources and not stdin:
         raise ConfigError("read either stdin (-) or files, not both")
-    if args.follow and (stdin or len(sources) > 1 or is_multi_source(sources[0])):
-        raise ConfigError("--follow needs one FILE (stdin is followed anyway; a directory or glob is read once)")
+    many = not stdin and (len(sources) > 1 or is_multi_source(sources[0]))
+    if args.follow and stdin:
+        raise ConfigError("--follow needs a FILE, a directory or a glob (stdin is followed anyway)")
     if args.state and not args.follow:
         raise ConfigError("--state needs --follow (a finished file is read whole; stdin has no position to keep)")
-    files = [] if stdin else [f for s in sources for f in expand_log_source(s)]
+    if args.state and many:
+        raise ConfigError("--state keeps the place in one followed FILE; follow each file with a detect of its own "
+                          "to keep their places")
+    # a followed directory or glob may match nothing yet: its files are waited for
+    files = [] if stdin or (args.follow and many) else [f for s in sources for f in expand_log_source(s)]
     missing = [str(f) for f in files if not f.exists()]  # exists, not is_file: a pipe or /dev/stdin will do
     if missing:
         raise DataError(f"log file(s) not found: {', '.join(missing[:5])}")
@@ -99,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.model)
     read_stats = ReadStats()
     stop = threading.Event()
+    followed = None
     state = FollowState(args.state, files[0]) if args.state else None
     if stdin:
         lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
+    elif args.follow and many:
+        followed = MultiFollow(sources, read_stats, stop=stop, poll_interval=args.poll_interval,
+                               from_end=args.from_end)
+        lines = iter(followed)
     elif args.follow:
         lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval,
                        from_end=args.from_end and not (state and state.resumed),
@@ -169,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             state.close()
     elapsed = time.perf_counter() - t0
     stats = sessionizer.stats.to_dict()
-    stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, files=len(files),
+    n_files = followed.files_read if followed is not None else len(files)
+    stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, files=n_files,
                  empty_files=read_stats.empty_files, truncated_files=read_stats.truncated_files,
                  anomalous=anomalous, written=written, seconds=round(elapsed, 3))
     watch.final()

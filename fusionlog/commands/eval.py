@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from eval.protocol import EvalConfig, prepared_dir_loader, run_eval
     from eval.report import summary_markdown, write_run
     from fusionlog.errors import ConfigError
-    from fusionlog.io import atomic_write_text, load_npy, make_out_dir
+    from fusionlog.io import atomic_write_text, check_out_dir, load_npy
 
     if args.list_methods:
         for name, spec in METHODS.items():
@@ -126,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
     overrides = {k[len("train_"):]: v for k, v in vars(args).items() if k.startswith("train_")}
-    out = make_out_dir(args.out, "--out")
     loader = prepared_dir_loader(Path(args.prepared_dir)) if args.prepared_dir else None
     anchors = load_npy(Path(args.anchors)) if args.anchors else None
     methods = args.methods or EvalConfig.__dataclass_fields__["methods"].default
@@ -134,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         from fusionlog.pipeline import preflight_llm
 
         preflight_llm(args.llm, args.llm_backend)  # before any training, not after it
+    out = check_out_dir(args.out, "--out")  # likewise: a folder it cannot write is said before the work
     all_results = []
     for target in args.target:
         cfg = EvalConfig(
