@@ -82,6 +82,7 @@ class FilePosition:
     origin: Mark | None = None  # where this run began reading
     head: bytes = b""  # the open file's first bytes (up to HEAD_BYTES), as last read
     idents: set[tuple[int, int]] = field(default_factory=set)  # every file it has been in (a rotation's too)
+    resumable: bool = True  # a next run goes on from here: an unterminated last line is left for it at a stop
     _where: Callable[[], tuple[int, int, int]] | None = None  # the follow's (offset, file_line, lines)
     _last: tuple[int, int, int] = (0, 0, 0)  # what it said when it ended
 

@@ -69,7 +69,7 @@ def live_files(sources: Sequence[str]) -> list[Path]:
 class _Follower:
     path: Path
     lines: Iterator[str | None]
-    position: FilePosition = field(default_factory=FilePosition)
+    position: FilePosition = field(default_factory=lambda: FilePosition(resumable=False))  # the files it read
     at_end: bool = False  # its last turn ended at the end of its file
 
 
@@ -154,5 +154,7 @@ class MultiFollow:
             if not got:
                 yield None
                 self.stop.wait(self.poll_interval)
-        for f in self.followers.values():
-            f.lines.close()  # type: ignore[attr-defined]
+        for f in self.followers.values():  # stopped: each yields at most its unterminated last line, then ends
+            for line in f.lines:
+                if line is not None:
+                    yield line

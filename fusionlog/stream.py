@@ -693,8 +693,8 @@ def follow(
     * rotation (the path now names another file) finishes the old file, then opens the new one;
     * a missing file is waited for.
 
-    `position` (for a resumable follow, `fusionlog.follow_state`) is kept at the end of the last line yielded;
-    with it an unterminated last line is left for the next run at `stop`, not yielded cut. `resume` starts in the
+    `position` (`fusionlog.follow_state`) is kept at the end of the last line yielded; a resumable one leaves an
+    unterminated last line for the next run at `stop`, not yielded cut. `resume` starts in the
     file it names (the followed path, or the file a rotation renamed it to) where an earlier run stopped.
     """
     path = Path(path)
@@ -810,7 +810,7 @@ def follow(
                 continue
             yield None
             stop.wait(poll_interval)
-        if pending and position is None:  # a resumable follow leaves it for the next run, whole
+        if pending and (position is None or not position.resumable):  # else left for the next run, whole
             yield decode_line(pending, stats)
     finally:
         if position is not None:

@@ -9,21 +9,8 @@ import threading
 from fusionlog import multifollow
 from fusionlog.multifollow import MultiFollow, live_files
 from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, scorer_sessionizer
+from tests.test_follow_state import _until_quiet, _write
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
-
-
-def _write(path, lines: list[str], mode: str = "a") -> None:
-    with open(path, mode, encoding="utf-8") as fh:
-        fh.write("".join(line + "\n" for line in lines))
-
-
-def _until_quiet(it) -> list[str]:
-    out = []
-    for item in it:
-        if item is None:
-            return out
-        out.append(item)
-    return out
 
 
 def test_live_files_leave_out_rotated_compressed_and_hidden_copies(tmp_path):
@@ -67,8 +54,11 @@ def test_a_folder_is_followed_across_new_files_rotations_deletions_and_floods(tm
     _write(tmp_path / "web.log", ["w3"])
     flood = _until_quiet(it)
     assert sorted(flood) == sorted([f"f{i}" for i in range(7)] + ["w3"]) and flood.index("w3") <= 3
+    with open(tmp_path / "web.log", "a", encoding="utf-8") as fh:
+        fh.write("w4 without its newline yet")
+    assert _until_quiet(it) == []  # waits for its newline ...
     stop.set()
-    assert list(it) == []
+    assert list(it) == ["w4 without its newline yet"]  # ... and a stop gives it as it is, as a one-file follow does
 
 
 def test_instances_spread_over_two_files_are_the_sessions_of_one_file(os_lines, make_scorer, tmp_path):  # noqa: F811
