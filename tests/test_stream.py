@@ -363,3 +363,33 @@ def test_follow_reads_a_file_with_a_byte_order_mark_as_file_reading_does(tmp_pat
         fh.write("INFO appended\r\n".encode(codec))
     assert _until_quiet(from_end) == ["INFO appended"]
     from_end.close()
+
+
+def test_a_batch_reads_progress_bar_runs_over_the_bytes_on_disk_to_its_end(tmp_path):
+    """`detect FILE...`'s bar: a plain file, an empty one and a gzip file (counted compressed), read as one
+    stream: the bar moves with each block and ends at the files' size on disk, the lines all there."""
+    import gzip
+    import io
+
+    from fusionlog.stream import ReadProgress, files_lines
+
+    plain, empty, packed = tmp_path / "a.log.1", tmp_path / "b.log", tmp_path / "a.log.2.gz"
+    plain.write_text("".join(f"plain line {i} {'x' * 40}\n" for i in range(20_000)), encoding="utf-8")
+    empty.write_bytes(b"")
+    with gzip.open(packed, "wt", encoding="utf-8") as fh:
+        fh.write("".join(f"packed line {i}\n" for i in range(30_000)))
+    files = [packed, plain, empty]
+    shown = io.StringIO()
+    progress = ReadProgress(files, show=True, file=shown, mininterval=0)
+    seen: list[int] = []
+    lines = 0
+    for _ in files_lines(files, ReadStats(), None, progress):
+        lines += 1
+        if lines % 5_000 == 0:
+            seen.append(progress.bar.n)
+    total = sum(os.path.getsize(f) for f in files)
+    assert lines == 50_000 and progress.bar.total == total and progress.bar.n == total
+    assert seen == sorted(seen) and 0 < seen[0] < total  # it moved while reading, never back
+    progress.close()
+    assert "read:" in shown.getvalue()
+    assert not ReadProgress(files, show=False).shown

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.follow_state import FollowState
     from fusionlog.multifollow import MultiFollow
     from fusionlog.stream import (
+        ReadProgress,
         StreamLimits,
         detect_stream,
         files_lines,
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.model)
     read_stats = ReadStats()
     stop = threading.Event()
-    followed = None
+    followed = progress = None
     state = FollowState(args.state, files[0]) if args.state else None
     if stdin:
         lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
@@ -119,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
                        from_end=args.from_end and not (state and state.resumed),
                        position=state.position if state else None, resume=state.resume if state else None)
     else:
-        lines = files_lines(files, read_stats, logger)
+        # a bar on stderr, unless the verdicts themselves go to that terminal
+        wanted = not args.quiet and bool(args.output or not sys.stdout.isatty())
+        progress = ReadProgress(files, show=None if wanted else False)
+        lines = files_lines(files, read_stats, logger, progress)
     saved: dict = {}
     if live and threading.current_thread() is threading.main_thread():
         # First Ctrl-C / SIGTERM: stop reading; open sessions are still scored and written. Second: abort.
@@ -179,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             out.close()
         if state is not None:
             state.close()
+        if progress is not None:
+            progress.close()
     elapsed = time.perf_counter() - t0
     stats = sessionizer.stats.to_dict()
     n_files = followed.files_read if followed is not None else len(files)

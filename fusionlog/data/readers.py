@@ -39,12 +39,14 @@ def open_binary(path: Path, stats: ReadStats | None = None) -> io.BufferedIOBase
         raise DataError(f"{path}: is a directory, expected a log file")
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     out: io.BufferedIOBase = fh
+    disk_tell = fh.tell  # how far into the file on disk (a gzip file's compressed bytes): for progress bars
     if fh.peek(2)[:2] == GZIP_MAGIC:  # peek, not read: a pipe (`<(zcat ...)`) can be opened only once
         # 256 KiB reads: with 64 KiB the wrapper's copy cost 17% of gzip reading speed; with 256 KiB, none
         out = io.BufferedReader(_CutTolerantGzip(fh, path, stats if stats is not None else ReadStats()), 1 << 18)
     encoding = _bom_encoding(out.peek(4)[:4])
     if encoding is not None:
         out = io.BufferedReader(_Recoded(out, encoding), 1 << 16)
+    out.disk_tell = disk_tell  # type: ignore[attr-defined]
     return out
 
 
