@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                        position=state.position if state else None, resume=state.resume if state else None)
     else:
         # a bar on stderr, unless the verdicts themselves go to that terminal
-        wanted = not args.quiet and bool(args.output or not sys.stdout.isatty())
+        wanted = not getattr(args, "quiet", False) and bool(args.output or not sys.stdout.isatty())
         progress = ReadProgress(files, show=None if wanted else False)
         lines = files_lines(files, read_stats, logger, progress)
     saved: dict = {}
