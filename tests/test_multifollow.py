@@ -122,12 +122,16 @@ def test_detect_follows_a_folder(bgl_artifact, data_dir, tmp_path):
     def verdicts() -> list[dict]:
         return [json.loads(v) for v in out.read_text(encoding="utf-8").splitlines()] if out.exists() else []
 
-    try:
+    def wait_for(n: int) -> None:
         end = time.monotonic() + 180
-        while len(verdicts()) < 2 and time.monotonic() < end and proc.poll() is None:
+        while len(verdicts()) < n and time.monotonic() < end and proc.poll() is None:
             time.sleep(0.05)
+        assert len(verdicts()) == n
+
+    try:
+        wait_for(1)  # the first full window; the second closes when a later line comes
         _write(logs / "node-c.log", lines[40:50], "w")  # a node that starts later: half a window
-        time.sleep(12)  # past the next rescan (every 5 s)
+        wait_for(2)  # its first line, read at a rescan (every 5 s), closed the second window
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
