@@ -1,5 +1,6 @@
-"""Crash-safe file writes (a temp name in the same folder, then a rename), and the versioned files operators keep
-beside an artifact (mutes, baselines), read with errors that name them."""
+"""Crash-safe file writes (a temp name in the same folder, then a rename), the versioned files operators keep
+beside an artifact (mutes, baselines), read with errors that name them, an output folder checked before a job's
+work, and a lock that keeps a second process off a journal or state file."""
 
 from __future__ import annotations
 
