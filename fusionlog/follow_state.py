@@ -210,7 +210,7 @@ class FollowState:
         found = locate(cp.mark, self.followed)
         if found is None:
             logger.warning("--state %s: %s (where it stopped, line %d) is gone or was rewritten; starting over at "
-                           "the %s%s", self.path, cp.mark.path, cp.done, "top of the file",
+                           "the top of the file%s", self.path, cp.mark.path, cp.done,
                            f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
             return
         self.position.base = cp.mark.line
