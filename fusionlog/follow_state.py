@@ -44,6 +44,11 @@ HEAD_BYTES = 1024
 SAVE_INTERVAL = 1.0
 #: Seconds between two resume marks at most: a restart re-reads up to this much before the oldest open session.
 MARK_INTERVAL = 0.5
+#: Marks kept at most: past it every other one between the first and the last goes, so a session open for hours
+#: costs a bounded list (a restart then reads a little more again).
+MAX_MARKS = 256
+#: Files a follower has left (rotated away) that a folder's state remembers, so a restart does not read them again.
+MAX_LEFT = 32
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class FilePosition:
     origin: Mark | None = None  # where this run began reading
     head: bytes = b""  # the open file's first bytes (up to HEAD_BYTES), as last read
     idents: set[tuple[int, int]] = field(default_factory=set)  # every file it has been in (a rotation's too)
+    left: list[Mark] = field(default_factory=list)  # the files it left (a rotation's), each at its end
     resumable: bool = True  # a next run goes on from here: an unterminated last line is left for it at a stop
     _where: Callable[[], tuple[int, int, int]] | None = None  # the follow's (offset, file_line, lines)
     _last: tuple[int, int, int] = (0, 0, 0)  # what it said when it ended
@@ -89,11 +95,24 @@ class FilePosition:
     def track(self, where: Callable[[], tuple[int, int, int]]) -> None:
         self._where = where
 
+    @property
+    def ready(self) -> bool:
+        """A file has been opened: there is a place to keep."""
+        return self.ident is not None and self.origin is not None
+
     def opened(self, path: str, ident: tuple[int, int], fd: int, recoded: bool) -> None:
         self.path, self.ident, self.fd, self.recoded, self.head = path, ident, fd, recoded, b""
         self.idents.add(ident)
         if self.origin is None:
             self.origin = self.mark()
+
+    def leaving(self) -> None:
+        """The open file is about to be closed (rotated away): its head is read while it still can be, and it is
+        remembered as read to its end."""
+        if self.fd is None or self.ident is None:
+            return
+        self.left = [*self.left[-(MAX_LEFT - 1):], self.mark()]
+        self.fd = None
 
     def closed(self) -> None:
         """The follow ended: marks go on from where it was."""
@@ -149,31 +168,34 @@ def locate(mark: Mark, followed: Path) -> Path | None:
     """The file `mark` points into, if it is still there: under the followed name, or a rotated sibling's."""
     names = [followed, Path(mark.path)]
     names += sorted(Path(p) for p in glob.glob(glob.escape(str(followed)) + "?*"))
-    for name in dict.fromkeys(names):
-        try:
-            st = os.stat(name)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) != (mark.dev, mark.ino) or st.st_size < mark.offset:
-            continue
-        try:
-            with open(name, "rb") as fh:
-                head = fh.read(mark.head_len)
-        except OSError:
-            continue
-        if hashlib.sha256(head).hexdigest() == mark.head_sha256:
-            return name
-    return None
+    return next((name for name in dict.fromkeys(names) if same_file(mark, name)), None)
+
+
+def same_file(mark: Mark, name: Path | str) -> bool:
+    """`name` is the file `mark` points into: the same device and inode, at least as long, and the same first
+    bytes (a file that reuses a deleted one's inode has other ones)."""
+    try:
+        st = os.stat(name)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != (mark.dev, mark.ino) or st.st_size < mark.offset:
+        return False
+    try:
+        with open(name, "rb") as fh:
+            head = fh.read(mark.head_len)
+    except OSError:
+        return False
+    return hashlib.sha256(head).hexdigest() == mark.head_sha256
 
 
 class FollowState:
     """The state file of one followed file, for `detect_stream`'s checkpoint hooks. One process at a time
     (a lock beside the file)."""
 
-    def __init__(self, state_path: Path | str, followed: Path | str,
+    def __init__(self, state_path: Path | str, followed,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(state_path)
-        self.followed = Path(followed).absolute()
+        self.followed = self._identity(followed)
         self.clock = clock
         if self.path.is_dir():
             raise ConfigError(f"--state {self.path}: is a directory; give a file name (it is created)")
@@ -184,7 +206,7 @@ class FollowState:
                 f"state file of its own"))
         except OSError as exc:
             raise ConfigError(f"--state {self.path}: cannot write there ({exc.strerror or exc})") from None
-        self.position = FilePosition()
+        self.position = self._new_position()
         self.resume: ResumeAt | None = None
         self.replay_through = 0
         self.replay_closes: dict[int, list[list[str]]] = {}
@@ -195,6 +217,15 @@ class FollowState:
         self._load()
 
     # -- start -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _identity(followed):
+        """What the state is of, as saved in it (a restart with another must not go on from it)."""
+        return Path(followed).absolute()
+
+    @staticmethod
+    def _new_position():
+        return FilePosition()
+
     def _load(self) -> None:
         if not self.path.exists():
             return
@@ -237,7 +268,7 @@ class FollowState:
         """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
         session, and write the state (at most once a second, unless `final`)."""
         pos = self.position
-        if pos.ident is None or pos.origin is None:
+        if not pos.ready:
             return  # no file opened yet: nothing to resume
         line_no = sz.line_no
         if line_no != pos.line:
@@ -255,6 +286,8 @@ class FollowState:
         else:
             first = max((i for i, m in enumerate(self._marks) if m.line < oldest), default=0)
             self._marks = self._marks[first:]
+            if len(self._marks) > MAX_MARKS:
+                self._marks = [self._marks[0], *self._marks[2:-1:2], self._marks[-1]]
         self._done = max(self._done, line_no)
         start = self._marks[0].line
         self._closes = [(line, keys) for line, keys in self._closes if line > start]

@@ -15,21 +15,26 @@ rotated) is dropped once its follower has read it to the end.
 The lines of all files form one stream, in the order they are read, as a shipper's posts to one ingest stream:
 sessions keyed by an id gather lines from every file; a line or time window takes lines as they arrive. A busy
 file yields the turn after `TURN_LINES` lines, so a flood in one file does not starve the others.
+
+With `keep_position` (`detect --follow DIR --state`) the order of the turns is kept, so a restart can read the
+files again in the same order and rebuild the same sessions (`fusionlog.folder_state`).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionlog.data.logfiles import expand_log_source, is_multi_source
 from fusionlog.errors import ConfigError
-from fusionlog.follow_state import FilePosition
+from fusionlog.follow_state import FilePosition, Mark, ResumeAt, same_file
 from fusionlog.stream import follow
 from fusionlog.types import ReadStats
 
@@ -71,6 +76,52 @@ class _Follower:
     lines: Iterator[str | None]
     position: FilePosition = field(default_factory=lambda: FilePosition(resumable=False))  # the files it read
     at_end: bool = False  # its last turn ended at the end of its file
+    start: Mark | None = None  # where an earlier run left it (a resumed follow), until it opens its file
+
+
+class Turns:
+    """The order the files' lines were read in: per turn, the file and the stream line the turn ended at. A
+    restart reads the files again in this order, so the interleaved stream (and every session in it) is the same.
+    Kept compact (two arrays and a table of names): a session open for long keeps many turns."""
+
+    def __init__(self) -> None:
+        self.ends = array("q")
+        self.files = array("i")
+        self.names: list[str] = []
+        self._no: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def append(self, name: str, end: int) -> None:
+        no = self._no.get(name)
+        if no is None:
+            no = self._no[name] = len(self.names)
+            self.names.append(name)
+        self.ends.append(end)
+        self.files.append(no)
+
+    def after(self, line: int) -> list[tuple[str, int]]:
+        """(file, end) of the turns that end after stream line `line`."""
+        i = bisect.bisect_right(self.ends, line)
+        return [(self.names[f], e) for f, e in zip(self.files[i:], self.ends[i:], strict=True)]
+
+    def prune(self, line: int) -> None:
+        """Forget the turns that end at or before `line` (a restart reads again only from there)."""
+        i = bisect.bisect_right(self.ends, line)
+        if i:
+            del self.ends[:i]
+            del self.files[:i]
+
+
+@dataclass(frozen=True)
+class FolderResume:
+    """Where a folder follow begins after a restart (`fusionlog.folder_state`)."""
+
+    base: int  # stream lines before the first one read
+    starts: dict[str, tuple[ResumeAt, Mark]]  # followed path -> where its follower begins, and the mark it is
+    turns: list[tuple[str, int]]  # (followed path, stream line the turn ended at): read again in this order
+    known: list[Mark]  # files an earlier run read: not new, whatever name they have now
 
 
 class MultiFollow:
@@ -79,7 +130,11 @@ class MultiFollow:
 
     def __init__(self, sources: Sequence[str], stats: ReadStats | None = None, *,
                  stop: threading.Event | None = None, poll_interval: float = 0.25, from_end: bool = False,
-                 rescan: float = 5.0, clock=time.monotonic) -> None:
+                 rescan: float = 5.0, clock=time.monotonic, resume: FolderResume | None = None,
+                 keep_position: bool = False) -> None:
+        """`keep_position` (`--state`): keep the order of turns and each file's place, and leave an unterminated
+        last line for the next run at a stop; `resume`: begin where an earlier run left each file, reading its
+        turns again first."""
         self.sources = list(sources)
         self.stats = stats if stats is not None else ReadStats()
         self.stop = stop or threading.Event()
@@ -88,8 +143,63 @@ class MultiFollow:
         self.clock = clock
         self.followers: dict[Path, _Follower] = {}
         self._read: set[tuple[int, int]] = set()  # (device, inode) of every file a follower has opened
-        self._from_end = from_end
+        self._from_end = from_end and resume is None  # files that appeared while it was down are read whole
         self._scanned = float("-inf")
+        self.keep_position = keep_position or resume is not None
+        self.line = resume.base if resume is not None else 0  # stream lines at the end of the last turn
+        self.turns = Turns()
+        self._turn: tuple[_Follower, int] | None = None  # the follower whose turn it is, and its lines before it
+        self._resume = resume
+        self.replay_broken = False  # a file ended before the earlier run's turns did
+        self._known = {(m.dev, m.ino): m for m in resume.known} if resume is not None else {}
+
+    # -- where it is (`fusionlog.folder_state`) -------------------------------------------------------------------
+    def line_now(self) -> int:
+        """Stream lines yielded so far (counted from the resumed run's first)."""
+        if self._turn is None:
+            return self.line
+        f, before = self._turn
+        return self.line + f.position.now()[2] - before
+
+    def current_turn(self) -> list[tuple[str, int]]:
+        """[(file, stream line)] of the turn going on, if it has yielded a line; else []."""
+        if self._turn is None or self.line_now() <= self.line:
+            return []
+        return [(str(self._turn[0].path), self.line_now())]
+
+    def positions(self) -> dict[str, Mark]:
+        """Each followed file's place now (one not opened yet: where it will begin)."""
+        out = {}
+        for path, f in self.followers.items():
+            if f.position.ready:
+                out[str(path)] = f.position.mark()
+            elif f.start is not None:
+                out[str(path)] = f.start
+        return out
+
+    def origins(self) -> dict[str, Mark]:
+        """Where each follower began reading in this run."""
+        out = {str(p): f.position.origin or f.start for p, f in self.followers.items()}
+        return {p: m for p, m in out.items() if m is not None}
+
+    def left(self) -> list[Mark]:
+        """The files the followers left (rotated away), each read to its end."""
+        return [m for f in self.followers.values() for m in f.position.left]
+
+    @property
+    def ready(self) -> bool:
+        return any(f.position.ready for f in self.followers.values())
+
+    def _begin_turn(self, f: _Follower) -> None:
+        if self.keep_position:
+            self._turn = (f, f.position.now()[2])
+
+    def _end_turn(self, f: _Follower, n: int) -> None:
+        if self.keep_position:
+            self._turn = None
+            if n:
+                self.line += n
+                self.turns.append(str(f.path), self.line)
 
     @property
     def files_read(self) -> int:
@@ -103,17 +213,27 @@ class MultiFollow:
         self._scanned = self.clock()
         self._note_read()
         for path in live_files(self.sources):
+            path = path.absolute()
             if path in self.followers:
                 continue
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in self._read:  # a renamed file some follower read (a dated rotation)
+            ident = (st.st_dev, st.st_ino)
+            if ident in self._read:  # a renamed file some follower read (a dated rotation)
                 continue
-            f = _Follower(path, iter(()))
+            resume = None
+            if ident in self._known and same_file(known := self._known[ident], path):  # read by an earlier run
+                if st.st_size == known.offset:  # to its end (a rotated copy under a new name): not again
+                    self._read.add(ident)
+                    continue
+                resume = ResumeAt(str(path), known.offset, known.file_line)  # renamed: its rest only
+                logger.info("follow: %s was read by an earlier run up to line %d; reading its rest", path,
+                            known.file_line)
+            f = _Follower(path, iter(()), FilePosition(resumable=self.keep_position))
             f.lines = follow(path, self.stats, stop=self.stop, poll_interval=0.0,
-                             from_end=self._from_end and first, position=f.position)
+                             from_end=self._from_end and first, position=f.position, resume=resume)
             self.followers[path] = f
             if not first:
                 logger.info("follow: %s appeared; reading it from the top", path)
@@ -131,8 +251,42 @@ class MultiFollow:
             f.lines.close()  # type: ignore[attr-defined]
             logger.info("follow: %s is gone; no longer followed", path)
 
+    def _start_resumed(self) -> None:
+        """A follower for each file an earlier run followed, where it left it (in a rotated sibling, maybe)."""
+        for name, (at, mark) in (self._resume.starts.items() if self._resume is not None else ()):
+            f = _Follower(Path(name), iter(()), FilePosition(resumable=True), start=mark)
+            f.lines = follow(name, self.stats, stop=self.stop, poll_interval=0.0, position=f.position, resume=at)
+            self.followers[Path(name)] = f
+            self._read.add((mark.dev, mark.ino))  # not a new file under another name (a dated rotation)
+
+    def _replay(self) -> Iterator[str | None]:
+        """The earlier run's turns again, in order; a `None` (and live reading) if a file ends before them."""
+        for name, end in self._resume.turns if self._resume is not None else ():
+            want = end - self.line
+            f = self.followers.get(Path(name))
+            if want <= 0 or f is None:
+                continue
+            n = 0
+            self._begin_turn(f)
+            for line in f.lines:
+                if line is None:
+                    break
+                yield line
+                n += 1
+                if n >= want:
+                    break
+            self._end_turn(f, n)
+            if n < want:
+                self.replay_broken = True
+                logger.warning("follow: %s ends %d line(s) before where the earlier run read it to (rewritten "
+                               "since?); going on from here", name, want - n)
+                yield None
+                return
+
     def __iter__(self) -> Iterator[str | None]:
+        self._start_resumed()
         self._scan()
+        yield from self._replay()
         while not self.stop.is_set():
             if self.clock() - self._scanned >= self.rescan:
                 self._drop_gone()
@@ -140,6 +294,7 @@ class MultiFollow:
             got = False
             for f in list(self.followers.values()):
                 n, f.at_end = 0, False
+                self._begin_turn(f)
                 for line in f.lines:
                     if line is None:
                         f.at_end = True
@@ -149,12 +304,17 @@ class MultiFollow:
                     n += 1
                     if n >= TURN_LINES or self.stop.is_set():
                         break
+                self._end_turn(f, n)
                 if self.stop.is_set():
                     break
             if not got:
                 yield None
                 self.stop.wait(self.poll_interval)
         for f in self.followers.values():  # stopped: each yields at most its unterminated last line, then ends
+            n = 0
+            self._begin_turn(f)
             for line in f.lines:
                 if line is not None:
                     yield line
+                    n += 1
+            self._end_turn(f, n)

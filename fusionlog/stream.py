@@ -796,6 +796,8 @@ def follow(
                     lines += 1
                     yield decode_line(line, stats)
                 gone = (fh.tell(), file_line)
+                if position is not None:
+                    position.leaving()
                 fh.close()
                 fh = None
                 logger.info("%s: rotated, reopening", path)

@@ -79,8 +79,9 @@ def test_detect_reads_a_directory_of_rotated_logs_as_one_stream(bgl_artifact, da
     assert [json.loads(v)["score"] for v in listed.stdout.splitlines()] == [v["score"] for v in b]
     follow = detect("--follow", "-")  # a folder is followed file by file (tests/test_multifollow.py); stdin is not
     assert follow.returncode == 2 and "--follow needs a FILE" in follow.stderr and "Traceback" not in follow.stderr
-    state = detect("--follow", str(folder), "--state", str(tmp_path / "st.json"))
-    assert state.returncode == 2 and "--state keeps the place in one followed FILE" in state.stderr
+    (tmp_path / "st.json").write_text(json.dumps({"fusionlog_follow_state": 1, "followed": str(log)}), "utf-8")
+    state = detect("--follow", str(folder), "--state", str(tmp_path / "st.json"))  # a one-file state, for a folder
+    assert state.returncode == 2 and f"it is the state of {log}, not ['{folder}']" in state.stderr
 
 
 def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_dir, tmp_path):

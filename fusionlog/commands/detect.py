@@ -24,7 +24,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="FILE",
                    help="with --follow: keep where it is in FILE (created), so a restart after a stop or a crash "
                         "goes on there with its open sessions, even across a rotation; a stop leaves them open "
-                        "for the next run instead of scoring them cut short")
+                        "for the next run instead of scoring them cut short. A folder's follow keeps each file's "
+                        "place and the order their lines were read in (FILE.turns beside it)")
     p.add_argument("--output", "-o", help="write verdicts here instead of stdout (appended to with --state)")
     p.add_argument("--anomalies-only", action="store_true", help="write only sessions judged anomalous")
     p.add_argument("--examples", action="store_true",
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.data.logfiles import expand_log_source, is_multi_source
     from fusionlog.errors import ConfigError, DataError
     from fusionlog.explain import largest_departure
+    from fusionlog.folder_state import FolderFollowState
     from fusionlog.follow_state import FollowState
     from fusionlog.multifollow import MultiFollow
     from fusionlog.stream import (
@@ -85,9 +87,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--follow needs a FILE, a directory or a glob (stdin is followed anyway)")
     if args.state and not args.follow:
         raise ConfigError("--state needs --follow (a finished file is read whole; stdin has no position to keep)")
-    if args.state and many:
-        raise ConfigError("--state keeps the place in one followed FILE; follow each file with a detect of its own "
-                          "to keep their places")
     # a followed directory or glob may match nothing yet: its files are waited for
     files = [] if stdin or (args.follow and many) else [f for s in sources for f in expand_log_source(s)]
     missing = [str(f) for f in files if not f.exists()]  # exists, not is_file: a pipe or /dev/stdin will do
@@ -108,12 +107,17 @@ def run(args: argparse.Namespace) -> int:
     read_stats = ReadStats()
     stop = threading.Event()
     followed = progress = None
-    state = FollowState(args.state, files[0]) if args.state else None
+    state = None
+    if args.state:
+        state = FolderFollowState(args.state, sources) if many else FollowState(args.state, files[0])
     if stdin:
         lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
     elif args.follow and many:
         followed = MultiFollow(sources, read_stats, stop=stop, poll_interval=args.poll_interval,
-                               from_end=args.from_end)
+                               from_end=args.from_end, keep_position=state is not None,
+                               resume=state.resume_folder if state is not None else None)
+        if state is not None:
+            state.attach(followed)
         lines = iter(followed)
     elif args.follow:
         lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval,

@@ -1,0 +1,255 @@
+"""Where a `detect --follow DIR|'GLOB'|FILE...` stopped (`--state FILE`): the place of a folder's follow.
+
+Why: a folder follow (`fusionlog.multifollow`) reads many files into one stream, and a session keyed by an id
+gathers lines from several of them; killed, it lost its open sessions and read every file again from the top. A
+one-file state (`fusionlog.follow_state`) keeps a point in its file; a folder's keeps a point in each file and the
+*order* the files' lines were read in since the resume mark (the turns), because a replay that interleaved them
+otherwise would build other sessions. So the state holds:
+
+* the resume mark: a stream line at or before the first line of the oldest open session, and each followed file's
+  point at that line (`starts`; a file first opened later: where it began);
+* the turns since the mark, in a file beside the state (`STATE.turns`), appended to and synced before the state
+  that counts on them is written, and rewritten without the turns before the mark once most of it is old;
+* `done`, the wall-idle closes, as a one-file state has them;
+* each file's point at `done` (`now`), and the files the followers left at a rotation (`read`).
+
+A restart reads the turns again from each file's start, and then goes on live, new files included. Files are
+found by identity (a rotation while it was down renames them); a file the replay needs that is gone or rewritten
+makes the replay impossible: the run then goes on from each file's point at `done` (no line read twice, none
+skipped) and says how many open sessions were lost. A file an earlier run read (by identity and first bytes,
+under any name) is not taken for a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusionlog.errors import ConfigError
+from fusionlog.follow_state import STATE_VERSION, FollowState, Mark, ResumeAt, locate
+from fusionlog.io import atomic_write_text
+from fusionlog.multifollow import FolderResume, MultiFollow
+
+logger = logging.getLogger(__name__)
+
+#: Turns in the turn file before it is rewritten without those before the mark (when they are most of it).
+COMPACT_TURNS = 10_000
+
+
+@dataclass(frozen=True)
+class FolderMark:
+    """A point in the stream of a folder follow: its line, and each file's point there."""
+
+    line: int
+    files: dict[str, Mark] = field(default_factory=dict)
+
+
+class FolderPosition:
+    """`FollowState`'s view of a `MultiFollow` (what `FilePosition` is for one file)."""
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.follow: MultiFollow | None = None
+        self.origin: FolderMark | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.follow is not None and self.follow.ready
+
+    @property
+    def line(self) -> int:
+        return self.follow.line_now() if self.follow is not None else self.base
+
+    def mark(self) -> FolderMark:
+        assert self.follow is not None
+        return FolderMark(self.follow.line_now(), self.follow.positions())
+
+
+class TurnFile:
+    """The turns since the resume mark, one line each (`end<TAB>file number`; a file's name is given once, on a
+    line `=number<TAB>name`, before its first turn). Append-only between rewrites, so a save costs what is new."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved_end = 0  # the stream line the last turn written ends at
+        self.count = 0  # turns in the file
+        self._no: dict[str, int] = {}
+
+    def append(self, turns: list[tuple[str, int]]) -> None:
+        new = [(name, end) for name, end in turns if end > self.saved_end]
+        if not new:
+            return
+        parts = []
+        for name, end in new:
+            no = self._no.get(name)
+            if no is None:
+                no = self._no[name] = len(self._no)
+                parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}\n")
+            parts.append(f"{end}\t{no}\n")
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(parts))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.saved_end = new[-1][1]
+        self.count += len(new)
+
+    def rewrite(self, turns: list[tuple[str, int]]) -> None:
+        """The file again with only `turns` (those after the mark the state on disk has)."""
+        self._no, self.count, self.saved_end = {}, 0, 0
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path, real = tmp, self.path
+        try:
+            tmp.unlink(missing_ok=True)
+            self.append(turns)
+            tmp.touch()
+            os.replace(tmp, real)
+        finally:
+            self.path = real
+
+    @staticmethod
+    def read(path: Path, after: int, through: int) -> list[tuple[str, int]]:
+        """The turns that end after line `after`, the last cut at `through` (turns written after the state that
+        counts on them are not its). A torn last line (a crash mid-append) ends the list."""
+        names: dict[str, str] = {}
+        out: list[tuple[str, int]] = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return out
+        for row in text.splitlines(keepends=True):
+            if not row.endswith("\n"):
+                break
+            head, _, rest = row.rstrip("\n").partition("\t")
+            if head.startswith("="):
+                names[head[1:]] = json.loads(rest)
+                continue
+            end = int(head)
+            if end > after:
+                out.append((names[rest], min(end, through)))
+            if end >= through:
+                break
+        return out
+
+
+class FolderFollowState(FollowState):
+    """The state file of a folder's follow (`detect --follow DIR --state FILE`). Attach the `MultiFollow` built
+    from `resume_folder` with `attach` before reading."""
+
+    def __init__(self, state_path: Path | str, sources: list[str], clock=None) -> None:
+        self.resume_folder: FolderResume | None = None
+        self.turn_file = TurnFile(Path(str(state_path) + ".turns"))
+        self._known: list[Mark] = []
+        self._rewritten = False
+        super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
+
+    @staticmethod
+    def _identity(followed):
+        return [str(Path(s).absolute()) for s in followed]
+
+    @staticmethod
+    def _new_position():
+        return FolderPosition()
+
+    def attach(self, follow: MultiFollow) -> None:
+        self.position.follow = follow
+        self.position.origin = FolderMark(self.position.base)
+
+    # -- start -------------------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if not self.path.exists():
+            self.turn_file.path.unlink(missing_ok=True)  # a turn file of a state moved away is not this one's
+            return
+        try:
+            obj = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--state {self.path}: unreadable ({exc}); move it away to start over") from None
+        if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
+            raise ConfigError(f"--state {self.path}: not a follow state file of version {STATE_VERSION}")
+        if obj.get("followed") != self.followed:
+            raise ConfigError(f"--state {self.path}: it is the state of {obj.get('followed')}, not {self.followed}; "
+                              f"give each follow a state file of its own")
+        try:
+            line, done = int(obj["mark"]["line"]), int(obj["done"])
+            starts = {str(k): Mark(**m) for k, m in obj["starts"].items()}
+            now = {str(k): Mark(**m) for k, m in obj["now"].items()}
+            read = [Mark(**m) for m in obj["read"]]
+            closes = [(int(at), [str(k) for k in keys]) for at, keys in obj["closes"]]
+            open_sessions = int(obj["open_sessions"])
+            turns = TurnFile.read(self.turn_file.path, line, done)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"--state {self.path}: damaged ({type(exc).__name__}: {exc}); move it away to start "
+                              f"over") from None
+        self._done = done
+        found = {name: locate(m, Path(name)) for name, m in starts.items()}
+        missing = sorted({name for name, _ in turns if found.get(name) is None})
+        if turns and turns[-1][1] < done:
+            missing.append(f"{self.turn_file.path} (ends at line {turns[-1][1]} of {done})")
+        elif not turns and done > line:
+            missing.append(f"{self.turn_file.path} (none of lines {line + 1}-{done})")
+        self._known = [*starts.values(), *now.values(), *read]
+        if missing:
+            logger.warning("--state %s: cannot read lines %d-%d again: %s gone or rewritten; going on from where "
+                           "each file stopped%s", self.path, line + 1, done, ", ".join(missing),
+                           f"; {open_sessions} open session(s) lost" if open_sessions else "")
+            found_now = {name: locate(m, Path(name)) for name, m in now.items()}
+            self.position.base = done
+            self.resume_folder = FolderResume(done, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
+                                                     name, m in now.items() if (at := found_now[name]) is not None},
+                                              [], self._known)
+            self.turn_file.path.unlink(missing_ok=True)
+            return
+        self.position.base = line
+        self.replay_through = done
+        self._closes = closes
+        for at, keys in closes:
+            self.replay_closes.setdefault(at, []).append(keys)
+        self.resume_folder = FolderResume(line, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
+                                                 name, m in starts.items() if (at := found[name]) is not None},
+                                          turns, self._known)
+        try:  # the turns this state counts on, and no later one a crash left: the replay's turns are these
+            self.turn_file.rewrite(turns)
+        except OSError as exc:
+            raise ConfigError(f"--state {self.path}: cannot write {self.turn_file.path} ({exc})") from None
+        logger.info("--state %s: resuming %d file(s) at line %d: reading %d line(s) again for %d open session(s)",
+                    self.path, len(self.resume_folder.starts), line, done - line, open_sessions)
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume_folder is not None
+
+    # -- saving ------------------------------------------------------------------------------------------------
+    def save(self, open_sessions: int) -> None:
+        follow = self.position.follow
+        if not self._marks or follow is None:
+            return
+        mark = self._marks[0]
+        origins = follow.origins()
+        starts = {**{name: m for name, m in origins.items() if name not in mark.files}, **mark.files}
+        left = follow.left()
+        read_idents = {(m.dev, m.ino) for m in left}
+        read = [*left, *(m for m in self._known if (m.dev, m.ino) not in read_idents)][-256:]
+        obj = {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": {"line": mark.line},
+               "starts": {name: asdict(m) for name, m in starts.items()},
+               "now": {name: asdict(m) for name, m in follow.positions().items()},
+               "read": [asdict(m) for m in read], "done": self._done, "open_sessions": open_sessions,
+               "closes": [[at, keys] for at, keys in self._closes]}
+        partial = follow.current_turn()  # the turn going on: its lines so far
+        try:
+            if follow.replay_broken and not self._rewritten:  # its turns are not the earlier run's after the break
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial)
+                self._rewritten = True
+            else:
+                self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial)
+            atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
+        except OSError as exc:  # a full disk must not stop detection: the next save tries again
+            logger.warning("--state %s: cannot write (%s)", self.path, exc)
+            return
+        follow.turns.prune(mark.line)
+        if self.turn_file.count > COMPACT_TURNS and self.turn_file.count > 2 * len(follow.turns) + 2:
+            try:
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial)
+            except OSError as exc:
+                logger.warning("--state %s: cannot rewrite %s (%s)", self.path, self.turn_file.path, exc)

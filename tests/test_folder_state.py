@@ -1,0 +1,226 @@
+"""`detect --follow DIR --state FILE`: a folder's follow goes on after a crash as if it never stopped
+(`fusionlog.folder_state`)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import threading
+
+import pytest
+
+from fusionlog.errors import ConfigError
+from fusionlog.folder_state import FolderFollowState, TurnFile
+from fusionlog.multifollow import MultiFollow
+from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, scorer_sessionizer
+from tests.test_follow_state import Crash, _seen, _write
+from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
+
+
+@pytest.fixture(scope="module")
+def all_os_lines(data_dir) -> list[str]:
+    from fusionlog.data.readers import iter_lines
+
+    return [line for _, line in iter_lines(data_dir / "loghub2k/OpenStack/OpenStack_2k.log")]
+
+
+def _split_by_instance(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Nova's lines of every other instance in one file, the rest in another: a session gathers from both."""
+    from fusionlog.data.registry import INSTANCE_KEY
+
+    keyed = [(m.group(1) if (m := re.search(INSTANCE_KEY, line)) else "", line) for line in lines]
+    keys = sorted({k for k, _ in keyed if k})
+    left = {k for i, k in enumerate(keys) if i % 2 == 0}
+    return [ln for k, ln in keyed if k in left], [ln for k, ln in keyed if k and k not in left]
+
+
+def _folder_run(scorer, sources, state, sz, quiet) -> list[dict]:
+    """`detect_stream` over a `MultiFollow` of `sources` (with `state`, or none); `quiet(k)` runs after the k-th
+    empty poll (it may write lines, step the clock, raise Crash or return True to stop). The verdicts written."""
+    stop = threading.Event()
+    mf = MultiFollow(sources, stop=stop, poll_interval=0.001, clock=lambda: 0.0,
+                     keep_position=state is not None, resume=state.resume_folder if state is not None else None)
+    if state is not None:
+        state.attach(mf)
+
+    def steered():
+        it = iter(mf)
+        for k in itertools.count(1):
+            for item in it:
+                yield item
+                if item is None:
+                    break
+            else:
+                return
+            if quiet(k):
+                stop.set()
+
+    out = []
+    try:
+        for verdict in detect_stream(scorer, steered(), sessionizer=sz, checkpoint=state):
+            out.append(verdict)
+    except Crash:
+        pass
+    if state is not None:
+        state.close()  # the process is gone: the kernel drops its lock
+    return out
+
+
+def test_a_crashed_folder_follow_resumes_its_interleaved_sessions_across_a_rotation_writing_none_twice(
+        all_os_lines, make_scorer, tmp_path):  # noqa: F811
+    """OpenStack instances whose lines are split over two files, written in three rounds while followed: some
+    instances are closed by wall-clock idleness, others stay open. The process dies; while it is down one file
+    is rotated under a dated name (a live name in a folder) and a new one begun. The restart reads the two files
+    again from the oldest open instance in the order the first run read them, does not take the rotated file for
+    a new one, reads the new file, and the two runs plus a final flush wrote exactly the sessions and scores of
+    one run that never stopped, none twice."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=30.0)
+    a, b = _split_by_instance(all_os_lines)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    wall = [0.0]
+
+    def begin() -> None:
+        for name in ("a.log", "b.log", "a.log-20261128"):
+            (logs / name).unlink(missing_ok=True)
+        _write(logs / "a.log", a[:200], "w")
+        _write(logs / "b.log", b[:200], "w")
+        wall[0] = 0.0
+
+    def rotate() -> None:
+        os.rename(logs / "a.log", logs / "a.log-20261128")
+        _write(logs / "a.log", a[:30], "w")  # the new file: instances seen before come back (a later session)
+
+    def rounds(k: int, crash: bool) -> bool:
+        if k == 1:  # the poll at 0 s closed nothing; more lines of both files, at 50 s
+            _write(logs / "a.log", a[200:400])
+            _write(logs / "b.log", b[200:400])
+            wall[0] = 50.0
+        elif k == 2:  # the poll at 50 s closed the instances only the first lines touched
+            _write(logs / "b.log", b[:100])
+            wall[0] = 75.0
+        elif k == 3:
+            if crash:
+                raise Crash
+            rotate()
+        return k >= 4
+
+    begin()
+    ref = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])
+    whole = _folder_run(scorer, [str(logs)], None, ref, lambda k: rounds(k, crash=False))
+    whole += finished_verdicts(scorer, ref.flush())
+    assert any(v["closed_by"] == "wall_idle" for v in whole) and len(whole) >= 15
+
+    begin()
+    tick = itertools.count(0, 10).__next__  # the state's clock: every settle saves
+    st = tmp_path / "st.json"
+    sz = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])
+    before = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=tick), sz,
+                         lambda k: rounds(k, crash=True))
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert sz.open_sessions > 0 and saved["open_sessions"] == sz.open_sessions
+    assert saved["done"] == len(a) + len(b) + 100 and saved["mark"]["line"] < sz.oldest_open_line()
+    assert sorted(os.path.basename(p) for p in saved["starts"]) == ["a.log", "b.log"]
+    assert TurnFile.read(tmp_path / "st.json.turns", saved["mark"]["line"], saved["done"])[-1][1] == saved["done"]
+    rotate()
+    first = FolderFollowState(st, [str(logs)], clock=tick)
+    first.close()  # killed again before its first save: the next restart replays the same
+    state = FolderFollowState(st, [str(logs)], clock=tick)
+    assert state.resume_folder == first.resume_folder and len(state.resume_folder.turns) >= 2
+    assert state.replay_through == saved["done"] and state.position.base == saved["mark"]["line"]
+    sz2 = scorer_sessionizer(scorer, limits, clock=lambda: 75.0)
+    after = _folder_run(scorer, [str(logs)], state, sz2, lambda k: True)  # a clean stop: open sessions stay open
+    assert json.loads(st.read_text(encoding="utf-8"))["done"] == saved["done"] + 30
+    rest = finished_verdicts(scorer, sz2.flush())
+    assert _seen(before + after + rest) == _seen(whole)
+    with pytest.raises(ConfigError, match="not a follow state|state of"):
+        FolderFollowState(st, [str(logs / "*.log")])
+
+
+def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noqa: F811
+        os_lines, make_scorer, tmp_path, caplog):  # noqa: F811
+    """A file the replay needs was deleted while the detector was down: the open sessions cannot be rebuilt.
+    The restart says so and how many were lost, and goes on from where each remaining file stopped: no line
+    read twice, none skipped."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None)
+    a, b = _split_by_instance(os_lines)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "a.log", a[:50], "w")
+    _write(logs / "b.log", b[:50], "w")
+    st = tmp_path / "st.json"
+    tick = itertools.count(0, 10).__next__
+    sz = scorer_sessionizer(scorer, limits)
+    _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=tick), sz, lambda k: True)
+    assert sz.open_sessions > 0
+    os.remove(logs / "a.log")
+    _write(logs / "b.log", b[50:60])
+    with caplog.at_level(logging.WARNING, logger="fusionlog.folder_state"):
+        state = FolderFollowState(st, [str(logs)], clock=tick)
+    assert f"{sz.open_sessions} open session(s) lost" in caplog.text and "a.log" in caplog.text
+    assert state.position.base == 100 and not state.replay_through
+    seen: list[str] = []
+    sz2 = scorer_sessionizer(scorer, limits)
+    sz2.feed = lambda line, feed=sz2.feed: (seen.append(line), feed(line))[1]
+    _folder_run(scorer, [str(logs)], state, sz2, lambda k: True)
+    assert seen == b[50:60]
+
+
+def test_the_turn_file_appends_reads_past_a_torn_line_and_rewrites(tmp_path):
+    tf = TurnFile(tmp_path / "t.turns")
+    tf.append([("/l/a.log", 3), ("/l/b.log", 5)])
+    tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)])  # (b, 5) was written already
+    assert tf.count == 4 and tf.saved_end == 12
+    assert TurnFile.read(tf.path, 0, 12) == [("/l/a.log", 3), ("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)]
+    assert TurnFile.read(tf.path, 4, 10) == [("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 10)]
+    with open(tf.path, "a", encoding="utf-8") as fh:
+        fh.write("15\t")  # a crash mid-append: the state on disk does not count on it
+    assert TurnFile.read(tf.path, 0, 12)[-1] == ("/l/a\tb.log", 12)
+    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)])
+    assert tf.count == 2 and TurnFile.read(tf.path, 5, 12) == [("/l/a.log", 9), ("/l/a\tb.log", 12)]
+    assert not (tmp_path / "t.turns.tmp").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_folder_follow_loses_no_window_and_writes_none_twice(bgl_artifact, data_dir, tmp_path):
+    """A real `detect --follow DIR --state` over two nodes' files, killed with SIGKILL while a 20-line BGL window
+    was half full. While it is down one file grows and a third node's file appears. The restart rebuilds the
+    half-full window from both files, reads the new lines and the new file: its windows, appended to the same
+    output, are the batch detector's over all the lines in the order they were read, none twice; SIGTERM leaves
+    the last, half-full window open for the next run."""
+    import signal
+
+    from tests.test_follow_state import _detect, _verdicts, _wait
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:65]
+    (tmp_path / "all.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batch = _detect(bgl_artifact, tmp_path / "all.log")
+    ref = [json.loads(line) for line in batch.communicate(timeout=300)[0].splitlines()]
+    assert [v["events"] for v in ref] == [20, 20, 20, 5]
+    logs, state, out = tmp_path / "nodes", tmp_path / "bgl.state", tmp_path / "verdicts.jsonl"
+    logs.mkdir()
+    _write(logs / "node-a.log", lines[:30], "w")
+    _write(logs / "node-b.log", lines[30:45], "w")
+    proc = _detect(bgl_artifact, logs, "--follow", "--state", str(state), "-o", str(out))
+    _wait(lambda: state.exists() and json.loads(state.read_text())["done"] == 45, proc)
+    proc.kill()  # SIGKILL: nothing more runs
+    proc.wait(timeout=60)
+    assert len(_verdicts(out)) == 2 and json.loads(state.read_text())["open_sessions"] == 1
+    _write(logs / "node-b.log", lines[45:60])
+    _write(logs / "node-c.log", lines[60:], "w")
+    proc = _detect(bgl_artifact, logs, "--follow", "--state", str(state), "-o", str(out))
+    _wait(lambda: json.loads(state.read_text())["done"] == 65 and len(_verdicts(out)) == 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resuming 2 file(s) at line 0: reading 45 line(s) again" in err and "3 files, 65 lines" in err
+    assert "1 open session(s) left open for the next run" in err
+    got = _verdicts(out)
+    assert [(v["key"], v["events"], round(v["score"], 6)) for v in got] == [
+        (v["key"], v["events"], round(v["score"], 6)) for v in ref[:3]]
+    assert json.loads(state.read_text())["open_sessions"] == 1
