@@ -12,11 +12,12 @@ import threading
 
 import pytest
 
+from fusionlog import folder_state
 from fusionlog.errors import ConfigError
 from fusionlog.folder_state import FolderFollowState, TurnFile
 from fusionlog.multifollow import MultiFollow
 from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, scorer_sessionizer
-from tests.test_follow_state import Crash, _seen, _write
+from tests.test_follow_state import Crash, _seen, _until_quiet, _write
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
 
@@ -224,3 +225,48 @@ def test_kill_9_of_a_folder_follow_loses_no_window_and_writes_none_twice(bgl_art
     assert [(v["key"], v["events"], round(v["score"], 6)) for v in got] == [
         (v["key"], v["events"], round(v["score"], 6)) for v in ref[:3]]
     assert json.loads(state.read_text())["open_sessions"] == 1
+
+
+class _Settles:
+    """What `FollowState.settled` reads of a sessionizer: all read lines fed, the oldest open session `behind`
+    lines back."""
+
+    def __init__(self, mf: MultiFollow, behind: int) -> None:
+        self.mf, self.behind, self.open_sessions = mf, behind, 1
+
+    @property
+    def line_no(self) -> int:
+        return self.mf.line_now()
+
+    def oldest_open_line(self) -> int:
+        return max(1, self.line_no - self.behind)
+
+
+def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, monkeypatch):
+    """Many one-line turns of two files while the oldest open session moves on: the turn file is rewritten to the
+    turns after the saved mark (not grown without end), and a restart reads exactly those."""
+    monkeypatch.setattr(folder_state, "COMPACT_TURNS", 8)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").touch()
+    (logs / "b.log").touch()
+    st = tmp_path / "st.json"
+    state = FolderFollowState(st, [str(logs)], clock=itertools.count(0, 10).__next__)
+    mf = MultiFollow([str(logs)], stop=threading.Event(), poll_interval=0.001, keep_position=True)
+    state.attach(mf)
+    it = iter(mf)
+    sz = _Settles(mf, behind=5)
+    for i in range(40):
+        _write(logs / ("a.log" if i % 3 else "b.log"), [f"line {i}"], "a")
+        got = _until_quiet(it)
+        assert got == [f"line {i}"]
+        state.settled(sz)
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert saved["done"] == 40 and 30 <= saved["mark"]["line"] < 40
+    assert state.turn_file.count < 20  # 40 turns written, the old ones dropped
+    turns = TurnFile.read(state.turn_file.path, saved["mark"]["line"], 40)
+    assert turns == [(name, end) for name, end in mf.turns.after(saved["mark"]["line"])]
+    state.close()
+    again = FolderFollowState(st, [str(logs)])
+    assert again.resume_folder.turns == turns and again.position.base == saved["mark"]["line"]
+    again.close()
