@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Turns in the turn file before it is rewritten without those before the mark (when they are most of it).
 COMPACT_TURNS = 10_000
+#: Files left at a rotation that the state remembers at most (the newest).
+MAX_READ = 256
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ class FolderFollowState(FollowState):
     def __init__(self, state_path: Path | str, sources: list[str], clock=None) -> None:
         self.resume_folder: FolderResume | None = None
         self.turn_file = TurnFile(Path(str(state_path) + ".turns"))
-        self._known: list[Mark] = []
+        self._known: list[Mark] = []  # files an earlier run read (their points), not to be taken for new ones
+        self._read: list[Mark] = []  # of those, the ones its followers left at a rotation (and earlier runs')
         self._rewritten = False
         super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
 
@@ -159,15 +162,10 @@ class FolderFollowState(FollowState):
 
     # -- start -------------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        if not self.path.exists():
+        obj = self._read_json()
+        if obj is None:
             self.turn_file.path.unlink(missing_ok=True)  # a turn file of a state moved away is not this one's
             return
-        try:
-            obj = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--state {self.path}: unreadable ({exc}); move it away to start over") from None
-        if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
-            raise ConfigError(f"--state {self.path}: not a follow state file of version {STATE_VERSION}")
         if obj.get("followed") != self.followed:
             raise ConfigError(f"--state {self.path}: it is the state of {obj.get('followed')}, not {self.followed}; "
                               f"give each follow a state file of its own")
@@ -189,6 +187,7 @@ class FolderFollowState(FollowState):
             missing.append(f"{self.turn_file.path} (ends at line {turns[-1][1]} of {done})")
         elif not turns and done > line:
             missing.append(f"{self.turn_file.path} (none of lines {line + 1}-{done})")
+        self._read = read
         self._known = [*starts.values(), *now.values(), *read]
         if missing:
             logger.warning("--state %s: cannot read lines %d-%d again: %s gone or rewritten; going on from where "
@@ -229,8 +228,8 @@ class FolderFollowState(FollowState):
         origins = follow.origins()
         starts = {**{name: m for name, m in origins.items() if name not in mark.files}, **mark.files}
         left = follow.left()
-        read_idents = {(m.dev, m.ino) for m in left}
-        read = [*left, *(m for m in self._known if (m.dev, m.ino) not in read_idents)][-256:]
+        idents = {(m.dev, m.ino) for m in left}
+        read = [*(m for m in self._read if (m.dev, m.ino) not in idents), *left][-MAX_READ:]
         obj = {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": {"line": mark.line},
                "starts": {name: asdict(m) for name, m in starts.items()},
                "now": {name: asdict(m) for name, m in follow.positions().items()},

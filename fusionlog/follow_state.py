@@ -226,13 +226,22 @@ class FollowState:
     def _new_position():
         return FilePosition()
 
-    def _load(self) -> None:
+    def _read_json(self) -> dict | None:
+        """The state file's object (None when there is none yet); a clear error when it cannot be one."""
         if not self.path.exists():
-            return
+            return None
         try:
             obj = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--state {self.path}: unreadable ({exc}); move it away to start over") from None
+        if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
+            raise ConfigError(f"--state {self.path}: not a follow state file of version {STATE_VERSION}")
+        return obj
+
+    def _load(self) -> None:
+        obj = self._read_json()
+        if obj is None:
+            return
         cp = Checkpoint.from_json(obj, self.path)
         if Path(cp.followed) != self.followed:
             raise ConfigError(f"--state {self.path}: it is the state of {cp.followed}, not {self.followed}; give "

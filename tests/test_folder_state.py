@@ -231,15 +231,15 @@ class _Settles:
     """What `FollowState.settled` reads of a sessionizer: all read lines fed, the oldest open session `behind`
     lines back."""
 
-    def __init__(self, mf: MultiFollow, behind: int) -> None:
-        self.mf, self.behind, self.open_sessions = mf, behind, 1
+    def __init__(self, mf: MultiFollow, behind: int | None) -> None:
+        self.mf, self.behind, self.open_sessions = mf, behind, int(behind is not None)
 
     @property
     def line_no(self) -> int:
         return self.mf.line_now()
 
-    def oldest_open_line(self) -> int:
-        return max(1, self.line_no - self.behind)
+    def oldest_open_line(self) -> int | None:
+        return None if self.behind is None else max(1, self.line_no - self.behind)
 
 
 def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, monkeypatch):
@@ -270,3 +270,46 @@ def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, 
     again = FolderFollowState(st, [str(logs)])
     assert again.resume_folder.turns == turns and again.position.base == saved["mark"]["line"]
     again.close()
+
+
+def test_a_file_rotated_away_while_followed_is_not_read_again_after_a_restart(tmp_path):
+    """A dated rotation while the follow runs leaves the old file under a live name; the restarted follow knows
+    it was read (by identity and first bytes) and reads only what is new. A file that reuses its name later is
+    new and read whole."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "a.log", ["a1", "a2"], "w")
+    st = tmp_path / "st.json"
+
+    def run(check) -> None:
+        state = FolderFollowState(st, [str(logs)], clock=itertools.count(0, 10).__next__)
+        stop = threading.Event()
+        mf = MultiFollow([str(logs)], stop=stop, poll_interval=0.001, keep_position=True,
+                         resume=state.resume_folder, clock=itertools.count(0, 10).__next__)  # a rescan each pass
+        state.attach(mf)
+        check(iter(mf), lambda: state.settled(_Settles(mf, None)))
+        stop.set()
+        state.close()
+
+    def first(it, settle) -> None:
+        assert _until_quiet(it) == ["a1", "a2"]
+        _write(logs / "a.log", ["a3"])
+        os.rename(logs / "a.log", logs / "a.log-20261128")
+        _write(logs / "a.log", ["a4"], "w")
+        assert _until_quiet(it) + _until_quiet(it) + _until_quiet(it) == ["a3", "a4"]
+        settle()
+
+    def second(it, settle) -> None:
+        assert _until_quiet(it) + _until_quiet(it) == []
+        _write(logs / "a.log", ["a5"])
+        _write(logs / "b.log", ["b1"], "w")
+        assert sorted(_until_quiet(it) + _until_quiet(it)) == ["a5", "b1"]
+        settle()
+
+    run(first)
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert [m["path"] for m in saved["read"]] == [str(logs / "a.log")] and saved["done"] == 4
+    run(second)
+    os.remove(logs / "a.log-20261128")
+    _write(logs / "a.log-20261128", ["x1"], "w")  # a new file under the old name (maybe the same inode)
+    run(lambda it, settle: (_until_quiet(it) + _until_quiet(it) == ["x1"]) or pytest.fail("x1 not read"))
