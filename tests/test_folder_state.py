@@ -313,3 +313,13 @@ def test_a_file_rotated_away_while_followed_is_not_read_again_after_a_restart(tm
     os.remove(logs / "a.log-20261128")
     _write(logs / "a.log-20261128", ["x1"], "w")  # a new file under the old name (maybe the same inode)
     run(lambda it, settle: (_until_quiet(it) + _until_quiet(it) == ["x1"]) or pytest.fail("x1 not read"))
+
+
+def test_the_follow_benchmark_reads_every_line_in_each_case(data_dir):
+    """`fusionlog bench follow` (figures only): each case reads all the lines it was given, then stops."""
+    from eval.bench_follow import run
+
+    out = run(repeat=1, files=3, data_dir=str(data_dir), rounds=1)
+    assert out["lines"] == 2000 and out["lines_read"] == dict.fromkeys(("file", "file_state", "folder",
+                                                                         "folder_state"), 2000)
+    assert all(len(v) == 1 and v[0] > 0 for v in out["seconds_per_round"].values())
