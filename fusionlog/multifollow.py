@@ -44,6 +44,31 @@ logger = logging.getLogger(__name__)
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 #: Lines one file may yield before the next file gets its turn.
 TURN_LINES = 4096
+#: File descriptors kept free for what else a detect opens (the model's files, its output, the state, threads).
+FD_RESERVE = 64
+
+
+def open_file_budget() -> int:
+    """How many files a folder follow may hold open at once: the process's soft limit on open files, first raised
+    to its hard limit where the system allows (as `ulimit -n` would), less FD_RESERVE.
+
+    Why: a follower keeps its file open (`tail -F` does too), and a folder of a big node's container logs or a
+    log server's hosts can hold more files than the usual soft limit of 1,024; past it every open failed and the
+    detect stopped with "Too many open files"."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: no such limit to read
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and (hard == unlimited or hard > soft):
+        target = hard if hard != unlimited else max(soft, 1 << 16)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(1, (soft if soft != unlimited else 1 << 20) - FD_RESERVE)
 
 
 def _rotated_copy(path: Path) -> bool:
@@ -131,10 +156,11 @@ class MultiFollow:
     def __init__(self, sources: Sequence[str], stats: ReadStats | None = None, *,
                  stop: threading.Event | None = None, poll_interval: float = 0.25, from_end: bool = False,
                  rescan: float = 5.0, clock=time.monotonic, resume: FolderResume | None = None,
-                 keep_position: bool = False) -> None:
+                 keep_position: bool = False, max_files: int | None = None) -> None:
         """`keep_position` (`--state`): keep the order of turns and each file's place, and leave an unterminated
         last line for the next run at a stop; `resume`: begin where an earlier run left each file, reading its
-        turns again first."""
+        turns again first; `max_files`: files followed at once at most (default: `open_file_budget()`); the
+        others wait, with a warning, until a followed file goes away."""
         self.sources = list(sources)
         self.stats = stats if stats is not None else ReadStats()
         self.stop = stop or threading.Event()
@@ -145,6 +171,8 @@ class MultiFollow:
         self._read: set[tuple[int, int]] = set()  # (device, inode) of every file a follower has opened
         self._from_end = from_end and resume is None  # files that appeared while it was down are read whole
         self._scanned = float("-inf")
+        self.max_files = max_files if max_files is not None else open_file_budget()
+        self.waiting: set[Path] = set()  # live files not followed for want of room (max_files)
         self.keep_position = keep_position or resume is not None
         self.line = resume.base if resume is not None else 0  # stream lines at the end of the last turn
         self.turns = Turns()
@@ -212,9 +240,13 @@ class MultiFollow:
         first = self._scanned == float("-inf")
         self._scanned = self.clock()
         self._note_read()
+        waiting: set[Path] = set()
         for path in live_files(self.sources):
             path = path.absolute()
             if path in self.followers:
+                continue
+            if len(self.followers) >= self.max_files:
+                waiting.add(path)
                 continue
             try:
                 st = os.stat(path)
@@ -235,8 +267,16 @@ class MultiFollow:
             f.lines = follow(path, self.stats, stop=self.stop, poll_interval=0.0,
                              from_end=self._from_end and first, position=f.position, resume=resume)
             self.followers[path] = f
-            if not first:
+            if path in self.waiting:
+                logger.info("follow: %s is followed now (from its top)", path)
+            elif not first:
                 logger.info("follow: %s appeared; reading it from the top", path)
+        if waiting - self.waiting:
+            logger.warning("follow: %d live file(s) wait (%s%s): %d are followed, as many as this process may hold "
+                           "open; raise the limit on open files (`ulimit -n`) to follow them all. They are followed "
+                           "as followed files go away", len(waiting), ", ".join(str(p) for p in sorted(waiting)[:3]),
+                           ", ..." if len(waiting) > 3 else "", len(self.followers))
+        self.waiting = waiting
         if not self.followers and first:
             logger.info("follow: no file matches %s yet; waiting", ", ".join(self.sources))
 

@@ -144,3 +144,39 @@ def test_detect_follows_a_folder(bgl_artifact, data_dir, tmp_path):
     assert [v["events"] for v in got] == [20, 20, 10] == [v["events"] for v in ref]
     assert sorted(round(v["score"], 6) for v in got) == sorted(round(v["score"], 6) for v in ref)
     assert "node-c.log appeared; reading it from the top" in err and "detect: 3 files, 50 lines" in err
+
+
+def test_files_past_the_open_file_limit_wait_for_room_with_a_warning(tmp_path, caplog):
+    import logging
+
+    for name in ("a.log", "b.log", "c.log"):
+        _write(tmp_path / name, [name[0] + "1"], "w")
+    clock = [0.0]
+    stop = threading.Event()
+    mf = MultiFollow([str(tmp_path)], stop=stop, poll_interval=0.001, clock=lambda: clock[0], max_files=2)
+    it = iter(mf)
+    with caplog.at_level(logging.WARNING, logger="fusionlog.multifollow"):
+        assert _until_quiet(it) == ["a1", "b1"]
+    assert "1 live file(s) wait" in caplog.text and "c.log" in caplog.text and "ulimit -n" in caplog.text
+    assert mf.waiting == {(tmp_path / "c.log").absolute()}
+    os.remove(tmp_path / "a.log")  # a followed file goes away: its room goes to the waiting one, read whole
+    clock[0] = 10.0
+    assert _until_quiet(it) + _until_quiet(it) == ["c1"] and not mf.waiting
+    stop.set()
+
+
+def test_the_open_file_budget_raises_the_soft_limit_to_the_hard_one():
+    import subprocess
+    import sys
+
+    code = ("import resource; from fusionlog.multifollow import open_file_budget, FD_RESERVE\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+            "budget = open_file_budget()\n"
+            "now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n"
+            "assert now == hard or hard == resource.RLIM_INFINITY and now >= 65536, (now, hard)\n"
+            "assert budget == now - FD_RESERVE, budget\n"
+            "print(now)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 256
