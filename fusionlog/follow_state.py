@@ -165,9 +165,12 @@ class Checkpoint:
 
 
 def locate(mark: Mark, followed: Path) -> Path | None:
-    """The file `mark` points into, if it is still there: under the followed name, or a rotated sibling's."""
+    """The file `mark` points into, if it is still there: under the followed name, or a rotated sibling's. A
+    followed symbolic link's target is rotated beside the target (Kubernetes: `/var/log/containers/*.log` link to
+    `/var/log/pods/.../0.log`, rotated to `0.log.20261128-120000` there), so its siblings are looked at too."""
     names = [followed, Path(mark.path)]
-    names += sorted(Path(p) for p in glob.glob(glob.escape(str(followed)) + "?*"))
+    for base in dict.fromkeys((str(followed), os.path.realpath(followed))):
+        names += sorted(Path(p) for p in glob.glob(glob.escape(base) + "?*"))
     return next((name for name in dict.fromkeys(names) if same_file(mark, name)), None)
 
 

@@ -298,3 +298,24 @@ def test_kill_9_and_a_rotation_while_down_lose_no_window_and_write_none_twice(bg
     assert [(v["key"], v["events"], round(v["score"], 6)) for v in got] == [
         (v["key"], v["events"], round(v["score"], 6)) for v in ref[:4]]
     assert json.loads(state.read_text())["open_sessions"] == 1
+
+
+def test_a_followed_link_is_found_where_its_target_was_rotated(tmp_path):
+    """Kubernetes: `/var/log/containers/x.log` links to `/var/log/pods/.../0.log`, which the kubelet rotates to
+    `0.log.<date>` beside it. A restart finds where it stopped in the rotated target."""
+    from fusionlog.follow_state import locate
+
+    pods, containers = tmp_path / "pods" / "ns_pod_uid" / "app", tmp_path / "containers"
+    pods.mkdir(parents=True)
+    containers.mkdir()
+    (pods / "0.log").write_bytes(b"one\ntwo\n")
+    link = containers / "pod_ns_app-123.log"
+    link.symlink_to(pods / "0.log")
+    pos = FilePosition()
+    gen = follow(link, stop=threading.Event(), poll_interval=0.001, position=pos)
+    assert _until_quiet(gen) == ["one", "two"]
+    mark = pos.mark()
+    gen.close()
+    os.rename(pods / "0.log", pods / "0.log.20261128-120000")
+    (pods / "0.log").write_bytes(b"three\n")
+    assert locate(mark, link) == pods / "0.log.20261128-120000"
