@@ -71,8 +71,11 @@ class FolderPosition:
 
 
 class TurnFile:
-    """The turns since the resume mark, one line each (`end<TAB>file number`; a file's name is given once, on a
-    line `=number<TAB>name`, before its first turn). Append-only between rewrites, so a save costs what is new."""
+    """The record of the order things happened in since the resume mark: one line per turn (`end<TAB>file number`;
+    a file's name is given once, on a line `=number<TAB>name`, before its first turn) and per wall-idle close
+    (`c<TAB>line<TAB>keys as JSON`). Appended to before verdicts are written (`FolderFollowState.recording`), so a
+    restart reads again the lines of every verdict written in the order they were read, including those written
+    after the last save of the state; rewritten without what is before the mark once that is most of it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -80,9 +83,10 @@ class TurnFile:
         self.count = 0  # turns in the file
         self._no: dict[str, int] = {}
 
-    def append(self, turns: list[tuple[str, int]]) -> None:
+    def append(self, turns: list[tuple[str, int]], closes: list[tuple[int, list[str]]] = (), *,
+               sync: bool = True) -> None:
         new = [(name, end) for name, end in turns if end > self.saved_end]
-        if not new:
+        if not new and not closes:
             return
         parts = []
         for name, end in new:
@@ -91,49 +95,52 @@ class TurnFile:
                 no = self._no[name] = len(self._no)
                 parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}\n")
             parts.append(f"{end}\t{no}\n")
+        parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write("".join(parts))
             fh.flush()
-            os.fsync(fh.fileno())
-        self.saved_end = new[-1][1]
-        self.count += len(new)
+            if sync:
+                os.fsync(fh.fileno())
+        if new:
+            self.saved_end = new[-1][1]
+            self.count += len(new)
 
-    def rewrite(self, turns: list[tuple[str, int]]) -> None:
-        """The file again with only `turns` (those after the mark the state on disk has)."""
+    def rewrite(self, turns: list[tuple[str, int]], closes: list[tuple[int, list[str]]]) -> None:
+        """The file again with only `turns` and `closes` (those after the mark the state on disk has)."""
         self._no, self.count, self.saved_end = {}, 0, 0
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path, real = tmp, self.path
         try:
             tmp.unlink(missing_ok=True)
-            self.append(turns)
+            self.append(turns, closes)
             tmp.touch()
             os.replace(tmp, real)
         finally:
             self.path = real
 
     @staticmethod
-    def read(path: Path, after: int, through: int) -> list[tuple[str, int]]:
-        """The turns that end after line `after`, the last cut at `through` (turns written after the state that
-        counts on them are not its). A torn last line (a crash mid-append) ends the list."""
+    def read(path: Path, after: int) -> tuple[list[tuple[str, int]], list[tuple[int, list[str]]]]:
+        """(turns, closes) after stream line `after`. A torn last line (a crash mid-append) ends them."""
         names: dict[str, str] = {}
-        out: list[tuple[str, int]] = []
+        turns: list[tuple[str, int]] = []
+        closes: list[tuple[int, list[str]]] = []
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return out
+            return turns, closes
         for row in text.splitlines(keepends=True):
             if not row.endswith("\n"):
                 break
             head, _, rest = row.rstrip("\n").partition("\t")
             if head.startswith("="):
                 names[head[1:]] = json.loads(rest)
-                continue
-            end = int(head)
-            if end > after:
-                out.append((names[rest], min(end, through)))
-            if end >= through:
-                break
-        return out
+            elif head == "c":
+                line, _, keys = rest.partition("\t")
+                if int(line) > after:
+                    closes.append((int(line), [str(k) for k in json.loads(keys)]))
+            elif (end := int(head)) > after:
+                turns.append((names[rest], end))
+        return turns, closes
 
 
 class FolderFollowState(FollowState):
@@ -146,6 +153,7 @@ class FolderFollowState(FollowState):
         self._known: list[Mark] = []  # files an earlier run read (their points), not to be taken for new ones
         self._read: list[Mark] = []  # of those, the ones its followers left at a rotation (and earlier runs')
         self._rewritten = False
+        self._unlogged: list[tuple[int, list[str]]] = []  # wall-idle closes not in the turn file yet
         super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
 
     @staticmethod
@@ -176,17 +184,22 @@ class FolderFollowState(FollowState):
             read = [Mark(**m) for m in obj["read"]]
             closes = [(int(at), [str(k) for k in keys]) for at, keys in obj["closes"]]
             open_sessions = int(obj["open_sessions"])
-            turns = TurnFile.read(self.turn_file.path, line, done)
+            turns, logged = TurnFile.read(self.turn_file.path, line)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"--state {self.path}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
         self._done = done
         found = {name: locate(m, Path(name)) for name, m in starts.items()}
-        missing = sorted({name for name, _ in turns if found.get(name) is None})
-        if turns and turns[-1][1] < done:
-            missing.append(f"{self.turn_file.path} (ends at line {turns[-1][1]} of {done})")
-        elif not turns and done > line:
-            missing.append(f"{self.turn_file.path} (none of lines {line + 1}-{done})")
+        # the turns are read again up to the first whose file is not found: past `done` (turns recorded before
+        # verdicts written after the last save) the rest is read live; before it, the open sessions are lost
+        cut = next((i for i, (name, _) in enumerate(turns) if found.get(name) is None), len(turns))
+        reach = turns[cut - 1][1] if cut else line
+        missing = []
+        if reach < done:
+            missing.append(turns[cut][0] if cut < len(turns) else
+                           f"{self.turn_file.path} (its turns reach line {reach} of {done})")
+        turns = turns[:cut]
+        closes = sorted({(at, tuple(keys)) for at, keys in [*closes, *logged]})
         self._read = read
         self._known = [*starts.values(), *now.values(), *read]
         if missing:
@@ -202,24 +215,42 @@ class FolderFollowState(FollowState):
             return
         self.position.base = line
         self.replay_through = done
-        self._closes = closes
-        for at, keys in closes:
+        self._closes = [(at, list(keys)) for at, keys in closes]
+        for at, keys in self._closes:
             self.replay_closes.setdefault(at, []).append(keys)
         self.resume_folder = FolderResume(line, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
                                                  name, m in starts.items() if (at := found[name]) is not None},
                                           turns, self._known)
-        try:  # the turns this state counts on, and no later one a crash left: the replay's turns are these
-            self.turn_file.rewrite(turns)
+        try:  # what the replay reads again: its own turns are these
+            self.turn_file.rewrite(turns, self._closes)
         except OSError as exc:
             raise ConfigError(f"--state {self.path}: cannot write {self.turn_file.path} ({exc})") from None
         logger.info("--state %s: resuming %d file(s) at line %d: reading %d line(s) again for %d open session(s)",
-                    self.path, len(self.resume_folder.starts), line, done - line, open_sessions)
+                    self.path, len(self.resume_folder.starts), line, reach - line, open_sessions)
 
     @property
     def resumed(self) -> bool:
         return self.resume_folder is not None
 
     # -- saving ------------------------------------------------------------------------------------------------
+    def closed(self, line_no: int, keys: list[str]) -> None:
+        super().closed(line_no, keys)
+        self._unlogged.append((line_no, list(keys)))
+
+    def recording(self, sz) -> None:
+        """Verdicts are about to be written: the order their lines were read in (and the wall-idle closes) goes to
+        the turn file first (not synced: a killed process's writes stay), so that if the process dies before the
+        next save, the restart scores them again from the same lines (at least once, and alike)."""
+        follow = self.position.follow
+        if follow is None:
+            return
+        try:
+            self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + follow.current_turn(),
+                                  self._unlogged, sync=False)
+            self._unlogged = []
+        except OSError as exc:
+            logger.warning("--state %s: cannot write %s (%s)", self.path, self.turn_file.path, exc)
+
     def save(self, open_sessions: int) -> None:
         follow = self.position.follow
         if not self._marks or follow is None:
@@ -238,10 +269,11 @@ class FolderFollowState(FollowState):
         partial = follow.current_turn()  # the turn going on: its lines so far
         try:
             if follow.replay_broken and not self._rewritten:  # its turns are not the earlier run's after the break
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes)
                 self._rewritten = True
             else:
-                self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial)
+                self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unlogged)
+            self._unlogged = []
             atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
@@ -249,6 +281,6 @@ class FolderFollowState(FollowState):
         follow.turns.prune(mark.line)
         if self.turn_file.count > COMPACT_TURNS and self.turn_file.count > 2 * len(follow.turns) + 2:
             try:
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes)
             except OSError as exc:
                 logger.warning("--state %s: cannot rewrite %s (%s)", self.path, self.turn_file.path, exc)

@@ -276,6 +276,10 @@ class FollowState:
         """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
         self._closes.append((line_no, list(keys)))
 
+    def recording(self, sz) -> None:
+        """Verdicts are about to be written. One file needs nothing here: the file itself is the order of its
+        lines (a folder's state records the order its files were read in, `fusionlog.folder_state`)."""
+
     def settled(self, sz, final: bool = False) -> None:
         """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
         session, and write the state (at most once a second, unless `final`)."""

@@ -1085,6 +1085,8 @@ def detect_stream(
     def score() -> Iterator[dict]:
         nonlocal pending
         batch, pending = pending, []
+        if checkpoint is not None and batch:
+            checkpoint.recording(sz)
         yield from finished_verdicts(scorer, batch)
         if checkpoint is not None:
             checkpoint.settled(sz)
@@ -1121,6 +1123,8 @@ def detect_stream(
                 yield from score()
     if checkpoint is None:
         pending += sz.flush()
+    if checkpoint is not None and pending:
+        checkpoint.recording(sz)
     yield from finished_verdicts(scorer, pending)
     if checkpoint is not None:
         checkpoint.settled(sz, final=True)

@@ -38,7 +38,7 @@ def _split_by_instance(lines: list[str]) -> tuple[list[str], list[str]]:
     return [ln for k, ln in keyed if k in left], [ln for k, ln in keyed if k and k not in left]
 
 
-def _folder_run(scorer, sources, state, sz, quiet) -> list[dict]:
+def _folder_run(scorer, sources, state, sz, quiet, *, batch_size=256, take=None) -> list[dict]:
     """`detect_stream` over a `MultiFollow` of `sources` (with `state`, or none); `quiet(k)` runs after the k-th
     empty poll (it may write lines, step the clock, raise Crash or return True to stop). The verdicts written."""
     stop = threading.Event()
@@ -61,8 +61,10 @@ def _folder_run(scorer, sources, state, sz, quiet) -> list[dict]:
 
     out = []
     try:
-        for verdict in detect_stream(scorer, steered(), sessionizer=sz, checkpoint=state):
+        for verdict in detect_stream(scorer, steered(), sessionizer=sz, checkpoint=state, batch_size=batch_size):
             out.append(verdict)
+            if take is not None and len(out) == take:
+                raise Crash
     except Crash:
         pass
     if state is not None:
@@ -126,7 +128,7 @@ def test_a_crashed_folder_follow_resumes_its_interleaved_sessions_across_a_rotat
     assert sz.open_sessions > 0 and saved["open_sessions"] == sz.open_sessions
     assert saved["done"] == len(a) + len(b) + 100 and saved["mark"]["line"] < sz.oldest_open_line()
     assert sorted(os.path.basename(p) for p in saved["starts"]) == ["a.log", "b.log"]
-    assert TurnFile.read(tmp_path / "st.json.turns", saved["mark"]["line"], saved["done"])[-1][1] == saved["done"]
+    assert TurnFile.read(tmp_path / "st.json.turns", saved["mark"]["line"])[0][-1][1] == saved["done"]
     rotate()
     first = FolderFollowState(st, [str(logs)], clock=tick)
     first.close()  # killed again before its first save: the next restart replays the same
@@ -140,6 +142,37 @@ def test_a_crashed_folder_follow_resumes_its_interleaved_sessions_across_a_rotat
     assert _seen(before + after + rest) == _seen(whole)
     with pytest.raises(ConfigError, match="not a follow state|state of"):
         FolderFollowState(st, [str(logs / "*.log")])
+
+
+def test_verdicts_written_after_the_last_save_come_again_alike(  # noqa: F811
+        all_os_lines, make_scorer, tmp_path, monkeypatch):  # noqa: F811
+    """Killed after verdicts written since the last save of the state: the restart reads their lines again in the
+    order the first run read them (recorded before each write), so they come again exactly alike (at least once),
+    though a live read would now interleave the two files otherwise (short turns here)."""
+    from fusionlog import multifollow
+
+    monkeypatch.setattr(multifollow, "TURN_LINES", 7)
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=2.0, wall_idle_seconds=None)  # log-time idleness closes instances
+    a, b = _split_by_instance(all_os_lines)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "a.log", a, "w")
+    _write(logs / "b.log", b, "w")
+    st = tmp_path / "st.json"
+    saves = itertools.chain([0.0], itertools.repeat(0.5)).__next__  # the state is saved once, at the first settle
+    sz = scorer_sessionizer(scorer, limits)
+    before = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=saves), sz, lambda k: True,
+                         batch_size=1, take=12)
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert len(before) == 12 and saved["done"] < before[-1]["last_line"]
+    sz2 = scorer_sessionizer(scorer, limits)
+    after = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)]), sz2, lambda k: True)
+    rest = finished_verdicts(scorer, sz2.flush())
+    written, late = before[:1], before[1:]  # the save came right after the first verdict
+    assert all(t in _seen(after) for t in _seen(late))  # again, alike
+    assert not [t for t in _seen(after) if t in _seen(written)]  # the saved one not again
+    assert sum(v["events"] for v in written + after + rest) == len(a) + len(b)  # every line in one session
 
 
 def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noqa: F811
@@ -174,16 +207,17 @@ def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noq
 
 def test_the_turn_file_appends_reads_past_a_torn_line_and_rewrites(tmp_path):
     tf = TurnFile(tmp_path / "t.turns")
-    tf.append([("/l/a.log", 3), ("/l/b.log", 5)])
-    tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)])  # (b, 5) was written already
+    tf.append([("/l/a.log", 3), ("/l/b.log", 5)], [(4, ["k1", "k2"])])
+    tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], sync=False)  # (b, 5) was written already
     assert tf.count == 4 and tf.saved_end == 12
-    assert TurnFile.read(tf.path, 0, 12) == [("/l/a.log", 3), ("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)]
-    assert TurnFile.read(tf.path, 4, 10) == [("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 10)]
+    assert TurnFile.read(tf.path, 0) == ([("/l/a.log", 3), ("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)],
+                                         [(4, ["k1", "k2"])])
+    assert TurnFile.read(tf.path, 4) == ([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], [])
     with open(tf.path, "a", encoding="utf-8") as fh:
-        fh.write("15\t")  # a crash mid-append: the state on disk does not count on it
-    assert TurnFile.read(tf.path, 0, 12)[-1] == ("/l/a\tb.log", 12)
-    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)])
-    assert tf.count == 2 and TurnFile.read(tf.path, 5, 12) == [("/l/a.log", 9), ("/l/a\tb.log", 12)]
+        fh.write("15\t")  # a crash mid-append: the torn line is not read
+    assert TurnFile.read(tf.path, 0)[0][-1] == ("/l/a\tb.log", 12)
+    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])])
+    assert tf.count == 2 and TurnFile.read(tf.path, 5) == ([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])])
     assert not (tmp_path / "t.turns.tmp").exists()
 
 
@@ -264,7 +298,7 @@ def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, 
     saved = json.loads(st.read_text(encoding="utf-8"))
     assert saved["done"] == 40 and 30 <= saved["mark"]["line"] < 40
     assert state.turn_file.count < 20  # 40 turns written, the old ones dropped
-    turns = TurnFile.read(state.turn_file.path, saved["mark"]["line"], 40)
+    turns = TurnFile.read(state.turn_file.path, saved["mark"]["line"])[0]
     assert turns == [(name, end) for name, end in mf.turns.after(saved["mark"]["line"])]
     state.close()
     again = FolderFollowState(st, [str(logs)])
