@@ -216,6 +216,7 @@ class FollowState:
         self._marks: list[Mark] = []
         self._closes: list[tuple[int, list[str]]] = []
         self._done = 0
+        self._unsaved_closes = False
         self._last_mark = self._last_save = float("-inf")
         self._load()
 
@@ -275,10 +276,15 @@ class FollowState:
     def closed(self, line_no: int, keys: list[str]) -> None:
         """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
         self._closes.append((line_no, list(keys)))
+        self._unsaved_closes = True
 
     def recording(self, sz) -> None:
-        """Verdicts are about to be written. One file needs nothing here: the file itself is the order of its
-        lines (a folder's state records the order its files were read in, `fusionlog.folder_state`)."""
+        """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
+        after a crash closes those sessions where this run did and their verdicts come again alike. (The file
+        itself is the order of its lines; a folder's state records the order its files were read in, in its turn
+        file: `fusionlog.folder_state`.)"""
+        if self._unsaved_closes:
+            self.save(sz.open_sessions)
 
     def settled(self, sz, final: bool = False) -> None:
         """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
@@ -317,6 +323,7 @@ class FollowState:
         cp = Checkpoint(str(self.followed), self._marks[0], self._done, open_sessions, self._closes)
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
+            self._unsaved_closes = False
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 

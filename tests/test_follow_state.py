@@ -238,6 +238,49 @@ def test_verdicts_written_after_the_last_save_come_again_none_lost(os_lines, mak
     assert _seen(before[:-1] + after + rest) == _seen(whole)
 
 
+def test_a_wall_idle_close_after_the_last_save_is_saved_before_its_verdicts(os_lines, make_scorer,  # noqa: F811
+                                                                            tmp_path):
+    """Sessions closed by wall-clock idleness, their verdicts written, and the process killed before the next
+    periodic save: the close was saved before the verdicts, so the restart closes them at the same line and their
+    verdicts come again alike; the instances' later lines start new sessions, as in the first run."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=30.0)
+    wall = [0.0]
+    path = tmp_path / "nova.log"
+    _write(path, os_lines[:150], "w")
+
+    def first_run(k: int) -> None:
+        if k == 1:  # the poll at 0 s closed nothing; the next lines come at 50 s
+            _write(path, os_lines[150:300])
+            wall[0] = 50.0
+        elif k == 2:  # the poll at 50 s closed the instances only the first lines touched; then the kill
+            raise Crash
+
+    saves = itertools.chain([0.0], itertools.repeat(0.5)).__next__  # no periodic save after the first
+    sz = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=saves), sz, first_run)
+    closed = [v for v in before if v["closed_by"] == "wall_idle"]
+    assert closed and json.loads((tmp_path / "st.json").read_text())["closes"][0][0] == 300
+
+    def second_run(k: int) -> bool:
+        if k == 1:
+            _write(path, os_lines[:150])  # the closed instances log again
+        return k >= 2
+
+    sz2 = scorer_sessionizer(scorer, limits, clock=lambda: 60.0)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path), sz2, second_run)
+    after += finished_verdicts(scorer, sz2.flush())
+    assert all(t in _seen(after) for t in _seen(closed))
+    ref = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])  # the same timeline, never stopped
+    wall[0] = 0.0
+    done = ref.feed_many(os_lines[:150])
+    wall[0] = 50.0
+    done += ref.feed_many(os_lines[150:300]) + ref.poll()
+    wall[0] = 60.0
+    done += ref.feed_many(os_lines[:150]) + ref.flush()
+    assert set(_seen(before + after)) == set(_seen(finished_verdicts(scorer, done)))
+
+
 def _detect(model, log, *extra):
     import subprocess
     import sys
