@@ -47,6 +47,7 @@ class FolderMark:
 
     line: int
     files: dict[str, Mark] = field(default_factory=dict)
+    phase: int = 0  # the stream's line-window phase there
 
 
 class FolderPosition:
@@ -178,7 +179,7 @@ class FolderFollowState(FollowState):
             raise ConfigError(f"--state {self.path}: it is the state of {obj.get('followed')}, not {self.followed}; "
                               f"give each follow a state file of its own")
         try:
-            line, done = int(obj["mark"]["line"]), int(obj["done"])
+            line, done, phase = int(obj["mark"]["line"]), int(obj["done"]), int(obj["mark"]["phase"])
             starts = {str(k): Mark(**m) for k, m in obj["starts"].items()}
             now = {str(k): Mark(**m) for k, m in obj["now"].items()}
             read = [Mark(**m) for m in obj["read"]]
@@ -213,7 +214,7 @@ class FolderFollowState(FollowState):
                                               [], self._known)
             self.turn_file.path.unlink(missing_ok=True)
             return
-        self.position.base = line
+        self.position.base, self.phase = line, phase
         self.replay_through = done
         self._closes = [(at, list(keys)) for at, keys in closes]
         for at, keys in self._closes:
@@ -261,7 +262,8 @@ class FolderFollowState(FollowState):
         left = follow.left()
         idents = {(m.dev, m.ino) for m in left}
         read = [*(m for m in self._read if (m.dev, m.ino) not in idents), *left][-MAX_READ:]
-        obj = {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": {"line": mark.line},
+        obj = {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed,
+               "mark": {"line": mark.line, "phase": mark.phase},
                "starts": {name: asdict(m) for name, m in starts.items()},
                "now": {name: asdict(m) for name, m in follow.positions().items()},
                "read": [asdict(m) for m in read], "done": self._done, "open_sessions": open_sessions,

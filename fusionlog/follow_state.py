@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from fusionlog.errors import ConfigError
@@ -72,6 +72,7 @@ class Mark:
     head_len: int
     offset: int  # bytes before the point
     file_line: int  # the file's lines before the point
+    phase: int = 0  # the stream's line-window phase there (`StreamSessionizer.window_phase`)
 
 
 @dataclass
@@ -212,6 +213,7 @@ class FollowState:
         self.position = self._new_position()
         self.resume: ResumeAt | None = None
         self.replay_through = 0
+        self.phase = 0  # the line-window phase at `position.base`
         self.replay_closes: dict[int, list[list[str]]] = {}
         self._marks: list[Mark] = []
         self._closes: list[tuple[int, list[str]]] = []
@@ -257,7 +259,7 @@ class FollowState:
                            "the top of the file%s", self.path, cp.mark.path, cp.done,
                            f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
             return
-        self.position.base = cp.mark.line
+        self.position.base, self.phase = cp.mark.line, cp.mark.phase
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
         self._closes = list(cp.closes)
@@ -298,10 +300,10 @@ class FollowState:
             return
         now = self.clock()
         if not self._marks:
-            self._marks.append(pos.origin)
+            self._marks.append(replace(pos.origin, phase=self.phase))
         oldest = sz.oldest_open_line()
         if oldest is None or final or now - self._last_mark >= MARK_INTERVAL:
-            self._marks.append(pos.mark())
+            self._marks.append(replace(pos.mark(), phase=sz.window_phase))
             self._last_mark = now
         if oldest is None:
             self._marks = self._marks[-1:]

@@ -364,11 +364,19 @@ class StreamSessionizer:
         """Lines fed so far (the number of the last one)."""
         return self._line_no
 
-    def start_at(self, line_no: int) -> None:
-        """Number the next line `line_no + 1`: a replay from a journal continues the stream's numbering."""
+    def start_at(self, line_no: int, window_phase: int = 0) -> None:
+        """Number the next line `line_no + 1`: a replay from a journal continues the stream's numbering.
+        `window_phase`: the `window_phase` the earlier run had after that line, so line windows fall where its did."""
         if self._line_no or self.open_sessions:
             raise ConfigError("start_at: only before the first line")
         self._line_no = line_no
+        self._window_count = window_phase if self.rule.kind == "lines" else 0
+
+    @property
+    def window_phase(self) -> int:
+        """Records in the line window open now (lines rule; else 0). Why: a replay that starts mid-window must
+        count on from here, or every later window would be cut elsewhere than the first run cut it."""
+        return self._window_count if self.rule.kind == "lines" else 0
 
     def oldest_open_line(self) -> int | None:
         """The first line of the oldest open session (None when nothing is open): a replay from there rebuilds
@@ -1079,7 +1087,7 @@ def detect_stream(
     since = time.monotonic()
     lines = iter(lines)
     if checkpoint is not None:
-        sz.start_at(checkpoint.position.base)
+        sz.start_at(checkpoint.position.base, checkpoint.phase)
         pending += _replay(sz, lines, checkpoint)
 
     def score() -> Iterator[dict]:

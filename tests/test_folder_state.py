@@ -265,6 +265,8 @@ class _Settles:
     """What `FollowState.settled` reads of a sessionizer: all read lines fed, the oldest open session `behind`
     lines back."""
 
+    window_phase = 0
+
     def __init__(self, mf: MultiFollow, behind: int | None) -> None:
         self.mf, self.behind, self.open_sessions = mf, behind, int(behind is not None)
 

@@ -93,7 +93,7 @@ def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowSta
     got = _until_quiet(gen)
 
     class Nothing:
-        line_no, open_sessions = len(got), 0
+        line_no, open_sessions, window_phase = len(got), 0, 0
 
         def oldest_open_line(self):
             return None
@@ -279,6 +279,41 @@ def test_a_wall_idle_close_after_the_last_save_is_saved_before_its_verdicts(os_l
     wall[0] = 60.0
     done += ref.feed_many(os_lines[:150]) + ref.flush()
     assert set(_seen(before + after)) == set(_seen(finished_verdicts(scorer, done)))
+
+
+def test_a_restart_mid_window_cuts_line_windows_where_the_first_run_did(bgl_artifact, data_dir, tmp_path):
+    """BGL's 20-line windows, written 7 lines at a time: the resume mark falls inside a window. The restart counts
+    on from the window phase saved with the mark, so its windows are the uninterrupted run's, not shifted."""
+    from fusionlog.stream import load_scorer
+
+    scorer = load_scorer(bgl_artifact)
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None)
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:100]
+    ref = scorer_sessionizer(scorer, limits)
+    whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
+    path = tmp_path / "BGL.log"
+    _write(path, lines[:7], "w")
+    chunks = iter(range(7, 100, 7))
+
+    def grow(k: int) -> bool:
+        at = next(chunks, None)
+        if at is None:
+            return True
+        _write(path, lines[at:at + 7])
+        if at == 49:
+            raise Crash
+        return False
+
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
+                         scorer_sessionizer(scorer, limits), grow)
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert saved["mark"]["line"] % 20 and saved["mark"]["phase"] == saved["mark"]["line"] % 20  # mid-window
+    sz = scorer_sessionizer(scorer, limits)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
+    after += finished_verdicts(scorer, sz.flush())
+    assert [v["first_line"] for v in before + after] == [v["first_line"] for v in whole]
+    assert _seen(before + after) == _seen(whole)
 
 
 def _detect(model, log, *extra):
