@@ -16,8 +16,8 @@ from fusionlog import folder_state
 from fusionlog.errors import ConfigError
 from fusionlog.folder_state import FolderFollowState, TurnFile
 from fusionlog.multifollow import MultiFollow
-from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, scorer_sessionizer
-from tests.test_follow_state import Crash, _seen, _until_quiet, _write
+from fusionlog.stream import StreamLimits, finished_verdicts, scorer_sessionizer
+from tests.test_follow_state import Crash, _seen, _until_quiet, _write, steered_run
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
 
@@ -46,30 +46,7 @@ def _folder_run(scorer, sources, state, sz, quiet, *, batch_size=256, take=None)
                      keep_position=state is not None, resume=state.resume_folder if state is not None else None)
     if state is not None:
         state.attach(mf)
-
-    def steered():
-        it = iter(mf)
-        for k in itertools.count(1):
-            for item in it:
-                yield item
-                if item is None:
-                    break
-            else:
-                return
-            if quiet(k):
-                stop.set()
-
-    out = []
-    try:
-        for verdict in detect_stream(scorer, steered(), sessionizer=sz, checkpoint=state, batch_size=batch_size):
-            out.append(verdict)
-            if take is not None and len(out) == take:
-                raise Crash
-    except Crash:
-        pass
-    if state is not None:
-        state.close()  # the process is gone: the kernel drops its lock
-    return out
+    return steered_run(scorer, iter(mf), stop, state, sz, quiet, batch_size=batch_size, take=take)
 
 
 def test_a_crashed_folder_follow_resumes_its_interleaved_sessions_across_a_rotation_writing_none_twice(

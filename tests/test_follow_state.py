@@ -142,6 +142,12 @@ def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):
     may append lines, step the clock, raise Crash or return True to stop). Returns the verdicts written."""
     stop = threading.Event()
     lines = follow(path, stop=stop, poll_interval=0.001, position=state.position, resume=state.resume)
+    return steered_run(scorer, lines, stop, state, sz, quiet, batch_size=batch_size, take=take)
+
+
+def steered_run(scorer, lines, stop, state, sz, quiet, *, batch_size=256, take=None) -> list[dict]:
+    """`detect_stream` over `lines` (a follow that `stop` ends), `quiet(k)` run after its k-th empty poll; a Crash
+    (from `quiet`, or after `take` verdicts) ends it as a killed process would. The verdicts written."""
 
     def steered():
         for k in itertools.count(1):
@@ -162,7 +168,8 @@ def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):
                 raise Crash
     except Crash:
         pass
-    state.close()  # the process is gone: the kernel drops its lock
+    if state is not None:
+        state.close()  # the process is gone: the kernel drops its lock
     return out
 
 
