@@ -144,7 +144,7 @@ class FolderResume:
     """Where a folder follow begins after a restart (`fusionlog.folder_state`)."""
 
     base: int  # stream lines before the first one read
-    starts: dict[str, tuple[ResumeAt, Mark]]  # followed path -> where its follower begins, and the mark it is
+    starts: dict[str, tuple[ResumeAt, Mark]]  # followed path -> where its follower begins, and its saved mark
     turns: list[tuple[str, int]]  # (followed path, stream line the turn ended at): read again in this order
     known: list[Mark]  # files an earlier run read: not new, whatever name they have now
 
