@@ -200,7 +200,7 @@ class FolderFollowState(FollowState):
             missing.append(turns[cut][0] if cut < len(turns) else
                            f"{self.turn_file.path} (its turns reach line {reach} of {done})")
         turns = turns[:cut]
-        closes = sorted({(at, tuple(keys)) for at, keys in [*closes, *logged]})
+        closes = sorted({(at, tuple(keys)) for at, keys in [*closes, *logged] if at <= max(reach, done)})
         self._read = read
         self._known = [*starts.values(), *now.values(), *read]
         if missing:
