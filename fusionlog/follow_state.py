@@ -193,8 +193,9 @@ def same_file(mark: Mark, name: Path | str) -> bool:
 
 
 class FollowState:
-    """The state file of one followed file, for `detect_stream`'s checkpoint hooks. One process at a time
-    (a lock beside the file)."""
+    """The state file of one followed file, for `detect_stream`'s checkpoint hooks (a folder's follow has
+    `fusionlog.folder_state.FolderFollowState`, built on this one). One process at a time (a lock beside the
+    file)."""
 
     def __init__(self, state_path: Path | str, followed,
                  clock: Callable[[], float] = time.monotonic) -> None:
