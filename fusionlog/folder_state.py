@@ -154,7 +154,6 @@ class FolderFollowState(FollowState):
         self._known: list[Mark] = []  # files an earlier run read (their points), not to be taken for new ones
         self._read: list[Mark] = []  # of those, the ones its followers left at a rotation (and earlier runs')
         self._rewritten = False
-        self._unlogged: list[tuple[int, list[str]]] = []  # wall-idle closes not in the turn file yet
         super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
 
     @staticmethod
@@ -234,10 +233,6 @@ class FolderFollowState(FollowState):
         return self.resume_folder is not None
 
     # -- saving ------------------------------------------------------------------------------------------------
-    def closed(self, line_no: int, keys: list[str]) -> None:
-        super().closed(line_no, keys)
-        self._unlogged.append((line_no, list(keys)))
-
     def recording(self, sz) -> None:
         """Verdicts are about to be written: the order their lines were read in (and the wall-idle closes) goes to
         the turn file first (not synced: a killed process's writes stay), so that if the process dies before the
@@ -247,8 +242,8 @@ class FolderFollowState(FollowState):
             return
         try:
             self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + follow.current_turn(),
-                                  self._unlogged, sync=False)
-            self._unlogged = []
+                                  self._unsaved_closes, sync=False)
+            self._unsaved_closes = []
         except OSError as exc:
             logger.warning("--state %s: cannot write %s (%s)", self.path, self.turn_file.path, exc)
 
@@ -274,8 +269,8 @@ class FolderFollowState(FollowState):
                 self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes)
                 self._rewritten = True
             else:
-                self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unlogged)
-            self._unlogged = []
+                self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unsaved_closes)
+            self._unsaved_closes = []
             atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)

@@ -219,7 +219,7 @@ class FollowState:
         self._marks: list[Mark] = []
         self._closes: list[tuple[int, list[str]]] = []
         self._done = 0
-        self._unsaved_closes = False
+        self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
         self._last_mark = self._last_save = float("-inf")
         self._load()
 
@@ -279,7 +279,7 @@ class FollowState:
     def closed(self, line_no: int, keys: list[str]) -> None:
         """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
         self._closes.append((line_no, list(keys)))
-        self._unsaved_closes = True
+        self._unsaved_closes.append((line_no, list(keys)))
 
     def recording(self, sz) -> None:
         """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
@@ -326,7 +326,7 @@ class FollowState:
         cp = Checkpoint(str(self.followed), self._marks[0], self._done, open_sessions, self._closes)
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
-            self._unsaved_closes = False
+            self._unsaved_closes = []
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 
