@@ -10,7 +10,9 @@ only says where in it a restart begins and what was already written:
   every open session;
 * `done`: the last line whose finished sessions have their verdicts written. Sessions the replay finishes at
   or before it close silently; later ones are scored (at least once: none lost);
-* the wall-idle closes since the mark, replayed at the lines where they happened.
+* the wall-idle closes and the size closes (`max_events_per_session`) since the mark, replayed at the lines where
+  they happened: a session open at the mark and closed by size later holds fewer events in the replay, which
+  would not fill it up where the first run did.
 
 The state is rewritten (atomically, synced to disk) at most once a second, each time after the verdicts so far
 are written; a clean stop writes it last and leaves the open sessions open for the next run instead of scoring
@@ -147,11 +149,14 @@ class Checkpoint:
     done: int
     open_sessions: int = 0
     closes: list[tuple[int, list[str]]] = field(default_factory=list)  # (line, keys) of wall-idle closes
+    cuts: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)  # (line, (key, part)s): size closes
+    parts: dict[str, int] = field(default_factory=dict)  # key -> next part, of the keys the size limit split
 
     def to_json(self) -> dict:
         return {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": asdict(self.mark),
                 "done": self.done, "open_sessions": self.open_sessions,
-                "closes": [[line, keys] for line, keys in self.closes]}
+                "closes": [[line, keys] for line, keys in self.closes], "cuts": cuts_json(self.cuts),
+                "parts": self.parts}
 
     @classmethod
     def from_json(cls, obj: dict, where: Path) -> Checkpoint:
@@ -159,10 +164,26 @@ class Checkpoint:
             raise ConfigError(f"--state {where}: not a follow state file of version {STATE_VERSION}")
         try:
             return cls(str(obj["followed"]), Mark(**obj["mark"]), int(obj["done"]), int(obj["open_sessions"]),
-                       [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]])
+                       [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]],
+                       cuts_from_json(obj.get("cuts", [])),  # a state of stop 27 or before has none
+                       parts_from_json(obj.get("parts", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
+
+
+def cuts_json(cuts: list[tuple[int, list[tuple[str, int]]]]) -> list:
+    return [[line, [[key, part] for key, part in sessions]] for line, sessions in cuts]
+
+
+def cuts_from_json(rows: list) -> list[tuple[int, list[tuple[str, int]]]]:
+    """The size closes a state holds (`cuts_json`); TypeError/ValueError for rows that are not."""
+    return [(int(line), [(str(key), int(part)) for key, part in sessions]) for line, sessions in rows]
+
+
+def parts_from_json(obj: dict) -> dict[str, int]:
+    """The part numbers a state holds (key -> next part); AttributeError/ValueError for an object that is not."""
+    return {str(key): int(part) for key, part in obj.items()}
 
 
 def locate(mark: Mark, followed: Path) -> Path | None:
@@ -216,10 +237,14 @@ class FollowState:
         self.replay_through = 0
         self.phase = 0  # the line-window phase at `position.base`
         self.replay_closes: dict[int, list[list[str]]] = {}
+        self.replay_cuts: dict[int, list[tuple[str, int]]] = {}  # line -> (key, part) of the size closes there
+        self.replay_parts: dict[str, int] = {}  # the next part of each key the size limit had split, at `done`
         self._marks: list[Mark] = []
         self._closes: list[tuple[int, list[str]]] = []
+        self._cuts: list[tuple[int, list[tuple[str, int]]]] = []
         self._done = 0
         self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
+        self._unsaved_cuts: list[tuple[int, list[tuple[str, int]]]] = []  # size closes not written down yet
         self._last_mark = self._last_save = float("-inf")
         self._load()
 
@@ -263,9 +288,7 @@ class FollowState:
         self.position.base, self.phase = cp.mark.line, cp.mark.phase
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
-        self._closes = list(cp.closes)
-        for line, keys in cp.closes:
-            self.replay_closes.setdefault(line, []).append(keys)
+        self._replaying(cp.closes, cp.cuts, cp.parts)
         self._marks = [cp.mark]
         where = "" if found == self.followed else f" (now {found.name}: rotated since)"
         logger.info("--state %s: resuming %s at line %d%s: reading %d line(s) again for %d open session(s)",
@@ -275,19 +298,35 @@ class FollowState:
     def resumed(self) -> bool:
         return self.resume is not None
 
+    def _replaying(self, closes: list[tuple[int, list[str]]], cuts: list[tuple[int, list[tuple[str, int]]]],
+                   parts: dict[str, int]) -> None:
+        """What a replay closes where the earlier run closed it (the wall-idle closes and the size closes), and the
+        part numbers it gives: the earlier run's, as its sessions were numbered."""
+        self._closes, self._cuts, self.replay_parts = list(closes), list(cuts), dict(parts)
+        for line, keys in closes:
+            self.replay_closes.setdefault(line, []).append(keys)
+        for line, sessions in cuts:
+            self.replay_cuts.setdefault(line, []).extend(sessions)
+
     # -- detect_stream's hooks ---------------------------------------------------------------------------------
     def closed(self, line_no: int, keys: list[str]) -> None:
         """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
         self._closes.append((line_no, list(keys)))
         self._unsaved_closes.append((line_no, list(keys)))
 
+    def cut(self, line_no: int, sessions: list[tuple[str, int]]) -> None:
+        """Sessions (key, part) the size limit closed at line `line_no`: a replay closes them there too, as one that
+        begins after such a session's first line would not fill it up (`StreamSessionizer.cut`)."""
+        self._cuts.append((line_no, sessions))
+        self._unsaved_cuts.append((line_no, sessions))
+
     def recording(self, sz) -> None:
-        """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
-        after a crash closes those sessions where this run did and their verdicts come again alike. (The file
-        itself is the order of its lines; a folder's state records the order its files were read in, in its turn
-        file: `fusionlog.folder_state`.)"""
-        if self._unsaved_closes:
-            self.save(sz.open_sessions)
+        """Verdicts are about to be written: a wall-idle or size close since the last save is saved first, so that a
+        restart after a crash closes those sessions where this run did and their verdicts come again alike. (The
+        file itself is the order of its lines; a folder's state records the order its files were read in, in its
+        turn file: `fusionlog.folder_state`.)"""
+        if self._unsaved_closes or self._unsaved_cuts:
+            self.save(sz)
 
     def settled(self, sz, final: bool = False) -> None:
         """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
@@ -316,17 +355,19 @@ class FollowState:
         self._done = max(self._done, line_no)
         start = self._marks[0].line
         self._closes = [(line, keys) for line, keys in self._closes if line > start]
+        self._cuts = [(line, sessions) for line, sessions in self._cuts if line > start]
         if final or now - self._last_save >= SAVE_INTERVAL:
-            self.save(sz.open_sessions)
+            self.save(sz)
             self._last_save = now
 
-    def save(self, open_sessions: int) -> None:
+    def save(self, sz) -> None:
         if not self._marks:
             return
-        cp = Checkpoint(str(self.followed), self._marks[0], self._done, open_sessions, self._closes)
+        cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, self._closes, self._cuts,
+                        sz.split_parts())
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
-            self._unsaved_closes = []
+            self._unsaved_closes, self._unsaved_cuts = [], []
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 

@@ -23,7 +23,14 @@ from typing import Any
 
 from fusionlog.errors import ConfigError
 from fusionlog.journal import StreamJournal, journals, read_journal
-from fusionlog.stream import StreamLimits, StreamSessionizer, finished_verdicts, scorer_sessionizer
+from fusionlog.stream import (
+    StreamLimits,
+    StreamSessionizer,
+    finished_verdicts,
+    first_parts,
+    scorer_sessionizer,
+    size_cuts,
+)
 from fusionlog.watch import FitWatch
 
 logger = logging.getLogger(__name__)
@@ -196,8 +203,15 @@ class IngestStreams:
             journal.lines_added(lines)  # before reading them: a crash from here on loses none
         before = sz.stats.to_dict()
         done = []
+        cuts = []  # sessions the size limit closed, by line: a replay closes them there too
         for line in lines:
-            done += sz.feed(line)
+            got = sz.feed(line)
+            if got:
+                done += got
+                if journal is not None and (cut := size_cuts(got)):
+                    cuts.append((sz.line_no, cut))
+        if cuts:
+            journal.cut(cuts)  # before their verdicts are written
         self._fit[stream].fed()
         after = sz.stats.to_dict()
         verdicts = self._score(stream, done)
@@ -210,7 +224,7 @@ class IngestStreams:
         journal = self._journals.get(stream)
         if journal is not None:
             journal.written_through(sz.line_no)
-            journal.settle(sz.line_no, sz.oldest_open_line())
+            journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts())
 
     def poll(self) -> list[dict]:
         """Close and score the sessions idle for `wall_idle_seconds` in every stream."""
@@ -223,7 +237,7 @@ class IngestStreams:
             journal = self._journals.get(name)
             if journal is not None:
                 journal.closed([s.key for s in done])
-                journal.settle(sz.line_no, sz.oldest_open_line())
+                journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts())
         return out
 
     def flush(self, stream: str | None = None) -> list[dict]:
@@ -259,10 +273,13 @@ class IngestStreams:
                 continue
             sz = self._open_stream(name, StreamJournal.resume(path, replay, sync=self.config.journal_sync))
             sz.start_at(replay.base)
+            sz.expect_parts({**replay.parts, **first_parts(replay.cuts)})
             late = []
             for entry in replay.entries:
                 if isinstance(entry, str):
                     done = sz.feed(entry)
+                    for key, part in replay.cuts.get(sz.line_no, ()):
+                        done = [*done, *sz.cut(key, part)]  # filled up in the first run, not in this copy
                     if done and sz.line_no > replay.done:
                         late += done
                 else:

@@ -18,8 +18,10 @@ Format: one entry per line. The first is a header `{"fusionlog_journal": 1, "str
 stream's lines before this file, and the last line whose finished sessions were written); then each line as a
 space and the line itself (a JSON string if it holds a line break), `{"post": K}` after a post's K lines (in the
 same write: lines without it were cut by a crash, their shipper had no answer and sends them again, so they are
-not replayed), `{"done": M}` after a post's verdicts were written, and `{"close": [KEY, ...]}` after a wall-idle
-close.
+not replayed), `{"done": M}` after a post's verdicts were written, `{"close": [KEY, ...]}` after a wall-idle
+close, and `{"cut": [[LINE, KEY, PART], ...]}` after a post whose lines filled sessions up (`max_events_per_session`).
+A replay closes those where they closed: one that begins after such a session's first line (a rewritten journal's)
+holds fewer of its events. The header's `"parts"` (key -> next part) numbers the sessions of keys split before it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Replay:
     base: int  # lines of the stream before the journal's first line
     done: int  # the last line whose finished sessions were written (a stream line number)
     entries: list[str | list[str]] = field(default_factory=list)  # a line, or the keys of a wall-idle close
+    cuts: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # line -> (key, part) closed there by size
+    parts: dict[str, int] = field(default_factory=dict)  # key -> next part, of the keys split before the first line
     skipped: int = 0  # unreadable entries (a damaged file)
     uncommitted: int = 0  # lines of a post the crash cut short (its shipper had no answer: it sends them again)
     committed_bytes: int = 0  # where the last committed entry ends (a resumed journal is cut there)
@@ -85,18 +89,21 @@ class StreamJournal:
         journal._open_append()
         return journal
 
-    def _start(self, base: int, done: int) -> None:
+    def _start(self, base: int, done: int, parts: dict[str, int] | None = None) -> None:
         """A new file holding only the header (the stream's numbering so far)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done)], self.sync))
+        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done, parts)], self.sync))
         self._open_append()
         self.lines = 0
 
-    def _header(self, base: int, done: int) -> str:
-        return json.dumps({"fusionlog_journal": JOURNAL_VERSION, "stream": self.stream, "base": base, "done": done})
+    def _header(self, base: int, done: int, parts: dict[str, int] | None = None) -> str:
+        head = {"fusionlog_journal": JOURNAL_VERSION, "stream": self.stream, "base": base, "done": done}
+        if parts:
+            head["parts"] = parts
+        return json.dumps(head, ensure_ascii=False)
 
     def _open_append(self) -> None:
         if not self._failed:
@@ -137,27 +144,36 @@ class StreamJournal:
         """A wall-idle close of these sessions (scored and written)."""
         self._write(json.dumps({"close": keys}, ensure_ascii=False) + "\n")
 
-    def settle(self, line_no: int, oldest_open: int | None) -> None:
+    def cut(self, cuts: list[tuple[int, list[tuple[str, int]]]]) -> None:
+        """Sessions (key, part) the size limit closed, by stream line; before their verdicts are written."""
+        if cuts:
+            self._write(_cut_entry(cuts))
+
+    def settle(self, line_no: int, oldest_open: int | None, parts: dict[str, int] | None = None) -> None:
         """After a post or a close: empty the file when nothing is open, rewrite it from the oldest open session's
-        first line when it has grown well past what that session spans."""
+        first line when it has grown well past what that session spans. `parts`: the stream's split keys' next
+        part numbers (`StreamSessionizer.split_parts`), for the new header."""
         if self._failed:
             return
         if oldest_open is None:
             if self.lines:
-                self._start(line_no, line_no)
+                self._start(line_no, line_no, parts)
             return
         span = line_no - oldest_open + 1
         if self.lines > COMPACT_MIN_LINES and self.lines > COMPACT_FACTOR * span:
-            self._compact(oldest_open, line_no)
+            self._compact(oldest_open, line_no, parts)
 
-    def _compact(self, first_line: int, line_no: int) -> None:
-        """Keep the entries from stream line `first_line` on (the closes among them too); the header's mark is
-        `line_no`, as every verdict up to now was written."""
+    def _compact(self, first_line: int, line_no: int, parts: dict[str, int] | None = None) -> None:
+        """Keep the entries from stream line `first_line` on (the closes and size closes among them too); the
+        header's mark is `line_no`, as every verdict up to now was written."""
         self.close()
         replay = self._guarded(lambda: read_journal(self.path))
         if replay is None:
             return
-        kept: list[str] = [self._header(first_line - 1, line_no)]
+        kept: list[str] = [self._header(first_line - 1, line_no, parts)]
+        cuts = sorted((at, sessions) for at, sessions in replay.cuts.items() if at >= first_line)
+        if cuts:
+            kept.append(_cut_entry(cuts)[:-1])
         run: list[str] = []  # kept lines since the last mark: committed as one post
 
         def commit() -> None:
@@ -199,6 +215,11 @@ TEXT = {"encoding": "utf-8", "errors": "surrogatepass", "newline": ""}
 TEXT_CODEC = ("utf-8", "surrogatepass")
 
 
+def _cut_entry(cuts: list[tuple[int, list[tuple[str, int]]]]) -> str:
+    return json.dumps({"cut": [[at, key, part] for at, sessions in cuts for key, part in sessions]},
+                      ensure_ascii=False) + "\n"
+
+
 def _line_entry(line: str) -> str:
     """A line's entry: the line itself after a space (no encoding work on the hot path), or as a JSON string
     when it holds a line break of its own."""
@@ -233,7 +254,8 @@ def read_journal(path: Path) -> Replay:
         head = json.loads(rows[0].decode("utf-8"))
         if head.get("fusionlog_journal") != JOURNAL_VERSION:
             raise ValueError(f"version {head.get('fusionlog_journal')!r}")
-        replay = Replay(str(head["stream"]), int(head["base"]), int(head["done"]))
+        replay = Replay(str(head["stream"]), int(head["base"]), int(head["done"]),
+                        parts={str(k): int(v) for k, v in head.get("parts", {}).items()})
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not an ingest journal ({exc})") from None
     pending: list[str] = []
@@ -268,6 +290,14 @@ def read_journal(path: Path) -> Replay:
             replay.done = max(replay.done, entry["done"])  # the marks grow: the furthest is all a replay needs
         elif isinstance(entry, dict) and isinstance(entry.get("close"), list):
             replay.entries.append([str(k) for k in entry["close"]])
+        elif isinstance(entry, dict) and isinstance(entry.get("cut"), list):
+            try:
+                cuts = [(int(at), str(key), int(part)) for at, key, part in entry["cut"]]
+            except (TypeError, ValueError):
+                replay.skipped += 1
+                continue
+            for at, key, part in cuts:
+                replay.cuts.setdefault(at, []).append((key, part))
         else:
             replay.skipped += 1
             continue

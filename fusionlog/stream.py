@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -349,6 +349,7 @@ class StreamSessionizer:
         self._line_no = 0
         self._log_now: float | None = None
         self._window_count = 0  # records in the current lines window
+        self._split_key: str | None = None  # the window the size limit just closed a part of: it goes on
         self._bucket: int | None = None
         self._wall = self.limits.wall_idle_seconds is not None
         self._max_events = self.limits.max_events_per_session
@@ -385,6 +386,30 @@ class StreamSessionizer:
         if self._cur is not None:
             firsts.append(self._cur.first_line)
         return min(firsts) if firsts else None
+
+    def cut(self, key: str, part: int) -> list[FinishedSession]:
+        """Close the session open under `key` as the size limit closed part `part` of it in an earlier run (a
+        replay's), numbering the key's next session `part + 1`. Why: a replay begins after the first line of a
+        session that was open there and closed later by size; its copy lacks the events before that line, so it
+        would not fill up where the first run's did, and the key's later lines would go to other sessions."""
+        sess = self._open.pop(key, None)
+        if sess is None and self._cur is not None and self._cur.key == key:
+            sess, self._split_key = self._cur, key
+        if sess is None:  # it filled up in the replay too (it began after the replay's first line)
+            return []
+        sess.part = part
+        self._parts[key] = part + 1
+        return [self._finish(sess, CLOSED_SIZE)]
+
+    def split_parts(self) -> dict[str, int]:
+        """The next part number of each key the size limit split (what a replay needs: `expect_parts`)."""
+        return dict(self._parts)
+
+    def expect_parts(self, parts: Mapping[str, int]) -> None:
+        """Number the next session of each key as an earlier run did (a replay's first size close of it says)."""
+        for key, part in parts.items():
+            if key not in self._open and (self._cur is None or self._cur.key != key):
+                self._parts[key] = part
 
     def close_keys(self, keys: Collection[str]) -> list[FinishedSession]:
         """Close the open sessions under these keys as a wall-idle `poll` did (a journal's replay of one)."""
@@ -470,11 +495,11 @@ class StreamSessionizer:
                 if self._window_count % self.rule.window == 0:
                     if cur is not None:
                         done = [self._finish(cur, CLOSED_WINDOW)]
-                    cur = None
+                    cur = self._split_key = None
                     self._window_count = 0
                 self._window_count += 1
             if cur is None:
-                cur = self._cur = self._new(f"lines:{self._line_no}")
+                cur = self._cur = self._new(self._split_key or f"lines:{self._line_no}")
                 self.stats.max_open = 1
         else:
             bucket = self._bucket if ts is None else int(ts // self.rule.seconds)
@@ -482,16 +507,19 @@ class StreamSessionizer:
                 done = [self._finish(cur, CLOSED_WINDOW)]
                 cur = None
             if cur is None:
+                key = self._split_key if bucket == self._bucket else None
                 self._bucket = bucket
-                cur = self._cur = self._new(self._window_keys.key(bucket))
+                cur = self._cur = self._new(key or self._window_keys.key(bucket))
                 self.stats.max_open = 1
+            self._split_key = None
         cur.add(eid, ts, self._line_no)
         if self._examples:
             cur.note(eid, self._line_no, text)
         if self._wall:
             cur.last_wall = self.clock()
         if len(cur.event_ids) >= self._max_events:
-            self._parts[cur.key] = cur.part + 1  # a time window continues under its key as a new part
+            self._parts[cur.key] = cur.part + 1
+            self._split_key = cur.key  # the window goes on under its key as a new part
             done = [*done, self._finish(cur, CLOSED_SIZE)]
         self.stats.events += 1
         return done
@@ -577,6 +605,8 @@ class StreamSessionizer:
     def _finish(self, sess: _Open, reason: str) -> FinishedSession:
         if sess is self._cur:
             self._cur = None
+            if reason != CLOSED_SIZE:
+                self._parts.pop(sess.key, None)  # a window's key never comes again (`TimeWindowKeys`)
         self.stats.sessions += 1
         self.stats.closed_by[reason] += 1
         if len(self._parts) > 4 * self.limits.max_open_sessions:
@@ -1115,6 +1145,8 @@ def detect_stream(
             continue
         done = feed(line)
         fed += 1
+        if done and checkpoint is not None and (cut := size_cuts(done)):
+            checkpoint.cut(sz.line_no, cut)
         if fed & 4095 == 0:
             # A busy stream never heartbeats: run the wall-clock timeout now and then, and do not
             # let finished sessions wait longer than max_delay for their batch to fill.
@@ -1138,18 +1170,38 @@ def detect_stream(
         checkpoint.settled(sz, final=True)
 
 
+def size_cuts(done: Sequence[FinishedSession]) -> list[tuple[str, int]]:
+    """(key, part) of the sessions among `done` the size limit closed: what a replay must close where they closed
+    (`StreamSessionizer.cut`)."""
+    return [(s.key, s.part) for s in done if s.closed_by == CLOSED_SIZE]
+
+
+def first_parts(cuts: Mapping[int, Sequence[tuple[str, int]]]) -> dict[str, int]:
+    """Each key's part at its first size close among `cuts` (stream line -> (key, part)...): the number a replay
+    gives the key's first session (`StreamSessionizer.expect_parts`)."""
+    parts: dict[str, int] = {}
+    for line in sorted(cuts):
+        for key, part in cuts[line]:
+            parts.setdefault(key, part)
+    return parts
+
+
 def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: FollowState) -> list[FinishedSession]:
-    """Read again what an earlier run read after its resume mark, closing what its wall-idle closes closed where
-    they did; returns the sessions finished after its last written verdicts (the rest were written)."""
-    through, closes = checkpoint.replay_through, checkpoint.replay_closes
-    end = max([through, *closes], default=0)
+    """Read again what an earlier run read after its resume mark, closing what its wall-idle closes and its size
+    limit closed where they did; returns the sessions finished after its last written verdicts (the rest were
+    written)."""
+    through, closes, cuts = checkpoint.replay_through, checkpoint.replay_closes, checkpoint.replay_cuts
+    end = max([through, *closes, *cuts], default=0)
     late: list[FinishedSession] = []
     if sz.line_no >= end:
         return late
+    sz.expect_parts({**checkpoint.replay_parts, **first_parts(cuts)})
     for line in lines:
         if line is None:  # the file ends before the earlier run's last line (rewritten since): go on live
             break
         done = sz.feed(line)
+        for key, part in cuts.get(sz.line_no, ()):
+            done = [*done, *sz.cut(key, part)]
         for keys in closes.get(sz.line_no, ()):
             done = [*done, *sz.close_keys(keys)]
         if done and sz.line_no > through:

@@ -17,7 +17,7 @@ from fusionlog.errors import ConfigError
 from fusionlog.folder_state import FolderFollowState, TurnFile
 from fusionlog.multifollow import MultiFollow
 from fusionlog.stream import StreamLimits, finished_verdicts, scorer_sessionizer
-from tests.test_follow_state import Crash, _seen, _until_quiet, _write, steered_run
+from tests.test_follow_state import Crash, _parts, _seen, _until_quiet, _write, interleaved, steered_run
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
 
@@ -152,6 +152,51 @@ def test_verdicts_written_after_the_last_save_come_again_alike(  # noqa: F811
     assert sum(v["events"] for v in written + after + rest) == len(a) + len(b)  # every line in one session
 
 
+def test_a_size_close_after_the_mark_and_split_parts_are_replayed_across_files(os_lines, make_scorer,  # noqa: F811
+                                                                               tmp_path):
+    """The one-file case of `tests.test_follow_state` over two files written in rounds: instance C (a.log) opens
+    before the mark and fills up after it, A (a.log) was split before the mark and logs again later. The kill comes
+    after C's verdict and E's (b.log), whose size close reached only the turn file. The runs write the
+    uninterrupted run's sessions, parts included."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=3)
+    lines = interleaved(os_lines, "AAACBBBDCCEEECCCA")
+    rounds = [("a.log", lines[:4]), ("b.log", lines[4:8]), ("a.log", lines[8:10]), ("b.log", lines[10:13]),
+              ("a.log", lines[13:])]
+    logs = tmp_path / "logs"
+
+    def begin() -> None:
+        logs.mkdir(exist_ok=True)
+        for name in ("a.log", "b.log"):
+            (logs / name).write_text("", encoding="utf-8")
+        _write(logs / rounds[0][0], rounds[0][1])
+
+    def write_round(k: int) -> bool:
+        if k < len(rounds):
+            _write(logs / rounds[k][0], rounds[k][1])
+        return k >= len(rounds)
+
+    begin()
+    ref = scorer_sessionizer(scorer, limits)
+    whole = _folder_run(scorer, [str(logs)], None, ref, write_round) + finished_verdicts(scorer, ref.flush())
+    assert [v["first_line"] for v in whole if v["closed_by"] == "size"] == [1, 5, 4, 11, 14]
+    begin()
+    st = tmp_path / "st.json"
+    tick = itertools.count(0, 10).__next__
+    before = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=tick),
+                         scorer_sessionizer(scorer, limits), write_round, batch_size=1, take=4)
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert (saved["mark"]["line"], saved["done"]) == (7, 10) and [c[0] for c in saved["cuts"]] == [10]
+    assert TurnFile.read(tmp_path / "st.json.turns", 7)[2][-1][0] == 13  # recorded before E's verdict
+    write_round(4)  # while it is down
+    state = FolderFollowState(st, [str(logs)], clock=tick)
+    assert sorted(state.replay_cuts) == [10, 13]
+    sz = scorer_sessionizer(scorer, limits)
+    after = _folder_run(scorer, [str(logs)], state, sz, lambda k: True)
+    rest = finished_verdicts(scorer, sz.flush())
+    assert set(_parts(before + after + rest)) == set(_parts(whole))
+
+
 def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noqa: F811
         os_lines, make_scorer, tmp_path, caplog):  # noqa: F811
     """A file the replay needs was deleted while the detector was down: the open sessions cannot be rebuilt.
@@ -184,17 +229,20 @@ def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noq
 
 def test_the_turn_file_appends_reads_past_a_torn_line_and_rewrites(tmp_path):
     tf = TurnFile(tmp_path / "t.turns")
-    tf.append([("/l/a.log", 3), ("/l/b.log", 5)], [(4, ["k1", "k2"])])
+    tf.append([("/l/a.log", 3), ("/l/b.log", 5)], [(4, ["k1", "k2"])], [(5, [("k\t1", 2)])])
     tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], sync=False)  # (b, 5) was written already
     assert tf.count == 4 and tf.saved_end == 12
     assert TurnFile.read(tf.path, 0) == ([("/l/a.log", 3), ("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)],
-                                         [(4, ["k1", "k2"])])
-    assert TurnFile.read(tf.path, 4) == ([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], [])
+                                         [(4, ["k1", "k2"])], [(5, [("k\t1", 2)])])
+    assert TurnFile.read(tf.path, 4) == ([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], [],
+                                         [(5, [("k\t1", 2)])])
     with open(tf.path, "a", encoding="utf-8") as fh:
         fh.write("15\t")  # a crash mid-append: the torn line is not read
     assert TurnFile.read(tf.path, 0)[0][-1] == ("/l/a\tb.log", 12)
-    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])])
-    assert tf.count == 2 and TurnFile.read(tf.path, 5) == ([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])])
+    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])], [(11, [("k4", 0), ("k5", 7)])])
+    assert tf.count == 2 and TurnFile.read(tf.path, 5) == ([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])],
+                                                           [(11, [("k4", 0), ("k5", 7)])])
+    assert TurnFile.read(tf.path, 11)[1:] == ([], [])
     assert not (tmp_path / "t.turns.tmp").exists()
 
 
@@ -253,6 +301,9 @@ class _Settles:
 
     def oldest_open_line(self) -> int | None:
         return None if self.behind is None else max(1, self.line_no - self.behind)
+
+    def split_parts(self) -> dict[str, int]:
+        return {}
 
 
 def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, monkeypatch):

@@ -98,6 +98,9 @@ def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowSta
         def oldest_open_line(self):
             return None
 
+        def split_parts(self):
+            return {}
+
     state.settled(Nothing(), final=True)
     gen.close()
     state.close()
@@ -321,6 +324,54 @@ def test_a_restart_mid_window_cuts_line_windows_where_the_first_run_did(bgl_arti
     after += finished_verdicts(scorer, sz.flush())
     assert [v["first_line"] for v in before + after] == [v["first_line"] for v in whole]
     assert _seen(before + after) == _seen(whole)
+
+
+def interleaved(lines: list[str], order: str) -> list[str]:
+    """OpenStack lines of several instances in a chosen order: `order`'s letter k is the next line of the k-th
+    instance (by first appearance in `lines`)."""
+    import re
+
+    from fusionlog.data.registry import INSTANCE_KEY
+
+    by: dict[str, list[str]] = {}
+    for line in lines:
+        if m := re.search(INSTANCE_KEY, line):
+            by.setdefault(m.group(1), []).append(line)
+    queues = {chr(ord("A") + i): iter(v) for i, v in enumerate(by.values())}
+    return [next(queues[c]) for c in order]
+
+
+def _parts(verdicts: list[dict]) -> list[tuple]:
+    return sorted((v["key"], v["part"], v["first_line"], v["events"], round(v["score"], 6)) for v in verdicts)
+
+
+def test_a_session_split_by_the_size_limit_after_the_mark_is_split_where_it_was(os_lines, make_scorer,  # noqa: F811
+                                                                                tmp_path):
+    """At most 3 events a session. Instance C opens at line 4, before the resume mark (line 7), and fills up at
+    line 10, after it: the restart's copy of it holds 2 events there, so without the saved size close it would take
+    C's later lines and split them elsewhere. Instance A, split before the mark, logs again at the end: its part
+    number goes on (the saved part numbers). The two runs write the uninterrupted run's sessions, parts included."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=3)
+    lines = interleaved(os_lines, "AAACBBBDCCEEECCCA")  # D (line 8) stays open: the mark stays before it
+    path = tmp_path / "nova.log"
+    _write(path, lines, "w")
+    ref = scorer_sessionizer(scorer, limits)
+    whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
+    assert [(v["first_line"], v["part"]) for v in whole if v["closed_by"] == "size"] == [
+        (1, 0), (5, 0), (4, 0), (11, 0), (14, 1)]
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
+                         scorer_sessionizer(scorer, limits), lambda k: True, batch_size=1, take=4)
+    saved = json.loads((tmp_path / "st.json").read_text())
+    # the size close at line 13 was saved before its verdict was written, the kill came after it
+    assert (saved["mark"]["line"], saved["done"]) == (7, 10) and [c[0] for c in saved["cuts"]] == [10, 13]
+    assert list(saved["parts"].values()) == [1, 1, 1, 1]  # A, B, C and E were split
+    sz = scorer_sessionizer(scorer, limits)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, lambda k: True)
+    rest = finished_verdicts(scorer, sz.flush())
+    assert set(_parts(before + after + rest)) == set(_parts(whole))
+    assert [v["part"] for v in rest if v["first_line"] == 17] == [1]
 
 
 def _detect(model, log, *extra):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from fusionlog.errors import ConfigError
 from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink
 from fusionlog.journal import StreamJournal, read_journal
 from fusionlog.serving import create_app
+from tests.test_follow_state import _parts, interleaved
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
 STREAM = "nova/compute-1"  # a name with a slash: the file name is quoted
@@ -113,6 +115,31 @@ def test_a_wall_idle_close_is_replayed_where_it_happened(os_lines, make_scorer, 
     assert all(v["first_line"] > 300 for v in replayed if v["key"] in reopened)
 
 
+def test_a_rewritten_journal_replays_size_closes_and_part_numbers(os_lines, make_scorer, tmp_path,  # noqa: F811
+                                                                    monkeypatch):
+    """At most 3 events a session, one line a post. The journal is rewritten from D's first line (8) while C, open
+    since line 4, fills up at line 10: the replay's copy of C holds 2 events there. The saved size close ends it
+    where the first serve did, and A, split before the rewrite, numbers its next session on from the header."""
+    monkeypatch.setattr(journal_mod, "COMPACT_MIN_LINES", 2)
+    monkeypatch.setattr(journal_mod, "COMPACT_FACTOR", 2)
+    lines = interleaved(os_lines, "AAACBBBDCCEEECCCA")
+    (tmp_path / "j").mkdir()
+    cfg = IngestConfig(idle_seconds=None, wall_idle_seconds=None, max_events=3, journal_dir=str(tmp_path / "j"))
+    streams = IngestStreams(make_scorer(), cfg, VerdictSink(cfg))
+    for line in lines[:13]:
+        streams.feed(STREAM, [line])
+    replay = read_journal(next((tmp_path / "j").iterdir()))
+    assert replay.base == 7 and sorted(replay.cuts) == [10, 13] and sorted(replay.parts.values()) == [1, 1, 1]
+    shutil.copytree(tmp_path / "j", tmp_path / "copy")  # the journal as a crash would leave it
+    again = IngestStreams(make_scorer(), replace(cfg, journal_dir=str(tmp_path / "copy")), VerdictSink(cfg))
+    again.recover()
+    for line in lines[13:]:
+        streams.feed(STREAM, [line])
+        again.feed(STREAM, [line])
+    original, replayed = streams.flush(STREAM), again.flush(STREAM)
+    assert _parts(replayed) == _parts(original) and [v["part"] for v in original if v["first_line"] == 17] == [1]
+
+
 def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp_path, monkeypatch):
     j = StreamJournal(tmp_path, "s")
     j.lines_added([f"line {i}" for i in range(1, 11)])
@@ -126,13 +153,15 @@ def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp
     j.lines_added([f"line {i}" for i in range(30, 34)])
     j.closed(["k1"])
     j.lines_added([f"line {i}" for i in range(34, 36)])
+    j.cut([(29, [("k2", 0)]), (34, [("k3", 1), ("k4", 0)])])  # size closes: only those from line 33 on stay
     j.written_through(35)
     j.settle(35, 28)  # 25 lines held, 8 span the oldest open session (from line 28): under 4 times, kept
     assert read_journal(j.path).base == 10
-    j.settle(35, 33)  # 3 span it: rewritten from line 33
+    j.settle(35, 33, {"k3": 2, "k4": 1})  # 3 span it: rewritten from line 33
     r = read_journal(j.path)
     assert (r.base, r.done, j.lines) == (32, 35, 3)
     assert r.entries == ["line 33", ["k1"], "line 34", "line 35"]
+    assert r.cuts == {34: [("k3", 1), ("k4", 0)]} and r.parts == {"k3": 2, "k4": 1}
     j.lines_added(["line 36"])  # appending goes on after the rewrite
     assert read_journal(j.path).entries[-1] == "line 36"
     j.remove()

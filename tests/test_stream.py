@@ -144,6 +144,34 @@ def test_bounded_memory_emits_every_event_once(data_dir):
     assert any(s.part > 0 for s in out)
 
 
+def test_a_replay_cuts_a_shorter_copy_where_the_size_limit_cut_the_original():
+    """What a replay of `--state` or a journal does with an earlier run's size closes: a copy of a session that
+    lacks its first events is closed where the original filled up, the key's parts numbered on; a copy that fills
+    up by itself needs nothing. A time window the size limit cut goes on under its key as the next part, and its
+    part number is forgotten once the window is over (its key never comes again): a saved state does not collect
+    them."""
+    limits = StreamLimits(max_events_per_session=3, idle_seconds=None)
+    first = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>", limits)
+    out = [s for line in ["a id=k", "b id=k", "c id=k", "d id=k"] for s in first.feed(line)]
+    assert [(s.part, s.closed_by, len(s.event_ids)) for s in out] == [(0, CLOSED_SIZE, 3)]
+    assert first.split_parts() == {"k": 1}
+    replay = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>", limits)
+    replay.start_at(1)  # from after the first line
+    replay.expect_parts({"k": 0})
+    assert not replay.feed("b id=k") and not replay.feed("c id=k")
+    cut = replay.cut("k", 0)
+    assert [(s.part, s.closed_by, s.first_line, len(s.event_ids)) for s in cut] == [(0, CLOSED_SIZE, 2, 2)]
+    assert replay.cut("k", 0) == [] and not replay.feed("d id=k")
+    assert [(s.part, s.first_line) for s in replay.flush()] == [(1, 4)]
+    windows = StreamSessionizer(len, SessionRule("time", seconds=60), "<Date> <Time> <Content>", limits)
+    for line in ["2024-01-01 00:00:0%d x" % i for i in range(4)]:
+        windows.feed(line)
+    assert windows.split_parts() == {"time:28401120": 1}
+    ended = windows.feed("2024-01-01 00:01:00 y")
+    assert [(s.key, s.part, s.closed_by) for s in ended] == [("time:28401120", 1, CLOSED_WINDOW)]
+    assert windows.split_parts() == {}
+
+
 def test_key_session_closes_after_idle_log_time():
     sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Date> <Time> <Content>",
                            StreamLimits(idle_seconds=60))
