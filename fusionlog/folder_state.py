@@ -10,8 +10,9 @@ otherwise would build other sessions. So the state holds:
   point at that line (`starts`; a file first opened later: where it began);
 * the turns since the mark, in a file beside the state (`STATE.turns`), appended to and synced before the state
   that counts on them is written, and rewritten without the turns before the mark once most of it is old;
-* `done`, the wall-idle closes and the size closes, as a one-file state has them (those recorded before verdicts
-  written after the last save: in the turn file);
+* `done`, the wall-idle closes and the size closes, and the split keys' part numbers, as a one-file state has
+  them (the turn file needs no size close: one after the last save is of a session begun after the mark, which
+  the replay fills up by itself);
 * each file's point at `done` (`now`), and the files the followers left at a rotation (`read`).
 
 A restart reads the turns again from each file's start, and then goes on live, new files included. Files are
@@ -83,11 +84,11 @@ class FolderPosition:
 
 class TurnFile:
     """The record of the order things happened in since the resume mark: one line per turn (`end<TAB>file number`;
-    a file's name is given once, on a line `=number<TAB>name`, before its first turn), per wall-idle close
-    (`c<TAB>line<TAB>keys as JSON`) and per line where the size limit closed sessions (`s<TAB>line<TAB>[[key,
-    part], ...]`). Appended to before verdicts are written (`FolderFollowState.recording`), so a restart reads
-    again the lines of every verdict written in the order they were read, including those written after the last
-    save of the state; rewritten without what is before the mark once that is most of it."""
+    a file's name is given once, on a line `=number<TAB>name<TAB>where it began`, before its first turn: a file
+    first opened after the last save is not in the state's `starts`) and per wall-idle close
+    (`c<TAB>line<TAB>keys as JSON`). Appended to before verdicts are written (`FolderFollowState.recording`), so a
+    restart reads again the lines of every verdict written in the order they were read, including those written
+    after the last save of the state; rewritten without what is before the mark once that is most of it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -96,19 +97,20 @@ class TurnFile:
         self._no: dict[str, int] = {}
 
     def append(self, turns: list[tuple[str, int]], closes: list[tuple[int, list[str]]] = (),
-               cuts: list[tuple[int, list[tuple[str, int]]]] = (), *, sync: bool = True) -> None:
+               origins: dict[str, Mark] | None = None, *, sync: bool = True) -> None:
         new = [(name, end) for name, end in turns if end > self.saved_end]
-        if not new and not closes and not cuts:
+        if not new and not closes:
             return
         parts = []
         for name, end in new:
             no = self._no.get(name)
             if no is None:
                 no = self._no[name] = len(self._no)
-                parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}\n")
+                began = (origins or {}).get(name)
+                where = f"\t{json.dumps(asdict(began), ensure_ascii=False)}" if began is not None else ""
+                parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}{where}\n")
             parts.append(f"{end}\t{no}\n")
         parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
-        parts += [f"s\t{row[0]}\t{json.dumps(row[1], ensure_ascii=False)}\n" for row in cuts_json(cuts)]
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write("".join(parts))
             fh.flush()
@@ -119,48 +121,47 @@ class TurnFile:
             self.count += len(new)
 
     def rewrite(self, turns: list[tuple[str, int]], closes: list[tuple[int, list[str]]],
-                cuts: list[tuple[int, list[tuple[str, int]]]] = ()) -> None:
-        """The file again with only `turns`, `closes` and `cuts` (those after the mark the state on disk has)."""
+                origins: dict[str, Mark] | None = None) -> None:
+        """The file again with only `turns` and `closes` (those after the mark the state on disk has)."""
         self._no, self.count, self.saved_end = {}, 0, 0
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path, real = tmp, self.path
         try:
             tmp.unlink(missing_ok=True)
-            self.append(turns, closes, cuts)
+            self.append(turns, closes, origins)
             tmp.touch()
             os.replace(tmp, real)
         finally:
             self.path = real
 
     @staticmethod
-    def read(path: Path, after: int) -> tuple[list[tuple[str, int]], list[tuple[int, list[str]]],
-                                              list[tuple[int, list[tuple[str, int]]]]]:
-        """(turns, closes, cuts) after stream line `after`. A torn last line (a crash mid-append) ends them."""
+    def read(path: Path, after: int) -> tuple[list[tuple[str, int]], list[tuple[int, list[str]]], dict[str, Mark]]:
+        """(turns, closes, where each named file began) after stream line `after`. A torn last line (a crash
+        mid-append) ends them."""
         names: dict[str, str] = {}
         turns: list[tuple[str, int]] = []
         closes: list[tuple[int, list[str]]] = []
-        cuts: list[tuple[int, list[tuple[str, int]]]] = []
+        origins: dict[str, Mark] = {}
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return turns, closes, cuts
+            return turns, closes, origins
         for row in text.splitlines(keepends=True):
             if not row.endswith("\n"):
                 break
             head, _, rest = row.rstrip("\n").partition("\t")
             if head.startswith("="):
-                names[head[1:]] = json.loads(rest)
+                name, _, began = rest.partition("\t")
+                names[head[1:]] = json.loads(name)
+                if began:  # a turn file of stop 27 has none
+                    origins[names[head[1:]]] = Mark(**json.loads(began))
             elif head == "c":
                 line, _, keys = rest.partition("\t")
                 if int(line) > after:
                     closes.append((int(line), [str(k) for k in json.loads(keys)]))
-            elif head == "s":
-                line, _, sessions = rest.partition("\t")
-                if int(line) > after:
-                    cuts += cuts_from_json([[line, json.loads(sessions)]])
             elif (end := int(head)) > after:
                 turns.append((names[rest], end))
-        return turns, closes, cuts
+        return turns, closes, origins
 
 
 class FolderFollowState(FollowState):
@@ -205,7 +206,8 @@ class FolderFollowState(FollowState):
             cuts = cuts_from_json(obj.get("cuts", []))  # a state of stop 27 has none
             parts = parts_from_json(obj.get("parts", {}))
             open_sessions = int(obj["open_sessions"])
-            turns, logged, logged_cuts = TurnFile.read(self.turn_file.path, line)
+            turns, logged, began = TurnFile.read(self.turn_file.path, line)
+            starts = {**began, **starts}  # files first opened after the last save: where the turn file says
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"--state {self.path}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
@@ -221,7 +223,6 @@ class FolderFollowState(FollowState):
                            f"{self.turn_file.path} (its turns reach line {reach} of {done})")
         turns = turns[:cut]
         closes = sorted({(at, tuple(keys)) for at, keys in [*closes, *logged] if at <= max(reach, done)})
-        cuts = sorted({(at, tuple(sessions)) for at, sessions in [*cuts, *logged_cuts] if at <= max(reach, done)})
         self._read = read
         self._known = [*starts.values(), *now.values(), *read]
         if missing:
@@ -237,13 +238,12 @@ class FolderFollowState(FollowState):
             return
         self.position.base, self.phase = line, phase
         self.replay_through = done
-        self._replaying([(at, list(keys)) for at, keys in closes], [(at, list(sessions)) for at, sessions in cuts],
-                        parts)
+        self._replaying([(at, list(keys)) for at, keys in closes], cuts, parts)
         self.resume_folder = FolderResume(line, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
                                                  name, m in starts.items() if (at := found[name]) is not None},
                                           turns, self._known)
         try:  # what the replay reads again: its own turns are these
-            self.turn_file.rewrite(turns, self._closes, self._cuts)
+            self.turn_file.rewrite(turns, self._closes, starts)
         except OSError as exc:
             raise ConfigError(f"--state {self.path}: cannot write {self.turn_file.path} ({exc})") from None
         logger.info("--state %s: resuming %d file(s) at line %d: reading %d line(s) again for %d open session(s)",
@@ -263,8 +263,8 @@ class FolderFollowState(FollowState):
             return
         try:
             self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + follow.current_turn(),
-                                  self._unsaved_closes, self._unsaved_cuts, sync=False)
-            self._unsaved_closes, self._unsaved_cuts = [], []
+                                  self._unsaved_closes, follow.origins(), sync=False)
+            self._unsaved_closes = []
         except OSError as exc:
             logger.warning("--state %s: cannot write %s (%s)", self.path, self.turn_file.path, exc)
 
@@ -288,12 +288,12 @@ class FolderFollowState(FollowState):
         partial = follow.current_turn()  # the turn going on: its lines so far
         try:
             if follow.replay_broken and not self._rewritten:  # its turns are not the earlier run's after the break
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, self._cuts)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, origins)
                 self._rewritten = True
             else:
                 self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unsaved_closes,
-                                      self._unsaved_cuts)
-            self._unsaved_closes, self._unsaved_cuts = [], []
+                                      origins)
+            self._unsaved_closes = []
             atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
@@ -301,6 +301,6 @@ class FolderFollowState(FollowState):
         follow.turns.prune(mark.line)
         if self.turn_file.count > COMPACT_TURNS and self.turn_file.count > 2 * len(follow.turns) + 2:
             try:
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, self._cuts)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, origins)
             except OSError as exc:
                 logger.warning("--state %s: cannot rewrite %s (%s)", self.path, self.turn_file.path, exc)

@@ -244,7 +244,6 @@ class FollowState:
         self._cuts: list[tuple[int, list[tuple[str, int]]]] = []
         self._done = 0
         self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
-        self._unsaved_cuts: list[tuple[int, list[tuple[str, int]]]] = []  # size closes not written down yet
         self._last_mark = self._last_save = float("-inf")
         self._load()
 
@@ -314,18 +313,20 @@ class FollowState:
         self._closes.append((line_no, list(keys)))
         self._unsaved_closes.append((line_no, list(keys)))
 
-    def cut(self, line_no: int, sessions: list[tuple[str, int]]) -> None:
-        """Sessions (key, part) the size limit closed at line `line_no`: a replay closes them there too, as one that
-        begins after such a session's first line would not fill it up (`StreamSessionizer.cut`)."""
-        self._cuts.append((line_no, sessions))
-        self._unsaved_cuts.append((line_no, sessions))
+    def cut(self, line_no: int, sessions: list) -> None:
+        """Sessions (`FinishedSession`) the size limit closed at line `line_no`: a replay closes them there too (by
+        key and part), as one that begins after such a session's first line would not fill it up
+        (`StreamSessionizer.cut`). Saved with the next save, not before their verdicts: a session the replay holds
+        only part of began before the saved mark, so it was closed before the save (the mark is at or before the
+        first line of every session open then)."""
+        self._cuts.append((line_no, [(s.key, s.part) for s in sessions]))
 
     def recording(self, sz) -> None:
-        """Verdicts are about to be written: a wall-idle or size close since the last save is saved first, so that a
-        restart after a crash closes those sessions where this run did and their verdicts come again alike. (The
-        file itself is the order of its lines; a folder's state records the order its files were read in, in its
-        turn file: `fusionlog.folder_state`.)"""
-        if self._unsaved_closes or self._unsaved_cuts:
+        """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
+        after a crash closes those sessions where this run did and their verdicts come again alike. (The file
+        itself is the order of its lines; a folder's state records the order its files were read in, in its turn
+        file: `fusionlog.folder_state`.)"""
+        if self._unsaved_closes:
             self.save(sz)
 
     def settled(self, sz, final: bool = False) -> None:
@@ -367,7 +368,7 @@ class FollowState:
                         sz.split_parts())
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
-            self._unsaved_closes, self._unsaved_cuts = [], []
+            self._unsaved_closes = []
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 

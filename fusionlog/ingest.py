@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionlog.errors import ConfigError
+from fusionlog.io import open_appending
 from fusionlog.journal import StreamJournal, journals, read_journal
 from fusionlog.stream import (
     StreamLimits,
@@ -29,7 +30,7 @@ from fusionlog.stream import (
     finished_verdicts,
     first_parts,
     scorer_sessionizer,
-    size_cuts,
+    size_closed,
 )
 from fusionlog.watch import FitWatch
 
@@ -119,7 +120,7 @@ class VerdictSink:
     def __init__(self, config: IngestConfig, record=None, clock=time.monotonic) -> None:
         self.config = config
         self.record = record  # called with each verdict (serve's metrics)
-        self._fh = open(config.verdicts_path, "a", encoding="utf-8") if config.verdicts_path else None  # noqa: SIM115
+        self._fh = open_appending(config.verdicts_path, "--verdicts", logger) if config.verdicts_path else None
         self._failed = False
         self.written = 0
         self._clock = clock
@@ -208,8 +209,8 @@ class IngestStreams:
             got = sz.feed(line)
             if got:
                 done += got
-                if journal is not None and (cut := size_cuts(got)):
-                    cuts.append((sz.line_no, cut))
+                if journal is not None and (cut := size_closed(got)):
+                    cuts.append((sz.line_no, [(s.key, s.part) for s in cut]))
         if cuts:
             journal.cut(cuts)  # before their verdicts are written
         self._fit[stream].fed()

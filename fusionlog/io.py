@@ -151,6 +151,40 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def open_appending(path: Path | str, what: str, logger=None) -> IO[str]:
+    """`path` opened to append JSON lines to, after cutting a torn last line a killed writer left (without its
+    newline). Why: the next line would be glued to it, and a JSONL reader would fail on both; the verdict it was
+    is written again by a run that resumes (`--state`, `--journal`: at least once) or was lost with the process."""
+    path = Path(path)
+    cut = cut_torn_line(path)
+    if cut and logger is not None:
+        logger.warning("%s %s: cut a torn last line (%d bytes) a killed run left, before appending", what, path, cut)
+    return open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+
+def cut_torn_line(path: Path) -> int:
+    """Truncate `path` after its last newline; the bytes cut (0: none, or no such file)."""
+    try:
+        fh = open(path, "rb+")  # noqa: SIM115
+    except FileNotFoundError:
+        return 0
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            at = chunk.rfind(b"\n")
+            if at >= 0:
+                end = start + at + 1
+                break
+            end = start
+        if end < size:
+            fh.truncate(end)
+        return size - end
+
+
 def read_versioned_list(path: Path, version: int, key: str, parse: Callable[[dict], T], what: str) -> list[T]:
     """`parse` of each item of `{"version": version, key: [...]}` in `path` ([] without the file); a malformed or
     other-version file is an `ArtifactError` naming it (an operator's file beside an artifact: mutes, baseline)."""

@@ -94,7 +94,7 @@ class FinishedSession:
     start: float | None
     end: float | None
     closed_by: str
-    part: int = 0  # > 0 for the continuation of a key that hit max_events_per_session
+    part: int = 0  # > 0 for the continuation of a key that hit max_events_per_session (0 again after another close)
     first_line: int = 0
     last_line: int = 0
     # with `examples`: event id -> (line number, raw line) of its first line in the session
@@ -345,7 +345,7 @@ class StreamSessionizer:
         # key rule: open sessions, least recently updated first; window rules: at most one (`_cur`)
         self._open: OrderedDict[str, _Open] = OrderedDict()
         self._cur: _Open | None = None
-        self._parts: dict[str, int] = {}  # key -> next part number, only for keys that were split
+        self._parts: dict[str, int] = {}  # key -> next part number, only for keys split since their last other close
         self._line_no = 0
         self._log_now: float | None = None
         self._window_count = 0  # records in the current lines window
@@ -402,7 +402,8 @@ class StreamSessionizer:
         return [self._finish(sess, CLOSED_SIZE)]
 
     def split_parts(self) -> dict[str, int]:
-        """The next part number of each key the size limit split (what a replay needs: `expect_parts`)."""
+        """The next part number of each key the size limit split and that has not closed otherwise since (what a
+        replay needs: `expect_parts`); about as many as the open sessions that are continuations."""
         return dict(self._parts)
 
     def expect_parts(self, parts: Mapping[str, int]) -> None:
@@ -605,8 +606,10 @@ class StreamSessionizer:
     def _finish(self, sess: _Open, reason: str) -> FinishedSession:
         if sess is self._cur:
             self._cur = None
-            if reason != CLOSED_SIZE:
-                self._parts.pop(sess.key, None)  # a window's key never comes again (`TimeWindowKeys`)
+        if reason not in (CLOSED_SIZE, CLOSED_EVICTED):
+            # the key's run of parts is over (a window's key never comes again: `TimeWindowKeys`), so what a state
+            # or a journal saves of the numbering (`split_parts`) stays as small as what is open
+            self._parts.pop(sess.key, None)
         self.stats.sessions += 1
         self.stats.closed_by[reason] += 1
         if len(self._parts) > 4 * self.limits.max_open_sessions:
@@ -1145,7 +1148,7 @@ def detect_stream(
             continue
         done = feed(line)
         fed += 1
-        if done and checkpoint is not None and (cut := size_cuts(done)):
+        if done and checkpoint is not None and (cut := size_closed(done)):
             checkpoint.cut(sz.line_no, cut)
         if fed & 4095 == 0:
             # A busy stream never heartbeats: run the wall-clock timeout now and then, and do not
@@ -1170,10 +1173,10 @@ def detect_stream(
         checkpoint.settled(sz, final=True)
 
 
-def size_cuts(done: Sequence[FinishedSession]) -> list[tuple[str, int]]:
-    """(key, part) of the sessions among `done` the size limit closed: what a replay must close where they closed
+def size_closed(done: Sequence[FinishedSession]) -> list[FinishedSession]:
+    """The sessions among `done` the size limit closed: what a replay must close where they closed, by key and part
     (`StreamSessionizer.cut`)."""
-    return [(s.key, s.part) for s in done if s.closed_by == CLOSED_SIZE]
+    return [s for s in done if s.closed_by == CLOSED_SIZE]
 
 
 def first_parts(cuts: Mapping[int, Sequence[tuple[str, int]]]) -> dict[str, int]:
@@ -1193,15 +1196,18 @@ def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: Foll
     through, closes, cuts = checkpoint.replay_through, checkpoint.replay_closes, checkpoint.replay_cuts
     end = max([through, *closes, *cuts], default=0)
     late: list[FinishedSession] = []
+    sz.expect_parts({**checkpoint.replay_parts, **first_parts(cuts)})
     if sz.line_no >= end:
         return late
-    sz.expect_parts({**checkpoint.replay_parts, **first_parts(cuts)})
     for line in lines:
         if line is None:  # the file ends before the earlier run's last line (rewritten since): go on live
             break
         done = sz.feed(line)
-        for key, part in cuts.get(sz.line_no, ()):
-            done = [*done, *sz.cut(key, part)]
+        if forced := cuts.get(sz.line_no, ()):
+            for key, part in forced:
+                done = [*done, *sz.cut(key, part)]
+        elif done and (natural := size_closed(done)):
+            checkpoint.cut(sz.line_no, natural)  # not recorded yet (past the saved ones): the next save keeps it
         for keys in closes.get(sz.line_no, ()):
             done = [*done, *sz.close_keys(keys)]
         if done and sz.line_no > through:

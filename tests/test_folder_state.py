@@ -156,8 +156,7 @@ def test_a_size_close_after_the_mark_and_split_parts_are_replayed_across_files(o
                                                                                tmp_path):
     """The one-file case of `tests.test_follow_state` over two files written in rounds: instance C (a.log) opens
     before the mark and fills up after it, A (a.log) was split before the mark and logs again later. The kill comes
-    after C's verdict and E's (b.log), whose size close reached only the turn file. The runs write the
-    uninterrupted run's sessions, parts included."""
+    after C's verdict and E's (b.log). The runs write the uninterrupted run's sessions, parts included."""
     scorer = make_scorer()
     limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=3)
     lines = interleaved(os_lines, "AAACBBBDCCEEECCCA")
@@ -187,13 +186,69 @@ def test_a_size_close_after_the_mark_and_split_parts_are_replayed_across_files(o
                          scorer_sessionizer(scorer, limits), write_round, batch_size=1, take=4)
     saved = json.loads(st.read_text(encoding="utf-8"))
     assert (saved["mark"]["line"], saved["done"]) == (7, 10) and [c[0] for c in saved["cuts"]] == [10]
-    assert TurnFile.read(tmp_path / "st.json.turns", 7)[2][-1][0] == 13  # recorded before E's verdict
     write_round(4)  # while it is down
     state = FolderFollowState(st, [str(logs)], clock=tick)
-    assert sorted(state.replay_cuts) == [10, 13]
+    assert sorted(state.replay_cuts) == [10] and len(state.resume_folder.turns) >= 2
     sz = scorer_sessionizer(scorer, limits)
     after = _folder_run(scorer, [str(logs)], state, sz, lambda k: True)
     rest = finished_verdicts(scorer, sz.flush())
+    assert set(_parts(before + after + rest)) == set(_parts(whole))
+
+
+def test_a_file_first_read_after_the_last_save_is_read_again_in_its_turns(os_lines, make_scorer,  # noqa: F811
+                                                                          tmp_path):
+    """b.log appears, and is first read, after the state's last save; sessions gathering lines of both files are
+    written, a.log grows and is read again, then the kill. The turn file says where b.log began, so the restart reads
+    both files again in the order the first run did (before, the replay stopped at b.log's first turn and read the
+    rest in another order, building other sessions). The runs write the uninterrupted run's sessions."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=3)
+    lines = interleaved(os_lines, "ABABABABABABABABAB")
+    logs = tmp_path / "logs"
+
+    def begin() -> None:
+        for name in ("a.log", "b.log"):
+            (logs / name).unlink(missing_ok=True)
+        logs.mkdir(exist_ok=True)
+        _write(logs / "a.log", lines[:7], "w")
+
+    def run(state, sz, quiet, take=None) -> list[dict]:
+        stop, now = threading.Event(), [0.0]
+        mf = MultiFollow([str(logs)], stop=stop, poll_interval=0.001, clock=lambda: now[0], rescan=5.0,
+                         keep_position=state is not None, resume=state.resume_folder if state is not None else None)
+        if state is not None:
+            state.attach(mf)
+
+        def rescanning(k: int) -> bool:
+            now[0] += 10.0  # the next poll looks for new files
+            return quiet(k)
+
+        return steered_run(scorer, iter(mf), stop, state, sz, rescanning, batch_size=1, take=take)
+
+    def rounds(k: int, crash: bool) -> bool:
+        if k == 1:
+            _write(logs / "b.log", lines[7:13], "w")  # a new file
+        elif k == 2:
+            _write(logs / "a.log", lines[13:])
+        elif k == 3 and crash:
+            raise Crash
+        return k >= 4
+
+    begin()
+    ref = scorer_sessionizer(scorer, limits)
+    whole = run(None, ref, lambda k: rounds(k, crash=False)) + finished_verdicts(scorer, ref.flush())
+    assert len(whole) == 6
+    begin()
+    st = tmp_path / "st.json"
+    saves = itertools.chain([0.0], itertools.repeat(0.5)).__next__  # no save after the first
+    sz = scorer_sessionizer(scorer, limits)
+    before = run(FolderFollowState(st, [str(logs)], clock=saves), sz, lambda k: rounds(k, crash=True))
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert saved["done"] < 13 and [os.path.basename(p) for p in saved["starts"]] == ["a.log"]
+    assert any(v["first_line"] > saved["done"] for v in before)  # written after the last save
+    sz2 = scorer_sessionizer(scorer, limits)
+    after = run(FolderFollowState(st, [str(logs)]), sz2, lambda k: k >= 2)
+    rest = finished_verdicts(scorer, sz2.flush())
     assert set(_parts(before + after + rest)) == set(_parts(whole))
 
 
@@ -228,21 +283,23 @@ def test_a_folder_state_whose_file_is_gone_goes_on_from_each_files_place(  # noq
 
 
 def test_the_turn_file_appends_reads_past_a_torn_line_and_rewrites(tmp_path):
+    from fusionlog.follow_state import Mark
+
     tf = TurnFile(tmp_path / "t.turns")
-    tf.append([("/l/a.log", 3), ("/l/b.log", 5)], [(4, ["k1", "k2"])], [(5, [("k\t1", 2)])])
-    tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], sync=False)  # (b, 5) was written already
+    began = Mark(0, "/l/a\tb.log", 1, 2, "0" * 64, 0, 0, 0)  # a file first opened after the last save
+    tf.append([("/l/a.log", 3), ("/l/b.log", 5)], [(4, ["k1", "k2"])])
+    tf.append([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], origins={"/l/a\tb.log": began},
+              sync=False)  # (b, 5) was written already
     assert tf.count == 4 and tf.saved_end == 12
     assert TurnFile.read(tf.path, 0) == ([("/l/a.log", 3), ("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)],
-                                         [(4, ["k1", "k2"])], [(5, [("k\t1", 2)])])
-    assert TurnFile.read(tf.path, 4) == ([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], [],
-                                         [(5, [("k\t1", 2)])])
+                                         [(4, ["k1", "k2"])], {"/l/a\tb.log": began})
+    assert TurnFile.read(tf.path, 4)[:2] == ([("/l/b.log", 5), ("/l/a.log", 9), ("/l/a\tb.log", 12)], [])
     with open(tf.path, "a", encoding="utf-8") as fh:
         fh.write("15\t")  # a crash mid-append: the torn line is not read
     assert TurnFile.read(tf.path, 0)[0][-1] == ("/l/a\tb.log", 12)
-    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])], [(11, [("k4", 0), ("k5", 7)])])
+    tf.rewrite([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])], {"/l/a\tb.log": began})
     assert tf.count == 2 and TurnFile.read(tf.path, 5) == ([("/l/a.log", 9), ("/l/a\tb.log", 12)], [(10, ["k3"])],
-                                                           [(11, [("k4", 0), ("k5", 7)])])
-    assert TurnFile.read(tf.path, 11)[1:] == ([], [])
+                                                           {"/l/a\tb.log": began})
     assert not (tmp_path / "t.turns.tmp").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -288,3 +289,20 @@ def test_ingest_verdicts_can_name_the_raw_line_behind_each_template(os_lines, ma
     assert verdicts and len(shown) == sum(len(v["top_templates"]) for v in verdicts)
     assert all(os_lines[ex["line"] - 1].strip().startswith(ex["text"]) for ex in shown)
     assert max(ex["line"] for ex in shown) > 97  # numbered across posts, not per request
+
+
+def test_a_torn_last_line_is_cut_before_appending(tmp_path, caplog):
+    """What a killed writer leaves at the end of a JSONL file (a line without its newline) is cut, however long,
+    so the next line is not glued to it; a whole file, an empty one and no file are left as they are."""
+    from fusionlog.io import cut_torn_line, open_appending
+
+    path = tmp_path / "v.jsonl"
+    assert cut_torn_line(path) == 0 and not path.exists()
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 200_000)  # longer than one backwards read
+    with caplog.at_level("WARNING"), open_appending(path, "--verdicts", logging.getLogger("t")) as fh:
+        fh.write('{"b": 2}\n')
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n' and "cut a torn last line (200000 bytes)" in caplog.text
+    assert cut_torn_line(path) == 0 and path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    path.write_bytes(b'{"torn')
+    assert cut_torn_line(path) == 6 and path.read_bytes() == b""
+    assert cut_torn_line(path) == 0

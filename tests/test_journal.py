@@ -74,11 +74,12 @@ def test_sessions_finished_by_a_post_whose_verdicts_were_not_written_are_scored_
     cut = [" " + line for line in os_lines[:2]] + [" 2017-05-16 00:13:22.112 2931 INFO nova.compu"]
     path.write_text("\n".join(rows[:-1] + cut), encoding="utf-8")
     assert read_journal(path).uncommitted == 3  # never answered: its shipper sends them again
-    written = tmp_path / "written.jsonl"  # where the recovery's verdicts go
+    written = tmp_path / "written.jsonl"  # where the recovery's verdicts go: the crash cut a verdict's line there
+    written.write_text('{"key": "earlier"}\n{"key": "torn", "sco', encoding="utf-8")
     again = IngestStreams(make_scorer(), limits, VerdictSink(IngestConfig(verdicts_path=str(written))))
     assert again.recover() == {STREAM: streams.open_sessions()[STREAM]}
-    recovered_verdicts = [json.loads(row) for row in written.read_text(encoding="utf-8").splitlines()]
-    assert _seen(recovered_verdicts) == _seen(finished_last)
+    earlier, *recovered_verdicts = [json.loads(row) for row in written.read_text(encoding="utf-8").splitlines()]
+    assert earlier == {"key": "earlier"} and _seen(recovered_verdicts) == _seen(finished_last)
     after = read_journal(path)
     assert after.done == 600 and after.uncommitted == 0  # marked now, the cut post gone: a second crash agrees
     assert len([e for e in after.entries if isinstance(e, str)]) == 600

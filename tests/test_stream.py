@@ -147,7 +147,8 @@ def test_bounded_memory_emits_every_event_once(data_dir):
 def test_a_replay_cuts_a_shorter_copy_where_the_size_limit_cut_the_original():
     """What a replay of `--state` or a journal does with an earlier run's size closes: a copy of a session that
     lacks its first events is closed where the original filled up, the key's parts numbered on; a copy that fills
-    up by itself needs nothing. A time window the size limit cut goes on under its key as the next part, and its
+    up by itself needs nothing. A key's numbering starts over once its session ends otherwise than by size (what a
+    state saves of it stays small). A time window the size limit cut goes on under its key as the next part, and its
     part number is forgotten once the window is over (its key never comes again): a saved state does not collect
     them."""
     limits = StreamLimits(max_events_per_session=3, idle_seconds=None)
@@ -155,6 +156,8 @@ def test_a_replay_cuts_a_shorter_copy_where_the_size_limit_cut_the_original():
     out = [s for line in ["a id=k", "b id=k", "c id=k", "d id=k"] for s in first.feed(line)]
     assert [(s.part, s.closed_by, len(s.event_ids)) for s in out] == [(0, CLOSED_SIZE, 3)]
     assert first.split_parts() == {"k": 1}
+    assert [(s.part, s.closed_by) for s in first.flush()] == [(1, CLOSED_FLUSH)]
+    assert first.split_parts() == {}  # the key's run of parts ended otherwise than by size: numbering starts over
     replay = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>", limits)
     replay.start_at(1)  # from after the first line
     replay.expect_parts({"k": 0})
@@ -170,6 +173,31 @@ def test_a_replay_cuts_a_shorter_copy_where_the_size_limit_cut_the_original():
     ended = windows.feed("2024-01-01 00:01:00 y")
     assert [(s.key, s.part, s.closed_by) for s in ended] == [("time:28401120", 1, CLOSED_WINDOW)]
     assert windows.split_parts() == {}
+
+
+def test_a_replay_records_the_size_closes_it_makes_past_the_saved_ones():
+    """A replay reads past the last written verdicts up to a wall-idle close saved later: a size close it makes on
+    the way was never saved (the earlier run died first), so it is recorded for the next save, or a later restart
+    would number that key's parts from the wrong point. One the state already holds is not recorded twice."""
+    from fusionlog.stream import _replay
+
+    class Checkpoint:
+        replay_through, replay_closes, replay_parts = 2, {6: [["k"]]}, {}
+        replay_cuts = {3: [("j", 0)]}
+
+        def __init__(self):
+            self.cuts = []
+
+        def cut(self, line_no, sessions):
+            self.cuts.append((line_no, [(s.key, s.part) for s in sessions]))
+
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>",
+                           StreamLimits(max_events_per_session=3, idle_seconds=None))
+    checkpoint = Checkpoint()
+    late = _replay(sz, iter(["a id=j", "b id=j", "c id=j", "d id=k", "e id=k", "f id=k", "g id=k"]), checkpoint)
+    assert checkpoint.cuts == [(6, [("k", 0)])]  # j's at line 3 was saved; k's at line 6 is new
+    assert [(s.key, s.part, s.closed_by) for s in late] == [("j", 0, CLOSED_SIZE), ("k", 0, CLOSED_SIZE)]
+    assert sz.line_no == 6 and sz.split_parts() == {"j": 1, "k": 1}
 
 
 def test_key_session_closes_after_idle_log_time():

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from fusionlog.explain import largest_departure
     from fusionlog.folder_state import FolderFollowState
     from fusionlog.follow_state import FollowState
+    from fusionlog.io import open_appending
     from fusionlog.multifollow import MultiFollow
     from fusionlog.stream import (
         ReadProgress,
@@ -151,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
         lines = metrics.lines(lines)
     # with --state a restart goes on writing after the verdicts the earlier run wrote
     try:
-        out = open(args.output, "a" if state else "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+        if args.output and state is not None:
+            out = open_appending(args.output, "--output", logger)
+        else:
+            out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     except OSError as exc:
         raise ConfigError(f"--output {args.output}: cannot write it ({exc.strerror or exc})") from None
     t0 = time.perf_counter()
