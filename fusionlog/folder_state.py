@@ -38,6 +38,7 @@ from fusionlog.follow_state import (
     ResumeAt,
     cuts_from_json,
     cuts_json,
+    ends_from_json,
     locate,
     parts_from_json,
 )
@@ -205,6 +206,7 @@ class FolderFollowState(FollowState):
             closes = [(int(at), [str(k) for k in keys]) for at, keys in obj["closes"]]
             cuts = cuts_from_json(obj.get("cuts", []))  # a state of stop 27 has none
             parts = parts_from_json(obj.get("parts", {}))
+            ends = ends_from_json(obj.get("ends", []))
             open_sessions = int(obj["open_sessions"])
             turns, logged, began = TurnFile.read(self.turn_file.path, line)
             starts = {**began, **starts}  # files first opened after the last save: where the turn file says
@@ -238,7 +240,7 @@ class FolderFollowState(FollowState):
             return
         self.position.base, self.phase = line, phase
         self.replay_through = done
-        self._replaying([(at, list(keys)) for at, keys in closes], cuts, parts)
+        self._replaying([(at, list(keys)) for at, keys in closes], cuts, parts, ends)
         self.resume_folder = FolderResume(line, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
                                                  name, m in starts.items() if (at := found[name]) is not None},
                                           turns, self._known)
@@ -284,7 +286,7 @@ class FolderFollowState(FollowState):
                "now": {name: asdict(m) for name, m in follow.positions().items()},
                "read": [asdict(m) for m in read], "done": self._done, "open_sessions": sz.open_sessions,
                "closes": [[at, keys] for at, keys in self._closes], "cuts": cuts_json(self._cuts),
-               "parts": sz.split_parts()}
+               "parts": sz.split_parts(), "ends": [list(end) for end in self._ends]}
         partial = follow.current_turn()  # the turn going on: its lines so far
         try:
             if follow.replay_broken and not self._rewritten:  # its turns are not the earlier run's after the break

@@ -151,12 +151,13 @@ class Checkpoint:
     closes: list[tuple[int, list[str]]] = field(default_factory=list)  # (line, keys) of wall-idle closes
     cuts: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)  # (line, (key, part)s): size closes
     parts: dict[str, int] = field(default_factory=dict)  # key -> next part, of the keys the size limit split
+    ends: list[tuple[int, str, int]] = field(default_factory=list)  # (line, key, part): continuations closed otherwise
 
     def to_json(self) -> dict:
         return {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed, "mark": asdict(self.mark),
                 "done": self.done, "open_sessions": self.open_sessions,
                 "closes": [[line, keys] for line, keys in self.closes], "cuts": cuts_json(self.cuts),
-                "parts": self.parts}
+                "parts": self.parts, "ends": [list(end) for end in self.ends]}
 
     @classmethod
     def from_json(cls, obj: dict, where: Path) -> Checkpoint:
@@ -166,7 +167,7 @@ class Checkpoint:
             return cls(str(obj["followed"]), Mark(**obj["mark"]), int(obj["done"]), int(obj["open_sessions"]),
                        [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]],
                        cuts_from_json(obj.get("cuts", [])),  # a state of stop 27 or before has none
-                       parts_from_json(obj.get("parts", {})))
+                       parts_from_json(obj.get("parts", {})), ends_from_json(obj.get("ends", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
@@ -179,6 +180,11 @@ def cuts_json(cuts: list[tuple[int, list[tuple[str, int]]]]) -> list:
 def cuts_from_json(rows: list) -> list[tuple[int, list[tuple[str, int]]]]:
     """The size closes a state holds (`cuts_json`); TypeError/ValueError for rows that are not."""
     return [(int(line), [(str(key), int(part)) for key, part in sessions]) for line, sessions in rows]
+
+
+def ends_from_json(rows: list) -> list[tuple[int, str, int]]:
+    """The continuations closed otherwise than by size a state holds; TypeError/ValueError for rows that are not."""
+    return [(int(line), str(key), int(part)) for line, key, part in rows]
 
 
 def parts_from_json(obj: dict) -> dict[str, int]:
@@ -239,6 +245,8 @@ class FollowState:
         self.replay_closes: dict[int, list[list[str]]] = {}
         self.replay_cuts: dict[int, list[tuple[str, int]]] = {}  # line -> (key, part) of the size closes there
         self.replay_parts: dict[str, int] = {}  # the next part of each key the size limit had split, at `done`
+        self.replay_ends: list[tuple[int, str, int]] = []  # continuations closed otherwise, after the mark
+        self._ends: list[tuple[int, str, int]] = []
         self._marks: list[Mark] = []
         self._closes: list[tuple[int, list[str]]] = []
         self._cuts: list[tuple[int, list[tuple[str, int]]]] = []
@@ -287,7 +295,7 @@ class FollowState:
         self.position.base, self.phase = cp.mark.line, cp.mark.phase
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
-        self._replaying(cp.closes, cp.cuts, cp.parts)
+        self._replaying(cp.closes, cp.cuts, cp.parts, cp.ends)
         self._marks = [cp.mark]
         where = "" if found == self.followed else f" (now {found.name}: rotated since)"
         logger.info("--state %s: resuming %s at line %d%s: reading %d line(s) again for %d open session(s)",
@@ -298,10 +306,11 @@ class FollowState:
         return self.resume is not None
 
     def _replaying(self, closes: list[tuple[int, list[str]]], cuts: list[tuple[int, list[tuple[str, int]]]],
-                   parts: dict[str, int]) -> None:
+                   parts: dict[str, int], ends: list[tuple[int, str, int]]) -> None:
         """What a replay closes where the earlier run closed it (the wall-idle closes and the size closes), and the
         part numbers it gives: the earlier run's, as its sessions were numbered."""
         self._closes, self._cuts, self.replay_parts = list(closes), list(cuts), dict(parts)
+        self._ends, self.replay_ends = list(ends), list(ends)
         for line, keys in closes:
             self.replay_closes.setdefault(line, []).append(keys)
         for line, sessions in cuts:
@@ -313,13 +322,18 @@ class FollowState:
         self._closes.append((line_no, list(keys)))
         self._unsaved_closes.append((line_no, list(keys)))
 
-    def cut(self, line_no: int, sessions: list) -> None:
-        """Sessions (`FinishedSession`) the size limit closed at line `line_no`: a replay closes them there too (by
-        key and part), as one that begins after such a session's first line would not fill it up
-        (`StreamSessionizer.cut`). Saved with the next save, not before their verdicts: a session the replay holds
-        only part of began before the saved mark, so it was closed before the save (the mark is at or before the
-        first line of every session open then)."""
-        self._cuts.append((line_no, [(s.key, s.part) for s in sessions]))
+    def finished(self, line_no: int, sessions: list) -> None:
+        """Sessions (`FinishedSession`) closed at line `line_no`. A size close is replayed there (by key and part), as
+        a replay that begins after such a session's first line would not fill it up (`StreamSessionizer.cut`); a
+        continuation closed otherwise tells a replay from before it the key's part number, which the close then
+        started over. Saved with the next save, not before their verdicts: a session the replay holds only part of
+        began before the saved mark, so it was closed before the save (the mark is at or before the first line of
+        every session open then); a wall-idle close is saved at once (`recording`), its continuation with it."""
+        from fusionlog.stream import numbered_ends, size_closed  # (stream imports this module)
+
+        if cut := size_closed(sessions):
+            self._cuts.append((line_no, [(s.key, s.part) for s in cut]))
+        self._ends += [(line_no, s.key, s.part) for s in numbered_ends(sessions)]
 
     def recording(self, sz) -> None:
         """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
@@ -357,6 +371,7 @@ class FollowState:
         start = self._marks[0].line
         self._closes = [(line, keys) for line, keys in self._closes if line > start]
         self._cuts = [(line, sessions) for line, sessions in self._cuts if line > start]
+        self._ends = [end for end in self._ends if end[0] > start]
         if final or now - self._last_save >= SAVE_INTERVAL:
             self.save(sz)
             self._last_save = now
@@ -365,7 +380,7 @@ class FollowState:
         if not self._marks:
             return
         cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, self._closes, self._cuts,
-                        sz.split_parts())
+                        sz.split_parts(), self._ends)
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
             self._unsaved_closes = []

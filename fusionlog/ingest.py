@@ -28,7 +28,7 @@ from fusionlog.stream import (
     StreamLimits,
     StreamSessionizer,
     finished_verdicts,
-    first_parts,
+    parts_at_start,
     scorer_sessionizer,
     size_closed,
 )
@@ -274,7 +274,9 @@ class IngestStreams:
                 continue
             sz = self._open_stream(name, StreamJournal.resume(path, replay, sync=self.config.journal_sync))
             sz.start_at(replay.base)
-            sz.expect_parts({**replay.parts, **first_parts(replay.cuts)})
+            # (a journal rewritten from the oldest open session marks every verdict up to then written, so a
+            # continuation closed since its first line closes silently: its part needs no record, unlike `--state`'s)
+            sz.expect_parts({**replay.parts, **parts_at_start(replay.cuts, ())})
             late = []
             for entry in replay.entries:
                 if isinstance(entry, str):

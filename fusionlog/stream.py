@@ -412,6 +412,11 @@ class StreamSessionizer:
             if key not in self._open and (self._cur is None or self._cur.key != key):
                 self._parts[key] = part
 
+    def restart_numbering(self, key: str) -> None:
+        """The key's run of parts ended here in an earlier run (a replay's): its next session is part 0 again."""
+        if key not in self._open and (self._cur is None or self._cur.key != key):
+            self._parts.pop(key, None)
+
     def close_keys(self, keys: Collection[str]) -> list[FinishedSession]:
         """Close the open sessions under these keys as a wall-idle `poll` did (a journal's replay of one)."""
         wanted = set(keys)
@@ -1136,6 +1141,7 @@ def detect_stream(
         closed = sz.poll()
         if closed and checkpoint is not None:
             checkpoint.closed(sz.line_no, [s.key for s in closed])
+            checkpoint.finished(sz.line_no, closed)
         return closed
 
     feed = sz.feed
@@ -1148,8 +1154,8 @@ def detect_stream(
             continue
         done = feed(line)
         fed += 1
-        if done and checkpoint is not None and (cut := size_closed(done)):
-            checkpoint.cut(sz.line_no, cut)
+        if done and checkpoint is not None:
+            checkpoint.finished(sz.line_no, done)
         if fed & 4095 == 0:
             # A busy stream never heartbeats: run the wall-clock timeout now and then, and do not
             # let finished sessions wait longer than max_delay for their batch to fill.
@@ -1179,14 +1185,26 @@ def size_closed(done: Sequence[FinishedSession]) -> list[FinishedSession]:
     return [s for s in done if s.closed_by == CLOSED_SIZE]
 
 
-def first_parts(cuts: Mapping[int, Sequence[tuple[str, int]]]) -> dict[str, int]:
-    """Each key's part at its first size close among `cuts` (stream line -> (key, part)...): the number a replay
-    gives the key's first session (`StreamSessionizer.expect_parts`)."""
-    parts: dict[str, int] = {}
-    for line in sorted(cuts):
-        for key, part in cuts[line]:
-            parts.setdefault(key, part)
-    return parts
+def numbered_ends(done: Sequence[FinishedSession]) -> list[FinishedSession]:
+    """The continuations (part > 0) among `done` closed otherwise than by size: their key's numbering starts over
+    there, so a replay from before that line learns the key's part from them."""
+    return [s for s in done if s.part and s.closed_by != CLOSED_SIZE]
+
+
+def parts_at_start(cuts: Mapping[int, Sequence[tuple[str, int]]],
+                   ends: Sequence[tuple[int, str, int]]) -> dict[str, int]:
+    """Each key's part number where a replay begins: the part of its first session closed after that point by size
+    (`cuts`: stream line -> (key, part)...) or, as a continuation, otherwise (`ends`: (line, key, part)), whichever
+    came first. What `StreamSessionizer.expect_parts` needs for the keys those closes saw."""
+    seen: dict[str, tuple[int, int]] = {}
+    for line, sessions in cuts.items():
+        for key, part in sessions:
+            if key not in seen or line < seen[key][0]:
+                seen[key] = (line, part)
+    for line, key, part in ends:
+        if key not in seen or line < seen[key][0]:
+            seen[key] = (line, part)
+    return {key: part for key, (_, part) in seen.items()}
 
 
 def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: FollowState) -> list[FinishedSession]:
@@ -1196,21 +1214,28 @@ def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: Foll
     through, closes, cuts = checkpoint.replay_through, checkpoint.replay_closes, checkpoint.replay_cuts
     end = max([through, *closes, *cuts], default=0)
     late: list[FinishedSession] = []
-    sz.expect_parts({**checkpoint.replay_parts, **first_parts(cuts)})
+    sz.expect_parts({**checkpoint.replay_parts, **parts_at_start(cuts, checkpoint.replay_ends)})
+    ends: dict[int, list[str]] = {}
+    for at, key, _ in checkpoint.replay_ends:
+        ends.setdefault(at, []).append(key)
+    recorded = {(at, key) for at, sessions in cuts.items() for key, _ in sessions} | {
+        (at, key) for at, keys in ends.items() for key in keys}
     if sz.line_no >= end:
         return late
     for line in lines:
         if line is None:  # the file ends before the earlier run's last line (rewritten since): go on live
             break
         done = sz.feed(line)
-        if forced := cuts.get(sz.line_no, ()):
-            for key, part in forced:
-                done = [*done, *sz.cut(key, part)]
-        elif done and (natural := size_closed(done)):
-            checkpoint.cut(sz.line_no, natural)  # not recorded yet (past the saved ones): the next save keeps it
-        for keys in closes.get(sz.line_no, ()):
+        at = sz.line_no
+        for key, part in cuts.get(at, ()):
+            done = [*done, *sz.cut(key, part)]
+        for keys in closes.get(at, ()):
             done = [*done, *sz.close_keys(keys)]
-        if done and sz.line_no > through:
+        for key in ends.get(at, ()):
+            sz.restart_numbering(key)  # a continuation with no line after the mark closed here: nothing to close
+        if done and (new := [s for s in done if (at, s.key) not in recorded]):
+            checkpoint.finished(at, new)  # not in the saved records (the earlier run died first): keep them
+        if done and at > through:
             late += done
         if sz.line_no >= end:
             break

@@ -375,6 +375,38 @@ def test_a_session_split_by_the_size_limit_after_the_mark_is_split_where_it_was(
     assert [v["part"] for v in rest if v["first_line"] == 17] == [1]
 
 
+def test_a_continuation_closed_by_wall_idleness_after_the_last_save_keeps_its_part(os_lines, make_scorer,  # noqa: F811
+                                                                                    tmp_path):
+    """Instance A fills up at line 3 (before the resume mark); its continuation (part 1, line 4) is closed by
+    wall-clock idleness at line 5, and A's numbering starts over there, so the state saved with that close holds no
+    part for A. The close's record says which part it closed: after the kill, the restart's copy of the
+    continuation is part 1 again, and its verdict comes again alike."""
+    scorer = make_scorer()
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=30.0, max_events_per_session=3)
+    lines = interleaved(os_lines, "AAAAB")
+    wall = [0.0]
+    path = tmp_path / "nova.log"
+    _write(path, lines[:3], "w")
+
+    def first_run(k: int) -> None:
+        if k == 1:
+            _write(path, lines[3:4])  # A's continuation, at 0 s
+        elif k == 2:
+            _write(path, lines[4:5])  # B, at 50 s: the next poll closes A's continuation, not B
+            wall[0] = 50.0
+
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
+                         scorer_sessionizer(scorer, limits, clock=lambda: wall[0]), first_run, batch_size=1, take=2)
+    assert [(v["part"], v["first_line"], v["closed_by"]) for v in before] == [(0, 1, "size"), (1, 4, "wall_idle")]
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert saved["mark"]["line"] == 3 and saved["done"] < 5 and saved["parts"] == {}
+    assert saved["ends"] == [[5, before[1]["key"], 1]]
+    sz = scorer_sessionizer(scorer, limits, clock=lambda: 50.0)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, lambda k: True)
+    assert _parts(after) == _parts(before[1:])
+
+
 def _detect(model, log, *extra):
     import subprocess
     import sys

@@ -182,22 +182,55 @@ def test_a_replay_records_the_size_closes_it_makes_past_the_saved_ones():
     from fusionlog.stream import _replay
 
     class Checkpoint:
-        replay_through, replay_closes, replay_parts = 2, {6: [["k"]]}, {}
+        replay_through, replay_closes, replay_parts, replay_ends = 2, {7: [["m"]]}, {}, []
         replay_cuts = {3: [("j", 0)]}
 
         def __init__(self):
             self.cuts = []
 
-        def cut(self, line_no, sessions):
-            self.cuts.append((line_no, [(s.key, s.part) for s in sessions]))
+        def finished(self, line_no, sessions):
+            self.cuts.append((line_no, [(s.key, s.part, s.closed_by) for s in sessions]))
 
     sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>",
                            StreamLimits(max_events_per_session=3, idle_seconds=None))
     checkpoint = Checkpoint()
-    late = _replay(sz, iter(["a id=j", "b id=j", "c id=j", "d id=k", "e id=k", "f id=k", "g id=k"]), checkpoint)
-    assert checkpoint.cuts == [(6, [("k", 0)])]  # j's at line 3 was saved; k's at line 6 is new
-    assert [(s.key, s.part, s.closed_by) for s in late] == [("j", 0, CLOSED_SIZE), ("k", 0, CLOSED_SIZE)]
-    assert sz.line_no == 6 and sz.split_parts() == {"j": 1, "k": 1}
+    lines = ["a id=j", "b id=j", "c id=j", "d id=k", "e id=k", "f id=k", "g id=m", "h id=k"]
+    late = _replay(sz, iter(lines), checkpoint)
+    # j's size close at line 3 was saved; k's at line 6 and the wall-idle close at 7 are handed on (the state keeps
+    # what it needs of them: size closes, and continuations' ends)
+    assert checkpoint.cuts == [(6, [("k", 0, CLOSED_SIZE)]), (7, [("m", 0, CLOSED_WALL_IDLE)])]
+    assert [(s.key, s.part, s.closed_by) for s in late] == [
+        ("j", 0, CLOSED_SIZE), ("k", 0, CLOSED_SIZE), ("m", 0, CLOSED_WALL_IDLE)]
+    assert sz.line_no == 7 and sz.split_parts() == {"j": 1, "k": 1}
+
+
+def test_a_replay_numbers_parts_as_they_were_where_it_begins():
+    """Where a replay begins, a key's part number is that of its first session closed after it: by size, or as a
+    continuation closed otherwise (its key's numbering started over there); whichever came first."""
+    from fusionlog.stream import parts_at_start
+
+    cuts = {12: [("a", 3), ("b", 0)], 20: [("a", 4)], 15: [("c", 1)]}
+    ends = [(10, "a", 2), (18, "c", 2), (30, "d", 5)]
+    assert parts_at_start(cuts, ends) == {"a": 2, "b": 0, "c": 1, "d": 5}
+
+
+def test_a_replay_starts_a_keys_numbering_over_where_its_continuation_closed_unseen():
+    """A continuation (part 2) open at the replay's first line, with no line after it, was closed by wall-clock
+    idleness at line 2: the replay has no copy of it to close, yet the key's numbering starts over there, so the
+    key's next session is part 0, as in the earlier run."""
+    from fusionlog.stream import _replay
+
+    class Checkpoint:
+        replay_through, replay_closes, replay_parts, replay_cuts = 3, {2: [["q"]]}, {"q": 5}, {}
+        replay_ends = [(2, "q", 2)]
+
+        def finished(self, line_no, sessions):
+            raise AssertionError("nothing new to record")
+
+    sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Content>",
+                           StreamLimits(max_events_per_session=3, idle_seconds=None))
+    assert _replay(sz, iter(["a id=z", "b id=z", "c id=q"]), Checkpoint()) == []
+    assert [(s.key, s.part) for s in sz.flush()] == [("z", 0), ("q", 0)]
 
 
 def test_key_session_closes_after_idle_log_time():
