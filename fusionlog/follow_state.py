@@ -317,20 +317,22 @@ class FollowState:
             self.replay_cuts.setdefault(line, []).extend(sessions)
 
     # -- detect_stream's hooks ---------------------------------------------------------------------------------
-    def closed(self, line_no: int, keys: list[str]) -> None:
-        """Sessions closed by wall-clock idleness after `line_no` lines: a replay closes them there too."""
-        self._closes.append((line_no, list(keys)))
-        self._unsaved_closes.append((line_no, list(keys)))
-
     def finished(self, line_no: int, sessions: list) -> None:
-        """Sessions (`FinishedSession`) closed at line `line_no`. A size close is replayed there (by key and part), as
-        a replay that begins after such a session's first line would not fill it up (`StreamSessionizer.cut`); a
-        continuation closed otherwise tells a replay from before it the key's part number, which the close then
-        started over. Saved with the next save, not before their verdicts: a session the replay holds only part of
-        began before the saved mark, so it was closed before the save (the mark is at or before the first line of
-        every session open then); a wall-idle close is saved at once (`recording`), its continuation with it."""
-        from fusionlog.stream import numbered_ends, size_closed  # (stream imports this module)
+        """Sessions (`FinishedSession`) closed after line `line_no`, as a replay must know them:
+        * closed by wall-clock idleness: the lines do not say so, so a replay closes them there too (saved before
+          their verdicts are written: `recording`);
+        * closed by size: replayed there (by key and part), as a replay that begins after such a session's first
+          line would not fill it up (`StreamSessionizer.cut`);
+        * a continuation closed otherwise: it tells a replay from before it the key's part number, which the close
+          started over.
+        The last two are saved with the next save: a session the replay holds only part of began before the saved
+        mark, so it was closed before the save (the mark is at or before the first line of every session open then);
+        a wall-idle close is saved at once, its continuation with it."""
+        from fusionlog.stream import CLOSED_WALL_IDLE, numbered_ends, size_closed  # (stream imports this module)
 
+        if wall := [s.key for s in sessions if s.closed_by == CLOSED_WALL_IDLE]:
+            self._closes.append((line_no, wall))
+            self._unsaved_closes.append((line_no, wall))
         if cut := size_closed(sessions):
             self._cuts.append((line_no, [(s.key, s.part) for s in cut]))
         self._ends += [(line_no, s.key, s.part) for s in numbered_ends(sessions)]

@@ -163,7 +163,10 @@ def open_appending(path: Path | str, what: str, logger=None) -> IO[str]:
 
 
 def cut_torn_line(path: Path) -> int:
-    """Truncate `path` after its last newline; the bytes cut (0: none, or no such file)."""
+    """Truncate `path` after its last newline; the bytes cut (0: none, no such file, or not a regular file: a pipe
+    or a terminal, such as /dev/stdout, is written to as it is)."""
+    if not Path(path).is_file():
+        return 0
     try:
         fh = open(path, "rb+")  # noqa: SIM115
     except FileNotFoundError:

@@ -1140,7 +1140,6 @@ def detect_stream(
     def poll() -> list[FinishedSession]:
         closed = sz.poll()
         if closed and checkpoint is not None:
-            checkpoint.closed(sz.line_no, [s.key for s in closed])
             checkpoint.finished(sz.line_no, closed)
         return closed
 
@@ -1219,7 +1218,8 @@ def _replay(sz: StreamSessionizer, lines: Iterator[str | None], checkpoint: Foll
     for at, key, _ in checkpoint.replay_ends:
         ends.setdefault(at, []).append(key)
     recorded = {(at, key) for at, sessions in cuts.items() for key, _ in sessions} | {
-        (at, key) for at, keys in ends.items() for key in keys}
+        (at, key) for at, keys in ends.items() for key in keys} | {
+        (at, key) for at, closed in closes.items() for keys in closed for key in keys}
     if sz.line_no >= end:
         return late
     for line in lines:

@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -298,6 +299,7 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path, caplog):
 
     path = tmp_path / "v.jsonl"
     assert cut_torn_line(path) == 0 and not path.exists()
+    assert cut_torn_line(Path("/dev/null")) == 0  # not a regular file (a pipe, /dev/stdout): written as it is
     path.write_bytes(b'{"a": 1}\n' + b"x" * 200_000)  # longer than one backwards read
     with caplog.at_level("WARNING"), open_appending(path, "--verdicts", logging.getLogger("t")) as fh:
         fh.write('{"b": 2}\n')

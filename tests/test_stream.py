@@ -196,9 +196,8 @@ def test_a_replay_records_the_size_closes_it_makes_past_the_saved_ones():
     checkpoint = Checkpoint()
     lines = ["a id=j", "b id=j", "c id=j", "d id=k", "e id=k", "f id=k", "g id=m", "h id=k"]
     late = _replay(sz, iter(lines), checkpoint)
-    # j's size close at line 3 was saved; k's at line 6 and the wall-idle close at 7 are handed on (the state keeps
-    # what it needs of them: size closes, and continuations' ends)
-    assert checkpoint.cuts == [(6, [("k", 0, CLOSED_SIZE)]), (7, [("m", 0, CLOSED_WALL_IDLE)])]
+    # j's size close at line 3 and the wall-idle close at 7 were saved; k's size close at line 6 is handed on
+    assert checkpoint.cuts == [(6, [("k", 0, CLOSED_SIZE)])]
     assert [(s.key, s.part, s.closed_by) for s in late] == [
         ("j", 0, CLOSED_SIZE), ("k", 0, CLOSED_SIZE), ("m", 0, CLOSED_WALL_IDLE)]
     assert sz.line_no == 7 and sz.split_parts() == {"j": 1, "k": 1}
