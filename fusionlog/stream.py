@@ -409,13 +409,17 @@ class StreamSessionizer:
     def expect_parts(self, parts: Mapping[str, int]) -> None:
         """Number the next session of each key as an earlier run did (a replay's first size close of it says)."""
         for key, part in parts.items():
-            if key not in self._open and (self._cur is None or self._cur.key != key):
+            if not self._holds(key):
                 self._parts[key] = part
 
     def restart_numbering(self, key: str) -> None:
         """The key's run of parts ended here in an earlier run (a replay's): its next session is part 0 again."""
-        if key not in self._open and (self._cur is None or self._cur.key != key):
+        if not self._holds(key):
             self._parts.pop(key, None)
+
+    def _holds(self, key: str) -> bool:
+        """A session under `key` is open (its part number is its own, not to be set from outside)."""
+        return key in self._open or (self._cur is not None and self._cur.key == key)
 
     def close_keys(self, keys: Collection[str]) -> list[FinishedSession]:
         """Close the open sessions under these keys as a wall-idle `poll` did (a journal's replay of one)."""
