@@ -40,6 +40,7 @@ from fusionlog.follow_state import (
     cuts_json,
     ends_from_json,
     locate,
+    mark_carry,
     parts_from_json,
 )
 from fusionlog.io import atomic_write_text
@@ -59,7 +60,8 @@ class FolderMark:
 
     line: int
     files: dict[str, Mark] = field(default_factory=dict)
-    phase: int = 0  # the stream's line-window phase there
+    phase: int = 0  # the stream's line-window phase there (also in `carry`; a state of stop 28 has only this)
+    carry: dict = field(default_factory=dict)  # the sessionizer's `StreamCarry` there, as JSON
 
 
 class FolderPosition:
@@ -199,7 +201,8 @@ class FolderFollowState(FollowState):
             raise ConfigError(f"--state {self.path}: it is the state of {obj.get('followed')}, not {self.followed}; "
                               f"give each follow a state file of its own")
         try:
-            line, done, phase = int(obj["mark"]["line"]), int(obj["done"]), int(obj["mark"]["phase"])
+            line, done = int(obj["mark"]["line"]), int(obj["done"])
+            carry = mark_carry(FolderMark(line, phase=int(obj["mark"]["phase"]), carry=obj["mark"].get("carry", {})))
             starts = {str(k): Mark(**m) for k, m in obj["starts"].items()}
             now = {str(k): Mark(**m) for k, m in obj["now"].items()}
             read = [Mark(**m) for m in obj["read"]]
@@ -238,7 +241,7 @@ class FolderFollowState(FollowState):
                                               [], self._known)
             self.turn_file.path.unlink(missing_ok=True)
             return
-        self.position.base, self.phase = line, phase
+        self.position.base, self.carry = line, carry
         self.replay_through = done
         self._replaying([(at, list(keys)) for at, keys in closes], cuts, parts, ends)
         self.resume_folder = FolderResume(line, {name: (ResumeAt(str(at), m.offset, m.file_line), m) for
@@ -281,7 +284,7 @@ class FolderFollowState(FollowState):
         idents = {(m.dev, m.ino) for m in left}
         read = [*(m for m in self._read if (m.dev, m.ino) not in idents), *left][-MAX_READ:]
         obj = {"fusionlog_follow_state": STATE_VERSION, "followed": self.followed,
-               "mark": {"line": mark.line, "phase": mark.phase},
+               "mark": {"line": mark.line, "phase": mark.phase, "carry": mark.carry},
                "starts": {name: asdict(m) for name, m in starts.items()},
                "now": {name: asdict(m) for name, m in follow.positions().items()},
                "read": [asdict(m) for m in read], "done": self._done, "open_sessions": sz.open_sessions,

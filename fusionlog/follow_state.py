@@ -74,7 +74,8 @@ class Mark:
     head_len: int
     offset: int  # bytes before the point
     file_line: int  # the file's lines before the point
-    phase: int = 0  # the stream's line-window phase there (`StreamSessionizer.window_phase`)
+    phase: int = 0  # the stream's line-window phase there (also in `carry`; a state of stop 28 has only this)
+    carry: dict = field(default_factory=dict, hash=False)  # the sessionizer's `StreamCarry` there, as JSON
 
 
 @dataclass
@@ -164,13 +165,27 @@ class Checkpoint:
         if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
             raise ConfigError(f"--state {where}: not a follow state file of version {STATE_VERSION}")
         try:
-            return cls(str(obj["followed"]), Mark(**obj["mark"]), int(obj["done"]), int(obj["open_sessions"]),
+            mark = Mark(**obj["mark"])
+            mark_carry(mark)  # readable
+            return cls(str(obj["followed"]), mark, int(obj["done"]), int(obj["open_sessions"]),
                        [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]],
                        cuts_from_json(obj.get("cuts", [])),  # a state of stop 27 or before has none
                        parts_from_json(obj.get("parts", {})), ends_from_json(obj.get("ends", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
+
+
+def mark_carry(mark):
+    """The sessionizer's `StreamCarry` saved with a mark (`Mark`, `FolderMark`); TypeError/ValueError when damaged."""
+    from fusionlog.stream import StreamCarry  # (stream imports this module)
+
+    return StreamCarry.from_json({"phase": mark.phase, **mark.carry})
+
+
+def with_carry(mark, carry):
+    """`mark` (`Mark`, `FolderMark`) with the sessionizer's `StreamCarry` there."""
+    return replace(mark, phase=carry.phase, carry=carry.to_json())
 
 
 def cuts_json(cuts: list[tuple[int, list[tuple[str, int]]]]) -> list:
@@ -241,7 +256,9 @@ class FollowState:
         self.position = self._new_position()
         self.resume: ResumeAt | None = None
         self.replay_through = 0
-        self.phase = 0  # the line-window phase at `position.base`
+        from fusionlog.stream import BLANK_CARRY  # (stream imports this module)
+
+        self.carry = BLANK_CARRY  # the sessionizer's `StreamCarry` at `position.base`
         self.replay_closes: dict[int, list[list[str]]] = {}
         self.replay_cuts: dict[int, list[tuple[str, int]]] = {}  # line -> (key, part) of the size closes there
         self.replay_parts: dict[str, int] = {}  # the next part of each key the size limit had split, at `done`
@@ -292,7 +309,7 @@ class FollowState:
                            "the top of the file%s", self.path, cp.mark.path, cp.done,
                            f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
             return
-        self.position.base, self.phase = cp.mark.line, cp.mark.phase
+        self.position.base, self.carry = cp.mark.line, mark_carry(cp.mark)
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
         self._replaying(cp.closes, cp.cuts, cp.parts, cp.ends)
@@ -357,10 +374,10 @@ class FollowState:
             return
         now = self.clock()
         if not self._marks:
-            self._marks.append(replace(pos.origin, phase=self.phase))
+            self._marks.append(with_carry(pos.origin, self.carry))
         oldest = sz.oldest_open_line()
         if oldest is None or final or now - self._last_mark >= MARK_INTERVAL:
-            self._marks.append(replace(pos.mark(), phase=sz.window_phase))
+            self._marks.append(with_carry(pos.mark(), sz.carry()))
             self._last_mark = now
         if oldest is None:
             self._marks = self._marks[-1:]

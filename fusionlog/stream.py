@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
@@ -85,6 +85,43 @@ class StreamLimits:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"StreamLimits.{name}={value}: must be > 0 or None")
+
+
+@dataclass(frozen=True)
+class StreamCarry:
+    """What a sessionizer holds between two lines besides its open sessions: where a replay from that point must
+    begin to cut, name and close the sessions the first run did.
+
+    Why: a restart (`--state`) replays from a mark at or before the oldest open session's first line, often inside
+    a window or after log time that went back (a folder of hosts with their own clocks). From a blank sessionizer
+    the replay counted a line window from the wrong record, opened the rest of a window the size limit had cut under
+    a key of its own first line (`lines:43` for `lines:41`), named a reopened time window `time:B` for `time:B.1`,
+    and closed log-time-idle sessions against an older "now"."""
+
+    phase: int = 0  # lines rule: records in the window in progress
+    window: str | None = None  # window rules: the key the window in progress goes on under
+    bucket: int | None = None  # time rule: the last window's bucket
+    log_now: float | None = None  # the newest log time so far (log-time idleness is measured from it)
+    latest: int | None = None  # `TimeWindowKeys`: the latest bucket ...
+    again: tuple[tuple[int, int], ...] = ()  # ... and the windows reopened on earlier ones
+
+    def to_json(self) -> dict:
+        """The fields that differ from a blank sessionizer's (most states hold one or two)."""
+        return {name: list(map(list, value)) if name == "again" else value
+                for name, value in asdict(self).items() if value != getattr(BLANK_CARRY, name)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> StreamCarry:
+        """TypeError/ValueError for an object that is not one."""
+
+        def opt(name: str, kind):
+            return None if obj.get(name) is None else kind(obj[name])
+
+        return cls(int(obj.get("phase", 0)), opt("window", str), opt("bucket", int), opt("log_now", float),
+                   opt("latest", int), tuple((int(b), int(n)) for b, n in obj.get("again", ())))
+
+
+BLANK_CARRY = StreamCarry()
 
 
 @dataclass
@@ -365,13 +402,24 @@ class StreamSessionizer:
         """Lines fed so far (the number of the last one)."""
         return self._line_no
 
-    def start_at(self, line_no: int, window_phase: int = 0) -> None:
-        """Number the next line `line_no + 1`: a replay from a journal continues the stream's numbering.
-        `window_phase`: the `window_phase` the earlier run had after that line, so line windows fall where its did."""
+    def start_at(self, line_no: int, carry: StreamCarry = BLANK_CARRY) -> None:
+        """Number the next line `line_no + 1`: a replay continues the stream's numbering. `carry`: what the earlier
+        run's sessionizer held after that line (`carry()`), so windows, keys and idleness fall where its did."""
         if self._line_no or self.open_sessions:
             raise ConfigError("start_at: only before the first line")
         self._line_no = line_no
-        self._window_count = window_phase if self.rule.kind == "lines" else 0
+        kind = self.rule.kind
+        self._window_count = carry.phase if kind == "lines" else 0
+        self._split_key = carry.window if kind in ("lines", "time") else None
+        self._bucket = carry.bucket if kind == "time" else None
+        self._log_now = carry.log_now
+        self._window_keys.latest, self._window_keys.again = carry.latest, dict(carry.again)
+
+    def carry(self) -> StreamCarry:
+        """What a replay that begins after the current line needs besides the open sessions (`start_at`)."""
+        window = self._cur.key if self._cur is not None else self._split_key
+        return StreamCarry(self.window_phase, window, self._bucket, self._log_now, self._window_keys.latest,
+                           tuple(sorted(self._window_keys.again.items())))
 
     @property
     def window_phase(self) -> int:
@@ -1129,7 +1177,7 @@ def detect_stream(
     since = time.monotonic()
     lines = iter(lines)
     if checkpoint is not None:
-        sz.start_at(checkpoint.position.base, checkpoint.phase)
+        sz.start_at(checkpoint.position.base, checkpoint.carry)
         pending += _replay(sz, lines, checkpoint)
 
     def score() -> Iterator[dict]:

@@ -16,7 +16,7 @@ from fusionlog import folder_state
 from fusionlog.errors import ConfigError
 from fusionlog.folder_state import FolderFollowState, TurnFile
 from fusionlog.multifollow import MultiFollow
-from fusionlog.stream import StreamLimits, finished_verdicts, scorer_sessionizer
+from fusionlog.stream import BLANK_CARRY, StreamCarry, StreamLimits, finished_verdicts, scorer_sessionizer
 from tests.test_follow_state import Crash, _parts, _seen, _until_quiet, _write, interleaved, steered_run
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
@@ -195,6 +195,53 @@ def test_a_size_close_after_the_mark_and_split_parts_are_replayed_across_files(o
     assert set(_parts(before + after + rest)) == set(_parts(whole))
 
 
+def test_a_folder_restart_inside_a_line_window_the_size_limit_cut_keeps_the_windows_key(bgl_artifact, data_dir,
+                                                                                        tmp_path):
+    """The one-file case of `tests.test_follow_state` (20-line windows cut every 6 records, killed at line 49) over
+    two nodes' files written 7 lines at a time in turn: the folder state's mark carries the window in progress, and
+    the runs write the uninterrupted run's sessions, keys and parts included."""
+    from fusionlog.stream import load_scorer
+
+    scorer = load_scorer(bgl_artifact)
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=6)
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:100]
+    logs = tmp_path / "nodes"
+    crash_at: list[int] = []  # the round whose lines the kill comes after
+
+    def begin() -> None:
+        logs.mkdir(exist_ok=True)
+        _write(logs / "a.log", lines[:7], "w")
+        _write(logs / "b.log", [], "w")
+
+    def write_round(k: int) -> bool:
+        at = 7 * k
+        if at >= len(lines):
+            return True
+        _write(logs / ("ab"[k % 2] + ".log"), lines[at:at + 7])
+        if crash_at == [at]:
+            crash_at.clear()
+            raise Crash
+        return False
+
+    begin()
+    ref = scorer_sessionizer(scorer, limits)
+    whole = _folder_run(scorer, [str(logs)], None, ref, write_round) + finished_verdicts(scorer, ref.flush())
+    assert {(v["key"], v["part"]) for v in whole if v["first_line"] in (41, 47)} == {("lines:41", 0), ("lines:41", 1)}
+    begin()
+    crash_at.append(49)
+    st, tick = tmp_path / "st.json", itertools.count(0, 10).__next__
+    before = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=tick),
+                         scorer_sessionizer(scorer, limits), write_round)
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert saved["mark"]["line"] == 42 and saved["mark"]["carry"] == {"phase": 2, "window": "lines:41"}
+    rounds = itertools.count(8)
+    sz = scorer_sessionizer(scorer, limits)
+    after = _folder_run(scorer, [str(logs)], FolderFollowState(st, [str(logs)], clock=tick), sz,
+                        lambda k: write_round(next(rounds)))
+    rest = finished_verdicts(scorer, sz.flush())
+    assert set(_parts(before + after + rest)) == set(_parts(whole))
+
+
 def test_a_file_first_read_after_the_last_save_is_read_again_in_its_turns(os_lines, make_scorer,  # noqa: F811
                                                                           tmp_path):
     """b.log appears, and is first read, after the state's last save; sessions gathering lines of both files are
@@ -347,8 +394,6 @@ class _Settles:
     """What `FollowState.settled` reads of a sessionizer: all read lines fed, the oldest open session `behind`
     lines back."""
 
-    window_phase = 0
-
     def __init__(self, mf: MultiFollow, behind: int | None) -> None:
         self.mf, self.behind, self.open_sessions = mf, behind, int(behind is not None)
 
@@ -361,6 +406,9 @@ class _Settles:
 
     def split_parts(self) -> dict[str, int]:
         return {}
+
+    def carry(self) -> StreamCarry:
+        return BLANK_CARRY
 
 
 def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, monkeypatch):

@@ -11,7 +11,15 @@ import pytest
 
 from fusionlog.errors import ConfigError
 from fusionlog.follow_state import FilePosition, FollowState, ResumeAt
-from fusionlog.stream import StreamLimits, detect_stream, finished_verdicts, follow, scorer_sessionizer
+from fusionlog.stream import (
+    BLANK_CARRY,
+    StreamCarry,
+    StreamLimits,
+    detect_stream,
+    finished_verdicts,
+    follow,
+    scorer_sessionizer,
+)
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
 
@@ -93,7 +101,10 @@ def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowSta
     got = _until_quiet(gen)
 
     class Nothing:
-        line_no, open_sessions, window_phase = len(got), 0, 0
+        line_no, open_sessions = len(got), 0
+
+        def carry(self):
+            return BLANK_CARRY
 
         def oldest_open_line(self):
             return None
@@ -117,6 +128,15 @@ def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is
     with pytest.raises(ConfigError, match=r"another detect uses it \(pid \d+\)"):
         FollowState(tmp_path / "st.json", path)
     held.close()
+    old = {**saved, "mark": {**{k: v for k, v in saved["mark"].items() if k != "carry"}, "phase": 3}}
+    (tmp_path / "old.json").write_text(json.dumps(old), encoding="utf-8")
+    read = FollowState(tmp_path / "old.json", path)  # a state of stop 28: the line-window phase alone
+    assert read.carry == StreamCarry(phase=3)
+    read.close()
+    damaged = {**saved, "mark": {**saved["mark"], "carry": {"log_now": "noon"}}}
+    (tmp_path / "old.json").write_text(json.dumps(damaged), encoding="utf-8")
+    with pytest.raises(ConfigError, match="damaged"):
+        FollowState(tmp_path / "old.json", path)
     with pytest.raises(ConfigError, match="not .*other.log"):
         FollowState(tmp_path / "st.json", tmp_path / "other.log")
     os.rename(path, tmp_path / "app.log-20261128")  # rotated (dateext) while down
@@ -324,6 +344,87 @@ def test_a_restart_mid_window_cuts_line_windows_where_the_first_run_did(bgl_arti
     after += finished_verdicts(scorer, sz.flush())
     assert [v["first_line"] for v in before + after] == [v["first_line"] for v in whole]
     assert _seen(before + after) == _seen(whole)
+
+
+def test_a_restart_inside_a_line_window_the_size_limit_cut_keeps_the_windows_key_and_parts(bgl_artifact, data_dir,
+                                                                                           tmp_path):
+    """BGL's 20-line windows cut every 6 records (`--max-events 6`), written 7 lines at a time, killed at line 49: the
+    resume mark (line 42) falls inside part 0 of the window that began at line 41, which the size limit closed after
+    the mark. The replay opens its copy under that window's key (saved with the mark), not under a key of its own
+    first line, so the cut and the later parts fall on the uninterrupted run's sessions."""
+    from fusionlog.stream import load_scorer
+
+    scorer = load_scorer(bgl_artifact)
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None, max_events_per_session=6)
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:100]
+    ref = scorer_sessionizer(scorer, limits)
+    whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
+    assert {(v["key"], v["part"]) for v in whole if v["first_line"] in (41, 47)} == {("lines:41", 0), ("lines:41", 1)}
+    path = tmp_path / "BGL.log"
+    _write(path, lines[:7], "w")
+    chunks = iter(range(7, 100, 7))
+
+    def grow(k: int) -> bool:
+        at = next(chunks, None)
+        if at is None:
+            return True
+        _write(path, lines[at:at + 7])
+        if at == 49:
+            raise Crash
+        return False
+
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
+                         scorer_sessionizer(scorer, limits), grow)
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert saved["mark"]["line"] == 42 and saved["mark"]["carry"]["window"] == "lines:41"
+    sz = scorer_sessionizer(scorer, limits)
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
+    after += finished_verdicts(scorer, sz.flush())
+    assert set(_parts(before + after)) == set(_parts(whole))
+
+
+def test_a_restart_where_the_logs_time_went_back_names_the_reopened_windows_as_the_first_run_did(
+        bgl_artifact, data_dir, tmp_path):
+    """Hour windows over BGL's first 60 lines and then a copy of its first 30 (time goes back: the copy's windows are
+    `time:B.1`), written 7 lines at a time, killed at line 84. The mark (line 77) falls inside the copy's window
+    76-78. The replay names that window, and those after it, as the first run did: from the window and the reopened
+    buckets saved with the mark (a blank replay named them `time:B.2` and `time:B`)."""
+    from fusionlog.config import SessionRule
+    from fusionlog.stream import StreamSessionizer, load_scorer
+
+    scorer = load_scorer(bgl_artifact)
+    limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None)
+
+    def hours() -> StreamSessionizer:
+        return StreamSessionizer(scorer.event_id, SessionRule("time", seconds=3600.0), scorer.log_format, limits)
+
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:60]
+    lines += lines[:30]
+    ref = hours()
+    whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
+    assert [v["first_line"] for v in whole if v["key"].endswith(".1")] == [61, 65, 68, 69, 71, 72, 76, 79, 85, 88, 89]
+    path = tmp_path / "BGL.log"
+    _write(path, lines[:7], "w")
+    chunks = iter(range(7, 90, 7))
+
+    def grow(k: int) -> bool:
+        at = next(chunks, None)
+        if at is None:
+            return True
+        _write(path, lines[at:at + 7])
+        if at == 84:
+            raise Crash
+        return False
+
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), hours(), grow)
+    saved = json.loads((tmp_path / "st.json").read_text())
+    assert (saved["mark"]["line"], saved["done"]) == (77, 84) and saved["mark"]["carry"]["window"].endswith(".1")
+    sz = hours()
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
+    after += finished_verdicts(scorer, sz.flush())
+    assert _parts(before + after) == _parts(whole)
 
 
 def interleaved(lines: list[str], order: str) -> list[str]:

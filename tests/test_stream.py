@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import defaultdict
@@ -230,6 +231,35 @@ def test_a_replay_starts_a_keys_numbering_over_where_its_continuation_closed_uns
                            StreamLimits(max_events_per_session=3, idle_seconds=None))
     assert _replay(sz, iter(["a id=z", "b id=z", "c id=q"]), Checkpoint()) == []
     assert [(s.key, s.part) for s in sz.flush()] == [("z", 0), ("q", 0)]
+
+
+def test_a_replay_from_a_carry_measures_log_idleness_from_the_first_runs_newest_time():
+    """Two hosts' clocks 15 minutes apart in one log: b's line at 00:20 makes "now" 00:20, so c's lines from the
+    other host (00:05) close at once as idle. A replay that begins after b's session closed starts from the carry
+    saved there (JSON and back, as a state holds it) and closes c's lines as the first run did; from a blank
+    sessionizer it measured from 00:05 and kept them in one session."""
+    from fusionlog.stream import BLANK_CARRY, StreamCarry
+
+    def keyed() -> StreamSessionizer:
+        return StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Date> <Time> <Content>",
+                                 StreamLimits(idle_seconds=60, max_events_per_session=2))
+
+    head = ["2024-01-01 00:20:00 start id=b", "2024-01-01 00:20:01 stop id=b"]
+    rest = ["2024-01-01 00:05:00 start id=c", "2024-01-01 00:05:10 stop id=c"]
+    first = keyed()
+    assert [s.closed_by for s in first.feed_many(head)] == [CLOSED_SIZE] and first.open_sessions == 0
+    carry = StreamCarry.from_json(json.loads(json.dumps(first.carry().to_json())))
+    assert carry.log_now == first.carry().log_now and carry != BLANK_CARRY
+    replay, blank = keyed(), keyed()
+    replay.start_at(2, carry)
+    blank.start_at(2)
+
+    def sessions(sz: StreamSessionizer) -> list[tuple]:
+        return [(s.key, s.closed_by, s.first_line) for s in [*sz.feed_many(rest), *sz.flush()]]
+
+    want = sessions(first)
+    assert want == [("c", CLOSED_IDLE, 3), ("c", CLOSED_IDLE, 4)]
+    assert sessions(replay) == want and sessions(blank) != want
 
 
 def test_key_session_closes_after_idle_log_time():
