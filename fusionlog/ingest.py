@@ -225,7 +225,7 @@ class IngestStreams:
         journal = self._journals.get(stream)
         if journal is not None:
             journal.written_through(sz.line_no)
-            journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts())
+            journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts(), sz.carry())
 
     def poll(self) -> list[dict]:
         """Close and score the sessions idle for `wall_idle_seconds` in every stream."""
@@ -238,7 +238,7 @@ class IngestStreams:
             journal = self._journals.get(name)
             if journal is not None:
                 journal.closed([s.key for s in done])
-                journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts())
+                journal.settle(sz.line_no, sz.oldest_open_line(), sz.split_parts(), sz.carry())
         return out
 
     def flush(self, stream: str | None = None) -> list[dict]:
@@ -273,8 +273,8 @@ class IngestStreams:
                 logger.warning("ingest journal %s: stream %r is already open; not replayed", path, name)
                 continue
             sz = self._open_stream(name, StreamJournal.resume(path, replay, sync=self.config.journal_sync))
-            sz.start_at(replay.base)
-            # (a journal rewritten from the oldest open session marks every verdict up to then written, so a
+            sz.start_at(replay.base, replay.carry)
+            # (a journal rewritten from before the oldest open session marks every verdict up to then written, so a
             # continuation closed since its first line closes silently: its part needs no record, unlike `--state`'s)
             sz.expect_parts({**replay.parts, **parts_at_start(replay.cuts, ())})
             late = []

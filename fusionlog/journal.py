@@ -9,10 +9,10 @@ finished, and whose verdicts were written, close silently; those finished after 
 scored and written now; the rest are open again, as they were. Delivery is at least once: a verdict written
 just before a crash (after its mark was due) may be written again; none is lost.
 
-The file stays small: it is emptied whenever its stream has no open session, and rewritten from the oldest open
-session's first line once it holds several times the lines that session spans. A wall-idle close (the
-background poll) is journaled, so a replay closes the same sessions; a stream's flush (and a clean shutdown,
-and a reload) removes its file.
+The file stays small: it is emptied whenever its stream has no open session, and rewritten from the end of the last
+post before the oldest open session's first line once it holds several times the lines from there. A wall-idle close
+(the background poll) is journaled, so a replay closes the same sessions; a stream's flush (and a clean shutdown, and
+a reload) removes its file.
 
 Format: one entry per line. The first is a header `{"fusionlog_journal": 1, "stream": NAME, "base": N, "done": M}` (the
 stream's lines before this file, and the last line whose finished sessions were written); then each line as a
@@ -21,7 +21,8 @@ same write: lines without it were cut by a crash, their shipper had no answer an
 not replayed), `{"done": M}` after a post's verdicts were written, `{"close": [KEY, ...]}` after a wall-idle
 close, and `{"cut": [[LINE, KEY, PART], ...]}` after a post whose lines filled sessions up (`max_events_per_session`).
 A replay closes those where they closed: one that begins after such a session's first line (a rewritten journal's)
-holds fewer of its events. The header's `"parts"` (key -> next part) numbers the sessions of keys split before it.
+holds fewer of its events. The header's `"parts"` (key -> next part) numbers the sessions of keys split before it;
+its `"carry"` is what the sessionizer held before the first line (`fusionlog.stream.StreamCarry`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from urllib.parse import quote
 
 from fusionlog.errors import ConfigError
 from fusionlog.io import hold_lock
+from fusionlog.stream import BLANK_CARRY, StreamCarry
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ JOURNAL_VERSION = 1
 SUFFIX = ".journal"
 #: A journal is rewritten from its oldest open session once it holds more lines than this ...
 COMPACT_MIN_LINES = 10_000
-#: ... and more than this many times the lines that session spans.
+#: ... and more than this many times the lines from the rewrite's start (the last post's end before that session).
 COMPACT_FACTOR = 4
+#: Post ends (with the sessionizer's carry there) a journal remembers at most as places a rewrite may start from.
+MAX_PLACES = 256
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Replay:
     entries: list[str | list[str]] = field(default_factory=list)  # a line, or the keys of a wall-idle close
     cuts: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # line -> (key, part) closed there by size
     parts: dict[str, int] = field(default_factory=dict)  # key -> next part, of the keys split before the first line
+    carry: StreamCarry = BLANK_CARRY  # the sessionizer's before the first line (`StreamSessionizer.start_at`)
     skipped: int = 0  # unreadable entries (a damaged file)
     uncommitted: int = 0  # lines of a post the crash cut short (its shipper had no answer: it sends them again)
     committed_bytes: int = 0  # where the last committed entry ends (a resumed journal is cut there)
@@ -74,6 +79,7 @@ class StreamJournal:
         self.stream = stream
         self.sync = sync
         self.lines = 0  # lines in the file
+        self._places: list[tuple[int, StreamCarry]] = []  # (stream line, carry there) where a rewrite may start
         self._failed = False
         self._fh = None
         self._start(base, done)
@@ -85,24 +91,30 @@ class StreamJournal:
         journal.path, journal.stream, journal._failed, journal._fh = Path(path), replay.stream, False, None
         journal.sync = sync
         journal.lines = sum(1 for e in replay.entries if isinstance(e, str))
+        journal._places = [(replay.base, replay.carry)]
         journal._guarded(lambda: os.truncate(journal.path, replay.committed_bytes))  # a cut post's lines go
         journal._open_append()
         return journal
 
-    def _start(self, base: int, done: int, parts: dict[str, int] | None = None) -> None:
+    def _start(self, base: int, done: int, parts: dict[str, int] | None = None,
+               carry: StreamCarry = BLANK_CARRY) -> None:
         """A new file holding only the header (the stream's numbering so far)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done, parts)], self.sync))
+        self._guarded(lambda: _write_new(tmp, self.path, [self._header(base, done, parts, carry)], self.sync))
         self._open_append()
         self.lines = 0
+        self._places = [(base, carry)]
 
-    def _header(self, base: int, done: int, parts: dict[str, int] | None = None) -> str:
+    def _header(self, base: int, done: int, parts: dict[str, int] | None = None,
+                carry: StreamCarry = BLANK_CARRY) -> str:
         head = {"fusionlog_journal": JOURNAL_VERSION, "stream": self.stream, "base": base, "done": done}
         if parts:
             head["parts"] = parts
+        if carry != BLANK_CARRY:
+            head["carry"] = carry.to_json()
         return json.dumps(head, ensure_ascii=False)
 
     def _open_append(self) -> None:
@@ -149,28 +161,43 @@ class StreamJournal:
         if cuts:
             self._write(_cut_entry(cuts))
 
-    def settle(self, line_no: int, oldest_open: int | None, parts: dict[str, int] | None = None) -> None:
-        """After a post or a close: empty the file when nothing is open, rewrite it from the oldest open session's
-        first line when it has grown well past what that session spans. `parts`: the stream's split keys' next
-        part numbers (`StreamSessionizer.split_parts`), for the new header."""
+    def settle(self, line_no: int, oldest_open: int | None, parts: dict[str, int] | None = None,
+               carry: StreamCarry = BLANK_CARRY) -> None:
+        """After a post or a close: empty the file when nothing is open; when it has grown well past what the open
+        sessions need, rewrite it from the last post's end before the oldest open session's first line. `parts`:
+        the stream's split keys' next part numbers (`StreamSessionizer.split_parts`), for the new header; `carry`:
+        what the sessionizer holds now (`StreamSessionizer.carry`), kept for a rewrite that starts here.
+
+        Why from a post's end, not from the session's first line: a replay must begin where the sessionizer's
+        carry is known (the window in progress and its count, the newest log time). Before stop 29 the rewrite began
+        at the session's first line with a blank carry, and a line window cut by size was counted and named anew."""
         if self._failed:
             return
         if oldest_open is None:
             if self.lines:
-                self._start(line_no, line_no, parts)
+                self._start(line_no, line_no, parts, carry)
+            else:
+                self._places = [(line_no, carry)]
             return
-        span = line_no - oldest_open + 1
-        if self.lines > COMPACT_MIN_LINES and self.lines > COMPACT_FACTOR * span:
-            self._compact(oldest_open, line_no, parts)
+        self._places.append((line_no, carry))
+        start = max((i for i, (at, _) in enumerate(self._places) if at < oldest_open), default=0)
+        places = self._places = self._places[start:]
+        if len(places) > MAX_PLACES:  # a session open for a very long time: every other place between goes
+            self._places = [places[0], *places[2:-1:2], places[-1]]
+        base, base_carry = self._places[0]
+        if self.lines > COMPACT_MIN_LINES and self.lines > COMPACT_FACTOR * (line_no - base):
+            self._compact(base + 1, line_no, parts, base_carry)
 
-    def _compact(self, first_line: int, line_no: int, parts: dict[str, int] | None = None) -> None:
+    def _compact(self, first_line: int, line_no: int, parts: dict[str, int] | None = None,
+                 carry: StreamCarry = BLANK_CARRY) -> None:
         """Keep the entries from stream line `first_line` on (the closes and size closes among them too); the
-        header's mark is `line_no`, as every verdict up to now was written."""
+        header's mark is `line_no`, as every verdict up to now was written, and its carry the sessionizer's before
+        `first_line`."""
         self.close()
         replay = self._guarded(lambda: read_journal(self.path))
         if replay is None:
             return
-        kept: list[str] = [self._header(first_line - 1, line_no, parts)]
+        kept: list[str] = [self._header(first_line - 1, line_no, parts, carry)]
         cuts = sorted((at, sessions) for at, sessions in replay.cuts.items() if at >= first_line)
         if cuts:
             kept.append(_cut_entry(cuts)[:-1])
@@ -255,7 +282,8 @@ def read_journal(path: Path) -> Replay:
         if head.get("fusionlog_journal") != JOURNAL_VERSION:
             raise ValueError(f"version {head.get('fusionlog_journal')!r}")
         replay = Replay(str(head["stream"]), int(head["base"]), int(head["done"]),
-                        parts={str(k): int(v) for k, v in head.get("parts", {}).items()})
+                        parts={str(k): int(v) for k, v in head.get("parts", {}).items()},
+                        carry=StreamCarry.from_json(head.get("carry", {})))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not an ingest journal ({exc})") from None
     pending: list[str] = []

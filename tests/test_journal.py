@@ -14,6 +14,7 @@ from fusionlog.errors import ConfigError
 from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink
 from fusionlog.journal import StreamJournal, read_journal
 from fusionlog.serving import create_app
+from fusionlog.stream import StreamCarry
 from tests.test_follow_state import _parts, interleaved
 from tests.test_ingest import make_scorer, os_lines  # noqa: F401 - fixtures
 
@@ -141,6 +142,39 @@ def test_a_rewritten_journal_replays_size_closes_and_part_numbers(os_lines, make
     assert _parts(replayed) == _parts(original) and [v["part"] for v in original if v["first_line"] == 17] == [1]
 
 
+def test_a_journal_rewritten_inside_a_cut_line_window_replays_its_key_and_count(bgl_artifact, data_dir, tmp_path,
+                                                                                monkeypatch):
+    """BGL's 20-line windows cut every 6 records, posted 7 lines at a time: after line 49 the journal is rewritten
+    from the last post's end before the open part's first line (47), line 42, inside part 0 of window `lines:41`. The
+    header keeps the sessionizer's carry there, so the replay counts the window on from its third record under its
+    key (before stop 29 it began a window `lines:43` of its own and cut every later one elsewhere)."""
+    from fusionlog.stream import load_scorer
+
+    monkeypatch.setattr(journal_mod, "COMPACT_MIN_LINES", 2)
+    monkeypatch.setattr(journal_mod, "COMPACT_FACTOR", 2)
+    scorer = load_scorer(bgl_artifact)
+    lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:100]
+    (tmp_path / "j").mkdir()
+    cfg = IngestConfig(idle_seconds=None, wall_idle_seconds=None, max_events=6, journal_dir=str(tmp_path / "j"))
+    streams = IngestStreams(scorer, cfg, VerdictSink(cfg))
+    for post in _posts(lines[:49], 7):
+        streams.feed(STREAM, post)
+    replay = read_journal(next((tmp_path / "j").iterdir()))
+    assert (replay.base, replay.carry.to_json()) == (42, {"phase": 2, "window": "lines:41"})
+    shutil.copytree(tmp_path / "j", tmp_path / "copy")  # the journal as a crash would leave it
+    again = IngestStreams(scorer, replace(cfg, journal_dir=str(tmp_path / "copy")), VerdictSink(cfg))
+    again.recover()
+    original: list[dict] = []
+    replayed: list[dict] = []
+    for post in _posts(lines[49:], 7):
+        original += streams.feed(STREAM, post)[0]
+        replayed += again.feed(STREAM, post)[0]
+    original, replayed = original + streams.flush(STREAM), replayed + again.flush(STREAM)
+    assert _parts(replayed) == _parts(original)
+    assert [(v["key"], v["part"]) for v in original if v["first_line"] in (47, 53, 59)] == [
+        ("lines:41", 1), ("lines:41", 2), ("lines:41", 3)]
+
+
 def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp_path, monkeypatch):
     j = StreamJournal(tmp_path, "s")
     j.lines_added([f"line {i}" for i in range(1, 11)])
@@ -150,19 +184,24 @@ def test_the_journal_is_emptied_when_nothing_is_open_and_compacted_when_long(tmp
     assert (r.base, r.done, r.entries) == (10, 10, [])
     monkeypatch.setattr(journal_mod, "COMPACT_MIN_LINES", 20)
     j.lines_added([f"line {i}" for i in range(11, 30)])
-    j.closed(["k0"])  # before the oldest open session: dropped with its lines
-    j.lines_added([f"line {i}" for i in range(30, 34)])
+    j.closed(["k0"])  # before where the rewrite starts: dropped with its lines
+    j.lines_added([f"line {i}" for i in range(30, 33)])
+    j.written_through(32)
+    j.settle(32, 28, carry=StreamCarry(phase=4, window="lines:29"))  # a post's end: a rewrite may start after it
+    j.lines_added(["line 33"])
     j.closed(["k1"])
     j.lines_added([f"line {i}" for i in range(34, 36)])
     j.cut([(29, [("k2", 0)]), (34, [("k3", 1), ("k4", 0)])])  # size closes: only those from line 33 on stay
     j.written_through(35)
-    j.settle(35, 28)  # 25 lines held, 8 span the oldest open session (from line 28): under 4 times, kept
+    # the oldest open session began at line 28: the last post's end before it is line 10, 25 lines back: kept
+    j.settle(35, 28)
     assert read_journal(j.path).base == 10
-    j.settle(35, 33, {"k3": 2, "k4": 1})  # 3 span it: rewritten from line 33
+    j.settle(35, 33, {"k3": 2, "k4": 1})  # now at line 33: the post's end before it is line 32, 3 lines back
     r = read_journal(j.path)
     assert (r.base, r.done, j.lines) == (32, 35, 3)
     assert r.entries == ["line 33", ["k1"], "line 34", "line 35"]
     assert r.cuts == {34: [("k3", 1), ("k4", 0)]} and r.parts == {"k3": 2, "k4": 1}
+    assert r.carry == StreamCarry(phase=4, window="lines:29")  # the sessionizer's at the rewrite's start
     j.lines_added(["line 36"])  # appending goes on after the rewrite
     assert read_journal(j.path).entries[-1] == "line 36"
     j.remove()
