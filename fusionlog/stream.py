@@ -229,6 +229,12 @@ class HeaderParser:
         if reset is not None:
             reset()
 
+    @property
+    def holding(self) -> bool:
+        """A container runtime's chunk is held for the rest of its line (the line is not read yet)."""
+        holding = getattr(self._record, "holding", None)
+        return holding is not None and holding()
+
     def continuation(self, line: str) -> bool:
         """True for a line the system's `line_filter` rejects (a stack-trace line, say): not a record."""
         return self._keep is not None and self._keep.search(line) is None
@@ -392,6 +398,7 @@ class StreamSessionizer:
         self._max_events = self.limits.max_events_per_session
         self._tail: TraceTail[tuple[str, float | None]] = TraceTail()  # the last record: (line, time)
         self._window_keys = TimeWindowKeys()
+        self._held_from: int | None = None  # the first line of a container runtime's chunks held (see oldest_open_line)
 
     @property
     def open_sessions(self) -> int:
@@ -428,11 +435,20 @@ class StreamSessionizer:
         return self._window_count if self.rule.kind == "lines" else 0
 
     def oldest_open_line(self) -> int | None:
-        """The first line of the oldest open session (None when nothing is open): a replay from there rebuilds
-        every open session."""
+        """The first line of the oldest open session, or of a container runtime's chunks held for the rest of their
+        line (None when neither): a replay from there rebuilds every open session and the held line.
+
+        Why the chunks: a line the runtime split (Docker at 16 KiB) is read when its last chunk comes. A replay that
+        began between its chunks read the last one alone and lost the record (a `--state` mark or a journal emptied
+        there, with nothing open)."""
         firsts = [s.first_line for s in self._open.values()]
         if self._cur is not None:
             firsts.append(self._cur.first_line)
+        if self._held_from is not None:
+            if self.parser.holding:
+                firsts.append(self._held_from)
+            else:
+                self._held_from = None
         return min(firsts) if firsts else None
 
     def cut(self, key: str, part: int) -> list[FinishedSession]:
@@ -495,6 +511,8 @@ class StreamSessionizer:
             return self._not_record(line, read, continuation=True)
         parsed = self.parser.parse_timed(text)
         if not parsed:
+            if parsed is False and self._held_from is None:  # a chunk held for the rest of its line
+                self._held_from = self._line_no
             return self._not_record(line, read, continuation=parsed is False)
         content, sig = parsed
         ts = self.parser.timestamp(sig) if (sig is not None and self._timestamps) else None

@@ -427,6 +427,52 @@ def test_a_restart_where_the_logs_time_went_back_names_the_reopened_windows_as_t
     assert _parts(before + after) == _parts(whole)
 
 
+def test_no_mark_falls_between_the_chunks_of_a_line_the_runtime_split(tmp_path):
+    """Docker's json-file log, a session a record (nothing stays open): a 40 KiB line split into 16 KiB chunks comes
+    one chunk at a time. While a chunk is held the mark stays before it, so a restart after a crash there reads the
+    whole line again and has its record (a mark after the held chunk read the last one alone: no record, no key)."""
+    import json as _json
+
+    from fusionlog.config import SessionRule
+    from fusionlog.stream import StreamSessionizer
+    from tests.test_containers import _runtime_time
+
+    big = "order=2 failed: " + "x" * 40_000
+    chunks = [big[i:i + 16_384] for i in range(0, len(big), 16_384)]
+    texts = ["order=1 placed", *chunks, "order=3 placed"]
+    rows = [_json.dumps({"log": t + ("" if 1 <= i < len(chunks) else "\n"), "stream": "stdout",
+                         "time": _runtime_time(i)}) for i, t in enumerate(texts)]
+    path = tmp_path / "app-json.log"
+    _write(path, [], "w")
+
+    def sessionizer() -> StreamSessionizer:
+        return StreamSessionizer(len, SessionRule("key", key_pattern=r"order=(\d+)"), "docker:<Content>",
+                                 StreamLimits(max_events_per_session=1, idle_seconds=None))
+
+    tick = itertools.count(0, 10).__next__  # every settle marks and saves
+    state = FollowState(tmp_path / "st.json", path, clock=tick)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
+    sz, marks = sessionizer(), []
+    for row in rows[:3]:  # the first record, then two chunks held: the kill comes before the last chunk
+        _write(path, [row])
+        for line in _until_quiet(gen):
+            sz.feed(line)
+        state.settled(sz)
+        marks.append(json.loads((tmp_path / "st.json").read_text())["mark"]["line"])
+    assert sz.open_sessions == 0 and sz.oldest_open_line() == 2 and marks == [1, 1, 1]
+    gen.close()
+    state.close()
+    _write(path, rows[3:])
+    state = FollowState(tmp_path / "st.json", path)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position, resume=state.resume)
+    again = sessionizer()
+    again.start_at(state.position.base, state.carry)
+    got = [(s.key, s.first_line) for line in _until_quiet(gen) for s in again.feed(line)]
+    assert got == [("2", 4), ("3", 5)] and again.oldest_open_line() is None
+    gen.close()
+    state.close()
+
+
 def interleaved(lines: list[str], order: str) -> list[str]:
     """OpenStack lines of several instances in a chosen order: `order`'s letter k is the next line of the k-th
     instance (by first appearance in `lines`)."""

@@ -428,4 +428,5 @@ def _unwrapping_reader(wrapper: str, inner_format: str) -> Callable[[str], dict[
         return out
 
     read.reset = held.clear  # type: ignore[attr-defined]  # the end of one input: a held chunk has no rest to come
+    read.holding = lambda: bool(held)  # type: ignore[attr-defined]  # a chunk waits for the rest of its line
     return read
