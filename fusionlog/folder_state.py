@@ -288,7 +288,7 @@ class FolderFollowState(FollowState):
                "starts": {name: asdict(m) for name, m in starts.items()},
                "now": {name: asdict(m) for name, m in follow.positions().items()},
                "read": [asdict(m) for m in read], "done": self._done, "open_sessions": sz.open_sessions,
-               "closes": [[at, keys] for at, keys in self._closes], "cuts": cuts_json(self._cuts),
+               "closes": [], "cuts": cuts_json(self._cuts),  # the closes are in the turn file (as a `CloseLog`'s)
                "parts": sz.split_parts(), "ends": [list(end) for end in self._ends]}
         partial = follow.current_turn()  # the turn going on: its lines so far
         try:

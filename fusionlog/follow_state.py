@@ -12,7 +12,8 @@ only says where in it a restart begins and what was already written:
   or before it close silently; later ones are scored (at least once: none lost);
 * the wall-idle closes and the size closes (`max_events_per_session`) since the mark, replayed at the lines where
   they happened: a session open at the mark and closed by size later holds fewer events in the replay, which
-  would not fill it up where the first run did.
+  would not fill it up where the first run did. The wall-idle closes go to a log beside the state (`CloseLog`,
+  FILE.closes), appended to before their verdicts are written.
 
 The state is rewritten (atomically, synced to disk) at most once a second, each time after the verdicts so far
 are written; a clean stop writes it last and leaves the open sessions open for the next run instead of scoring
@@ -51,6 +52,8 @@ MARK_INTERVAL = 0.5
 MAX_MARKS = 256
 #: Files a follower has left (rotated away) that a folder's state remembers, so a restart does not read them again.
 MAX_LEFT = 32
+#: Closes before the mark a close log holds at least before it is rewritten without them (when they are most of it).
+COMPACT_CLOSES = 1_000
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,58 @@ def same_file(mark: Mark, name: Path | str) -> bool:
     return hashlib.sha256(head).hexdigest() == mark.head_sha256
 
 
+class CloseLog:
+    """The wall-idle closes since the mark, appended as they happen (FILE.closes beside the state): a line each,
+    `LINE<TAB>["key", ...]`.
+
+    Why not in the state's JSON: a session open for hours pins the mark, and every close since is kept. Each
+    close was saved before its verdicts were written, a full rewrite of the state each time: at 100,000 closes
+    behind the mark a 5 MB JSON and 110 ms a save (`/tmp/s29/save_cost.py`, stop 29), as often as the poll found a
+    session idle. Appending costs what the new closes cost; the log is rewritten without the closes before the mark
+    once they are most of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0  # closes in the file
+
+    def append(self, closes: list[tuple[int, list[str]]]) -> None:
+        """Durably (synced), as the state: the verdicts of these closes are written next."""
+        if not closes:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.count += len(closes)
+
+    def rewrite(self, closes: list[tuple[int, list[str]]]) -> None:
+        """The file with only `closes` (those after the mark of the state on disk)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        atomic = CloseLog(tmp)
+        tmp.unlink(missing_ok=True)
+        atomic.append(closes)
+        tmp.touch()
+        os.replace(tmp, self.path)
+        self.count = len(closes)
+
+    def read(self, after: int) -> list[tuple[int, list[str]]]:
+        """The closes after stream line `after`; a torn last line (a crash mid-append) ends them. ValueError /
+        TypeError for a damaged file."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        closes = []
+        for row in text.splitlines(keepends=True):
+            if not row.endswith("\n"):
+                break
+            line, _, keys = row.rstrip("\n").partition("\t")
+            self.count += 1
+            if int(line) > after:
+                closes.append((int(line), [str(k) for k in json.loads(keys)]))
+        return closes
+
+
 class FollowState:
     """The state file of one followed file, for `detect_stream`'s checkpoint hooks (a folder's follow has
     `fusionlog.folder_state.FolderFollowState`, built on this one). One process at a time (a lock beside the
@@ -270,6 +325,7 @@ class FollowState:
         self._done = 0
         self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
         self._last_mark = self._last_save = float("-inf")
+        self._close_log = CloseLog(Path(str(self.path) + ".closes"))
         self._load()
 
     # -- start -------------------------------------------------------------------------------------------------
@@ -297,6 +353,7 @@ class FollowState:
     def _load(self) -> None:
         obj = self._read_json()
         if obj is None:
+            self._close_log.path.unlink(missing_ok=True)  # the close log of a state moved away is not this one's
             return
         cp = Checkpoint.from_json(obj, self.path)
         if Path(cp.followed) != self.followed:
@@ -308,11 +365,23 @@ class FollowState:
             logger.warning("--state %s: %s (where it stopped, line %d) is gone or was rewritten; starting over at "
                            "the top of the file%s", self.path, cp.mark.path, cp.done,
                            f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
+            self._close_log.path.unlink(missing_ok=True)
             return
+        try:
+            logged = self._close_log.read(cp.mark.line)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"--state {self.path}: {self._close_log.path} is damaged ({exc}); move both away to "
+                              f"start over") from None
         self.position.base, self.carry = cp.mark.line, mark_carry(cp.mark)
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
-        self._replaying(cp.closes, cp.cuts, cp.parts, cp.ends)
+        self._replaying(sorted({(line, tuple(keys)) for line, keys in [*cp.closes, *logged]}), cp.cuts, cp.parts,
+                        cp.ends)
+        if cp.closes:  # a state of stop 28 kept its closes in the JSON, which the next save leaves out
+            try:
+                self._close_log.rewrite(self._closes)
+            except OSError as exc:
+                raise ConfigError(f"--state {self.path}: cannot write {self._close_log.path} ({exc})") from None
         self._marks = [cp.mark]
         where = "" if found == self.followed else f" (now {found.name}: rotated since)"
         logger.info("--state %s: resuming %s at line %d%s: reading %d line(s) again for %d open session(s)",
@@ -326,10 +395,10 @@ class FollowState:
                    parts: dict[str, int], ends: list[tuple[int, str, int]]) -> None:
         """What a replay closes where the earlier run closed it (the wall-idle closes and the size closes), and the
         part numbers it gives: the earlier run's, as its sessions were numbered."""
-        self._closes, self._cuts, self.replay_parts = list(closes), list(cuts), dict(parts)
+        self._closes, self._cuts, self.replay_parts = [(at, list(keys)) for at, keys in closes], list(cuts), dict(parts)
         self._ends, self.replay_ends = list(ends), list(ends)
         for line, keys in closes:
-            self.replay_closes.setdefault(line, []).append(keys)
+            self.replay_closes.setdefault(line, []).append(list(keys))
         for line, sessions in cuts:
             self.replay_cuts.setdefault(line, []).extend(sessions)
 
@@ -343,8 +412,9 @@ class FollowState:
         * a continuation closed otherwise: it tells a replay from before it the key's part number, which the close
           started over.
         The last two are saved with the next save: a session the replay holds only part of began before the saved
-        mark, so it was closed before the save (the mark is at or before the first line of every session open then);
-        a wall-idle close is saved at once, its continuation with it."""
+        mark, so it was closed before the save (the mark is at or before the first line of every session open then).
+        A wall-idle close is logged at once (`CloseLog`); the state saved before it holds the part its continuation
+        had."""
         from fusionlog.stream import CLOSED_WALL_IDLE, numbered_ends, size_closed  # (stream imports this module)
 
         if wall := [s.key for s in sessions if s.closed_by == CLOSED_WALL_IDLE]:
@@ -355,12 +425,18 @@ class FollowState:
         self._ends += [(line_no, s.key, s.part) for s in numbered_ends(sessions)]
 
     def recording(self, sz) -> None:
-        """Verdicts are about to be written: a wall-idle close since the last save is saved first, so that a restart
-        after a crash closes those sessions where this run did and their verdicts come again alike. (The file
-        itself is the order of its lines; a folder's state records the order its files were read in, in its turn
-        file: `fusionlog.folder_state`.)"""
-        if self._unsaved_closes:
-            self.save(sz)
+        """Verdicts are about to be written: a wall-idle close since the last save is logged first (`CloseLog`), so
+        that a restart after a crash closes those sessions where this run did and their verdicts come again alike.
+        (The file itself is the order of its lines; a folder's state records the order its files were read in, in
+        its turn file: `fusionlog.folder_state`.)"""
+        self._log_closes()
+
+    def _log_closes(self) -> None:
+        try:
+            self._close_log.append(self._unsaved_closes)
+            self._unsaved_closes = []
+        except OSError as exc:  # a full disk must not stop detection: the next save tries again
+            logger.warning("--state %s: cannot write %s (%s)", self.path, self._close_log.path, exc)
 
     def settled(self, sz, final: bool = False) -> None:
         """Every session `sz` finished so far has its verdict written: move the mark up to the oldest open
@@ -398,11 +474,14 @@ class FollowState:
     def save(self, sz) -> None:
         if not self._marks:
             return
-        cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, self._closes, self._cuts,
+        self._log_closes()
+        cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, [], self._cuts,
                         sz.split_parts(), self._ends)
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
-            self._unsaved_closes = []
+            log = self._close_log
+            if log.count - len(self._closes) > max(COMPACT_CLOSES, log.count // 2) and not self._unsaved_closes:
+                log.rewrite(self._closes)  # without the closes before the mark just saved
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from fusionlog.errors import ConfigError
-from fusionlog.follow_state import FilePosition, FollowState, ResumeAt
+from fusionlog.follow_state import CloseLog, FilePosition, FollowState, ResumeAt
 from fusionlog.stream import (
     BLANK_CARRY,
     StreamCarry,
@@ -75,6 +75,50 @@ def test_a_follow_resumes_at_its_position_in_the_file_or_in_the_file_a_rotation_
     assert list(cut) == []
 
 
+def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path, monkeypatch):
+    """The wall-idle closes since the mark go to FILE.closes, appended before their verdicts are written: the
+    state's JSON does not grow with them while a session pins the mark. Once the mark passes them the log is
+    rewritten without them; a torn last line (a crash mid-append) ends what a restart reads of it."""
+    from fusionlog import follow_state
+    from fusionlog.stream import CLOSED_WALL_IDLE, FinishedSession
+
+    monkeypatch.setattr(follow_state, "COMPACT_CLOSES", 3)
+    path = tmp_path / "app.log"
+    _write(path, [f"x {i}" for i in range(10)], "w")
+    state = FollowState(tmp_path / "st.json", path, clock=itertools.count(0, 10).__next__)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
+    assert len(_until_quiet(gen)) == 10
+
+    class Sessionizer:
+        line_no, open_sessions, pinned = 10, 1, True
+
+        def oldest_open_line(self):
+            return 1 if self.pinned else None
+
+        def split_parts(self):
+            return {}
+
+        def carry(self):
+            return BLANK_CARRY
+
+    sz = Sessionizer()
+    log = CloseLog(tmp_path / "st.json.closes")
+    for i in range(8):
+        state.finished(10, [FinishedSession(f"k{i}", [1], None, None, CLOSED_WALL_IDLE)])
+        state.recording(sz)
+        state.settled(sz)  # the mark stays before line 1: every close is kept
+    assert len(log.read(0)) == 8 and json.loads((tmp_path / "st.json").read_text())["closes"] == []
+    sz.pinned, sz.open_sessions = False, 0
+    state.settled(sz, final=True)  # nothing open: the mark moves to line 10, past every close
+    assert log.path.exists() and log.read(0) == []
+    log.append([(11, ["k9"])])
+    with open(log.path, "a", encoding="utf-8") as fh:
+        fh.write('12\t["k1')  # torn by a crash
+    assert log.read(0) == [(11, ["k9"])]
+    gen.close()
+    state.close()
+
+
 def test_a_utf16_file_resumes_by_its_lines(tmp_path):
     """A file in a marked encoding is read through a recoder, whose byte offsets are not the lines': resumed by
     counting lines."""
@@ -128,10 +172,12 @@ def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is
     with pytest.raises(ConfigError, match=r"another detect uses it \(pid \d+\)"):
         FollowState(tmp_path / "st.json", path)
     held.close()
-    old = {**saved, "mark": {**{k: v for k, v in saved["mark"].items() if k != "carry"}, "phase": 3}}
+    old = {**saved, "mark": {**{k: v for k, v in saved["mark"].items() if k != "carry"}, "phase": 3},
+           "closes": [[3, ["k"]]]}
     (tmp_path / "old.json").write_text(json.dumps(old), encoding="utf-8")
-    read = FollowState(tmp_path / "old.json", path)  # a state of stop 28: the line-window phase alone
-    assert read.carry == StreamCarry(phase=3)
+    read = FollowState(tmp_path / "old.json", path)  # a state of stop 28: the line-window phase alone, closes in it
+    assert read.carry == StreamCarry(phase=3) and read.replay_closes == {3: [["k"]]}
+    assert CloseLog(tmp_path / "old.json.closes").read(2) == [(3, ["k"])]  # kept where the next save looks
     read.close()
     damaged = {**saved, "mark": {**saved["mark"], "carry": {"log_now": "noon"}}}
     (tmp_path / "old.json").write_text(json.dumps(damaged), encoding="utf-8")
@@ -236,7 +282,8 @@ def test_a_crashed_follow_resumes_with_its_open_sessions_and_wall_closes_writing
     assert sz.open_sessions > 0
     saved = json.loads((tmp_path / "st.json").read_text())
     assert saved["done"] == 600 and saved["open_sessions"] == sz.open_sessions
-    assert saved["mark"]["line"] < sz.oldest_open_line() and saved["closes"][0][0] == 300
+    assert saved["mark"]["line"] < sz.oldest_open_line() and saved["closes"] == []  # they are in the close log:
+    assert [line for line, _ in CloseLog(tmp_path / "st.json.closes").read(0)] == [300]
     state = FollowState(tmp_path / "st.json", path, clock=tick)
     assert state.replay_through == 600 and sorted(state.replay_closes[300][0]) == sorted(s.key for s in closed)
     sz2 = scorer_sessionizer(scorer, limits, clock=lambda: 75.0)
@@ -290,7 +337,9 @@ def test_a_wall_idle_close_after_the_last_save_is_saved_before_its_verdicts(os_l
     sz = scorer_sessionizer(scorer, limits, clock=lambda: wall[0])
     before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=saves), sz, first_run)
     closed = [v for v in before if v["closed_by"] == "wall_idle"]
-    assert closed and json.loads((tmp_path / "st.json").read_text())["closes"][0][0] == 300
+    # logged before the verdicts (the state itself was saved once, before the close)
+    assert closed and [line for line, _ in CloseLog(tmp_path / "st.json.closes").read(0)] == [300]
+    assert json.loads((tmp_path / "st.json").read_text())["done"] < 300
 
     def second_run(k: int) -> bool:
         if k == 1:
@@ -525,9 +574,9 @@ def test_a_session_split_by_the_size_limit_after_the_mark_is_split_where_it_was(
 def test_a_continuation_closed_by_wall_idleness_after_the_last_save_keeps_its_part(os_lines, make_scorer,  # noqa: F811
                                                                                     tmp_path):
     """Instance A fills up at line 3 (before the resume mark); its continuation (part 1, line 4) is closed by
-    wall-clock idleness at line 5, and A's numbering starts over there, so the state saved with that close holds no
-    part for A. The close's record says which part it closed: after the kill, the restart's copy of the
-    continuation is part 1 again, and its verdict comes again alike."""
+    wall-clock idleness at line 5, after the last save, and the kill comes after its verdict. The close is in the
+    close log, the state holds A's next part as it was saved (1): the restart's copy of the continuation is part 1
+    again, closed at line 5, and its verdict comes again alike."""
     scorer = make_scorer()
     limits = StreamLimits(idle_seconds=None, wall_idle_seconds=30.0, max_events_per_session=3)
     lines = interleaved(os_lines, "AAAAB")
@@ -547,8 +596,8 @@ def test_a_continuation_closed_by_wall_idleness_after_the_last_save_keeps_its_pa
                          scorer_sessionizer(scorer, limits, clock=lambda: wall[0]), first_run, batch_size=1, take=2)
     assert [(v["part"], v["first_line"], v["closed_by"]) for v in before] == [(0, 1, "size"), (1, 4, "wall_idle")]
     saved = json.loads((tmp_path / "st.json").read_text())
-    assert saved["mark"]["line"] == 3 and saved["done"] < 5 and saved["parts"] == {}
-    assert saved["ends"] == [[5, before[1]["key"], 1]]
+    assert saved["mark"]["line"] == 3 and saved["done"] == 4 and saved["parts"] == {before[1]["key"]: 1}
+    assert CloseLog(tmp_path / "st.json.closes").read(3) == [(5, [before[1]["key"]])]
     sz = scorer_sessionizer(scorer, limits, clock=lambda: 50.0)
     after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, lambda k: True)
     assert _parts(after) == _parts(before[1:])
