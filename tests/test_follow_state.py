@@ -360,6 +360,31 @@ def test_a_wall_idle_close_after_the_last_save_is_saved_before_its_verdicts(os_l
     assert set(_seen(before + after)) == set(_seen(finished_verdicts(scorer, done)))
 
 
+def killed_in_chunks(scorer, new_sessionizer, lines: list[str], tmp_path, kill_at: int) -> tuple[list, dict, list]:
+    """`lines` appended 7 at a time to a followed file with a state, the process killed once the chunk from line
+    `kill_at` is written (before it is read), then a restart to the end and a flush. (The verdicts before the kill,
+    the state the kill left, the verdicts after it.)"""
+    path = tmp_path / "BGL.log"
+    _write(path, lines[:7], "w")
+    chunks = iter(range(7, len(lines), 7))
+
+    def grow(k: int) -> bool:
+        at = next(chunks, None)
+        if at is None:
+            return True
+        _write(path, lines[at:at + 7])
+        if at == kill_at:
+            raise Crash
+        return False
+
+    tick = itertools.count(0, 10).__next__
+    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), new_sessionizer(), grow)
+    saved = json.loads((tmp_path / "st.json").read_text())
+    sz = new_sessionizer()
+    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
+    return before, saved, after + finished_verdicts(scorer, sz.flush())
+
+
 def test_a_restart_mid_window_cuts_line_windows_where_the_first_run_did(bgl_artifact, data_dir, tmp_path):
     """BGL's 20-line windows, written 7 lines at a time: the resume mark falls inside a window. The restart counts
     on from the window phase saved with the mark, so its windows are the uninterrupted run's, not shifted."""
@@ -370,27 +395,8 @@ def test_a_restart_mid_window_cuts_line_windows_where_the_first_run_did(bgl_arti
     lines = (data_dir / "loghub2k/BGL/BGL_2k.log").read_text(encoding="utf-8").splitlines()[:100]
     ref = scorer_sessionizer(scorer, limits)
     whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
-    path = tmp_path / "BGL.log"
-    _write(path, lines[:7], "w")
-    chunks = iter(range(7, 100, 7))
-
-    def grow(k: int) -> bool:
-        at = next(chunks, None)
-        if at is None:
-            return True
-        _write(path, lines[at:at + 7])
-        if at == 49:
-            raise Crash
-        return False
-
-    tick = itertools.count(0, 10).__next__
-    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
-                         scorer_sessionizer(scorer, limits), grow)
-    saved = json.loads((tmp_path / "st.json").read_text())
+    before, saved, after = killed_in_chunks(scorer, lambda: scorer_sessionizer(scorer, limits), lines, tmp_path, 49)
     assert saved["mark"]["line"] % 20 and saved["mark"]["phase"] == saved["mark"]["line"] % 20  # mid-window
-    sz = scorer_sessionizer(scorer, limits)
-    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
-    after += finished_verdicts(scorer, sz.flush())
     assert [v["first_line"] for v in before + after] == [v["first_line"] for v in whole]
     assert _seen(before + after) == _seen(whole)
 
@@ -409,27 +415,8 @@ def test_a_restart_inside_a_line_window_the_size_limit_cut_keeps_the_windows_key
     ref = scorer_sessionizer(scorer, limits)
     whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
     assert {(v["key"], v["part"]) for v in whole if v["first_line"] in (41, 47)} == {("lines:41", 0), ("lines:41", 1)}
-    path = tmp_path / "BGL.log"
-    _write(path, lines[:7], "w")
-    chunks = iter(range(7, 100, 7))
-
-    def grow(k: int) -> bool:
-        at = next(chunks, None)
-        if at is None:
-            return True
-        _write(path, lines[at:at + 7])
-        if at == 49:
-            raise Crash
-        return False
-
-    tick = itertools.count(0, 10).__next__
-    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick),
-                         scorer_sessionizer(scorer, limits), grow)
-    saved = json.loads((tmp_path / "st.json").read_text())
+    before, saved, after = killed_in_chunks(scorer, lambda: scorer_sessionizer(scorer, limits), lines, tmp_path, 49)
     assert saved["mark"]["line"] == 42 and saved["mark"]["carry"]["window"] == "lines:41"
-    sz = scorer_sessionizer(scorer, limits)
-    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
-    after += finished_verdicts(scorer, sz.flush())
     assert set(_parts(before + after)) == set(_parts(whole))
 
 
@@ -453,26 +440,8 @@ def test_a_restart_where_the_logs_time_went_back_names_the_reopened_windows_as_t
     ref = hours()
     whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
     assert [v["first_line"] for v in whole if v["key"].endswith(".1")] == [61, 65, 68, 69, 71, 72, 76, 79, 85, 88, 89]
-    path = tmp_path / "BGL.log"
-    _write(path, lines[:7], "w")
-    chunks = iter(range(7, 90, 7))
-
-    def grow(k: int) -> bool:
-        at = next(chunks, None)
-        if at is None:
-            return True
-        _write(path, lines[at:at + 7])
-        if at == 84:
-            raise Crash
-        return False
-
-    tick = itertools.count(0, 10).__next__
-    before = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), hours(), grow)
-    saved = json.loads((tmp_path / "st.json").read_text())
+    before, saved, after = killed_in_chunks(scorer, hours, lines, tmp_path, 84)
     assert (saved["mark"]["line"], saved["done"]) == (77, 84) and saved["mark"]["carry"]["window"].endswith(".1")
-    sz = hours()
-    after = _follow_run(scorer, path, FollowState(tmp_path / "st.json", path, clock=tick), sz, grow)
-    after += finished_verdicts(scorer, sz.flush())
     assert _parts(before + after) == _parts(whole)
 
 
