@@ -33,7 +33,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from fusionlog.errors import ConfigError
 from fusionlog.io import atomic_write_text, hold_lock
@@ -177,6 +179,18 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
                               f"over") from None
+
+
+def replay_starts(points: list, line_of: Callable[[Any], int], oldest: int, most: int) -> list:
+    """Of `points` (places a replay may begin, ascending by line), those still needed: the last one before line
+    `oldest` (the oldest open session's first) and those after it; past `most` of them, every other one between the
+    first and the last goes, so a session open for hours costs a bounded list (a restart then reads a little more).
+    Shared by a state's resume marks and a journal's post ends (`fusionlog.journal`)."""
+    first = max((i for i, p in enumerate(points) if line_of(p) < oldest), default=0)
+    kept = points[first:]
+    if len(kept) > most:
+        kept = [kept[0], *kept[2:-1:2], kept[-1]]
+    return kept
 
 
 def mark_carry(mark):
@@ -458,10 +472,7 @@ class FollowState:
         if oldest is None:
             self._marks = self._marks[-1:]
         else:
-            first = max((i for i, m in enumerate(self._marks) if m.line < oldest), default=0)
-            self._marks = self._marks[first:]
-            if len(self._marks) > MAX_MARKS:
-                self._marks = [self._marks[0], *self._marks[2:-1:2], self._marks[-1]]
+            self._marks = replay_starts(self._marks, attrgetter("line"), oldest, MAX_MARKS)
         self._done = max(self._done, line_no)
         start = self._marks[0].line
         self._closes = [(line, keys) for line, keys in self._closes if line > start]

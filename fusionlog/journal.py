@@ -32,11 +32,13 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
 from fusionlog.errors import ConfigError
+from fusionlog.follow_state import replay_starts
 from fusionlog.io import hold_lock
 from fusionlog.stream import BLANK_CARRY, StreamCarry
 
@@ -179,11 +181,7 @@ class StreamJournal:
             else:
                 self._places = [(line_no, carry)]
             return
-        self._places.append((line_no, carry))
-        start = max((i for i, (at, _) in enumerate(self._places) if at < oldest_open), default=0)
-        places = self._places = self._places[start:]
-        if len(places) > MAX_PLACES:  # a session open for a very long time: every other place between goes
-            self._places = [places[0], *places[2:-1:2], places[-1]]
+        self._places = replay_starts([*self._places, (line_no, carry)], itemgetter(0), oldest_open, MAX_PLACES)
         base, base_carry = self._places[0]
         if self.lines > COMPACT_MIN_LINES and self.lines > COMPACT_FACTOR * (line_no - base):
             self._compact(base + 1, line_no, parts, base_carry)
