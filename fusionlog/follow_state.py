@@ -257,9 +257,9 @@ class CloseLog:
 
     Why not in the state's JSON: a session open for hours pins the mark, and every close since is kept. Each
     close was saved before its verdicts were written, a full rewrite of the state each time: at 100,000 closes
-    behind the mark a 5 MB JSON and 110 ms a save (measured at stop 29 on 2 cores), as often as the poll found a
-    session idle. Appending costs what the new closes cost; the log is rewritten without the closes before the mark
-    once they are most of it."""
+    behind the mark a 5 MB JSON and 110 ms a save (stop 28's code, 2 cores), as often as the poll found a
+    session idle. Appending costs what the new closes cost (`fusionlog bench state`); the log is rewritten without
+    the closes before the mark once they are most of it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

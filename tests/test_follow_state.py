@@ -119,6 +119,16 @@ def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path
     state.close()
 
 
+def test_the_state_benchmark_keeps_the_state_small_behind_a_pinned_mark(tmp_path):
+    """`fusionlog bench state` (figures only): behind a mark one session pins, the state file is as large at 12
+    wall-idle closes as at 302; the close log holds each of them (a session's key: 36 characters, quoted)."""
+    from eval.bench_state import run
+
+    small, large = run((10, 300), repeat=2, workdir=tmp_path)["rows"]
+    assert (small["closes"], large["closes"]) == (12, 302) and small["state_bytes"] == large["state_bytes"]
+    assert all(row["close_log_bytes"] >= 38 * row["closes"] for row in (small, large))
+
+
 def test_a_utf16_file_resumes_by_its_lines(tmp_path):
     """A file in a marked encoding is read through a recoder, whose byte offsets are not the lines': resumed by
     counting lines."""
