@@ -96,7 +96,9 @@ class StreamCarry:
     a window or after log time that went back (a folder of hosts with their own clocks). From a blank sessionizer
     the replay counted a line window from the wrong record, opened the rest of a window the size limit had cut under
     a key of its own first line (`lines:43` for `lines:41`), named a reopened time window `time:B` for `time:B.1`,
-    and closed log-time-idle sessions against an older "now"."""
+    and closed log-time-idle sessions against an older "now". The trace tail (the last record and how many exception
+    lines it has taken): a replay that began right after a record whose session had closed (by size, or idle) read
+    the traceback's exception line under no record and lost that event."""
 
     phase: int = 0  # lines rule: records in the window in progress
     window: str | None = None  # window rules: the key the window in progress goes on under
@@ -104,6 +106,9 @@ class StreamCarry:
     log_now: float | None = None  # the newest log time so far (log-time idleness is measured from it)
     latest: int | None = None  # `TimeWindowKeys`: the latest bucket ...
     again: tuple[tuple[int, int], ...] = ()  # ... and the windows reopened on earlier ones
+    tail_line: str | None = None  # the last record's line (its keys for an exception line; "" for windows) ...
+    tail_time: float | None = None  # ... its log time ...
+    tail_kept: int = 0  # ... and the exception lines it has taken (`TraceTail`)
 
     def to_json(self) -> dict:
         """The fields that differ from a blank sessionizer's (most states hold one or two)."""
@@ -118,7 +123,8 @@ class StreamCarry:
             return None if obj.get(name) is None else kind(obj[name])
 
         return cls(int(obj.get("phase", 0)), opt("window", str), opt("bucket", int), opt("log_now", float),
-                   opt("latest", int), tuple((int(b), int(n)) for b, n in obj.get("again", ())))
+                   opt("latest", int), tuple((int(b), int(n)) for b, n in obj.get("again", ())),
+                   opt("tail_line", str), opt("tail_time", float), int(obj.get("tail_kept", 0)))
 
 
 BLANK_CARRY = StreamCarry()
@@ -421,12 +427,19 @@ class StreamSessionizer:
         self._bucket = carry.bucket if kind == "time" else None
         self._log_now = carry.log_now
         self._window_keys.latest, self._window_keys.again = carry.latest, dict(carry.again)
+        if carry.tail_line is not None:
+            self._tail.record((carry.tail_line, carry.tail_time))
+            self._tail.kept = carry.tail_kept
 
     def carry(self) -> StreamCarry:
         """What a replay that begins after the current line needs besides the open sessions (`start_at`)."""
         window = self._cur.key if self._cur is not None else self._split_key
+        tail = self._tail
+        parent, ts = tail.parent if tail.parent is not None else (None, None)
+        if parent is not None and self.rule.kind != "key":
+            parent = ""  # a window takes an exception line whatever its record's line says: keep the state small
         return StreamCarry(self.window_phase, window, self._bucket, self._log_now, self._window_keys.latest,
-                           tuple(sorted(self._window_keys.again.items())))
+                           tuple(sorted(self._window_keys.again.items())), parent, ts, tail.kept)
 
     @property
     def window_phase(self) -> int:

@@ -501,6 +501,48 @@ def test_no_mark_falls_between_the_chunks_of_a_line_the_runtime_split(tmp_path):
     state.close()
 
 
+def test_an_exception_line_after_a_mark_joins_the_record_before_the_mark(tmp_path):
+    """A record fills its session (2 events, closed by size) and nothing stays open, so the mark moves past it;
+    the process dies before the Java trace under that record is written. The restart gives the trace's exception
+    line to that record's key, as one run that never stopped did (before the trace tail was in the mark's carry,
+    the restart read the exception line under no record: the event and its session were lost)."""
+    from fusionlog.config import SessionRule
+    from fusionlog.stream import StreamSessionizer
+
+    head = ["2024-01-01 00:20:00 [main] start id=b", "2024-01-01 00:20:01 [main] failed id=b"]
+    rest = ["java.io.IOException: Connection reset", "\tat a.b.C.run(C.java:1)",
+            "2024-01-01 00:20:05 [main] retry id=b"]
+    path = tmp_path / "app.log"
+    _write(path, head, "w")
+
+    def sessionizer() -> StreamSessionizer:
+        return StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"),
+                                 r"<Date> <Time> \[<Thread>\] <Content>",
+                                 StreamLimits(max_events_per_session=2, idle_seconds=None))
+
+    def sessions(sz: StreamSessionizer, lines: list[str]) -> list[tuple]:
+        return [(s.key, s.part, len(s.event_ids), s.first_line) for s in [*sz.feed_many(lines), *sz.flush()]]
+
+    state = FollowState(tmp_path / "st.json", path, clock=itertools.count(0, 10).__next__)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
+    sz = sessionizer()
+    assert [s.closed_by for line in _until_quiet(gen) for s in sz.feed(line)] == ["size"]
+    state.settled(sz)
+    assert json.loads((tmp_path / "st.json").read_text())["mark"]["line"] == 2
+    gen.close()
+    state.close()
+    _write(path, rest)
+    state = FollowState(tmp_path / "st.json", path)
+    gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position, resume=state.resume)
+    again = sessionizer()
+    again.start_at(state.position.base, state.carry)
+    again.expect_parts(state.replay_parts)
+    got = sessions(again, _until_quiet(gen))
+    assert got == sessions(sessionizer(), [*head, *rest])[1:] == [("b", 1, 2, 3)]
+    gen.close()
+    state.close()
+
+
 def interleaved(lines: list[str], order: str) -> list[str]:
     """OpenStack lines of several instances in a chosen order: `order`'s letter k is the next line of the k-th
     instance (by first appearance in `lines`)."""

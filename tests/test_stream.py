@@ -262,6 +262,38 @@ def test_a_replay_from_a_carry_measures_log_idleness_from_the_first_runs_newest_
     assert sessions(replay) == want and sessions(blank) != want
 
 
+def test_a_replay_from_a_carry_gives_an_exception_line_to_the_record_before_the_carry():
+    """b's second record fills its session (2 events) and closes it; the Java exception line after it joins b as
+    a new part. A replay that begins right after that record (a mark there, nothing open) has the record's line in
+    the carry, so the exception line is b's event again; from a blank sessionizer it fell under no record."""
+    from fusionlog.stream import BLANK_CARRY, StreamCarry
+
+    def keyed() -> StreamSessionizer:
+        return StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"),
+                                 r"<Date> <Time> \[<Thread>\] <Content>", StreamLimits(max_events_per_session=2))
+
+    head = ["2024-01-01 00:20:00 [main] start id=b", "2024-01-01 00:20:01 [main] failed id=b"]
+    rest = ["java.io.IOException: Connection reset", "\tat a.b.C.run(C.java:1)",
+            "2024-01-01 00:20:05 [main] retry id=b"]
+    first = keyed()
+    assert [s.closed_by for s in first.feed_many(head)] == [CLOSED_SIZE] and first.oldest_open_line() is None
+    carry = StreamCarry.from_json(json.loads(json.dumps(first.carry().to_json())))
+    assert carry == first.carry() and carry.tail_line == head[-1] and carry.tail_kept == 0
+    replay, blank = keyed(), keyed()
+    for sz in (replay, blank):
+        sz.start_at(2, carry if sz is replay else BLANK_CARRY)
+        sz.expect_parts(first.split_parts())  # as a state holds them (`parts`)
+
+    def sessions(sz: StreamSessionizer) -> list[tuple]:
+        return [(s.key, s.part, len(s.event_ids), s.first_line) for s in [*sz.feed_many(rest), *sz.flush()]]
+
+    want = sessions(first)
+    assert want == [("b", 1, 2, 3)]
+    assert sessions(replay) == want
+    assert sessions(blank) == [("b", 1, 1, 5)] and blank.stats.read.exception_lines == 0
+    assert StreamCarry.from_json({}) == BLANK_CARRY
+
+
 def test_key_session_closes_after_idle_log_time():
     sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Date> <Time> <Content>",
                            StreamLimits(idle_seconds=60))
