@@ -177,6 +177,7 @@ class FolderFollowState(FollowState):
         self._known: list[Mark] = []  # files an earlier run read (their points), not to be taken for new ones
         self._read: list[Mark] = []  # of those, the ones its followers left at a rotation (and earlier runs')
         self._rewritten = False
+        self._closes: list[tuple[int, list[str]]] = []  # the wall-idle closes since the mark, as the turn file has them
         super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
 
     @staticmethod
@@ -257,6 +258,21 @@ class FolderFollowState(FollowState):
     @property
     def resumed(self) -> bool:
         return self.resume_folder is not None
+
+    def _replaying(self, closes, cuts, parts, ends) -> None:
+        super()._replaying(closes, cuts, parts, ends)
+        self._closes = [(at, list(keys)) for at, keys in closes]
+
+    # -- detect_stream's hooks ---------------------------------------------------------------------------------
+    def finished(self, line_no: int, sessions: list) -> None:
+        """As a file's (`FollowState.finished`), and the wall-idle closes kept for the turn file's rewrites."""
+        unsaved = len(self._unsaved_closes)
+        super().finished(line_no, sessions)
+        self._closes += self._unsaved_closes[unsaved:]
+
+    def _forget_through(self, start: int) -> None:
+        super()._forget_through(start)
+        self._closes = [(line, keys) for line, keys in self._closes if line > start]
 
     # -- saving ------------------------------------------------------------------------------------------------
     def recording(self, sz) -> None:

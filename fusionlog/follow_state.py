@@ -54,7 +54,8 @@ MARK_INTERVAL = 0.5
 MAX_MARKS = 256
 #: Files a follower has left (rotated away) that a folder's state remembers, so a restart does not read them again.
 MAX_LEFT = 32
-#: Closes before the mark a close log holds at least before it is rewritten without them (when they are most of it).
+#: Closes a close log holds at least before it is rewritten without those before the mark (then each time it has
+#: doubled since its last rewrite).
 COMPACT_CLOSES = 1_000
 
 
@@ -258,12 +259,17 @@ class CloseLog:
     Why not in the state's JSON: a session open for hours pins the mark, and every close since is kept. Each
     close was saved before its verdicts were written, a full rewrite of the state each time: at 100,000 closes
     behind the mark a 5 MB JSON and 110 ms a save (stop 28's code, 2 cores), as often as the poll found a
-    session idle. Appending costs what the new closes cost (`fusionlog bench state`); the log is rewritten without
-    the closes before the mark once they are most of it."""
+    session idle. Appending costs what the new closes cost (`fusionlog bench state`). The file is the only copy: the
+    process keeps none of them (stop 29 kept each in a list while the mark was pinned, some 250 bytes a close). It is
+    emptied once past COMPACT_CLOSES when the mark has passed them all (nothing pinned it), and otherwise rewritten
+    without those before the mark, read a row at a time, each time it has doubled since it last was: while a session
+    pins the mark each rewrite keeps all, and the doubling keeps the cost a close bounded."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0  # closes in the file
+        self.kept = 0  # ... of them after its last rewrite (or read)
+        self.last = 0  # the stream line of its last close
 
     def append(self, closes: list[tuple[int, list[str]]]) -> None:
         """Durably (synced), as the state: the verdicts of these closes are written next."""
@@ -274,6 +280,7 @@ class CloseLog:
             fh.flush()
             os.fsync(fh.fileno())
         self.count += len(closes)
+        self.last = max(self.last, *(line for line, _ in closes))
 
     def rewrite(self, closes: list[tuple[int, list[str]]]) -> None:
         """The file with only `closes` (those after the mark of the state on disk)."""
@@ -283,7 +290,32 @@ class CloseLog:
         atomic.append(closes)
         tmp.touch()
         os.replace(tmp, self.path)
-        self.count = len(closes)
+        self.count = self.kept = len(closes)
+
+    def tidy(self, mark: int) -> None:
+        """After the state was saved with its mark at stream line `mark`: empty the file when the mark has passed every
+        close in it, or `compact` it when it has doubled since its last rewrite (both past COMPACT_CLOSES)."""
+        if self.count <= COMPACT_CLOSES:
+            return
+        if mark >= self.last:
+            self.rewrite([])
+        elif self.count > 2 * self.kept:
+            self.compact(mark)
+
+    def compact(self, after: int) -> None:
+        """Rewrite the file without the closes at or before stream line `after` (the saved mark), reading and writing
+        a row at a time; a torn last row (a crash mid-append) is left out."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        kept = 0
+        with open(self.path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as out:
+            for row in src:
+                if row.endswith("\n") and int(row.partition("\t")[0]) > after:
+                    out.write(row)
+                    kept += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        self.count = self.kept = kept
 
     def read(self, after: int) -> list[tuple[int, list[str]]]:
         """The closes after stream line `after`; a torn last line (a crash mid-append) ends them. ValueError /
@@ -298,8 +330,10 @@ class CloseLog:
                 break
             line, _, keys = row.rstrip("\n").partition("\t")
             self.count += 1
+            self.last = max(self.last, int(line))
             if int(line) > after:
                 closes.append((int(line), [str(k) for k in json.loads(keys)]))
+        self.kept = len(closes)
         return closes
 
 
@@ -334,7 +368,6 @@ class FollowState:
         self.replay_ends: list[tuple[int, str, int]] = []  # continuations closed otherwise, after the mark
         self._ends: list[tuple[int, str, int]] = []
         self._marks: list[Mark] = []
-        self._closes: list[tuple[int, list[str]]] = []
         self._cuts: list[tuple[int, list[tuple[str, int]]]] = []
         self._done = 0
         self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
@@ -389,11 +422,13 @@ class FollowState:
         self.position.base, self.carry = cp.mark.line, mark_carry(cp.mark)
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done
-        self._replaying(sorted({(line, tuple(keys)) for line, keys in [*cp.closes, *logged]}), cp.cuts, cp.parts,
-                        cp.ends)
-        if cp.closes:  # a state of stop 28 kept its closes in the JSON, which the next save leaves out
+        closes = [(at, list(keys)) for at, keys in sorted({(at, tuple(keys)) for at, keys in [*cp.closes, *logged]})]
+        self._replaying(closes, cp.cuts, cp.parts, cp.ends)
+        if cp.closes or self._close_log.path.exists():
+            # without the closes before the mark, and a row a crash tore (appending after it spoiled the next row); a
+            # state of stop 28 kept its closes in the JSON, which the next save leaves out
             try:
-                self._close_log.rewrite(self._closes)
+                self._close_log.rewrite(closes)
             except OSError as exc:
                 raise ConfigError(f"--state {self.path}: cannot write {self._close_log.path} ({exc})") from None
         self._marks = [cp.mark]
@@ -409,7 +444,7 @@ class FollowState:
                    parts: dict[str, int], ends: list[tuple[int, str, int]]) -> None:
         """What a replay closes where the earlier run closed it (the wall-idle closes and the size closes), and the
         part numbers it gives: the earlier run's, as its sessions were numbered."""
-        self._closes, self._cuts, self.replay_parts = [(at, list(keys)) for at, keys in closes], list(cuts), dict(parts)
+        self._cuts, self.replay_parts = list(cuts), dict(parts)
         self._ends, self.replay_ends = list(ends), list(ends)
         for line, keys in closes:
             self.replay_closes.setdefault(line, []).append(list(keys))
@@ -432,7 +467,6 @@ class FollowState:
         from fusionlog.stream import CLOSED_WALL_IDLE, numbered_ends, size_closed  # (stream imports this module)
 
         if wall := [s.key for s in sessions if s.closed_by == CLOSED_WALL_IDLE]:
-            self._closes.append((line_no, wall))
             self._unsaved_closes.append((line_no, wall))
         if cut := size_closed(sessions):
             self._cuts.append((line_no, [(s.key, s.part) for s in cut]))
@@ -474,13 +508,15 @@ class FollowState:
         else:
             self._marks = replay_starts(self._marks, attrgetter("line"), oldest, MAX_MARKS)
         self._done = max(self._done, line_no)
-        start = self._marks[0].line
-        self._closes = [(line, keys) for line, keys in self._closes if line > start]
-        self._cuts = [(line, sessions) for line, sessions in self._cuts if line > start]
-        self._ends = [end for end in self._ends if end[0] > start]
+        self._forget_through(self._marks[0].line)
         if final or now - self._last_save >= SAVE_INTERVAL:
             self.save(sz)
             self._last_save = now
+
+    def _forget_through(self, start: int) -> None:
+        """Drop what a replay from the mark at stream line `start` no longer needs."""
+        self._cuts = [(line, sessions) for line, sessions in self._cuts if line > start]
+        self._ends = [end for end in self._ends if end[0] > start]
 
     def save(self, sz) -> None:
         if not self._marks:
@@ -490,9 +526,8 @@ class FollowState:
                         sz.split_parts(), self._ends)
         try:
             atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
-            log = self._close_log
-            if log.count - len(self._closes) > max(COMPACT_CLOSES, log.count // 2) and not self._unsaved_closes:
-                log.rewrite(self._closes)  # without the closes before the mark just saved
+            if not self._unsaved_closes:
+                self._close_log.tidy(self._marks[0].line)  # without the closes before the mark just saved
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
 

@@ -75,12 +75,32 @@ def test_a_follow_resumes_at_its_position_in_the_file_or_in_the_file_a_rotation_
     assert list(cut) == []
 
 
+class _Pinned:
+    """What `FollowState` reads of a sessionizer: 10 lines read, one session open since line 1 (while `pinned`)."""
+
+    line_no, open_sessions, pinned = 10, 1, True
+
+    def oldest_open_line(self):
+        return 1 if self.pinned else None
+
+    def split_parts(self):
+        return {}
+
+    def carry(self):
+        return BLANK_CARRY
+
+
+def _wall_closed(state: FollowState, line: int, key: str) -> None:
+    from fusionlog.stream import CLOSED_WALL_IDLE, FinishedSession
+
+    state.finished(line, [FinishedSession(key, [1], None, None, CLOSED_WALL_IDLE)])
+
+
 def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path, monkeypatch):
     """The wall-idle closes since the mark go to FILE.closes, appended before their verdicts are written: the
     state's JSON does not grow with them while a session pins the mark. Once the mark passes them the log is
     rewritten without them; a torn last line (a crash mid-append) ends what a restart reads of it."""
     from fusionlog import follow_state
-    from fusionlog.stream import CLOSED_WALL_IDLE, FinishedSession
 
     monkeypatch.setattr(follow_state, "COMPACT_CLOSES", 3)
     path = tmp_path / "app.log"
@@ -88,25 +108,12 @@ def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path
     state = FollowState(tmp_path / "st.json", path, clock=itertools.count(0, 10).__next__)
     gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
     assert len(_until_quiet(gen)) == 10
-
-    class Sessionizer:
-        line_no, open_sessions, pinned = 10, 1, True
-
-        def oldest_open_line(self):
-            return 1 if self.pinned else None
-
-        def split_parts(self):
-            return {}
-
-        def carry(self):
-            return BLANK_CARRY
-
-    sz = Sessionizer()
+    sz = _Pinned()
     log = CloseLog(tmp_path / "st.json.closes")
     for i in range(8):
-        state.finished(10, [FinishedSession(f"k{i}", [1], None, None, CLOSED_WALL_IDLE)])
+        _wall_closed(state, 10, f"k{i}")
         state.recording(sz)
-        state.settled(sz)  # the mark stays before line 1: every close is kept
+        state.settled(sz)  # the mark stays before line 1: every close is kept (the log rewritten at 4, with all)
     assert len(log.read(0)) == 8 and json.loads((tmp_path / "st.json").read_text())["closes"] == []
     sz.pinned, sz.open_sessions = False, 0
     state.settled(sz, final=True)  # nothing open: the mark moves to line 10, past every close
@@ -117,6 +124,34 @@ def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path
     assert log.read(0) == [(11, ["k9"])]
     gen.close()
     state.close()
+
+
+def test_closes_logged_after_a_torn_close_are_read_by_the_next_restart(tmp_path):
+    """A crash tears the close log's last row; the restart logs more closes and dies too. The next restart reads
+    every whole close (before, the restart appended onto the torn row, and the next one refused the log as
+    damaged)."""
+    path = tmp_path / "app.log"
+    _write(path, [f"x {i}" for i in range(10)], "w")
+    log = CloseLog(tmp_path / "st.json.closes")
+
+    def run(keys: list[str]) -> FollowState:
+        state = FollowState(tmp_path / "st.json", path, clock=itertools.count(0, 10).__next__)
+        gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position, resume=state.resume)
+        assert len(_until_quiet(gen)) == 10  # from the top: the mark stays before the pinned session's line 1
+        for key in keys:
+            _wall_closed(state, 10, key)
+            state.recording(_Pinned())
+        state.settled(_Pinned(), final=True)
+        gen.close()
+        state.close()
+        return state
+
+    run(["k0", "k1"])
+    with open(log.path, "a", encoding="utf-8") as fh:
+        fh.write('10\t["k2')  # the process dies mid-append
+    assert run(["k3"]).replay_closes == {10: [["k0"], ["k1"]]}
+    assert run([]).replay_closes == {10: [["k0"], ["k1"], ["k3"]]}
+    assert [keys for _, keys in log.read(0)] == [["k0"], ["k1"], ["k3"]]
 
 
 def test_the_state_benchmark_keeps_the_state_small_behind_a_pinned_mark(tmp_path):
