@@ -105,15 +105,14 @@ class StreamCarry:
     bucket: int | None = None  # time rule: the last window's bucket
     log_now: float | None = None  # the newest log time so far (log-time idleness is measured from it)
     latest: int | None = None  # `TimeWindowKeys`: the latest bucket ...
-    again: tuple[tuple[int, int], ...] = ()  # ... and the windows reopened on earlier ones
+    again: int = 0  # ... and the windows reopened on earlier ones so far
     tail_line: str | None = None  # the last record's line (its keys for an exception line; "" for windows) ...
     tail_time: float | None = None  # ... its log time ...
     tail_kept: int = 0  # ... and the exception lines it has taken (`TraceTail`)
 
     def to_json(self) -> dict:
         """The fields that differ from a blank sessionizer's (most states hold one or two)."""
-        return {name: list(map(list, value)) if name == "again" else value
-                for name, value in asdict(self).items() if value != getattr(BLANK_CARRY, name)}
+        return {name: value for name, value in asdict(self).items() if value != getattr(BLANK_CARRY, name)}
 
     @classmethod
     def from_json(cls, obj: Mapping) -> StreamCarry:
@@ -123,11 +122,19 @@ class StreamCarry:
             return None if obj.get(name) is None else kind(obj[name])
 
         return cls(int(obj.get("phase", 0)), opt("window", str), opt("bucket", int), opt("log_now", float),
-                   opt("latest", int), tuple((int(b), int(n)) for b, n in obj.get("again", ())),
+                   opt("latest", int), _reopened(obj.get("again", 0)),
                    opt("tail_line", str), opt("tail_time", float), int(obj.get("tail_kept", 0)))
 
 
 BLANK_CARRY = StreamCarry()
+
+
+def _reopened(saved) -> int:
+    """A carry's count of reopened windows; a mark of stop 29 saved [bucket, count] pairs: their sum, so the windows
+    named after it (`time:B.n`, n above the sum) take no earlier window's key."""
+    if isinstance(saved, list):
+        return sum(int(n) for _, n in saved)
+    return int(saved)
 
 
 @dataclass
@@ -426,7 +433,7 @@ class StreamSessionizer:
         self._split_key = carry.window if kind in ("lines", "time") else None
         self._bucket = carry.bucket if kind == "time" else None
         self._log_now = carry.log_now
-        self._window_keys.latest, self._window_keys.again = carry.latest, dict(carry.again)
+        self._window_keys.latest, self._window_keys.again = carry.latest, carry.again
         if carry.tail_line is not None:
             self._tail.record((carry.tail_line, carry.tail_time))
             self._tail.kept = carry.tail_kept
@@ -439,7 +446,7 @@ class StreamSessionizer:
         if parent is not None and self.rule.kind != "key":
             parent = ""  # a window takes an exception line whatever its record's line says: keep the state small
         return StreamCarry(self.window_phase, window, self._bucket, self._log_now, self._window_keys.latest,
-                           tuple(sorted(self._window_keys.again.items())), parent, ts, tail.kept)
+                           self._window_keys.again, parent, ts, tail.kept)
 
     @property
     def window_phase(self) -> int:

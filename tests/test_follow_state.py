@@ -468,9 +468,10 @@ def test_a_restart_inside_a_line_window_the_size_limit_cut_keeps_the_windows_key
 def test_a_restart_where_the_logs_time_went_back_names_the_reopened_windows_as_the_first_run_did(
         bgl_artifact, data_dir, tmp_path):
     """Hour windows over BGL's first 60 lines and then a copy of its first 30 (time goes back: the copy's windows are
-    `time:B.1`), written 7 lines at a time, killed at line 84. The mark (line 77) falls inside the copy's window
-    76-78. The replay names that window, and those after it, as the first run did: from the window and the reopened
-    buckets saved with the mark (a blank replay named them `time:B.2` and `time:B`)."""
+    `time:B.1` ... `time:B.11`), written 7 lines at a time, killed at line 84. The mark (line 77) falls inside the
+    copy's window 76-78. The replay names that window, and those after it, as the first run did: from the window,
+    the latest bucket and the count of reopened windows saved with the mark (a blank replay named them `time:B`
+    and counted from 1 again)."""
     from fusionlog.config import SessionRule
     from fusionlog.stream import StreamSessionizer, load_scorer
 
@@ -484,9 +485,11 @@ def test_a_restart_where_the_logs_time_went_back_names_the_reopened_windows_as_t
     lines += lines[:30]
     ref = hours()
     whole = finished_verdicts(scorer, [*ref.feed_many(lines), *ref.flush()])
-    assert [v["first_line"] for v in whole if v["key"].endswith(".1")] == [61, 65, 68, 69, 71, 72, 76, 79, 85, 88, 89]
+    again = [(v["first_line"], v["key"].partition(".")[2]) for v in whole if "." in v["key"]]
+    assert again == list(zip([61, 65, 68, 69, 71, 72, 76, 79, 85, 88, 89], map(str, range(1, 12)), strict=True))
     before, saved, after = killed_in_chunks(scorer, hours, lines, tmp_path, 84)
-    assert (saved["mark"]["line"], saved["done"]) == (77, 84) and saved["mark"]["carry"]["window"].endswith(".1")
+    assert (saved["mark"]["line"], saved["done"]) == (77, 84) and saved["mark"]["carry"]["window"].endswith(".7")
+    assert saved["mark"]["carry"]["again"] == 7
     assert _parts(before + after) == _parts(whole)
 
 

@@ -294,6 +294,30 @@ def test_a_replay_from_a_carry_gives_an_exception_line_to_the_record_before_the_
     assert StreamCarry.from_json({}) == BLANK_CARRY
 
 
+def test_windows_reopened_as_two_pods_alternate_keep_unique_keys_and_a_carry_of_one_size():
+    """Two pods' lines alternate, pod b a minute behind: nearly every window is opened again on a minute the log's time
+    went back to. Every key is unique, and the carry (saved with each resume mark) is as large after 400 minutes as
+    after 10 (stop 29's carry held a count per reopened minute, one more each minute). A carry saved by stop 29
+    (pairs of bucket and count) reads as their sum, so later windows take no earlier window's key."""
+    from fusionlog.stream import StreamCarry
+
+    def pods(minutes: int) -> tuple[list[str], str]:
+        sz = StreamSessionizer(len, SessionRule("time", seconds=60), "<Date> <Time> <Content>",
+                               StreamLimits(idle_seconds=None))
+        lines = [f"2024-01-01 {(m + lag) // 60:02d}:{(m + lag) % 60:02d}:00 tick pod={pod}"
+                 for m in range(minutes) for pod, lag in (("a", 1), ("b", 0))]
+        keys = [s.key for s in [*sz.feed_many(lines), *sz.flush()]]
+        assert len(keys) == len(set(keys)) == 2 * minutes
+        return keys, json.dumps(sz.carry().to_json())
+
+    keys, small = pods(10)
+    assert keys[:4] == ["time:28401121", "time:28401120.1", "time:28401122", "time:28401121.2"]
+    _, large = pods(400)
+    assert len(large) == len(small) + 1  # a count of 3 digits for one of 2 (the count, not a list of minutes)
+    old = StreamCarry.from_json({"latest": 28401121, "again": [[28401120, 2], [28401119, 1]]})
+    assert old.again == 3
+
+
 def test_key_session_closes_after_idle_log_time():
     sz = StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"), "<Date> <Time> <Content>",
                            StreamLimits(idle_seconds=60))

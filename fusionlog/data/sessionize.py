@@ -101,27 +101,32 @@ def _by_lines(system, items, window, key_labels, default_key_label, key_prefix) 
 
 
 class TimeWindowKeys:
-    """Keys of time windows: `time:B` for bucket B, and `time:B.n` for the n-th window opened again on a
-    bucket at or before the latest one, so keys stay unique when the log's time goes back.
+    """Keys of time windows: `time:B` for bucket B, and `time:B.n` for a window opened again on a bucket at or
+    before the latest one, n counting every such window of the log (1, 2, 3, ... across buckets), so keys stay
+    unique when the log's time goes back.
 
     Why: several files read as one log (two pods of a service, a copy beside the original) each run
     through the same minutes; the second file's windows had the first's keys, and whatever is keyed by
     session (LLM verdicts, reports, a user's tickets) took one for the other. Batch and stream name
-    windows with this one rule, so their keys agree.
+    windows with this one rule, so their keys agree. Why one count for the log, not one per bucket (until
+    stop 30): a follow of two pods whose lines alternate goes back to nearly every minute, and the counts per
+    bucket grew by one a minute for as long as it ran, in memory and in each saved resume mark (a month of
+    minute windows: some 40,000 of them, written with the state every second); one number is the same size
+    at any age.
     """
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
         self.latest: int | None = None
-        self.again: dict[int, int] = {}  # bucket -> windows reopened on it (only buckets the time went back to)
+        self.again = 0  # windows opened again on a bucket the time went back to, so far
 
     def key(self, bucket: int | None) -> str:
         if bucket is None or self.latest is None or bucket > self.latest:
             if bucket is not None:
                 self.latest = bucket
             return f"{self.prefix}time:{bucket}"
-        n = self.again[bucket] = self.again.get(bucket, 0) + 1
-        return f"{self.prefix}time:{bucket}.{n}"
+        self.again += 1
+        return f"{self.prefix}time:{bucket}.{self.again}"
 
 
 def _by_time(system, items, seconds, key_labels, default_key_label, key_prefix) -> list[Session]:
