@@ -177,7 +177,6 @@ class FolderFollowState(FollowState):
         self._known: list[Mark] = []  # files an earlier run read (their points), not to be taken for new ones
         self._read: list[Mark] = []  # of those, the ones its followers left at a rotation (and earlier runs')
         self._rewritten = False
-        self._closes: list[tuple[int, list[str]]] = []  # the wall-idle closes since the mark, as the turn file has them
         super().__init__(state_path, sources, **({"clock": clock} if clock is not None else {}))
 
     @staticmethod
@@ -249,7 +248,7 @@ class FolderFollowState(FollowState):
                                                  name, m in starts.items() if (at := found[name]) is not None},
                                           turns, self._known)
         try:  # what the replay reads again: its own turns are these
-            self.turn_file.rewrite(turns, self._closes, starts)
+            self.turn_file.rewrite(turns, [(at, list(keys)) for at, keys in closes], starts)
         except OSError as exc:
             raise ConfigError(f"--state {self.path}: cannot write {self.turn_file.path} ({exc})") from None
         logger.info("--state %s: resuming %d file(s) at line %d: reading %d line(s) again for %d open session(s)",
@@ -259,20 +258,10 @@ class FolderFollowState(FollowState):
     def resumed(self) -> bool:
         return self.resume_folder is not None
 
-    def _replaying(self, closes, cuts, parts, ends) -> None:
-        super()._replaying(closes, cuts, parts, ends)
-        self._closes = [(at, list(keys)) for at, keys in closes]
-
-    # -- detect_stream's hooks ---------------------------------------------------------------------------------
-    def finished(self, line_no: int, sessions: list) -> None:
-        """As a file's (`FollowState.finished`), and the wall-idle closes kept for the turn file's rewrites."""
-        unsaved = len(self._unsaved_closes)
-        super().finished(line_no, sessions)
-        self._closes += self._unsaved_closes[unsaved:]
-
-    def _forget_through(self, start: int) -> None:
-        super()._forget_through(start)
-        self._closes = [(line, keys) for line, keys in self._closes if line > start]
+    def _closes_after(self, line: int) -> list[tuple[int, list[str]]]:
+        """The wall-idle closes after stream line `line`: the turn file's and those not written to it yet. Read from
+        the file when it is rewritten: the process keeps no copy (stop 29 kept every close since a pinned mark)."""
+        return [*TurnFile.read(self.turn_file.path, line)[1], *self._unsaved_closes]
 
     # -- saving ------------------------------------------------------------------------------------------------
     def recording(self, sz) -> None:
@@ -309,7 +298,8 @@ class FolderFollowState(FollowState):
         partial = follow.current_turn()  # the turn going on: its lines so far
         try:
             if follow.replay_broken and not self._rewritten:  # its turns are not the earlier run's after the break
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, origins)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes_after(mark.line),
+                                       origins)
                 self._rewritten = True
             else:
                 self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unsaved_closes,
@@ -322,6 +312,7 @@ class FolderFollowState(FollowState):
         follow.turns.prune(mark.line)
         if self.turn_file.count > COMPACT_TURNS and self.turn_file.count > 2 * len(follow.turns) + 2:
             try:
-                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes, origins)
+                self.turn_file.rewrite(follow.turns.after(mark.line) + partial, self._closes_after(mark.line),
+                                       origins)
             except OSError as exc:
                 logger.warning("--state %s: cannot rewrite %s (%s)", self.path, self.turn_file.path, exc)

@@ -413,8 +413,11 @@ class _Settles:
 
 
 def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, monkeypatch):
-    """Many one-line turns of two files while the oldest open session moves on: the turn file is rewritten to the
-    turns after the saved mark (not grown without end), and a restart reads exactly those."""
+    """Many one-line turns of two files while the oldest open session moves on, a session closed by wall-clock
+    idleness after each: the turn file is rewritten to the turns and closes after the saved mark (not grown without
+    end; the closes read from the file itself, the process keeps none), and a restart reads exactly those."""
+    from fusionlog.stream import CLOSED_WALL_IDLE, FinishedSession
+
     monkeypatch.setattr(folder_state, "COMPACT_TURNS", 8)
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -430,15 +433,20 @@ def test_the_turn_file_is_rewritten_without_the_turns_before_the_mark(tmp_path, 
         _write(logs / ("a.log" if i % 3 else "b.log"), [f"line {i}"], "a")
         got = _until_quiet(it)
         assert got == [f"line {i}"]
+        state.finished(i + 1, [FinishedSession(f"k{i}", [1], None, None, CLOSED_WALL_IDLE)])
+        state.recording(sz)
         state.settled(sz)
     saved = json.loads(st.read_text(encoding="utf-8"))
     assert saved["done"] == 40 and 30 <= saved["mark"]["line"] < 40
     assert state.turn_file.count < 20  # 40 turns written, the old ones dropped
     turns = TurnFile.read(state.turn_file.path, saved["mark"]["line"])[0]
     assert turns == [(name, end) for name, end in mf.turns.after(saved["mark"]["line"])]
+    closes = TurnFile.read(state.turn_file.path, 0)[1]
+    assert closes == [(i + 1, [f"k{i}"]) for i in range(40) if i + 1 >= closes[0][0]] and closes[0][0] > 20
     state.close()
     again = FolderFollowState(st, [str(logs)])
     assert again.resume_folder.turns == turns and again.position.base == saved["mark"]["line"]
+    assert again.replay_closes == {at: [keys] for at, keys in closes if at > saved["mark"]["line"]}
     again.close()
 
 
