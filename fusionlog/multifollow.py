@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +180,9 @@ class MultiFollow:
         self._resume = resume
         self.replay_broken = False  # a file ended before the earlier run's turns did
         self._known = {(m.dev, m.ino): m for m in resume.known} if resume is not None else {}
+        #: called with a file's path before its turn's lines (`StreamSessionizer.from_file`: a trace's exception
+        #: line goes with its own file's last record)
+        self.on_turn: Callable[[str], None] | None = None
 
     # -- where it is (`fusionlog.folder_state`) -------------------------------------------------------------------
     def line_now(self) -> int:
@@ -219,6 +222,8 @@ class MultiFollow:
         return any(f.position.ready for f in self.followers.values())
 
     def _begin_turn(self, f: _Follower) -> None:
+        if self.on_turn is not None:
+            self.on_turn(str(f.path))
         if self.keep_position:
             self._turn = (f, f.position.now()[2])
 

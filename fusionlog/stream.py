@@ -109,10 +109,13 @@ class StreamCarry:
     tail_line: str | None = None  # the last record's line (its keys for an exception line; "" for windows) ...
     tail_time: float | None = None  # ... its log time ...
     tail_kept: int = 0  # ... and the exception lines it has taken (`TraceTail`)
+    file: str | None = None  # a folder's follow: the file the lines come from now (`from_file`) ...
+    parked: tuple[tuple[str, str, float | None, int], ...] = ()  # ... the other files' tails: (file, line, time, kept)
 
     def to_json(self) -> dict:
         """The fields that differ from a blank sessionizer's (most states hold one or two)."""
-        return {name: value for name, value in asdict(self).items() if value != getattr(BLANK_CARRY, name)}
+        return {name: list(map(list, value)) if name == "parked" else value
+                for name, value in asdict(self).items() if value != getattr(BLANK_CARRY, name)}
 
     @classmethod
     def from_json(cls, obj: Mapping) -> StreamCarry:
@@ -123,10 +126,21 @@ class StreamCarry:
 
         return cls(int(obj.get("phase", 0)), opt("window", str), opt("bucket", int), opt("log_now", float),
                    opt("latest", int), _reopened(obj.get("again", 0)),
-                   opt("tail_line", str), opt("tail_time", float), int(obj.get("tail_kept", 0)))
+                   opt("tail_line", str), opt("tail_time", float), int(obj.get("tail_kept", 0)), opt("file", str),
+                   tuple((str(f), str(line), None if ts is None else float(ts), int(kept))
+                         for f, line, ts, kept in obj.get("parked", ())))
 
 
 BLANK_CARRY = StreamCarry()
+
+
+def _tail_of(line: str | None, ts: float | None, kept: int) -> TraceTail:
+    """A trace tail as a carry saved it (blank without a record line)."""
+    tail: TraceTail = TraceTail()
+    if line is not None:
+        tail.record((line, ts))
+        tail.kept = kept
+    return tail
 
 
 def _reopened(saved) -> int:
@@ -153,6 +167,8 @@ class FinishedSession:
 
 #: Example lines kept per open session at most (one per distinct template), and their length.
 MAX_EXAMPLES = 64
+#: Files whose trace tails a folder's follow keeps besides the one read now (the least recently read go first).
+MAX_PARKED_TAILS = 4096
 MAX_EXAMPLE_CHARS = 500
 
 
@@ -410,6 +426,8 @@ class StreamSessionizer:
         self._wall = self.limits.wall_idle_seconds is not None
         self._max_events = self.limits.max_events_per_session
         self._tail: TraceTail[tuple[str, float | None]] = TraceTail()  # the last record: (line, time)
+        self._file: str | None = None  # a folder's follow: the file the lines come from now (`from_file`)
+        self._parked: dict[str, TraceTail] = {}  # ... the tails of the other files, as their last turns left them
         self._window_keys = TimeWindowKeys()
         self._held_from: int | None = None  # the first line of a container runtime's chunks held (see oldest_open_line)
 
@@ -434,19 +452,39 @@ class StreamSessionizer:
         self._bucket = carry.bucket if kind == "time" else None
         self._log_now = carry.log_now
         self._window_keys.latest, self._window_keys.again = carry.latest, carry.again
-        if carry.tail_line is not None:
-            self._tail.record((carry.tail_line, carry.tail_time))
-            self._tail.kept = carry.tail_kept
+        self._tail = _tail_of(carry.tail_line, carry.tail_time, carry.tail_kept)
+        self._file = carry.file
+        self._parked = {f: _tail_of(line, ts, kept) for f, line, ts, kept in carry.parked}
 
     def carry(self) -> StreamCarry:
         """What a replay that begins after the current line needs besides the open sessions (`start_at`)."""
         window = self._cur.key if self._cur is not None else self._split_key
-        tail = self._tail
-        parent, ts = tail.parent if tail.parent is not None else (None, None)
-        if parent is not None and self.rule.kind != "key":
-            parent = ""  # a window takes an exception line whatever its record's line says: keep the state small
+        line, ts, kept = self._tail_fields(self._tail) or (None, None, 0)
+        parked = tuple((f, *fields) for f, tail in self._parked.items() if (fields := self._tail_fields(tail)))
         return StreamCarry(self.window_phase, window, self._bucket, self._log_now, self._window_keys.latest,
-                           self._window_keys.again, parent, ts, tail.kept)
+                           self._window_keys.again, line, ts, kept, self._file, parked)
+
+    def _tail_fields(self, tail: TraceTail) -> tuple[str, float | None, int] | None:
+        """(record line, time, exception lines taken) of a trace tail with a record; a window rule keeps "" for the
+        line: a window takes an exception line whatever its record's line says (the state stays small)."""
+        if tail.parent is None:
+            return None
+        line, ts = tail.parent
+        return (line if self.rule.kind == "key" else ""), ts, tail.kept
+
+    def from_file(self, name: str) -> None:
+        """The lines from here on come from file `name` (`MultiFollow.on_turn`: a folder's follow reads its files in
+        turns). Why: a trace's exception line belongs to the last record of its own file. With one tail for the
+        stream, a pod's `ValueError: ...` read in the turn after another pod's record went to that record's session
+        (a follower can read a file between the record and its trace, when they are written apart)."""
+        if name == self._file:
+            return
+        if self._file is not None:
+            self._parked[self._file] = self._tail
+            if len(self._parked) > MAX_PARKED_TAILS:
+                del self._parked[next(iter(self._parked))]  # the file whose turn is longest past
+        self._tail = self._parked.pop(name, None) or TraceTail()
+        self._file = name
 
     @property
     def window_phase(self) -> int:

@@ -46,6 +46,7 @@ def _folder_run(scorer, sources, state, sz, quiet, *, batch_size=256, take=None)
                      keep_position=state is not None, resume=state.resume_folder if state is not None else None)
     if state is not None:
         state.attach(mf)
+    mf.on_turn = sz.from_file  # as `detect` hooks them up
     return steered_run(scorer, iter(mf), stop, state, sz, quiet, batch_size=batch_size, take=take)
 
 
@@ -501,3 +502,58 @@ def test_the_follow_benchmark_reads_every_line_in_each_case(data_dir):
     assert out["lines"] == 2000 and out["lines_read"] == dict.fromkeys(("file", "file_state", "folder",
                                                                          "folder_state"), 2000)
     assert all(len(v) == 1 and v[0] > 0 for v in out["seconds_per_round"].values())
+
+
+def test_an_exception_line_goes_with_its_own_files_record_across_turns_and_a_restart(tmp_path):
+    """Two pods' logs in a folder, one session a record (size 1). Pod a's record and pod b's are read in one poll;
+    a's Java exception line is written later and read in a's next turn: it goes with a's record (part 1 of id=1),
+    not with b's, the last record read. A crash before it: the restart has a's record in the mark's carry (its file's
+    tail) and gives it the line alike. Before stop 30 the stream kept one tail: the line went to id=2."""
+    from fusionlog.config import SessionRule
+    from fusionlog.stream import StreamSessionizer
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def sessionizer() -> StreamSessionizer:
+        return StreamSessionizer(len, SessionRule("key", key_pattern=r"id=(\w+)"),
+                                 r"<Date> <Time> \[<Thread>\] <Content>",
+                                 StreamLimits(max_events_per_session=1, idle_seconds=None))
+
+    def run(state: FolderFollowState | None, rounds: list[dict[str, list[str]]]) -> list[tuple]:
+        stop = threading.Event()
+        mf = MultiFollow([str(logs)], stop=stop, poll_interval=0.001, keep_position=state is not None,
+                         resume=state.resume_folder if state is not None else None)
+        sz = sessionizer()
+        if state is not None:
+            state.attach(mf)
+            sz.start_at(state.position.base, state.carry)
+            sz.expect_parts(state.replay_parts)
+        mf.on_turn = sz.from_file
+        it, got = iter(mf), []
+        for writes in rounds:
+            for name, lines in writes.items():
+                _write(logs / name, lines, "a")
+            for line in it:  # each line fed before the next is read, as `detect_stream` does (the turn hook)
+                if line is None:
+                    break
+                got += [(s.key, s.part, len(s.event_ids)) for s in sz.feed(line)]
+            if state is not None:
+                state.settled(sz)
+        stop.set()
+        if state is not None:
+            state.close()
+        return got
+
+    first = {"a.log": ["2024-01-01 00:00:00 [main] placed id=1"], "b.log": ["2024-01-01 00:00:01 [main] placed id=2"]}
+    trace = {"a.log": ["java.io.IOException: Connection reset", "\tat a.b.C.run(C.java:1)"]}
+    assert run(None, [first, trace]) == [("1", 0, 1), ("2", 0, 1), ("1", 1, 1)]
+    for name in ("a.log", "b.log"):
+        (logs / name).unlink()
+    st = tmp_path / "st.json"
+    assert run(FolderFollowState(st, [str(logs)], clock=itertools.count(0, 10).__next__), [first]) == [
+        ("1", 0, 1), ("2", 0, 1)]
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    assert saved["mark"]["line"] == 2 and saved["mark"]["carry"]["file"].endswith("b.log")
+    assert [row[0][-5:] for row in saved["mark"]["carry"]["parked"]] == ["a.log"]
+    assert run(FolderFollowState(st, [str(logs)]), [trace]) == [("1", 1, 1)]

@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if live and hasattr(scorer, "refresh_feedback"):
         lines = follow_feedback(lines, scorer)
     sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
+    if followed is not None:
+        followed.on_turn = sessionizer.from_file  # a trace's exception line goes with its own file's record
     metrics = None
     if args.metrics_file:
         from fusionlog.metrics_file import MetricsFile
