@@ -105,20 +105,26 @@ class TurnFile:
         if not new and not closes:
             return
         parts = []
+        fresh: dict[str, int] = {}  # names given their number by this write (kept only once it is written)
         for name, end in new:
-            no = self._no.get(name)
+            no = self._no.get(name, fresh.get(name))
             if no is None:
-                no = self._no[name] = len(self._no)
+                no = fresh[name] = len(self._no) + len(fresh)
                 began = (origins or {}).get(name)
                 where = f"\t{json.dumps(asdict(began), ensure_ascii=False)}" if began is not None else ""
                 parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}{where}\n")
             parts.append(f"{end}\t{no}\n")
         parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(parts))
+        data = "".join(parts).encode("utf-8")
+        with open(self.path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+                data = b"\n" + data  # after a write cut short (a full disk): it spoils only its own row
+            fh.write(data)
             fh.flush()
             if sync:
                 os.fsync(fh.fileno())
+        self._no.update(fresh)
         if new:
             self.saved_end = new[-1][1]
             self.count += len(new)
@@ -140,7 +146,8 @@ class TurnFile:
     @staticmethod
     def read(path: Path, after: int) -> tuple[list[tuple[str, int]], list[tuple[int, list[str]]], dict[str, Mark]]:
         """(turns, closes, where each named file began) after stream line `after`. A torn last line (a crash
-        mid-append) ends them."""
+        mid-append) ends them; a row that does not parse (a write cut short, whose rows were written again whole
+        after it) is skipped, with a warning."""
         names: dict[str, str] = {}
         turns: list[tuple[str, int]] = []
         closes: list[tuple[int, list[str]]] = []
@@ -149,21 +156,28 @@ class TurnFile:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return turns, closes, origins
+        skipped = 0
         for row in text.splitlines(keepends=True):
             if not row.endswith("\n"):
                 break
             head, _, rest = row.rstrip("\n").partition("\t")
-            if head.startswith("="):
-                name, _, began = rest.partition("\t")
-                names[head[1:]] = json.loads(name)
-                if began:  # a turn file of stop 27 has none
-                    origins[names[head[1:]]] = Mark(**json.loads(began))
-            elif head == "c":
-                line, _, keys = rest.partition("\t")
-                if int(line) > after:
-                    closes.append((int(line), [str(k) for k in json.loads(keys)]))
-            elif (end := int(head)) > after:
-                turns.append((names[rest], end))
+            try:
+                if head.startswith("="):
+                    name, _, began = rest.partition("\t")
+                    names[head[1:]] = str(json.loads(name))
+                    if began:  # a turn file of stop 27 has none
+                        origins[names[head[1:]]] = Mark(**json.loads(began))
+                elif head == "c":
+                    line, _, keys = rest.partition("\t")
+                    if int(line) > after:
+                        closes.append((int(line), [str(k) for k in json.loads(keys)]))
+                elif (end := int(head)) > after:
+                    turns.append((names[rest], end))
+            except (KeyError, TypeError, ValueError):
+                skipped += 1
+        if skipped:
+            logger.warning("%s: %d row(s) could not be read (a write cut short, such as on a full disk) and are "
+                           "skipped", path, skipped)
         return turns, closes, origins
 
 

@@ -270,13 +270,20 @@ class CloseLog:
         self.count = 0  # closes in the file
         self.kept = 0  # ... of them after its last rewrite (or read)
         self.last = 0  # the stream line of its last close
+        self.skipped = 0  # rows `read` could not parse (a write cut short)
 
     def append(self, closes: list[tuple[int, list[str]]]) -> None:
-        """Durably (synced), as the state: the verdicts of these closes are written next."""
+        """Durably (synced), as the state: the verdicts of these closes are written next. After a write that was cut
+        short (a full disk: the closes are appended again at the next save) the rows start on a line of their own,
+        so the cut row spoils only itself (`read` skips it)."""
         if not closes:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes))
+        data = "".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes).encode("utf-8")
+        with open(self.path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+                data = b"\n" + data
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         self.count += len(closes)
@@ -309,7 +316,7 @@ class CloseLog:
         kept = 0
         with open(self.path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as out:
             for row in src:
-                if row.endswith("\n") and int(row.partition("\t")[0]) > after:
+                if row.endswith("\n") and (close := _close_row(row)) is not None and close[0] > after:
                     out.write(row)
                     kept += 1
             out.flush()
@@ -318,23 +325,38 @@ class CloseLog:
         self.count = self.kept = kept
 
     def read(self, after: int) -> list[tuple[int, list[str]]]:
-        """The closes after stream line `after`; a torn last line (a crash mid-append) ends them. ValueError /
-        TypeError for a damaged file."""
+        """The closes after stream line `after`; a torn last line (a crash mid-append) ends them, and a row that
+        does not parse (a write cut short, appended again whole after it) is skipped and counted (`skipped`)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return []
         closes = []
         for row in text.splitlines(keepends=True):
             if not row.endswith("\n"):
                 break
-            line, _, keys = row.rstrip("\n").partition("\t")
+            close = _close_row(row)
+            if close is None:
+                self.skipped += 1
+                continue
             self.count += 1
-            self.last = max(self.last, int(line))
-            if int(line) > after:
-                closes.append((int(line), [str(k) for k in json.loads(keys)]))
+            self.last = max(self.last, close[0])
+            if close[0] > after:
+                closes.append(close)
         self.kept = len(closes)
         return closes
+
+
+def _close_row(row: str) -> tuple[int, list[str]] | None:
+    """(stream line, keys) of one close log row; None for a row that is not one."""
+    line, _, keys = row.rstrip("\n").partition("\t")
+    try:
+        found = json.loads(keys)
+        if not isinstance(found, list):
+            return None
+        return int(line), [str(k) for k in found]
+    except ValueError:
+        return None
 
 
 class FollowState:
@@ -414,11 +436,10 @@ class FollowState:
                            f"; {cp.open_sessions} open session(s) lost" if cp.open_sessions else "")
             self._close_log.path.unlink(missing_ok=True)
             return
-        try:
-            logged = self._close_log.read(cp.mark.line)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"--state {self.path}: {self._close_log.path} is damaged ({exc}); move both away to "
-                              f"start over") from None
+        logged = self._close_log.read(cp.mark.line)
+        if self._close_log.skipped:
+            logger.warning("--state %s: %d row(s) of %s could not be read (a write cut short, such as on a full "
+                           "disk) and are skipped", self.path, self._close_log.skipped, self._close_log.path)
         self.position.base, self.carry = cp.mark.line, mark_carry(cp.mark)
         self.resume = ResumeAt(str(found), cp.mark.offset, cp.mark.file_line)
         self.replay_through = cp.done

@@ -167,9 +167,9 @@ class FinishedSession:
 
 #: Example lines kept per open session at most (one per distinct template), and their length.
 MAX_EXAMPLES = 64
+MAX_EXAMPLE_CHARS = 500
 #: Files whose trace tails a folder's follow keeps besides the one read now (the least recently read go first).
 MAX_PARKED_TAILS = 4096
-MAX_EXAMPLE_CHARS = 500
 
 
 def note_example(examples: dict[int, tuple[int, str]], eid: int, line_no: int, text: str) -> None:

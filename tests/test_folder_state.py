@@ -557,3 +557,44 @@ def test_an_exception_line_goes_with_its_own_files_record_across_turns_and_a_res
     assert saved["mark"]["line"] == 2 and saved["mark"]["carry"]["file"].endswith("b.log")
     assert [row[0][-5:] for row in saved["mark"]["carry"]["parked"]] == ["a.log"]
     assert run(FolderFollowState(st, [str(logs)]), [trace]) == [("1", 1, 1)]
+
+
+def test_a_turn_file_write_cut_short_spoils_only_its_own_row(tmp_path, monkeypatch, caplog):
+    """A full disk cuts a turn file write in half (a new file's name, two turns, a close); the next save writes them
+    again. The rows after the cut start on a line of their own and name the file again, so a restart reads every
+    turn and close whole (before, the retry ran on from the cut row, `6<TAB>5<TAB>1`, and a restart refused the turn
+    file as damaged)."""
+    tf = TurnFile(tmp_path / "st.json.turns")
+    tf.append([("a.log", 3)])
+    real_open = open
+
+    class CutShort:
+        """A file whose one write stops halfway, as on a full disk."""
+
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.fh.close()
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def write(self, data: bytes) -> int:
+            self.fh.write(data[:len(data) // 2 + 2])  # into the second turn's row
+            self.fh.flush()
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folder_state, "open", lambda *a, **k: CutShort(real_open(*a, **k)), raising=False)
+    with pytest.raises(OSError):
+        tf.append([("b.log", 5), ("a.log", 6)], [(4, ["k1"])])
+    monkeypatch.delattr(folder_state, "open")
+    assert not tf.path.read_bytes().endswith(b"\n")  # a row cut in two
+    tf.append([("b.log", 5), ("a.log", 6)], [(4, ["k1"])])  # the next save writes them again
+    turns, closes, _ = TurnFile.read(tf.path, 0)
+    # the turn the cut write had whole comes twice: a replay skips a turn that ends where it already is
+    assert turns == [("a.log", 3), ("b.log", 5), ("b.log", 5), ("a.log", 6)] and closes == [(4, ["k1"])]
+    assert "1 row(s) could not be read" in caplog.text

@@ -126,18 +126,21 @@ def test_wall_idle_closes_are_logged_beside_the_state_which_stays_small(tmp_path
     state.close()
 
 
-def test_closes_logged_after_a_torn_close_are_read_by_the_next_restart(tmp_path):
+def test_closes_logged_after_a_torn_close_are_read_by_the_next_restart(tmp_path, caplog):
     """A crash tears the close log's last row; the restart logs more closes and dies too. The next restart reads
     every whole close (before, the restart appended onto the torn row, and the next one refused the log as
-    damaged)."""
+    damaged). A write the running process had cut short (a full disk; the closes go again at the next save) spoils
+    only its own row: the next restart skips it and says so."""
     path = tmp_path / "app.log"
     _write(path, [f"x {i}" for i in range(10)], "w")
     log = CloseLog(tmp_path / "st.json.closes")
 
-    def run(keys: list[str]) -> FollowState:
+    def run(keys: list[str], cut_short: str = "") -> FollowState:
         state = FollowState(tmp_path / "st.json", path, clock=itertools.count(0, 10).__next__)
         gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position, resume=state.resume)
         assert len(_until_quiet(gen)) == 10  # from the top: the mark stays before the pinned session's line 1
+        with open(log.path, "a", encoding="utf-8") as fh:
+            fh.write(cut_short)
         for key in keys:
             _wall_closed(state, 10, key)
             state.recording(_Pinned())
@@ -152,6 +155,9 @@ def test_closes_logged_after_a_torn_close_are_read_by_the_next_restart(tmp_path)
     assert run(["k3"]).replay_closes == {10: [["k0"], ["k1"]]}
     assert run([]).replay_closes == {10: [["k0"], ["k1"], ["k3"]]}
     assert [keys for _, keys in log.read(0)] == [["k0"], ["k1"], ["k3"]]
+    run(["k4"], cut_short='10\t["k')  # written again whole after the cut row
+    assert run([]).replay_closes == {10: [["k0"], ["k1"], ["k3"], ["k4"]]}
+    assert "1 row(s) of" in caplog.text and "could not be read" in caplog.text
 
 
 def test_the_state_benchmark_keeps_the_state_small_behind_a_pinned_mark(tmp_path):
