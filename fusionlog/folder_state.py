@@ -43,7 +43,7 @@ from fusionlog.follow_state import (
     mark_carry,
     parts_from_json,
 )
-from fusionlog.io import atomic_write_text
+from fusionlog.io import append_rows, atomic_write_text
 from fusionlog.multifollow import FolderResume, MultiFollow
 
 logger = logging.getLogger(__name__)
@@ -115,15 +115,7 @@ class TurnFile:
                 parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}{where}\n")
             parts.append(f"{end}\t{no}\n")
         parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
-        data = "".join(parts).encode("utf-8")
-        with open(self.path, "a+b") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
-                data = b"\n" + data  # after a write cut short (a full disk): it spoils only its own row
-            fh.write(data)
-            fh.flush()
-            if sync:
-                os.fsync(fh.fileno())
+        append_rows(self.path, "".join(parts), sync)
         self._no.update(fresh)
         if new:
             self.saved_end = new[-1][1]

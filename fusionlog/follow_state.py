@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionlog.errors import ConfigError
-from fusionlog.io import atomic_write_text, hold_lock
+from fusionlog.io import append_rows, atomic_write_text, hold_lock
 
 logger = logging.getLogger(__name__)
 
@@ -278,14 +278,7 @@ class CloseLog:
         so the cut row spoils only itself (`read` skips it)."""
         if not closes:
             return
-        data = "".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes).encode("utf-8")
-        with open(self.path, "a+b") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
-                data = b"\n" + data
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_rows(self.path, "".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes))
         self.count += len(closes)
         self.last = max(self.last, *(line for line, _ in closes))
 

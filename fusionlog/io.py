@@ -162,6 +162,23 @@ def open_appending(path: Path | str, what: str, logger=None) -> IO[str]:
     return open(path, "a", encoding="utf-8")  # noqa: SIM115
 
 
+def append_rows(path: Path, rows: str, sync: bool = True) -> None:
+    """Append `rows` (whole lines) to `path`, flushed (and synced unless `sync` is False), on a line of their own.
+    Why: a write a full disk cut short left a row without its newline, and the caller writes those rows again at its
+    next try; glued to the cut row they would spoil it and the first of them. On a fresh line the cut row spoils
+    only itself (the readers of these files skip a row they cannot parse). One byte read, not `cut_torn_line`'s scan:
+    this runs for every close a follow logs."""
+    data = rows.encode("utf-8")
+    with open(path, "a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+            data = b"\n" + data
+        fh.write(data)
+        fh.flush()
+        if sync:
+            os.fsync(fh.fileno())
+
+
 def cut_torn_line(path: Path) -> int:
     """Truncate `path` after its last newline; the bytes cut (0: none, no such file, or not a regular file: a pipe
     or a terminal, such as /dev/stdout, is written to as it is)."""

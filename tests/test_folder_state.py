@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+import fusionlog.io
 from fusionlog import folder_state
 from fusionlog.errors import ConfigError
 from fusionlog.folder_state import FolderFollowState, TurnFile
@@ -588,10 +589,10 @@ def test_a_turn_file_write_cut_short_spoils_only_its_own_row(tmp_path, monkeypat
             self.fh.flush()
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(folder_state, "open", lambda *a, **k: CutShort(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(fusionlog.io, "open", lambda *a, **k: CutShort(real_open(*a, **k)), raising=False)
     with pytest.raises(OSError):
         tf.append([("b.log", 5), ("a.log", 6)], [(4, ["k1"])])
-    monkeypatch.delattr(folder_state, "open")
+    monkeypatch.delattr(fusionlog.io, "open")
     assert not tf.path.read_bytes().endswith(b"\n")  # a row cut in two
     tf.append([("b.log", 5), ("a.log", 6)], [(4, ["k1"])])  # the next save writes them again
     turns, closes, _ = TurnFile.read(tf.path, 0)
