@@ -55,22 +55,28 @@ def _until_quiet(lines: Iterator[str | None], stop: threading.Event, total: int,
         yield line
 
 
-def _case(scorer, make: Callable[[threading.Event, Path | None], tuple[Iterator[str | None], object]],
+def _case(scorer, make: Callable[[threading.Event, Path | None], tuple[Iterator[str | None], object, object]],
           total: int, state_dir: Path | None) -> tuple[float, int]:
-    """Seconds for one run of the live path (a fresh state file each time), and the lines it read."""
-    from fusionlog.stream import StreamLimits, detect_stream
+    """Seconds for one run of the live path (a fresh state file each time), and the lines it read. `make` gives the
+    lines, the state (or None) and the folder's `MultiFollow` (or None), whose turns go to the sessionizer as in
+    `detect` (each file's trace tail)."""
+    from fusionlog.stream import StreamLimits, detect_stream, scorer_sessionizer
 
     stop = threading.Event()
     state_path = None
     if state_dir is not None:
         state_path = Path(tempfile.mkdtemp(dir=state_dir)) / "st.json"
     t0 = time.perf_counter()
-    lines, state = make(stop, state_path)
+    lines, state, folder = make(stop, state_path)
     limits = StreamLimits(idle_seconds=None, wall_idle_seconds=None)
+    sz = scorer_sessionizer(scorer, limits)
+    if folder is not None:
+        folder.on_turn = sz.from_file
     seen = [0]
     try:
         with open(os.devnull, "w", encoding="utf-8") as sink:
-            for verdict in detect_stream(scorer, _until_quiet(lines, stop, total, seen), limits, checkpoint=state):
+            for verdict in detect_stream(scorer, _until_quiet(lines, stop, total, seen), limits, sessionizer=sz,
+                                         checkpoint=state):
                 sink.write(json.dumps(verdict) + "\n")
     finally:
         if state is not None:
@@ -94,14 +100,14 @@ def run(repeat: int = 20, files: int = 4, model: str | None = None, data_dir: st
 
     def one_file(stop, state_path):
         state = FollowState(state_path, one) if state_path else None
-        return follow(one, stop=stop, poll_interval=0.001, position=state.position if state else None), state
+        return follow(one, stop=stop, poll_interval=0.001, position=state.position if state else None), state, None
 
     def a_folder(stop, state_path):
         state = FolderFollowState(state_path, [str(folder)]) if state_path else None
         mf = MultiFollow([str(folder)], stop=stop, poll_interval=0.001, keep_position=state is not None)
         if state is not None:
             state.attach(mf)
-        return iter(mf), state
+        return iter(mf), state, mf
 
     cases = {"file": (one_file, None), "file_state": (one_file, workdir), "folder": (a_folder, None),
              "folder_state": (a_folder, workdir)}
