@@ -474,9 +474,11 @@ class StreamSessionizer:
 
     def from_file(self, name: str) -> None:
         """The lines from here on come from file `name` (`MultiFollow.on_turn`: a folder's follow reads its files in
-        turns). Why: a trace's exception line belongs to the last record of its own file. With one tail for the
-        stream, a pod's `ValueError: ...` read in the turn after another pod's record went to that record's session
-        (a follower can read a file between the record and its trace, when they are written apart)."""
+        turns; `files_lines`' `on_file`: `detect` reads several files one after another). Why: a trace's exception
+        line belongs to the last record of its own file. With one tail for the stream, a pod's `ValueError: ...` read
+        in the turn after another pod's record went to that record's session (a follower can read a file between the
+        record and its trace, when they are written apart), and `detect a.log b.log` gave an exception line at the
+        top of b.log to a.log's last record, where training's batch reading starts each file afresh."""
         if name == self._file:
             return
         if self._file is not None:
@@ -1106,15 +1108,20 @@ def file_lines(
 
 
 def files_lines(files: Sequence[Path], stats: ReadStats, logger: logging.Logger | None = None,
-                progress: ReadProgress | None = None) -> Iterator[str]:
+                progress: ReadProgress | None = None,
+                on_file: Callable[[str], None] | None = None) -> Iterator[str]:
     """The lines of several finished files as one stream, in the order given (`expand_log_source`'s:
-    oldest first), so a session that a rotation cut in two is scored whole. Empty files are counted."""
+    oldest first), so a session that a rotation cut in two is scored whole. Empty files are counted. `on_file` is
+    called with each file's path before its first line (`StreamSessionizer.from_file`: a trace never runs from one
+    file into the next, as in training's batch reading)."""
     for path in files:
         if logger is not None and len(files) > 1 and (progress is None or not progress.shown):
             logger.info("reading %s", path)
         lines = file_lines(path, stats, progress=progress)
         first = next(lines, None)
         if first is not None:
+            if on_file is not None:
+                on_file(str(path))
             yield first
             yield from lines  # no per-line work here: this is detect's hot path
         else:

@@ -102,7 +102,9 @@ def test_instances_spread_over_two_files_are_the_sessions_of_one_file(os_lines, 
 
 def test_detect_follows_a_folder(bgl_artifact, data_dir, tmp_path):
     """`fusionlog detect --follow DIR`: each file's lines as they come (two nodes' 20-line windows here); a file
-    that appears while it runs is read too; SIGTERM scores what is open and says how many files it read."""
+    that appears while it runs is read too; SIGTERM scores what is open and says how many files it read. The new
+    node's log begins with an exception line: no record of its own file is before it, so neither the follow nor
+    `detect` over the files gives it to the other node's window (each file's trace tail, as training reads them)."""
     import json
     import signal
     import subprocess
@@ -130,7 +132,7 @@ def test_detect_follows_a_folder(bgl_artifact, data_dir, tmp_path):
 
     try:
         wait_for(1)  # the first full window; the second closes when a later line comes
-        _write(logs / "node-c.log", lines[40:50], "w")  # a node that starts later: half a window
+        _write(logs / "node-c.log", ["java.io.IOException: Connection reset", *lines[40:50]], "w")  # half a window
         wait_for(2)  # its first line, read at a rescan (every 5 s), closed the second window
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -143,7 +145,7 @@ def test_detect_follows_a_folder(bgl_artifact, data_dir, tmp_path):
     ref = [json.loads(v) for v in batch.stdout.splitlines()]
     assert [v["events"] for v in got] == [20, 20, 10] == [v["events"] for v in ref]
     assert sorted(round(v["score"], 6) for v in got) == sorted(round(v["score"], 6) for v in ref)
-    assert "node-c.log appeared; reading it from the top" in err and "detect: 3 files, 50 lines" in err
+    assert "node-c.log appeared; reading it from the top" in err and "detect: 3 files, 51 lines" in err
 
 
 def test_files_past_the_open_file_limit_wait_for_room_with_a_warning(tmp_path, caplog):

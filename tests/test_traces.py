@@ -137,6 +137,32 @@ def test_exceptions_join_their_records_session_key(tmp_path, data_dir):
     assert sz.stats.read.to_dict() == {**ds.stats.to_dict(), "no_session_key": 0}
 
 
+def test_a_trace_never_runs_from_one_file_into_the_next_in_batch_or_in_detect(tmp_path, data_dir):
+    """Two files read as one log: b.log begins with an exception line (its record was never written there). Training's
+    batch reading starts each file's trace afresh; `detect`'s stream over the same files (`files_lines` telling the
+    sessionizer each file) reads the same sessions: the line is counted, not given to a.log's last record (req-1).
+    Before stop 30, `detect a.log b.log` gave it to req-1."""
+    from fusionlog.stream import files_lines
+    from fusionlog.types import ReadStats
+
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("2026-11-28 10:00:00,001 INFO [main] req-1 accepted\n", encoding="utf-8")
+    b.write_text("java.net.ConnectException: Connection refused\n"
+                 "2026-11-28 10:00:01,001 INFO [main] req-2 accepted\n"
+                 "2026-11-28 10:00:01,002 ERROR [main] req-2 failed\n"
+                 "java.io.IOException: Broken pipe\n", encoding="utf-8")
+    spec = RawSpec(system="app", files=(RawFile(str(a)), RawFile(str(b))), log_format=APP_FORMAT,
+                   rule=SessionRule("key", key_pattern=REQUEST_KEY))
+    ds = load_raw("app", spec, data_dir, progress=False)
+    assert {s.key: len(s.event_ids) for s in ds.sessions} == {"req-1": 1, "req-2": 3}
+    assert (ds.stats.exception_lines, ds.stats.unmatched_format) == (1, 1)
+    sz = StreamSessionizer(ds.store.match_line, spec.rule, spec.log_format, NO_TIMEOUTS)
+    lines = files_lines([a, b], ReadStats(), on_file=sz.from_file)
+    finished = sz.feed_many(lines) + sz.flush()
+    assert {s.key: s.event_ids for s in finished} == {s.key: s.event_ids for s in ds.sessions}
+    assert (sz.stats.read.exception_lines, sz.stats.read.unmatched_format) == (1, 1)
+
+
 def test_a_traceback_printed_between_json_records_joins_the_record(tmp_path, data_dir):
     """A JSON service whose crash handler printed a plain traceback: its last line is an event of the record."""
     log = tmp_path / "svc.jsonl.log"

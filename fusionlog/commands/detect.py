@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: must be >= 1")
     scorer = load_scorer(args.model)
+    sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
     read_stats = ReadStats()
     stop = threading.Event()
     followed = progress = None
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                                resume=state.resume_folder if state is not None else None)
         if state is not None:
             state.attach(followed)
+        followed.on_turn = sessionizer.from_file  # a trace's exception line goes with its own file's record
         lines = iter(followed)
     elif args.follow:
         lines = follow(files[0], read_stats, stop=stop, poll_interval=args.poll_interval,
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         # a bar on stderr, unless the verdicts themselves go to that terminal
         wanted = not getattr(args, "quiet", False) and bool(args.output or not sys.stdout.isatty())
         progress = ReadProgress(files, show=None if wanted else False)
-        lines = files_lines(files, read_stats, logger, progress)
+        lines = files_lines(files, read_stats, logger, progress, on_file=sessionizer.from_file)
     saved: dict = {}
     if live and threading.current_thread() is threading.main_thread():
         # First Ctrl-C / SIGTERM: stop reading; open sessions are still scored and written. Second: abort.
@@ -142,9 +144,6 @@ def run(args: argparse.Namespace) -> int:
             saved[sig] = signal.signal(sig, _stop)
     if live and hasattr(scorer, "refresh_feedback"):
         lines = follow_feedback(lines, scorer)
-    sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
-    if followed is not None:
-        followed.on_turn = sessionizer.from_file  # a trace's exception line goes with its own file's record
     metrics = None
     if args.metrics_file:
         from fusionlog.metrics_file import MetricsFile
