@@ -25,6 +25,7 @@ from torch import nn
 
 from fusionlog.config import register_config_type
 from fusionlog.errors import ConfigError, DataError
+from fusionlog.threads import torch_threads
 from fusionlog.types import Session
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ class FinetuneConfig:
     target_weight: float = field(default=1.0, metadata={"help": "weight of the distillation loss vs the source loss"})
     source_trains_deep: bool = field(default=False, metadata={
         "help": "let the source loss train the deep (GRU) path too; off: it learns the target's teacher labels only"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads of the fine-tune (0 = the process's)"})
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError("FinetuneConfig.threads must be >= 0")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("FinetuneConfig.steps and batch_size must be >= 1")
         if self.lr <= 0 or self.temperature <= 0 or self.target_weight < 0:
@@ -110,27 +114,28 @@ def finetune(
     probs = mass / mass.sum()
     vectors = detector._vectors_t
 
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sums = {"source": 0.0, "distill": 0.0}
-    for _ in range(cfg.steps):
-        loss_src = torch.zeros(())
-        for d, s in zip(src_data, samplers, strict=True):
-            b = make_batch(d.encoded, s.draw(rng, cfg.batch_size), d.vectors)
-            out_src = model(b.x, b.mask, b.session_features, deep_grad=cfg.source_trains_deep)
-            loss_src = loss_src + weighted_bce(out_src.logits, b.labels,
-                                               s.class_weight) / len(src_data)
-        groups = rng.choice(len(enc), size=cfg.batch_size, replace=True, p=probs)
-        b = make_batch(enc, groups, vectors)
-        w = torch.as_tensor(group_w[groups], dtype=torch.float32)
-        loss_t = soft_bce(model(b.x, b.mask, b.session_features).logits, b.labels, w, cfg.temperature)
-        loss = loss_src + cfg.target_weight * loss_t
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sums["source"] += float(loss_src.detach())
-        sums["distill"] += float(loss_t.detach())
+    with torch_threads(cfg.threads):  # the process's count (an LLM's, in fuse) is given back after
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        sums = {"source": 0.0, "distill": 0.0}
+        for _ in range(cfg.steps):
+            loss_src = torch.zeros(())
+            for d, s in zip(src_data, samplers, strict=True):
+                b = make_batch(d.encoded, s.draw(rng, cfg.batch_size), d.vectors)
+                out_src = model(b.x, b.mask, b.session_features, deep_grad=cfg.source_trains_deep)
+                loss_src = loss_src + weighted_bce(out_src.logits, b.labels,
+                                                   s.class_weight) / len(src_data)
+            groups = rng.choice(len(enc), size=cfg.batch_size, replace=True, p=probs)
+            b = make_batch(enc, groups, vectors)
+            w = torch.as_tensor(group_w[groups], dtype=torch.float32)
+            loss_t = soft_bce(model(b.x, b.mask, b.session_features).logits, b.labels, w, cfg.temperature)
+            loss = loss_src + cfg.target_weight * loss_t
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sums["source"] += float(loss_src.detach())
+            sums["distill"] += float(loss_t.detach())
     model.eval()
     out = {
         "steps": cfg.steps,

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from fusionlog.feedback import apply_mutes, feedback_stamp, load_mutes
 from fusionlog.model import ReferenceStats, encode_sessions, input_key, make_batch
 from fusionlog.parsing import saved_parse_config
 from fusionlog.scoring import SessionVerdict
+from fusionlog.threads import torch_threads
 from fusionlog.types import Session
 
 logger = logging.getLogger(__name__)
@@ -50,24 +50,6 @@ CACHE_SIZE = 32_768
 CacheKey = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 #: (logit, read-only attention over the capped ids)
 CachedScore = tuple[float, np.ndarray]
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with `n` torch intra-op threads, then restore the previous count (None: leave as is).
-
-    Scoped rather than set once at load, so loading a scorer does not change the thread count of a
-    process that also trains. The setting is process-wide: callers score under one lock (as serving does).
-    """
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ScoreCache:

@@ -156,6 +156,19 @@ def test_reason_generation_is_short_text(backend, ostack):
     assert r.ok and isinstance(r.reason, str) and r.completion_tokens >= 2
 
 
+def test_a_thread_count_holds_for_the_calls_only(tiny, ostack):
+    import torch
+
+    from distill.backends.transformers_local import TransformersBackend
+    from fusionlog.threads import torch_threads
+
+    with torch_threads(2):
+        one = TransformersBackend(str(tiny), threads=1)
+        assert torch.get_num_threads() == 2  # loading sets nothing for the process
+        assert one.score([messages_for(ostack)])[0].ok
+        assert torch.get_num_threads() == 2  # nor does a call, after it
+
+
 @pytest.mark.slow
 def test_lora_tune_save_load_round_trip(tiny, tmp_path, ostack):
     from distill.backends.transformers_local import TransformersBackend

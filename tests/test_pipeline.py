@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from distill.finetune import FinetuneConfig, finetune
 from distill.rounds import DistillConfig, last_complete_round
@@ -16,6 +17,7 @@ from fusionlog.detector import Detector, SystemSessions
 from fusionlog.errors import DataError
 from fusionlog.pipeline import FuseConfig, fuse
 from fusionlog.served import load_scorer
+from fusionlog.threads import torch_threads
 from fusionlog.training import TrainConfig
 
 FAST = {"epochs": 2, "steps_per_epoch": 6}
@@ -85,7 +87,9 @@ def test_distillation_moves_model_toward_teacher(prepared):
     teacher[low], teacher[high] = 0.95, 0.05  # the teacher disagrees on both ends
     weights = np.where(np.isfinite(teacher), 1.0, 0.0).astype(np.float32)
     assert det.model_.widen_deep_path(1.0)  # as the rounds do (by the LLM's trust): the deep path learns the target
-    info = finetune(det, sources, pool, teacher, weights, FinetuneConfig(steps=30, lr=2e-3))
+    with torch_threads(2):  # the fine-tune runs on its own thread count and gives the process's back
+        info = finetune(det, sources, pool, teacher, weights, FinetuneConfig(steps=30, lr=2e-3))
+        assert torch.get_num_threads() == 2
     after = det.decision_function(pool)
     assert info["teacher_sessions"] == 20
     # toward the teacher: the sessions it calls anomalous gain on those it calls normal (a shift of every

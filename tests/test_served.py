@@ -19,7 +19,8 @@ from fusionlog.data import load_dataset
 from fusionlog.detector import Detector
 from fusionlog.errors import ArtifactError
 from fusionlog.model import encode_sessions, input_key, make_batch
-from fusionlog.served import ArtifactScorer, load_scorer, torch_threads
+from fusionlog.served import ArtifactScorer, load_scorer
+from fusionlog.threads import torch_threads
 from fusionlog.types import Session
 from tests.conftest import small_fuse as _fuse
 

@@ -10,6 +10,7 @@ import torch
 
 from fusionlog.data import hide_labels
 from fusionlog.model import SessionModel, SessionModelConfig, encode_sessions, make_batch, score_encoded
+from fusionlog.threads import torch_threads
 from fusionlog.training import LabelLeakError, SystemData, TrainConfig, train_model
 from fusionlog.training.adversarial import DomainDiscriminator, dann_schedule, domain_loss, grad_reverse
 from fusionlog.training.data import Sampler
@@ -107,7 +108,9 @@ def test_meta_training_step_changes_weights(prepared, anchors, order):
                       adversarial_weight=0.0, val_fraction=0.0, seed=1)
     torch.manual_seed(cfg.seed)
     init = {k: v.clone() for k, v in SessionModel(TINY).state_dict().items()}
-    result = train_model(sources, None, TINY, cfg, anchors)
+    with torch_threads(2):  # training runs on cfg.threads (1) and gives the process its count back
+        result = train_model(sources, None, TINY, cfg, anchors)
+        assert torch.get_num_threads() == 2  # (the LLM that fuse runs next used to get 1 thread)
     moved = [k for k, v in result.model.state_dict().items() if k in init and not torch.equal(v, init[k])]
     assert "gru.weight_ih_l0" in moved and "head.3.weight" in moved
 

@@ -39,13 +39,11 @@ class TransformersBackend:
     def __init__(self, model: str | ResolvedModel, adapter: str | Path | None = None, device: str = "cpu",
                  max_prompt_tokens: int = 4096, threads: int | None = None, convert_cache: bool = True,
                  reuse_prefix: bool = True) -> None:
-        import torch
 
         self.resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, local=True)
         self.device = device
         self.max_prompt_tokens = max_prompt_tokens
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads  # set around each call (`torch_threads`), not for the whole process
         t0 = time.perf_counter()
         self.tokenizer, self.model = load_model(self.resolved, device, convert_cache)
         self.adapter_id = ""
@@ -79,8 +77,11 @@ class TransformersBackend:
         return list(ids)
 
     def score(self, prompts: Sequence[Messages], params: ScoreParams | None = None) -> list[LLMResult]:
+        from fusionlog.threads import torch_threads
+
         params = params or ScoreParams()
-        return [self._score_one(m, params) for m in prompts]
+        with torch_threads(self.threads):
+            return [self._score_one(m, params) for m in prompts]
 
     def _score_one(self, messages: Messages, params: ScoreParams) -> LLMResult:
         import torch

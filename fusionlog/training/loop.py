@@ -20,6 +20,7 @@ from torch import nn
 
 from fusionlog.errors import ConfigError, DataError
 from fusionlog.model import Batch, SessionModel, SessionModelConfig, make_batch, score_encoded
+from fusionlog.threads import torch_threads
 from fusionlog.training.adversarial import DomainDiscriminator, dann_schedule, domain_loss
 from fusionlog.training.config import TrainConfig
 from fusionlog.training.data import LabelLeakError, Sampler, SystemData, split_groups
@@ -68,15 +69,26 @@ def train_model(
     config: TrainConfig,
     anchor_vectors: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train a fresh `SessionModel`; `target` (unlabelled pool) is used only by the discriminator."""
+    """Train a fresh `SessionModel`; `target` (unlabelled pool) is used only by the discriminator.
+
+    Runs on `config.threads` torch threads and gives the process its count back after (`torch_threads`)."""
+    with torch_threads(config.threads):
+        return _train_model(sources, target, model_config, config, anchor_vectors)
+
+
+def _train_model(
+    sources: Sequence[SystemData],
+    target: SystemData | None,
+    model_config: SessionModelConfig,
+    config: TrainConfig,
+    anchor_vectors: np.ndarray | None,
+) -> TrainResult:
     if not sources:
         raise DataError("no source systems to train on")
     if target is not None:
         if np.isfinite(target.encoded.labels).any():
             raise LabelLeakError(f"target {target.name}: the encoded adaptation pool carries labels")
     t0 = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
