@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from fusionlog.config import SessionRule
 from fusionlog.explain import largest_departure
 from fusionlog.types import Session
 
@@ -21,6 +22,8 @@ TOP_FINDINGS = 10
 TOP_TEMPLATES = 3
 #: Largest departures counted over the flagged sessions.
 TOP_CAUSES = 5
+#: Share of its own pool flagged past which the run says the detector would alert on most of what it reads.
+MOST_FLAGGED = 0.5
 
 
 def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_FINDINGS) -> dict:
@@ -32,10 +35,12 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
     flagged = sum(1 for v in verdicts if v.anomalous)
     worst = sorted(verdicts, key=lambda v: -v.score)[:top]
     causes = Counter(c for v in verdicts if v.anomalous and (c := largest_departure(v.departures)))
+    share = flagged / max(len(verdicts), 1)
     return {
         "sessions": len(verdicts),
         "flagged": flagged,
-        "flagged_share": round(flagged / max(len(verdicts), 1), 4),
+        "flagged_share": round(share, 4),
+        **({"note": flood_note(flagged, len(verdicts), scorer.rule)} if share > MOST_FLAGGED else {}),
         # what flags them: the commonest largest departures of the flagged sessions (candidates for a mute)
         "causes": [{"kind": kind, "template": template, "sessions": n}
                    for (kind, template), n in causes.most_common(TOP_CAUSES)],
@@ -49,6 +54,26 @@ def pool_findings(model_dir: Path, sessions: Sequence[Session], top: int = TOP_F
     }
 
 
+def flood_note(flagged: int, sessions: int, rule: SessionRule) -> str:
+    """What to change when the detector flags most of the logs it learned from.
+
+    Why: such a detector alerts on nearly everything it reads. Unless those logs were mostly failures, the pool
+    had no ordinary side to measure surprise against: too few sessions, or sessions that never repeat (short
+    windows over a chatty host's log, each a new mix). The fixes are the user's: more of the log, or a rule
+    whose sessions repeat. Said once, where the user reads the run's result, not as a deep warning."""
+    if rule.kind == "lines":
+        unit = (f"each {rule.window}-line window is a new mix of messages; a key that groups a request's or "
+                "an instance's lines (--key-regex) or longer windows (--window, --seconds) give sessions that repeat")
+    elif rule.kind == "time":
+        unit = (f"each {rule.seconds:g}-second window is a new mix of messages; a key that groups a request's or "
+                "an instance's lines (--key-regex) gives sessions that repeat")
+    else:
+        unit = "its keys' sessions seldom repeat one another; check that --key-regex groups one request or job each"
+    return (f"it flags {flagged} of the {sessions} sessions it learned from. Unless these logs were mostly "
+            f"failures, too few of them look alike for any to read as ordinary: train on more of the log "
+            f"(hours, not minutes), or {unit}.")
+
+
 def findings_markdown(findings: dict) -> list[str]:
     """The report's section: one line of shares, what flags most of them, a table of the most anomalous."""
     lines = [
@@ -57,6 +82,7 @@ def findings_markdown(findings: dict) -> list[str]:
         f"{findings['flagged']} of {findings['sessions']} adaptation-pool sessions "
         f"({100 * findings['flagged_share']:.1f}%) are flagged, scored as `fusionlog detect` scores them.",
         "",
+        *([f"**Most of them flagged:** {findings['note']}", ""] if findings.get("note") else []),
     ]
     causes = findings.get("causes") or []
     if causes:  # what an operator checks (and may mute) first

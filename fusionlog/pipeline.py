@@ -760,6 +760,7 @@ def _print_summary(report: dict, progress: bool) -> None:
         ("sessions", report["target_sessions"]), ("LLM calls", report["llm_calls"]),
         *([("pool flagged", f"{f['flagged']} of {f['sessions']} (see report.md)")]
           if (f := report.get("findings")) else []),
+        *([("note", f["note"])] if f and f.get("note") else []),
         ("rounds", len(report["rounds"]) - 1), ("precision", _f(t.get("precision"))),
         ("recall", _f(t.get("recall"))), ("F1", _f(t.get("f1"))), ("ROC-AUC", _f(t.get("roc_auc"))),
         *([("test note", f"{t['note']} ({t['flagged']:.1%} of the test part flagged)")] if t.get("note") else []),

@@ -279,6 +279,9 @@ def test_the_main_job_takes_another_threshold_rule_where_the_pool_has_no_normal_
     saved = Detector.from_pretrained(tmp_path / "otsu").threshold_info_
     assert saved.rule == "pool-otsu-distinct" == other.report["threshold"]["rule"]
     assert saved.details["pool_flagged_share"] < 1.0
+    # the note on flagging most of the pool comes with the share, not with the data set
+    assert "note" in default.report["findings"]
+    assert other.report["findings"]["flagged_share"] <= 0.5 and "note" not in other.report["findings"]
 
 
 def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_path, data_dir, cache_root):
@@ -316,6 +319,9 @@ def test_the_report_lists_what_the_detector_flags_in_the_targets_own_logs(tmp_pa
     assert causes[0]["sessions"] == max(firsts.values()) == firsts[(causes[0]["kind"], causes[0]["template"])]
     assert [c["sessions"] for c in causes] == sorted((c["sessions"] for c in causes), reverse=True)
     assert f"- {causes[0]['sessions']} × {causes[0]['kind']} `" in md
+    # flagging most of the logs it learned from, it says what to change: BGL's 20-line windows never repeat
+    assert findings["flagged"] > len(pool) / 2 and "20-line window" in findings["note"] and "--key-regex" in md
+    assert f"**Most of them flagged:** it flags {findings['flagged']} of the {len(pool)} sessions" in md
 
 
 class _Scored:
@@ -345,3 +351,13 @@ def test_a_one_class_test_part_gives_nulls_and_a_note_not_zeros_or_nan(labels):
         assert "no anomalous session" in m["note"]
     else:
         assert m["f1"] == pytest.approx(2 / 3, abs=1e-4) and m["roc_auc"] is None and "every test session" in m["note"]
+
+
+def test_the_flood_note_names_what_to_change_for_each_session_rule():
+    from fusionlog.config import SessionRule
+    from fusionlog.findings import flood_note
+
+    timed = flood_note(9, 10, SessionRule("time", seconds=60))
+    assert timed.startswith("it flags 9 of the 10 sessions") and "60-second window" in timed and "--key-regex" in timed
+    keyed = flood_note(9, 10, SessionRule("key", key_pattern=r"id=(\w+)"))
+    assert "window" not in keyed and "--key-regex groups one request" in keyed
