@@ -766,15 +766,18 @@ def read_stream(
     stop: threading.Event | None = None,
     heartbeat: float | None = 0.5,
     max_line_bytes: int = MAX_LINE_BYTES,
+    unpack: Callable[[BinaryIO], BinaryIO] | None = None,
 ) -> Iterator[str | None]:
     """Lines of a binary stream (a pipe, stdin); `None` every `heartbeat` seconds while it is quiet.
 
     A reader thread does the blocking reads, so the consumer keeps running timeouts while a pipe is
-    silent. With `heartbeat=None` the stream is read inline (no thread, no heartbeats).
+    silent. With `heartbeat=None` the stream is read inline (no thread, no heartbeats). `unpack` (gzip, a
+    byte-order mark: `fusionlog.data.readers.unpacked`) looks at the stream's first bytes in the reader, so a
+    quiet pipe does not hold up the heartbeats until its first line.
     """
     stats = stats if stats is not None else ReadStats()
     if heartbeat is None:
-        for chunk in _chunks(fh, max_line_bytes, stats):
+        for chunk in _chunks(unpack(fh) if unpack else fh, max_line_bytes, stats):
             for raw in chunk:
                 yield decode_line(raw, stats)
             if stop is not None and stop.is_set():
@@ -785,7 +788,7 @@ def read_stream(
 
     def reader() -> None:
         try:
-            for chunk in _chunks(fh, max_line_bytes, stats):
+            for chunk in _chunks(unpack(fh) if unpack else fh, max_line_bytes, stats):
                 while True:
                     try:
                         q.put(chunk, timeout=0.2)
@@ -1097,7 +1100,9 @@ def file_lines(
                 text = b"\n".join(chunk).decode("utf-8")
             except UnicodeDecodeError:
                 text = None
-            if text is not None and "\x00" not in text:
+            # NULs and terminal escapes (a coloured console log) take the line-by-line path, which replaces or
+            # strips them as every other reader does (this path once kept the escapes: a template per colour)
+            if text is not None and "\x00" not in text and "\x1b" not in text:
                 if "\r" in text:  # CRLF files (BGL_2k is one)
                     yield from (line.rstrip("\r") for line in text.split("\n"))
                 else:
@@ -1107,6 +1112,10 @@ def file_lines(
                 yield decode_line(raw, stats)
 
 
+#: Files a batch read names one by one at INFO when no progress bar shows; past it, one line says how many.
+NAMED_FILES = 20
+
+
 def files_lines(files: Sequence[Path], stats: ReadStats, logger: logging.Logger | None = None,
                 progress: ReadProgress | None = None,
                 on_file: Callable[[str], None] | None = None) -> Iterator[str]:
@@ -1114,18 +1123,26 @@ def files_lines(files: Sequence[Path], stats: ReadStats, logger: logging.Logger 
     oldest first), so a session that a rotation cut in two is scored whole. Empty files are counted. `on_file` is
     called with each file's path before its first line (`StreamSessionizer.from_file`: a trace never runs from one
     file into the next, as in training's batch reading)."""
+    say = logger is not None and len(files) > 1 and (progress is None or not progress.shown)
+    if say and len(files) > NAMED_FILES:
+        logger.info("reading %d files, %s first", len(files), files[0])  # one line, not one per file
     for path in files:
-        if logger is not None and len(files) > 1 and (progress is None or not progress.shown):
-            logger.info("reading %s", path)
+        if say:
+            logger.log(logging.INFO if len(files) <= NAMED_FILES else logging.DEBUG, "reading %s", path)
         lines = file_lines(path, stats, progress=progress)
-        first = next(lines, None)
-        if first is not None:
-            if on_file is not None:
-                on_file(str(path))
-            yield first
-            yield from lines  # no per-line work here: this is detect's hot path
-        else:
-            stats.empty_files += 1
+        try:
+            first = next(lines, None)
+            if first is not None:
+                if on_file is not None:
+                    on_file(str(path))
+                yield first
+                yield from lines  # no per-line work here: this is detect's hot path
+            else:
+                stats.empty_files += 1
+        except OSError as exc:  # a disk error, a file the system will not read: the other files are still read
+            stats.unreadable_files += 1
+            (logger or logging.getLogger(__name__)).warning(
+                "%s: cannot read it (%s); skipped from there, the other files are read", path, exc.strerror or exc)
         if progress is not None:
             progress.file_done(path)
 

@@ -60,6 +60,7 @@ class ReadStats:
     unknown_events: int = 0
     empty_files: int = 0  # one file of several with no line (a log just rotated)
     truncated_files: int = 0  # gzip files that end early or are damaged: read up to the damage
+    unreadable_files: int = 0  # files the system would not read (a disk error, /proc): skipped from the error on
 
     @property
     def skipped(self) -> int:
@@ -78,6 +79,7 @@ class ReadStats:
             "unknown_events": self.unknown_events,
             "empty_files": self.empty_files,
             "truncated_files": self.truncated_files,
+            "unreadable_files": self.unreadable_files,
             "skipped": self.skipped,
         }
 

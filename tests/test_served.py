@@ -101,7 +101,8 @@ def test_detect_into_a_reader_that_stops_early_exits_quietly(bgl_artifact, data_
 def test_an_output_that_cannot_be_written_is_one_line_before_the_work_or_when_the_disk_fills(
         bgl_artifact, data_dir, tmp_path):
     """A folder that cannot be made (a file in the way) stops detect, fuse and eval before any work with the flag
-    named; a disk that fills while verdicts are written (/dev/full) ends in one line and status 1, no traceback."""
+    named; a disk that fills while verdicts are written (/dev/full) ends in one line naming it, status 2, no
+    traceback."""
     log = data_dir / "loghub2k/BGL/BGL_2k.log"
     blocker = tmp_path / "a-file"
     blocker.write_text("", encoding="utf-8")
@@ -120,8 +121,9 @@ def test_an_output_that_cannot_be_written_is_one_line_before_the_work_or_when_th
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert "prepare" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1  # before any work
     full = cli("detect", "--model", str(bgl_artifact), str(log), "-o", "/dev/full")
-    assert full.returncode == 1 and "Traceback" not in full.stderr
-    assert full.stderr.strip().splitlines()[-1] == "fusionlog detect: error: No space left on device"
+    assert full.returncode == 2 and "Traceback" not in full.stderr  # the output is named (stop 31)
+    assert full.stderr.strip().splitlines()[-1] == ("fusionlog detect: error: /dev/full: cannot write the verdicts "
+                                                    "(No space left on device)")
 
 
 def test_session_trained_artifact_reads_raw_lines(tmp_path, data_dir, cache_root):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from fusionlog.config import MaskRule, SessionRule
@@ -18,6 +19,41 @@ def add_global_flags(p: argparse.ArgumentParser) -> None:
     """-v/-q also after a nested action (`fusionlog data stats X -q`); SUPPRESS keeps top-level values."""
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1, refused by argparse under the option's own name."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0. Why: float() takes 'nan' (every comparison false, so
+    no timeout ever fired) and a poll interval of 0 or less spun a core or raised deep inside the reader."""
+    value = _seconds(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number of seconds above 0")
+    return value
+
+
+def seconds_or_never(text: str) -> float:
+    """An argparse type: seconds at or above 0 (0 and inf: never), not nan."""
+    value = _seconds(text)
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number of seconds, 0 or more (0: never)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

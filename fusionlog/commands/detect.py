@@ -6,6 +6,8 @@ import argparse
 import time
 from collections import Counter
 
+from fusionlog.commands._common import positive_int, positive_seconds, seconds_or_never
+from fusionlog.constants import MAX_LINE_BYTES
 from fusionlog.watch import DriftWatch, FitWatch, drift_hint, skip_reasons
 
 NAME = "detect"
@@ -32,23 +34,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="give each top template and has/new departure of a verdict the session's first raw line "
                         "of it (line number and text); keeps up to 64 lines per open session")
     g = p.add_argument_group("memory bounds and timeouts")
-    g.add_argument("--max-open-sessions", type=int, default=10_000,
+    g.add_argument("--max-open-sessions", type=positive_int, default=10_000,
                    help="open sessions kept at most; the least recently updated is scored early (default 10000)")
-    g.add_argument("--max-events", type=int, default=1_000,
+    g.add_argument("--max-events", type=positive_int, default=1_000,
                    help="events per session at most; a longer session is scored in parts (default 1000)")
-    g.add_argument("--idle-seconds", type=float, default=None,
+    g.add_argument("--idle-seconds", type=seconds_or_never, default=None,
                    help="key sessions: close after this much log time without a line; 0 = never "
                         "(default: 3600 with --follow or stdin; never for a file, so it scores like a batch)")
-    g.add_argument("--wall-idle-seconds", type=float, default=None,
+    g.add_argument("--wall-idle-seconds", type=seconds_or_never, default=None,
                    help="close any session after this much wall time without a line (default: 30 with "
                         "--follow or stdin, never for a file)")
-    g.add_argument("--poll-interval", type=float, default=0.25, help="--follow: seconds between polls")
-    g.add_argument("--batch-size", type=int, default=256, help="finished sessions scored per model call")
+    g.add_argument("--poll-interval", type=positive_seconds, default=0.25, help="--follow: seconds between polls")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="finished sessions scored per model call")
     m = p.add_argument_group("monitoring the detector")
     m.add_argument("--metrics-file", metavar="PATH",
                    help="keep Prometheus counters (the names of serve's /metrics) in PATH, rewritten atomically: "
                         "for node_exporter's textfile collector beside a `detect --follow`")
-    m.add_argument("--metrics-interval", type=float, default=15.0,
+    m.add_argument("--metrics-interval", type=positive_seconds, default=15.0,
                    help="--metrics-file: seconds between rewrites at most (default 15)")
 
 
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     many = not stdin and (len(sources) > 1 or is_multi_source(sources[0]))
     if args.follow and stdin:
         raise ConfigError("--follow needs a FILE, a directory or a glob (stdin is followed anyway)")
+    if stdin and sys.stdin is None:  # started with stdin closed (`<&-`, some service managers)
+        raise ConfigError("no FILE given and stdin is closed: give a log file, or pipe lines in")
     if args.state and not args.follow:
         raise ConfigError("--state needs --follow (a finished file is read whole; stdin has no position to keep)")
     # a followed directory or glob may match nothing yet: its files are waited for
@@ -93,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(f) for f in files if not f.exists()]  # exists, not is_file: a pipe or /dev/stdin will do
     if missing:
         raise DataError(f"log file(s) not found: {', '.join(missing[:5])}")
+    if args.follow and files and is_gzip(files[0]):
+        raise ConfigError(f"{files[0]} is gzip-compressed: such a file no longer grows, so read it without --follow")
+    if args.output and (read := output_among_inputs(args.output, sources, files)):
+        raise ConfigError(f"--output {args.output}: it is {read}, which detect reads; write the verdicts elsewhere")
     live = args.follow or stdin
     idle = args.idle_seconds if args.idle_seconds is not None else (3_600.0 if live else None)
     wall = args.wall_idle_seconds if args.wall_idle_seconds is not None else (30.0 if live else None)
@@ -102,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         idle_seconds=idle or None,
         wall_idle_seconds=wall or None,
     )
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size={args.batch_size}: must be >= 1")
     scorer = load_scorer(args.model)
     sessionizer = scorer_sessionizer(scorer, limits, examples=args.examples)
     read_stats = ReadStats()
@@ -113,7 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if args.state:
         state = FolderFollowState(args.state, sources) if many else FollowState(args.state, files[0])
     if stdin:
-        lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2)
+        from pathlib import Path
+
+        from fusionlog.data.readers import unpacked
+
+        def unpack(fh):
+            return unpacked(fh, Path("<stdin>"), read_stats) if hasattr(fh, "peek") else fh
+
+        lines = read_stream(sys.stdin.buffer, read_stats, stop=stop, heartbeat=args.poll_interval * 2, unpack=unpack)
     elif args.follow and many:
         followed = MultiFollow(sources, read_stats, stop=stop, poll_interval=args.poll_interval,
                                from_end=args.from_end, keep_position=state is not None,
@@ -165,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     watch = FitWatch(sessionizer, scorer, logger)
     pool_share = getattr(scorer, "pool_flagged_share", None)
     drift = DriftWatch(pool_share, args.model, logger, recent=metrics.recent if metrics else None) if live else None
+    finished = False
     try:
         for verdict in detect_stream(scorer, watch.lines(lines), limits, batch_size=args.batch_size,
                                      sessionizer=sessionizer, checkpoint=state):
@@ -178,18 +192,22 @@ def run(args: argparse.Namespace) -> int:
                     causes[f"{cause[0]} '{cause[1]}'"] += 1
             if args.anomalies_only and not verdict["anomalous"]:
                 continue
-            out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
-            written += 1
-            if live:
-                out.flush()
+            try:
+                out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
+                written += 1
+                if live:
+                    out.flush()
+            except BrokenPipeError:
+                raise  # the reader went away (`detect ... | head`): the CLI stops quietly
+            except OSError as exc:  # a full disk: say which output, not only the errno's words
+                raise DataError(f"{args.output or 'stdout'}: cannot write the verdicts ({exc.strerror})") from None
+        finished = True
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
         if metrics is not None:
             metrics.write(up=False)
-        out.flush()
-        if out is not sys.stdout:
-            out.close()
+        close_output(out, args.output, report=finished)
         if state is not None:
             state.close()
         if progress is not None:
@@ -199,12 +217,13 @@ def run(args: argparse.Namespace) -> int:
     n_files = followed.files_read if followed is not None else len(files)
     stats.update(decode_errors=read_stats.decode_errors, truncated=read_stats.truncated, files=n_files,
                  empty_files=read_stats.empty_files, truncated_files=read_stats.truncated_files,
+                 unreadable_files=read_stats.unreadable_files,
                  anomalous=anomalous, written=written, seconds=round(elapsed, 3))
     watch.final()
     logger.info(
-        "detect: %s%d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s, %.0f lines/s",
+        "detect: %s%d lines, %d sessions (%d anomalous, %d evicted, %d split), %d skipped lines%s%s, %.0f lines/s",
         _files_read(stats), stats["lines"], stats["sessions"], anomalous, stats["evicted"], stats["split"],
-        stats["skipped"], _why_skipped(stats), stats["lines"] / max(elapsed, 1e-6),
+        stats["skipped"], _why_skipped(stats), _repaired(stats), stats["lines"] / max(elapsed, 1e-6),
     )
     if state is not None and sessionizer.open_sessions:
         logger.info("detect: %d open session(s) left open for the next run (--state %s)", sessionizer.open_sessions,
@@ -214,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     if hint := drift_hint(anomalous, stats["sessions"], pool_share, args.model):
         logger.warning("detect: %s", hint)
     logger.debug("detect stats: %s", json.dumps(stats))
-    return 0
+    return 1 if read_stats.unreadable_files else 0  # finished, but not every line was read: a script should know
 
 
 #: Lines between two looks at feedback.json in a live detect (heartbeats look too).
@@ -254,9 +273,80 @@ def _why_skipped(stats: dict) -> str:
     return text
 
 
+def is_gzip(path) -> bool:
+    """Whether the file starts as gzip does (followed, its compressed bytes were read as lines of garbage)."""
+    from pathlib import Path
+
+    from fusionlog.data.readers import GZIP_MAGIC
+
+    if not Path(path).is_file():  # a FIFO's bytes would be taken from the follow
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return False  # the follow says what is wrong with it
+
+
+def close_output(out, name: str | None, report: bool) -> None:
+    """Flush and close the verdicts' output; a failure is an error naming it once the run finished, and stays
+    quiet while another error is on its way out (which it would otherwise replace)."""
+    import sys
+
+    from fusionlog.errors import DataError
+
+    try:
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+    except OSError as exc:
+        if report and isinstance(exc, BrokenPipeError):
+            raise
+        if report:
+            raise DataError(f"{name or 'stdout'}: cannot write the verdicts ({exc.strerror or exc})") from None
+
+
+def output_among_inputs(output: str, sources: list[str], files: list) -> str | None:
+    """The input `--output` would overwrite or feed back into, if any.
+
+    Why: opened for writing, an input given as `-o` was emptied before a line of it was read (the log lost, rc 0);
+    a verdicts file inside a followed folder or matching a followed glob would be read back as a log line by line.
+    """
+    import fnmatch
+    import os
+    from pathlib import Path
+
+    out = Path(output)
+    if out.exists():
+        for f in files:
+            try:
+                if os.path.samefile(out, f):
+                    return str(f)
+            except OSError:
+                continue
+    where = os.path.abspath(output)
+    for source in sources:
+        if Path(source).is_dir() and os.path.abspath(os.path.dirname(where)) == os.path.abspath(source):
+            return f"in the folder {source}"
+        if not Path(source).is_file() and fnmatch.fnmatch(where, os.path.abspath(source)):
+            return f"matched by {source}"
+    return None
+
+
+def _repaired(stats: dict) -> str:
+    """', 1000 lines with bytes not UTF-8 (replaced), 2 lines cut at 1 MiB': read, but not as written. Why say it:
+    a latin-1 log reads as mostly new templates, and the summary was the only place that could tell why."""
+    notes = [f"{stats['decode_errors']} lines with bytes not UTF-8 (replaced)"] if stats["decode_errors"] else []
+    if stats["truncated"]:
+        notes.append(f"{stats['truncated']} lines cut at {MAX_LINE_BYTES:,} bytes")
+    return "".join(f", {n}" for n in notes)
+
+
 def _files_read(stats: dict) -> str:
     """'3 files (1 empty, 1 damaged gzip read up to the damage), ': said only when several or damaged files."""
     notes = [f"{stats['empty_files']} empty"] if stats["empty_files"] else []
+    if stats.get("unreadable_files"):
+        notes.append(f"{stats['unreadable_files']} not read to the end, see the warnings")
     if stats["truncated_files"]:
         notes.append(f"{stats['truncated_files']} damaged gzip read up to the damage")
     if stats["files"] <= 1 and not notes:

@@ -38,16 +38,30 @@ def open_binary(path: Path, stats: ReadStats | None = None) -> io.BufferedIOBase
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a log file")
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    # how far into the file on disk (a gzip file's compressed bytes), for progress bars; a pipe (`<(zcat ...)`,
+    # /dev/stdin) has no position, and asking raised "Illegal seek" before a line was read
+    disk_tell = fh.tell if fh.seekable() else _no_position
+    out = unpacked(fh, path, stats)
+    out.disk_tell = disk_tell  # type: ignore[attr-defined]
+    return out
+
+
+def unpacked(fh: io.BufferedReader, name: Path, stats: ReadStats | None = None) -> io.BufferedIOBase:
+    """`fh` read as UTF-8 lines: gunzipped when it starts as gzip does, recoded when it starts with a byte-order
+    mark. Files and stdin alike: `zcat`-less `cat app.log.gz | fusionlog detect` and PowerShell's UTF-16 pipes
+    read as the file would (stdin once read them as bytes: garbage lines, every one a new template)."""
     out: io.BufferedIOBase = fh
-    disk_tell = fh.tell  # how far into the file on disk (a gzip file's compressed bytes): for progress bars
     if fh.peek(2)[:2] == GZIP_MAGIC:  # peek, not read: a pipe (`<(zcat ...)`) can be opened only once
         # 256 KiB reads: with 64 KiB the wrapper's copy cost 17% of gzip reading speed; with 256 KiB, none
-        out = io.BufferedReader(_CutTolerantGzip(fh, path, stats if stats is not None else ReadStats()), 1 << 18)
+        out = io.BufferedReader(_CutTolerantGzip(fh, name, stats if stats is not None else ReadStats()), 1 << 18)
     encoding = _bom_encoding(out.peek(4)[:4])
     if encoding is not None:
         out = io.BufferedReader(_Recoded(out, encoding), 1 << 16)
-    out.disk_tell = disk_tell  # type: ignore[attr-defined]
     return out
+
+
+def _no_position() -> int:
+    return 0
 
 
 #: byte-order marks: a log that starts with one is read in its encoding (PowerShell 5's `>` writes UTF-16)
