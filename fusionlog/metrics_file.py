@@ -100,7 +100,7 @@ class MetricsFile:
         self.sessions = self.anomalies = self.with_new = 0
         self.recent = RecentFlags()
         self._last = float("-inf")
-        self.write()
+        self.write(first=True)
 
     def record(self, verdict: dict) -> None:
         """Count one verdict `detect` wrote (or judged: --anomalies-only still counts every session)."""
@@ -125,10 +125,14 @@ class MetricsFile:
         if self.clock() - self._last >= self.interval:
             self.write()
 
-    def write(self, up: bool = True) -> None:
+    def write(self, up: bool = True, first: bool = False) -> None:
+        """Rewrite the file. The first write is checked: a path that can never be written (a folder, a read-only
+        place) is an error before any work, where it was a warning at every rewrite of a run that went on blind."""
         try:
             atomic_write_text(self.path, self.render(up))
         except OSError as exc:  # a full disk must not stop detection: the next write tries again
+            if first:
+                raise ConfigError(f"--metrics-file {self.path}: cannot write it ({exc.strerror or exc})") from None
             logger.warning("--metrics-file %s: cannot write (%s)", self.path, exc)
         self._last = self.clock()
 

@@ -87,6 +87,8 @@ def test_a_metrics_file_that_cannot_be_written_is_a_clear_error(bgl_artifact, bg
     missing = tmp_path / "no" / "such" / "x.prom"
     assert main(["detect", "--model", str(bgl_artifact), str(bgl_log), "--metrics-file", str(missing)]) == 2
     assert re.search(r"--metrics-file .*x\.prom: the folder .* does not exist", capsys.readouterr().err)
+    assert main(["detect", "--model", str(bgl_artifact), str(bgl_log), "--metrics-file", str(tmp_path)]) == 2
+    assert f"--metrics-file {tmp_path}: cannot write it" in capsys.readouterr().err  # a folder: not a warning a write
     with pytest.raises(SystemExit) as stopped:  # refused by argparse under the option's name, before any work
         main(["detect", "--model", str(bgl_artifact), str(bgl_log), "--metrics-file", str(tmp_path / "m.prom"),
               "--metrics-interval", "0"])
