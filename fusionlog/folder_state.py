@@ -42,6 +42,7 @@ from fusionlog.follow_state import (
     locate,
     mark_carry,
     parts_from_json,
+    state_json,
 )
 from fusionlog.io import append_rows, atomic_write_text
 from fusionlog.multifollow import FolderResume, MultiFollow
@@ -111,10 +112,10 @@ class TurnFile:
             if no is None:
                 no = fresh[name] = len(self._no) + len(fresh)
                 began = (origins or {}).get(name)
-                where = f"\t{json.dumps(asdict(began), ensure_ascii=False)}" if began is not None else ""
-                parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}{where}\n")
+                where = f"\t{state_json(asdict(began))}" if began is not None else ""
+                parts.append(f"={no}\t{state_json(name)}{where}\n")
             parts.append(f"{end}\t{no}\n")
-        parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
+        parts += [f"c\t{line}\t{state_json(keys)}\n" for line, keys in closes]
         append_rows(self.path, "".join(parts), sync)
         self._no.update(fresh)
         if new:
@@ -311,7 +312,7 @@ class FolderFollowState(FollowState):
                 self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unsaved_closes,
                                       origins)
             self._unsaved_closes = []
-            atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
+            atomic_write_text(self.path, state_json(obj) + "\n", durable=True)
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
             return

@@ -182,6 +182,15 @@ class Checkpoint:
                               f"over") from None
 
 
+def state_json(obj: Any) -> str:
+    """`obj` as the JSON of a state, its turn file or its close log: ASCII, non-ASCII characters as \\uXXXX escapes.
+
+    Why: a file name that is not UTF-8 (`bad\\xff.log`) is held by Python with surrogate escapes, which UTF-8 cannot
+    encode: the save failed with UnicodeEncodeError. Escaped, the name goes to disk and `json.loads` gives back the
+    same string, so a restart opens the same file."""
+    return json.dumps(obj, ensure_ascii=True)
+
+
 def replay_starts(points: list, line_of: Callable[[Any], int], oldest: int, most: int) -> list:
     """Of `points` (places a replay may begin, ascending by line), those still needed: the last one before line
     `oldest` (the oldest open session's first) and those after it; past `most` of them, every other one between the
@@ -278,7 +287,7 @@ class CloseLog:
         so the cut row spoils only itself (`read` skips it)."""
         if not closes:
             return
-        append_rows(self.path, "".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes))
+        append_rows(self.path, "".join(f"{line}\t{state_json(keys)}\n" for line, keys in closes))
         self.count += len(closes)
         self.last = max(self.last, *(line for line, _ in closes))
 
@@ -539,7 +548,7 @@ class FollowState:
         cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, [], self._cuts,
                         sz.split_parts(), self._ends)
         try:
-            atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
+            atomic_write_text(self.path, state_json(cp.to_json()) + "\n", durable=True)
             if not self._unsaved_closes:
                 self._close_log.tidy(self._marks[0].line)  # without the closes before the mark just saved
         except OSError as exc:  # a full disk must not stop detection: the next save tries again

@@ -495,6 +495,36 @@ def test_a_file_rotated_away_while_followed_is_not_read_again_after_a_restart(tm
     run(lambda it, settle: (_until_quiet(it) + _until_quiet(it) == ["x1"]) or pytest.fail("x1 not read"))
 
 
+def test_a_folder_file_whose_name_is_not_utf8_is_saved_and_not_read_again(tmp_path):
+    """A followed folder's file named by bytes that are not UTF-8 goes to the state and the turn file as JSON
+    escapes (it failed to save, UnicodeEncodeError), and the restart knows it by that name: it reads only what is
+    new."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    name = logs / os.fsdecode(b"bad\xff\xfe.log")
+    _write(name, ["a1", "a2"], "w")
+    st = tmp_path / "st.json"
+
+    def run(wanted: list[str]) -> None:
+        state = FolderFollowState(st, [str(logs)], clock=itertools.count(0, 10).__next__)
+        stop = threading.Event()
+        mf = MultiFollow([str(logs)], stop=stop, poll_interval=0.001, keep_position=True,
+                         resume=state.resume_folder, clock=itertools.count(0, 10).__next__)
+        state.attach(mf)
+        it = iter(mf)
+        assert _until_quiet(it) + _until_quiet(it) == wanted
+        state.recording(None)
+        state.settled(_Settles(mf, None), final=True)
+        stop.set()
+        state.close()
+
+    run(["a1", "a2"])
+    saved = json.loads(st.read_text(encoding="ascii"))
+    assert list(saved["now"]) == [str(name)] and saved["done"] == 2
+    _write(name, ["a3"])
+    run(["a3"])
+
+
 def test_the_follow_benchmark_reads_every_line_in_each_case(data_dir):
     """`fusionlog bench follow` (figures only): each case reads all the lines it was given, then stops."""
     from eval.bench_follow import run

@@ -187,9 +187,9 @@ def test_a_utf16_file_resumes_by_its_lines(tmp_path):
     again.close()
 
 
-def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowState:
-    """A follow that read `lines` from app.log and saved its state with nothing open; the lock released."""
-    path = tmp_path / "app.log"
+def _state_after(tmp_path, lines: list[str], name: str = "st.json", log: str = "app.log") -> FollowState:
+    """A follow that read `lines` from `log` and saved its state with nothing open; the lock released."""
+    path = tmp_path / log
     _write(path, lines, "w")
     state = FollowState(tmp_path / name, path)
     gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
@@ -255,6 +255,18 @@ def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is
     (tmp_path / "file").write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot write there"):
         FollowState(tmp_path / "file" / "st.json", path)
+
+
+def test_a_file_name_that_is_not_utf8_is_saved_and_found_again(tmp_path):
+    """A name of bytes that are not UTF-8 (held as surrogate escapes) is written to the state as escapes and read
+    back as the same name: the restart resumes in the same file instead of failing to save."""
+    name = os.fsdecode(b"bad\xff\xfe.log")
+    _state_after(tmp_path, ["a 1", "b 2"], log=name)
+    text = (tmp_path / "st.json").read_text(encoding="ascii")
+    assert "\\udcff\\udcfe" in text
+    again = FollowState(tmp_path / "st.json", tmp_path / name)
+    assert again.resume == ResumeAt(str(tmp_path / name), 8, 2)
+    again.close()
 
 
 def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):
