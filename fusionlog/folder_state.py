@@ -36,15 +36,20 @@ from fusionlog.follow_state import (
     FollowState,
     Mark,
     ResumeAt,
+    checked_carry,
+    closes_from_json,
     cuts_from_json,
     cuts_json,
+    damaged,
     ends_from_json,
     locate,
-    mark_carry,
+    mark_from_json,
     parts_from_json,
+    state_json,
 )
 from fusionlog.io import append_rows, atomic_write_text
 from fusionlog.multifollow import FolderResume, MultiFollow
+from fusionlog.state_fields import BadField, field_of, keyed, listed, whole
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,11 @@ class FolderMark:
     files: dict[str, Mark] = field(default_factory=dict)
     phase: int = 0  # the stream's line-window phase there (also in `carry`; a state of stop 28 has only this)
     carry: dict = field(default_factory=dict)  # the sessionizer's `StreamCarry` there, as JSON
+
+
+def _marks_by_name(obj, name: str) -> dict[str, Mark]:
+    """A folder state's file points (`starts`, `now`: file name -> `Mark`), each checked; BadField otherwise."""
+    return {key: mark_from_json(m, f"{name}[{json.dumps(key)}]") for key, m in keyed(obj, name).items()}
 
 
 class FolderPosition:
@@ -111,10 +121,10 @@ class TurnFile:
             if no is None:
                 no = fresh[name] = len(self._no) + len(fresh)
                 began = (origins or {}).get(name)
-                where = f"\t{json.dumps(asdict(began), ensure_ascii=False)}" if began is not None else ""
-                parts.append(f"={no}\t{json.dumps(name, ensure_ascii=False)}{where}\n")
+                where = f"\t{state_json(asdict(began))}" if began is not None else ""
+                parts.append(f"={no}\t{state_json(name)}{where}\n")
             parts.append(f"{end}\t{no}\n")
-        parts += [f"c\t{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes]
+        parts += [f"c\t{line}\t{state_json(keys)}\n" for line, keys in closes]
         append_rows(self.path, "".join(parts), sync)
         self._no.update(fresh)
         if new:
@@ -158,7 +168,7 @@ class TurnFile:
                     name, _, began = rest.partition("\t")
                     names[head[1:]] = str(json.loads(name))
                     if began:  # a turn file of stop 27 has none
-                        origins[names[head[1:]]] = Mark(**json.loads(began))
+                        origins[names[head[1:]]] = mark_from_json(json.loads(began), "origin")
                 elif head == "c":
                     line, _, keys = rest.partition("\t")
                     if int(line) > after:
@@ -207,21 +217,28 @@ class FolderFollowState(FollowState):
             raise ConfigError(f"--state {self.path}: it is the state of {obj.get('followed')}, not {self.followed}; "
                               f"give each follow a state file of its own")
         try:
-            line, done = int(obj["mark"]["line"]), int(obj["done"])
-            carry = mark_carry(FolderMark(line, phase=int(obj["mark"]["phase"]), carry=obj["mark"].get("carry", {})))
-            starts = {str(k): Mark(**m) for k, m in obj["starts"].items()}
-            now = {str(k): Mark(**m) for k, m in obj["now"].items()}
-            read = [Mark(**m) for m in obj["read"]]
-            closes = [(int(at), [str(k) for k in keys]) for at, keys in obj["closes"]]
-            cuts = cuts_from_json(obj.get("cuts", []))  # a state of stop 27 has none
-            parts = parts_from_json(obj.get("parts", {}))
-            ends = ends_from_json(obj.get("ends", []))
-            open_sessions = int(obj["open_sessions"])
+            done = whole(field_of(obj, "done", "done"), "done")
+            mark = keyed(field_of(obj, "mark", "mark"), "mark")
+            line = whole(field_of(mark, "line", "mark.line"), "mark.line", 0, done)
+            carry = checked_carry(FolderMark(line, phase=whole(field_of(mark, "phase", "mark.phase"), "mark.phase"),
+                                             carry=keyed(mark.get("carry", {}), "mark.carry")), "mark")
+            starts = _marks_by_name(field_of(obj, "starts", "starts"), "starts")
+            now = _marks_by_name(field_of(obj, "now", "now"), "now")
+            read = [mark_from_json(m, f"read[{i}]") for i, m in enumerate(listed(field_of(obj, "read", "read"),
+                                                                                  "read"))]
+            closes = closes_from_json(field_of(obj, "closes", "closes"))
+            cuts = cuts_from_json(field_of(obj, "cuts", "cuts", []))  # a state of stop 27 has none
+            parts = parts_from_json(field_of(obj, "parts", "parts", {}))
+            ends = ends_from_json(field_of(obj, "ends", "ends", []))
+            open_sessions = whole(field_of(obj, "open_sessions", "open_sessions"), "open_sessions")
+        except BadField as exc:
+            raise damaged(self.path, exc) from None
+        try:
             turns, logged, began = TurnFile.read(self.turn_file.path, line)
-            starts = {**began, **starts}  # files first opened after the last save: where the turn file says
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"--state {self.path}: damaged ({type(exc).__name__}: {exc}); move it away to start "
-                              f"over") from None
+        except ValueError as exc:  # not UTF-8 text
+            raise ConfigError(f"--state {self.path}: {self.turn_file.path} is unreadable ({exc}); move both away to "
+                              f"start over") from None
+        starts = {**began, **starts}  # files first opened after the last save: where the turn file says
         self._done = done
         found = {name: locate(m, Path(name)) for name, m in starts.items()}
         # the turns are read again up to the first whose file is not found: past `done` (turns recorded before
@@ -311,7 +328,7 @@ class FolderFollowState(FollowState):
                 self.turn_file.append(follow.turns.after(self.turn_file.saved_end) + partial, self._unsaved_closes,
                                       origins)
             self._unsaved_closes = []
-            atomic_write_text(self.path, json.dumps(obj, ensure_ascii=False) + "\n", durable=True)
+            atomic_write_text(self.path, state_json(obj) + "\n", durable=True)
         except OSError as exc:  # a full disk must not stop detection: the next save tries again
             logger.warning("--state %s: cannot write (%s)", self.path, exc)
             return

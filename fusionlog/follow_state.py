@@ -39,6 +39,7 @@ from typing import Any
 
 from fusionlog.errors import ConfigError
 from fusionlog.io import append_rows, atomic_write_text, hold_lock
+from fusionlog.state_fields import BadField, field_of, keyed, listed, text, whole
 
 logger = logging.getLogger(__name__)
 
@@ -168,18 +169,65 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, obj: dict, where: Path) -> Checkpoint:
+        """The state in `obj`, each field checked (`fusionlog.state_fields`): one ConfigError naming the state file
+        and the field for any of the wrong type or out of range."""
         if not isinstance(obj, dict) or obj.get("fusionlog_follow_state") != STATE_VERSION:
             raise ConfigError(f"--state {where}: not a follow state file of version {STATE_VERSION}")
         try:
-            mark = Mark(**obj["mark"])
-            mark_carry(mark)  # readable
-            return cls(str(obj["followed"]), mark, int(obj["done"]), int(obj["open_sessions"]),
-                       [(int(line), [str(k) for k in keys]) for line, keys in obj["closes"]],
-                       cuts_from_json(obj.get("cuts", [])),  # a state of stop 27 or before has none
-                       parts_from_json(obj.get("parts", {})), ends_from_json(obj.get("ends", [])))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"--state {where}: damaged ({type(exc).__name__}: {exc}); move it away to start "
-                              f"over") from None
+            done = whole(field_of(obj, "done", "done"), "done")
+            return cls(text(field_of(obj, "followed", "followed"), "followed"),
+                       mark_from_json(field_of(obj, "mark", "mark"), "mark", done), done,
+                       whole(field_of(obj, "open_sessions", "open_sessions"), "open_sessions"),
+                       closes_from_json(field_of(obj, "closes", "closes")),
+                       cuts_from_json(field_of(obj, "cuts", "cuts", [])),  # a state of stop 27 or before has none
+                       parts_from_json(field_of(obj, "parts", "parts", {})),
+                       ends_from_json(field_of(obj, "ends", "ends", [])))
+        except BadField as exc:
+            raise damaged(where, exc) from None
+
+
+def damaged(where: Path, exc: BadField) -> ConfigError:
+    """The one error a state file with a bad field gives: the file, the field, what it holds and what it should."""
+    return ConfigError(f"--state {where}: damaged: {exc}; fix it or move it away to start over")
+
+
+def mark_from_json(obj: Any, name: str, done: int | None = None) -> Mark:
+    """The `Mark` saved at `name` (`mark`, `starts["a.log"]`), each field checked; BadField for one that is not.
+    `done`: the state's last written line, which the mark cannot be past."""
+    obj = keyed(obj, name)
+
+    def number(key: str, most: int | None = None, *default: int) -> int:
+        return whole(field_of(obj, key, f"{name}.{key}", *default), f"{name}.{key}", 0, most)
+
+    mark = Mark(number("line", done), text(field_of(obj, "path", f"{name}.path"), f"{name}.path"),
+                number("dev"), number("ino"), _sha256(field_of(obj, "head_sha256", f"{name}.head_sha256"), name),
+                number("head_len", HEAD_BYTES), number("offset"), number("file_line"), number("phase", None, 0),
+                keyed(field_of(obj, "carry", f"{name}.carry", {}), f"{name}.carry"))
+    checked_carry(mark, name)
+    return mark
+
+
+def _sha256(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise BadField(f"{name}.head_sha256", value, "64 hex digits")
+    return value
+
+
+def checked_carry(mark, name: str):
+    """`mark_carry`, with a BadField naming `name.carry` for a carry that is not one."""
+    try:
+        return mark_carry(mark)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadField(f"{name}.carry", mark.carry, f"the sessionizer's carry ({type(exc).__name__}: {exc})") from None
+
+
+def state_json(obj: Any) -> str:
+    """`obj` as the JSON of a state, its turn file or its close log: ASCII, non-ASCII characters as \\uXXXX escapes.
+
+    Why: a file name that is not UTF-8 (`bad\\xff.log`) is held by Python with surrogate escapes, which UTF-8 cannot
+    encode: the save failed with UnicodeEncodeError. Escaped, the name goes to disk and `json.loads` gives back the
+    same string, so a restart opens the same file."""
+    return json.dumps(obj, ensure_ascii=True)
 
 
 def replay_starts(points: list, line_of: Callable[[Any], int], oldest: int, most: int) -> list:
@@ -210,19 +258,45 @@ def cuts_json(cuts: list[tuple[int, list[tuple[str, int]]]]) -> list:
     return [[line, [[key, part] for key, part in sessions]] for line, sessions in cuts]
 
 
-def cuts_from_json(rows: list) -> list[tuple[int, list[tuple[str, int]]]]:
-    """The size closes a state holds (`cuts_json`); TypeError/ValueError for rows that are not."""
-    return [(int(line), [(str(key), int(part)) for key, part in sessions]) for line, sessions in rows]
+def closes_from_json(rows: Any, name: str = "closes") -> list[tuple[int, list[str]]]:
+    """The wall-idle closes a state holds (`[[line, [key, ...]], ...]`); BadField for a row that is not one."""
+    out = []
+    for i, row in enumerate(listed(rows, name)):
+        line, keys = listed(row, f"{name}[{i}]", 2)
+        out.append((whole(line, f"{name}[{i}][0]"),
+                    [text(key, f"{name}[{i}][1][{j}]") for j, key in enumerate(listed(keys, f"{name}[{i}][1]"))]))
+    return out
 
 
-def ends_from_json(rows: list) -> list[tuple[int, str, int]]:
-    """The continuations closed otherwise than by size a state holds; TypeError/ValueError for rows that are not."""
-    return [(int(line), str(key), int(part)) for line, key, part in rows]
+def cuts_from_json(rows: Any, name: str = "cuts") -> list[tuple[int, list[tuple[str, int]]]]:
+    """The size closes a state holds (`cuts_json`); BadField for a row that is not one."""
+    out = []
+    for i, row in enumerate(listed(rows, name)):
+        line, sessions = listed(row, f"{name}[{i}]", 2)
+        out.append((whole(line, f"{name}[{i}][0]"),
+                    [_key_part(pair, f"{name}[{i}][1][{j}]") for j, pair in enumerate(listed(sessions,
+                                                                                            f"{name}[{i}][1]"))]))
+    return out
 
 
-def parts_from_json(obj: dict) -> dict[str, int]:
-    """The part numbers a state holds (key -> next part); AttributeError/ValueError for an object that is not."""
-    return {str(key): int(part) for key, part in obj.items()}
+def _key_part(pair: Any, name: str) -> tuple[str, int]:
+    key, part = listed(pair, name, 2)
+    return text(key, f"{name}[0]"), whole(part, f"{name}[1]")
+
+
+def ends_from_json(rows: Any, name: str = "ends") -> list[tuple[int, str, int]]:
+    """The continuations closed otherwise than by size a state holds (`[line, key, part]`); BadField for a row
+    that is not one."""
+    out = []
+    for i, row in enumerate(listed(rows, name)):
+        line, key, part = listed(row, f"{name}[{i}]", 3)
+        out.append((whole(line, f"{name}[{i}][0]"), text(key, f"{name}[{i}][1]"), whole(part, f"{name}[{i}][2]")))
+    return out
+
+
+def parts_from_json(obj: Any, name: str = "parts") -> dict[str, int]:
+    """The part numbers a state holds (key -> next part); BadField for an object that is not one."""
+    return {key: whole(part, f"{name}[{json.dumps(key)}]") for key, part in keyed(obj, name).items()}
 
 
 def locate(mark: Mark, followed: Path) -> Path | None:
@@ -278,7 +352,7 @@ class CloseLog:
         so the cut row spoils only itself (`read` skips it)."""
         if not closes:
             return
-        append_rows(self.path, "".join(f"{line}\t{json.dumps(keys, ensure_ascii=False)}\n" for line, keys in closes))
+        append_rows(self.path, "".join(f"{line}\t{state_json(keys)}\n" for line, keys in closes))
         self.count += len(closes)
         self.last = max(self.last, *(line for line, _ in closes))
 
@@ -388,7 +462,11 @@ class FollowState:
         self._unsaved_closes: list[tuple[int, list[str]]] = []  # wall-idle closes not written down yet
         self._last_mark = self._last_save = float("-inf")
         self._close_log = CloseLog(Path(str(self.path) + ".closes"))
-        self._load()
+        try:
+            self._load()
+        except BaseException:  # a state refused leaves no lock held: the process may open it again once fixed
+            self._lock.close()
+            raise
 
     # -- start -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -539,7 +617,7 @@ class FollowState:
         cp = Checkpoint(str(self.followed), self._marks[0], self._done, sz.open_sessions, [], self._cuts,
                         sz.split_parts(), self._ends)
         try:
-            atomic_write_text(self.path, json.dumps(cp.to_json(), ensure_ascii=False) + "\n", durable=True)
+            atomic_write_text(self.path, state_json(cp.to_json()) + "\n", durable=True)
             if not self._unsaved_closes:
                 self._close_log.tidy(self._marks[0].line)  # without the closes before the mark just saved
         except OSError as exc:  # a full disk must not stop detection: the next save tries again

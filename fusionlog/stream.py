@@ -52,7 +52,7 @@ from fusionlog.data.readers import decode_line
 from fusionlog.data.sessionize import TimeWindowKeys
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, DataError
-from fusionlog.follow_state import FilePosition, FollowState, ResumeAt
+from fusionlog.follow_state import HEAD_BYTES, FilePosition, FollowState, ResumeAt
 from fusionlog.types import ReadStats
 
 logger = logging.getLogger(__name__)
@@ -868,7 +868,9 @@ def follow(
     `stats` counts decode errors and truncations (lines are counted by whoever consumes them).
 
     * partial last lines wait for their newline (the writer may be mid-line);
-    * truncation (size below the read position) restarts at the top, counted in `truncated`;
+    * truncation (size below the read position) restarts at the top, counted in `truncated`; so does a file
+      rewritten in place, told by its first bytes (`_FileHead`): logrotate's copytruncate, then lines written past
+      the read position before the next poll;
     * rotation (the path now names another file) finishes the old file, then opens the new one;
     * a missing file is waited for.
 
@@ -887,6 +889,9 @@ def follow(
     sniff = False  # a file opened empty: look for a byte-order mark in its first bytes
     file_line = lines = 0  # lines yielded from the open file, and in all
     gone = (0, 0)  # (offset, file_line) where the last file left ended
+    head: _FileHead | None = None  # the open file's first bytes, as last looked at
+    waited = False  # a quiet poll since the last line read: new lines may come from a rewritten file
+    restart = ""  # why the open file is read again from the top (truncated, rewritten)
 
     def where() -> tuple[int, int, int]:
         """(offset, file_line, lines) after the last line yielded; read while the generator waits at a yield,
@@ -923,6 +928,15 @@ def follow(
                     fh.seek(0, os.SEEK_END)
                 first_open = False
                 pending, drained = b"", False
+                head = _FileHead(fh.fileno())
+                if position is not None:
+                    position.opened(opened_name, ident, fh.fileno(), recoded)
+            elif restart:
+                logger.info("%s: %s, reading from the top", path, restart)
+                stats.truncated += 1
+                fh.seek(0)
+                pending, file_line, restart = b"", 0, ""
+                head = _FileHead(fh.fileno())
                 if position is not None:
                     position.opened(opened_name, ident, fh.fileno(), recoded)
             got = False
@@ -930,6 +944,11 @@ def follow(
                 raw = fh.readline(max_line_bytes + 1)
                 if not raw:
                     break
+                if waited:
+                    waited = False
+                    if head.rewritten(fh.fileno()):
+                        restart = "rewritten in place (copytruncate)"
+                        break
                 if sniff:  # the file's first bytes: a byte-order mark decides how all of it is read
                     sniff = False
                     if fh.tell() - len(raw) == 0 and _bom_codec(raw) is not None:
@@ -958,7 +977,7 @@ def follow(
                 yield decode_line(line[:max_line_bytes], stats)
                 if stop.is_set():
                     return
-            if got:
+            if got or restart:
                 continue
             # At EOF: rotated, truncated, or just quiet?
             try:
@@ -982,15 +1001,14 @@ def follow(
                 logger.info("%s: rotated, reopening", path)
                 continue
             if st is not None and st.st_size < fh.tell():
-                logger.info("%s: truncated, reading from the top", path)
-                stats.truncated += 1
-                fh.seek(0)
-                pending, file_line = b"", 0
-                if position is not None:
-                    position.opened(opened_name, ident, fh.fileno(), recoded)
+                restart = "truncated"
+                continue
+            if st is not None and head.changed(st) and head.rewritten(fh.fileno()):
+                restart = "rewritten in place (copytruncate)"
                 continue
             yield None
             stop.wait(poll_interval)
+            waited = True
         if pending and (position is None or not position.resumable):  # else left for the next run, whole
             yield decode_line(pending, stats)
     finally:
@@ -998,6 +1016,35 @@ def follow(
             position.closed()  # what it says stays as it is now
         if fh is not None:
             fh.close()
+
+
+class _FileHead:
+    """The first bytes (up to HEAD_BYTES) of the file `follow` has open, and its size and mtime at the last quiet
+    poll.
+
+    Why: logrotate's copytruncate empties the file after copying it, and the writer goes on at its top; when it wrote
+    past the follow's read position before the next poll, the size never went below that position and the follow
+    read on from the middle of the new lines, losing those before it without counting a truncation (800 lines
+    written, 409 read). A file appended to keeps its first bytes; one rewritten has others. They are read again
+    (one read of at most HEAD_BYTES) only when lines come after a quiet poll, or when the size or mtime changed
+    at one (a rewrite to the same size): nothing while a file is read in one go or stays quiet. A rewrite whose
+    first HEAD_BYTES are the same bytes is not told from an append."""
+
+    def __init__(self, fd: int) -> None:
+        self.head = os.pread(fd, HEAD_BYTES, 0)
+        self.stamp: tuple[int, int] | None = None
+
+    def changed(self, st: os.stat_result) -> bool:
+        """The size or mtime differs from the last quiet poll's (the first poll: yes)."""
+        stamp = (st.st_size, st.st_mtime_ns)
+        before, self.stamp = self.stamp, stamp
+        return stamp != before
+
+    def rewritten(self, fd: int) -> bool:
+        """The file's first bytes are not those seen before (a young file's may have grown)."""
+        now = os.pread(fd, HEAD_BYTES, 0)
+        other, self.head = not now.startswith(self.head), now
+        return other
 
 
 #: byte-order mark -> the codec a followed file is read with (explicit byte order: a read may start mid-file)

@@ -495,6 +495,65 @@ def test_a_file_rotated_away_while_followed_is_not_read_again_after_a_restart(tm
     run(lambda it, settle: (_until_quiet(it) + _until_quiet(it) == ["x1"]) or pytest.fail("x1 not read"))
 
 
+def test_a_folder_file_whose_name_is_not_utf8_is_saved_and_not_read_again(tmp_path):
+    """A followed folder's file named by bytes that are not UTF-8 goes to the state and the turn file as JSON
+    escapes (it failed to save, UnicodeEncodeError), and the restart knows it by that name: it reads only what is
+    new."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    name = logs / os.fsdecode(b"bad\xff\xfe.log")
+    _write(name, ["a1", "a2"], "w")
+    st = tmp_path / "st.json"
+    _read_and_save(st, logs, ["a1", "a2"])
+    saved = json.loads(st.read_text(encoding="ascii"))
+    assert list(saved["now"]) == [str(name)] and saved["done"] == 2
+    _write(name, ["a3"])
+    _read_and_save(st, logs, ["a3"])
+
+
+def _read_and_save(st, logs, wanted: list[str]) -> None:
+    """A folder follow of `logs` with state `st` that reads `wanted` (as the turns come) and saves with nothing open."""
+    state = FolderFollowState(st, [str(logs)], clock=itertools.count(0, 10).__next__)
+    stop = threading.Event()
+    mf = MultiFollow([str(logs)], stop=stop, poll_interval=0.001, keep_position=True,
+                     resume=state.resume_folder, clock=itertools.count(0, 10).__next__)
+    state.attach(mf)
+    it = iter(mf)
+    assert _until_quiet(it) + _until_quiet(it) == wanted
+    state.recording(None)
+    state.settled(_Settles(mf, None), final=True)
+    stop.set()
+    state.close()
+
+
+def test_each_damaged_field_of_a_folder_state_is_one_error_naming_the_file_and_the_field(tmp_path):
+    """A folder's state edited by hand: its own fields and those of each file's point (`starts`, `now`, `read`), each
+    of the wrong type or out of range, give one ConfigError naming the state file and the field (before: a
+    TypeError, or a file point's string offset taken as is)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "a.log", ["a1", "a2"], "w")
+    st = tmp_path / "st.json"
+    _read_and_save(st, logs, ["a1", "a2"])
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    name = str(logs / "a.log")
+    point = saved["now"][name]
+    damages = [
+        ({"done": "x"}, "done"), ({"done": 1}, "mark.line"), ({"mark": []}, "mark"),
+        ({"mark": {**saved["mark"], "phase": -1}}, "mark.phase"),
+        ({"mark": {**saved["mark"], "carry": []}}, "mark.carry"),
+        ({"starts": []}, "starts"), ({"starts": {name: {**point, "offset": "abc"}}}, f'starts["{name}"].offset'),
+        ({"now": {name: {**point, "offset": -5}}}, f'now["{name}"].offset'), ({"read": {}}, "read"),
+        ({"read": [5]}, "read[0]"), ({"closes": {"a": 1}}, "closes"), ({"parts": [1, 2]}, "parts"),
+        ({"ends": [["a", "b", "c"]]}, "ends[0][0]"), ({"open_sessions": -1}, "open_sessions"),
+    ]
+    for change, named in damages:
+        st.write_text(json.dumps({**saved, **change}), encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            FolderFollowState(st, [str(logs)])
+        assert str(err.value).startswith(f"--state {st}: damaged: field {named} is "), (change, str(err.value))
+
+
 def test_the_follow_benchmark_reads_every_line_in_each_case(data_dir):
     """`fusionlog bench follow` (figures only): each case reads all the lines it was given, then stops."""
     from eval.bench_follow import run

@@ -187,9 +187,9 @@ def test_a_utf16_file_resumes_by_its_lines(tmp_path):
     again.close()
 
 
-def _state_after(tmp_path, lines: list[str], name: str = "st.json") -> FollowState:
-    """A follow that read `lines` from app.log and saved its state with nothing open; the lock released."""
-    path = tmp_path / "app.log"
+def _state_after(tmp_path, lines: list[str], name: str = "st.json", log: str = "app.log") -> FollowState:
+    """A follow that read `lines` from `log` and saved its state with nothing open; the lock released."""
+    path = tmp_path / log
     _write(path, lines, "w")
     state = FollowState(tmp_path / name, path)
     gen = follow(path, stop=threading.Event(), poll_interval=0.001, position=state.position)
@@ -255,6 +255,71 @@ def test_a_state_finds_its_file_refuses_another_and_starts_over_when_the_file_is
     (tmp_path / "file").write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot write there"):
         FollowState(tmp_path / "file" / "st.json", path)
+
+
+def test_a_file_name_that_is_not_utf8_is_saved_and_found_again(tmp_path):
+    """A name of bytes that are not UTF-8 (held as surrogate escapes) is written to the state as escapes and read
+    back as the same name: the restart resumes in the same file instead of failing to save."""
+    name = os.fsdecode(b"bad\xff\xfe.log")
+    _state_after(tmp_path, ["a 1", "b 2"], log=name)
+    text = (tmp_path / "st.json").read_text(encoding="ascii")
+    assert "\\udcff\\udcfe" in text
+    again = FollowState(tmp_path / "st.json", tmp_path / name)
+    assert again.resume == ResumeAt(str(tmp_path / name), 8, 2)
+    again.close()
+
+
+_GONE = object()  # a field taken out of the state
+
+
+def _damaged(saved: dict, where: str, value) -> dict:
+    """`saved` (a state's JSON) with the field at dotted `where` (`mark.offset`) set to `value` (or taken out)."""
+    obj = json.loads(json.dumps(saved))
+    *outer, last = where.split(".")
+    inner = obj
+    for key in outer:
+        inner = inner[key]
+    if value is _GONE:
+        del inner[last]
+    else:
+        inner[last] = value
+    return obj
+
+
+#: (field, bad value, the field the error names): each field of a one-file state of the wrong type or out of range
+DAMAGES = [
+    ("followed", 5, "followed"), ("done", "x", "done"), ("done", -1, "done"), ("done", 1.5, "done"),
+    ("done", True, "done"), ("done", _GONE, "done"), ("open_sessions", "x", "open_sessions"),
+    ("open_sessions", -1, "open_sessions"), ("mark", None, "mark"), ("mark", "hello", "mark"), ("mark", _GONE, "mark"),
+    ("mark.line", "x", "mark.line"), ("mark.line", 1.5, "mark.line"), ("mark.line", 3, "mark.line"),  # past done
+    ("mark.path", 5, "mark.path"), ("mark.dev", "x", "mark.dev"), ("mark.ino", -1, "mark.ino"),
+    ("mark.head_sha256", "zz", "mark.head_sha256"), ("mark.head_len", -1, "mark.head_len"),
+    ("mark.head_len", 4096, "mark.head_len"), ("mark.offset", "abc", "mark.offset"), ("mark.offset", -5, "mark.offset"),
+    ("mark.offset", _GONE, "mark.offset"), ("mark.file_line", None, "mark.file_line"), ("mark.phase", -1, "mark.phase"),
+    ("mark.carry", [], "mark.carry"), ("mark.carry", {"phase": "x"}, "mark.carry"),
+    ("mark.carry", {"log_now": "noon"}, "mark.carry"), ("closes", {"a": 1}, "closes"), ("closes", [[1]], "closes[0]"),
+    ("closes", [["x", []]], "closes[0][0]"), ("closes", [[1, "k"]], "closes[0][1]"),
+    ("closes", [[1, [5]]], "closes[0][1][0]"), ("cuts", "x", "cuts"), ("cuts", [[1]], "cuts[0]"),
+    ("cuts", [[1, [["k"]]]], "cuts[0][1][0]"), ("cuts", [[1, [["k", -1]]]], "cuts[0][1][0][1]"),
+    ("parts", [1, 2], "parts"), ("parts", {"k": "x"}, 'parts["k"]'), ("parts", {"k": -1}, 'parts["k"]'),
+    ("ends", [["a", "b", "c"]], "ends[0][0]"), ("ends", [[1, 2, 3]], "ends[0][1]"), ("ends", [1], "ends[0]"),
+]
+
+
+def test_each_damaged_field_of_a_state_is_one_error_naming_the_file_and_the_field(tmp_path):
+    """A state edited by hand: each field in turn of the wrong type or out of range gives one ConfigError naming
+    the state file and the field (before: a TypeError or AttributeError traceback, or "Invalid argument" from a
+    seek to `offset: -5`), and the state is not held after it (the lock is released)."""
+    _state_after(tmp_path, ["a 1", "b 2"])
+    st = tmp_path / "st.json"
+    saved = json.loads(st.read_text(encoding="utf-8"))
+    for where, value, named in DAMAGES:
+        st.write_text(json.dumps(_damaged(saved, where, value)), encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            FollowState(st, tmp_path / "app.log")
+        assert str(err.value).startswith(f"--state {st}: damaged: field {named} is "), (where, value, str(err.value))
+    st.write_text(json.dumps(saved), encoding="utf-8")
+    FollowState(st, tmp_path / "app.log").close()  # undamaged, it is read (and no refused one holds the lock)
 
 
 def _follow_run(scorer, path, state, sz, quiet, *, batch_size=256, take=None):

@@ -426,6 +426,32 @@ def test_follow_from_end_skips_history(tmp_path):
     gen.close()
 
 
+def test_follow_reads_a_file_rewritten_in_place_past_its_position_from_the_top(tmp_path):
+    """logrotate's copytruncate empties the file and the writer goes on at its top: written past the follow's
+    position before its next poll (the size never went below it), the follow read on from the middle of the new
+    lines and lost those before, with no truncation counted. Its first bytes tell it was rewritten: it is read from
+    the top and counted; so is a rewrite to the very same size (its mtime changed). Appends are not taken for one."""
+    path = tmp_path / "app.log"
+    old = [f"old line {i:03d} " + "x" * 20 for i in range(60)]  # past HEAD_BYTES
+    path.write_text("".join(line + "\n" for line in old), encoding="utf-8")
+    stats = ReadStats()
+    gen = follow(path, stats, stop=threading.Event(), poll_interval=0.001)
+    assert _until_quiet(gen) == old
+    new = [f"new line {i:03d} " + "y" * 30 for i in range(80)]
+    path.write_text("".join(line + "\n" for line in new), encoding="utf-8")  # truncated, rewritten past the position
+    assert _until_quiet(gen) == new and stats.truncated == 1
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("appended\n")
+    assert _until_quiet(gen) == ["appended"] and stats.truncated == 1
+    same = [line.replace("new", "NEW") for line in [*new, "appended"]]
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    assert _until_quiet(gen) == []  # a quiet poll sees this mtime
+    path.write_text("".join(line + "\n" for line in same), encoding="utf-8")
+    os.utime(path, ns=(2_000_000_000, 2_000_000_000))  # a later mtime, whatever the clock's granularity
+    assert _until_quiet(gen) + _until_quiet(gen) == same and stats.truncated == 2
+    gen.close()
+
+
 # -- pipes ------------------------------------------------------------------------------------------
 
 
