@@ -34,6 +34,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -47,7 +48,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusionlog import __version__
@@ -110,6 +111,7 @@ class DetectRequest(BaseModel):
     sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
     examples: bool = Field(False, description="give each top template and has/new departure the session's first "
                            "raw line of it")
+    _repaired: int = PrivateAttr(0)  # strings whose lone surrogates became U+FFFD (`decode_errors`)
 
     @model_validator(mode="after")
     def _one_of(self) -> DetectRequest:
@@ -203,6 +205,7 @@ class BaselineIn(BaseModel):
                           "on; false adds them to it")
     reason: str = Field("", max_length=500, description="why these logs are normal (kept with the batch)")
     source: str = Field("", max_length=200, description="where the lines came from (kept with the batch)")
+    _repaired: int = PrivateAttr(0)  # strings whose lone surrogates became U+FFFD (`decode_errors`)
 
 
 class BaselineOut(BaseModel):
@@ -496,7 +499,8 @@ class DetectService:
             if ex:
                 attach_examples(verdict, ex)
         anomalous = sum(1 for v in out if v["anomalous"])
-        stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
+        stats.update(decode_errors=req._repaired, sessions=len(out), anomalous=anomalous,
+                     elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
         self._count_reading(stats)
         for v in out:
             self._count_verdict(v)
@@ -596,6 +600,7 @@ class DetectService:
         """
         from fusionlog.baseline import learn_baseline
         from fusionlog.feedback import now_utc
+        from fusionlog.types import ReadStats
 
         folder = self._artifact_folder()
         if len(req.lines) > self.limits.max_lines:
@@ -611,7 +616,8 @@ class DetectService:
             scorer = self.scorer  # under the lock: a reload swaps it
             self._refresh()  # "before" against the reference in force now
             outcome = learn_baseline(folder, scorer, lines, applied, source=req.source or "POST /v1/baseline",
-                                     reason=req.reason, at=now_utc(), replace=req.replace)
+                                     reason=req.reason, at=now_utc(), replace=req.replace,
+                                     read_stats=ReadStats(decode_errors=req._repaired))
         out = outcome.to_dict()
         out["notes"] = outcome.notes(redo='POST /v1/baseline/undo, then post these lines with "replace": true',
                                      grow='post later known-good lines without "replace"')
@@ -746,18 +752,19 @@ def decode_ingest(body: bytes, content_type: str) -> tuple[str | None, list, int
         obj = _json_lines(text)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    obj, repaired = _without_surrogates(obj, body)
     if isinstance(obj, list):
-        return None, obj, 0
+        return None, obj, repaired
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_request", f"expected a JSON object with 'lines', an array or JSON lines, got "
                        f"{type(obj).__name__}")
     if "lines" not in obj:  # one record posted alone (a shipper's batch of one)
-        return None, [obj], 0
+        return None, [obj], repaired
     try:
         req = IngestIn.model_validate(obj)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
-    return req.stream, req.lines, 0
+    return req.stream, req.lines, repaired
 
 
 def _json_lines(text: str) -> list:
@@ -778,7 +785,8 @@ def _json_lines(text: str) -> list:
 
 
 def decode_body(body: bytes, model: type[BaseModel], expected: str):
-    """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields)."""
+    """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields). A model with a
+    `_repaired` attribute gets the number of strings whose lone surrogates were replaced (`_json_text`)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -795,14 +803,49 @@ def decode_body(body: bytes, model: type[BaseModel], expected: str):
         ) from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    obj, repaired = _without_surrogates(obj, body)
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_request", f"expected {expected}, got {type(obj).__name__}")
     try:
-        return model.model_validate(obj)
+        req = model.model_validate(obj)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+    if repaired and hasattr(req, "_repaired"):
+        req._repaired = repaired
+    return req
+
+
+#: A UTF-16 surrogate with no partner. JSON's `\ud800` escape gives one and json.loads keeps it (a pair becomes
+#: one character), but no UTF-8 writer takes it: the response, the journal, the verdicts file, the embedder.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(obj: Any, body: bytes) -> tuple[Any, int]:
+    """Parsed JSON with every lone surrogate (in values and names) replaced by U+FFFD, as bad bytes of a text/plain
+    body are, and how many strings had one. UTF-8 cannot carry a surrogate itself, so only a body with a
+    `\\ud..` escape can hold one: any other body is returned untouched without a walk (the hot path)."""
+    if b"\\ud" not in body and b"\\uD" not in body:
+        return obj, 0
+    count = [0]
+    try:
+        return _repair(obj, count), count[0]
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+
+
+def _repair(value: Any, count: list[int]) -> Any:
+    """`_without_surrogates`' walk; `count[0]` grows by one per string repaired."""
+    if isinstance(value, str):
+        fixed, n = _LONE_SURROGATE.subn("\ufffd", value)
+        count[0] += n > 0
+        return fixed
+    if isinstance(value, list):
+        return [_repair(v, count) for v in value]
+    if isinstance(value, dict):
+        return {_repair(k, count): _repair(v, count) for k, v in value.items()}
+    return value
 
 
 def _cache_counts(scorer) -> tuple[int, int] | None:

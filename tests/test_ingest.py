@@ -160,6 +160,35 @@ def test_bad_posts_are_clear_errors_and_counted_skips(os_lines, make_scorer):
         assert post(json={"lines": keyed, "stream": "three"}).status_code == 200  # room again
 
 
+def test_a_lone_surrogate_in_a_post_is_replaced_and_its_sessions_verdicts_are_kept(os_lines, make_scorer,
+                                                                                     tmp_path):
+    """A lone surrogate escape used to pass the JSON reader and fail at the first UTF-8 write: the post that closed
+    its session got a 500 after its lines were taken (a shipper's retry duplicates them), and a background close
+    lost the verdict. It becomes U+FFFD, counted in decode_errors, and every verdict is written."""
+    path = tmp_path / "verdicts.jsonl"
+    keyed = [line for line in os_lines if "[instance: " in line][:6]
+    broken = [keyed[0].replace("[instance: ", "[instance: \ud800", 1), keyed[1] + " \udc80"]
+    cfg = IngestConfig(verdicts_path=str(path), idle_seconds=None, wall_idle_seconds=0.3)
+    with TestClient(create_app(make_scorer(), ingest=cfg, poll_seconds=0.05)) as client:
+        r = client.post("/v1/ingest?stream=a", content=json.dumps({"lines": broken + keyed[2:]}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["stats"]["decode_errors"] == 2
+        r = client.post("/v1/ingest?stream=b", content="\n".join(json.dumps({"log": x}) for x in broken),
+                        headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 200 and r.json()["stats"]["decode_errors"] == 2
+        deadline = time.monotonic() + 20  # the background close scores and writes them
+        while client.get("/healthz").json()["ingest"]["open_sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["ingest"]["open_sessions"] == 0
+        r = client.post("/v1/ingest?stream=c", content=json.dumps({"lines": broken}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 200
+        r = client.post("/v1/ingest/flush?stream=c")  # the post that closes them answers too
+        assert r.status_code == 200 and r.json()["stats"]["sessions"] >= 1
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert {r["stream"] for r in rows} == {"a", "b", "c"}
+
+
 def test_records_become_the_line_the_model_reads():
     assert record_line({"log": "INFO up\n", "stream": "stdout"}, False, "x") == "INFO up"
     assert record_line({"message": "INFO up", "host": "web-1"}, False, "x") == "INFO up"

@@ -292,6 +292,25 @@ def test_bad_input_is_a_named_4xx_and_the_service_keeps_going(client, body, stat
     assert ok.status_code == 200  # nothing broke
 
 
+def test_a_lone_surrogate_escape_is_replaced_and_counted_never_a_500(client, hdfs):
+    """JSON may escape half a UTF-16 pair (`\\ud800`); json.loads keeps it, but no UTF-8 writer takes it (the
+    response, the embedder): it becomes U+FFFD and counts as a decode error, as a text/plain body's bad bytes do."""
+    _, lines = hdfs
+    line = lines[0]
+    r = client.post("/v1/detect", content=json.dumps({"lines": [line[:-4] + "\ud800" + line[-4:]]}),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["stats"]["decode_errors"] == 1 and r.json()["stats"]["sessions"] == 1
+    body = {"sessions": [{"key": "k\udc80", "templates": ["Receiving block \ud800<*>"]}]}
+    r = client.post("/v1/detect", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["verdicts"][0]["key"] == "k\ufffd" and r.json()["stats"]["decode_errors"] == 2
+    r = client.post("/v1/detect", content=b'{"lines": [], "\\udc80": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "\ufffd" in r.json()["detail"]  # a field name, refused by name
+    ok = client.post("/v1/detect", json={"lines": lines[:3]})
+    assert ok.status_code == 200 and ok.json()["stats"]["decode_errors"] == 0
+
+
 def test_oversized_chunked_body_without_length_is_refused(client):
     def chunks():
         for _ in range(20):
