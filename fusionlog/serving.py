@@ -1101,12 +1101,21 @@ def create_app(
         return JSONResponse(await in_worker(service.ingest_flush, stream))
 
     def load_again():
+        """The folder's scorer, loaded anew. Any failure of the load is the folder's (a file cut mid-copy fails in
+        safetensors, a hand-edited JSON file in whatever reads it), so it is a 422 naming it, never a 500, and the
+        loaded model keeps serving."""
         folder = getattr(service.scorer, "model_dir", None)
         if folder is None:
             raise ApiError(501, "not_supported", "this scorer has no artifact folder to reload from")
         from fusionlog.stream import load_scorer
 
-        return load_scorer(folder)
+        try:
+            return load_scorer(folder)
+        except FusionLogError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a broken file raises; the old model serves on
+            raise ApiError(422, "invalid_request", f"{folder}: the model folder does not load "
+                           f"({type(exc).__name__}: {exc}); the loaded model keeps serving") from exc
 
     @app.post("/v1/reload", responses=error_responses, dependencies=[Depends(auth)],
               summary="Load the model folder again (after a re-fuse), as SIGHUP does")
