@@ -1231,22 +1231,43 @@ _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "defla
 
 
 def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
-    """The body a compressed request holds, itself capped at `limit` (a small gzip may hold gigabytes)."""
+    """The body a compressed request holds, itself capped at `limit` (a small gzip may hold gigabytes).
+
+    A gzip body may be several members back to back (RFC 1952: what concatenating two gzip files gives, and what a
+    shipper appending compressed chunks sends): every member is read, under one cap. Bytes after the data that are
+    no member are refused, not dropped: they may be lines."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in _ENCODINGS:
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}; send gzip, deflate or none")
-    inflate = zlib.decompressobj(_ENCODINGS[encoding])
+    wbits = _ENCODINGS[encoding]
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        data, rest = _inflate_one(rest, wbits, limit - size, encoding, limit)
+        out.append(data)
+        size += len(data)
+        if not rest:
+            return b"".join(out)
+        if wbits == zlib.MAX_WBITS or not rest.startswith(b"\x1f\x8b"):
+            raise ApiError(400, "bad_encoding", f"the {encoding} body has {len(rest)} byte(s) of junk after its "
+                           "compressed data")
+
+
+def _inflate_one(data: bytes, wbits: int, room: int, encoding: str, limit: int) -> tuple[bytes, bytes]:
+    """(what the first compressed stream of `data` holds, the bytes after it); over `room` bytes is a 413."""
+    inflate = zlib.decompressobj(wbits)
     try:
-        out = inflate.decompress(body, limit + 1)
+        out = inflate.decompress(data, room + 1)
     except zlib.error as exc:
         raise ApiError(400, "bad_encoding", f"the body is not valid {encoding} ({exc})") from None
-    if len(out) > limit or inflate.unconsumed_tail:
+    if len(out) > room or inflate.unconsumed_tail:
         raise ApiError(413, "body_too_large", f"the {encoding} body holds over {limit} bytes, the limit")
     if not inflate.eof:
         raise ApiError(400, "bad_encoding", f"the {encoding} body ends early")
-    return out
+    return out, inflate.unused_data
 
 
 def _add_schemas(app: FastAPI) -> None:

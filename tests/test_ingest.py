@@ -308,6 +308,30 @@ def test_compressed_and_back_to_back_json_bodies_as_shippers_send_them(os_lines,
         assert r.status_code == 415
 
 
+def test_every_gzip_member_is_read_and_junk_after_the_data_is_refused(os_lines, make_scorer):
+    """gzip(a) + gzip(b) is one valid gzip body (RFC 1952) whose second half used to be dropped silently; each member
+    is read now under the same cap, and bytes after the data that are no member are a 400, not lost lines."""
+    import gzip
+    import zlib
+
+    lines = [json.dumps({"log": line}) for line in os_lines[:6]]
+    a, b = ("\n".join(lines[:3]) + "\n").encode(), ("\n".join(lines[3:]) + "\n").encode()
+    gz = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+    with TestClient(create_app(make_scorer(), max_body_bytes=64 * 1024, ingest=QUIET)) as client:
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + gzip.compress(b), headers=gz)
+        assert r.status_code == 200 and r.json()["stats"]["lines"] == 6, r.text
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + b"junk", headers=gz)
+        assert r.status_code == 400 and "junk" in r.json()["detail"]
+        r = client.post("/v1/ingest?stream=a", content=zlib.compress(a) + b"\0", headers={**gz,
+                        "Content-Encoding": "deflate"})
+        assert r.status_code == 400 and "junk" in r.json()["detail"]
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + gzip.compress(b)[:20], headers=gz)
+        assert r.status_code == 400 and "ends early" in r.json()["detail"]
+        half = ("x" * 40_000).encode()  # each member under the cap, both together over it
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(half) + gzip.compress(half), headers=gz)
+        assert r.status_code == 413 and "holds over 65536 bytes" in r.json()["detail"]
+
+
 def test_ingest_verdicts_can_name_the_raw_line_behind_each_template(os_lines, make_scorer):
     """`serve --examples`: what an SRE greps for next, numbered by the stream's lines across posts."""
     cfg = IngestConfig(idle_seconds=None, wall_idle_seconds=None, examples=True)
