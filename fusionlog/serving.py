@@ -50,6 +50,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fusionlog import __version__
 from fusionlog.data.formats import JSON_FORMAT
@@ -69,6 +70,8 @@ DEFAULT_MAX_LINES = 20_000
 #: Bodies up to this size are scored on the event loop; bigger ones in a worker thread.
 INLINE_MAX_BYTES = 16 * 1024
 TOKEN_ENV = "FUSIONLOG_TOKEN"
+#: nginx's status for a request its client gave up on before it was answered (nobody receives it; /metrics does)
+CLIENT_CLOSED = 499
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Longest text a mute request may name (a template or one raw line).
@@ -345,7 +348,11 @@ class Metrics:
 
 
 class _MetricsMiddleware:
-    """Pure ASGI: counts every response by path and status and times it (also 401/404/413/500)."""
+    """Pure ASGI: counts every response by path and status and times it (also 401/404/413/500).
+
+    An exception no route caught is answered here as the 500 JSON object every endpoint promises, logged once and
+    counted in `fusionlog_errors_total{kind="internal"}`: left to Starlette it was a plain-text 500 that no error
+    counter saw."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -359,14 +366,23 @@ class _MetricsMiddleware:
         status = {"code": 500}
         t0 = time.perf_counter()
 
+        started = {"response": False}
+
         async def send_wrapper(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                started["response"] = True
             await send(message)
 
         self.metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if started["response"]:
+                raise  # half a response is out: nothing can be answered; the server closes the connection
+            logger.exception("request to %s failed", path)
+            self.metrics.inc("fusionlog_errors_total", kind="internal")
+            await _error(500, "internal", "internal error; see the server log")(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight -= 1
             self.metrics.observe(path, time.perf_counter() - t0)
@@ -1217,11 +1233,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "body_too_large", f"body of {n} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():  # also caps chunked bodies that declare no length
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():  # also caps chunked bodies that declare no length
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client's doing, not a failure of ours: one line, and nginx's 499 in the metrics, not a 500
+        logger.info("client closed the connection after %d byte(s) of its body to %s", size, request.url.path)
+        raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client closed the connection before its body "
+                       "was read") from None
     return _decompressed(b"".join(chunks), request.headers.get("content-encoding", ""), limit)
 
 

@@ -344,6 +344,51 @@ def test_scorer_crash_is_a_500_and_the_next_request_works(scorer_factory):
         assert 'fusionlog_errors_total{kind="internal"} 1' in c.get("/metrics").text
 
 
+def test_a_crash_outside_detect_is_the_same_500_and_counted_as_an_error(scorer_factory, hdfs):
+    """Detect caught its own crashes; an ingest, a flush or a mute that raised was Starlette's plain-text 500 that
+    fusionlog_errors_total never counted."""
+    scorer = scorer_factory()
+    scorer.verdicts = lambda keys, sessions: (_ for _ in ()).throw(RuntimeError("model exploded"))
+    with TestClient(create_app(scorer)) as c:
+        assert c.post("/v1/ingest", json={"lines": hdfs[1][:5]}).status_code == 200  # nothing scored yet
+        r = c.post("/v1/ingest/flush")
+        assert r.status_code == 500 and r.json()["error"] == "internal" and "server log" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+        text = c.get("/metrics").text
+        assert 'fusionlog_errors_total{kind="internal"} 1' in text
+        assert 'fusionlog_requests_total{path="/v1/ingest/flush",status="500"} 1' in text
+
+
+def test_a_client_that_hangs_up_mid_body_is_one_log_line_and_no_500(client, caplog):
+    """A shipper killed or timed out mid-post is the client's doing: one info line and nginx's 499, not a 60-line
+    traceback counted as a server error."""
+    import asyncio
+    import logging
+
+    app = client.app
+    messages = iter([{"type": "http.request", "body": b'{"lines": ["a', "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/detect", "raw_path": b"/v1/detect", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    with caplog.at_level(logging.INFO):
+        asyncio.run(app(scope, receive, send))
+    gone = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and not gone[0].exc_info
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    text = client.get("/metrics").text
+    assert 'fusionlog_requests_total{path="/v1/detect",status="499"} 1' in text
+    assert 'status="500"' not in text
+
+
 def test_a_busy_scorer_never_blocks_the_event_loop(client):
     service = client.app.state.service
     service.lock.acquire()  # as if a big request were being scored in a worker thread
