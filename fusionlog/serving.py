@@ -57,7 +57,7 @@ from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink, record_line, stream_name
+from fusionlog.ingest import IngestConfig, IngestStreams, StreamsFull, VerdictSink, record_line, stream_name
 from fusionlog.journal import lock_folder
 from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
@@ -560,7 +560,10 @@ class DetectService:
         with self.lock:
             self._refresh()
             cache_before = _cache_counts(self.scorer)
-            verdicts, stats = self.streams.feed(stream, lines)
+            try:
+                verdicts, stats = self.streams.feed(stream, lines)
+            except StreamsFull as exc:  # capacity, not the request: a shipper retries a 503 later
+                raise ApiError(503, "too_many_streams", str(exc)) from None
             self._count_cache(cache_before, _cache_counts(self.scorer))
             open_now = self.streams.open_sessions().get(stream, 0)
         self._count_reading(stats)

@@ -150,9 +150,10 @@ def test_bad_posts_are_clear_errors_and_counted_skips(os_lines, make_scorer):
         assert r.status_code == 200
         assert r.json()["stats"]["decode_errors"] == 1 and r.json()["stats"]["unmatched_format"] == 2
         keyed = [line for line in os_lines if "[instance: " in line][:5]
+        assert post(json={"lines": keyed}).status_code == 200  # "default" holds sessions (else "three" takes it)
         assert post(json={"lines": keyed, "stream": "two"}).status_code == 200
         r = post(json={"lines": keyed, "stream": "three"})
-        assert r.status_code == 422 and "the limit" in r.json()["detail"]
+        assert r.status_code == 503 and r.json()["error"] == "too_many_streams" and "the limit" in r.json()["detail"]
         r = client.post("/v1/ingest/flush", params={"stream": "nope"})
         assert r.status_code == 422 and "no open stream 'nope'" in r.json()["detail"]
         flushed = client.post("/v1/ingest/flush", params={"stream": "two"}).json()
@@ -187,6 +188,30 @@ def test_a_lone_surrogate_in_a_post_is_replaced_and_its_sessions_verdicts_are_ke
         assert r.status_code == 200 and r.json()["stats"]["sessions"] >= 1
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert {r["stream"] for r in rows} == {"a", "b", "c"}
+
+
+def test_a_stream_holding_nothing_makes_room_for_a_new_one_at_the_cap(os_lines, make_scorer, tmp_path):
+    """Stream names come from whoever posts (pods come and go): once --max-streams names were used, even by an
+    empty post, every new one was refused for good. A stream with no open session is dropped for a new one now
+    (its journal too: nothing in it to replay); only streams that all hold sessions refuse one, with a 503."""
+    from fusionlog.journal import journals
+
+    keyed = [line for line in os_lines if "[instance: " in line][:5]
+    cfg = IngestConfig(max_streams=2, idle_seconds=None, wall_idle_seconds=None, journal_dir=str(tmp_path))
+    with TestClient(create_app(make_scorer(), ingest=cfg)) as client:
+        def post(stream, lines):
+            return client.post("/v1/ingest", params={"stream": stream}, json={"lines": lines})
+
+        assert post("a", []).status_code == post("b", []).status_code == 200
+        assert post("c", keyed).status_code == 200  # a held nothing: dropped
+        assert post("d", keyed).status_code == 200  # b too
+        assert client.get("/healthz").json()["ingest"]["streams"] == 2
+        assert len(list(journals(tmp_path))) == 2
+        r = post("e", keyed)  # c and d hold open sessions
+        assert r.status_code == 503 and r.json()["error"] == "too_many_streams"
+        flushed = client.post("/v1/ingest/flush", params={"stream": "c"}).json()
+        assert flushed["stats"]["sessions"] >= 1  # nothing of c was lost on the way
+        assert post("e", keyed).status_code == 200
 
 
 def test_records_become_the_line_the_model_reads():
