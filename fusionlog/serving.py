@@ -1108,16 +1108,13 @@ def create_app(
         named, items, bad = decode_ingest(body, request.headers.get("content-type", ""))
         if named and stream and named != stream:
             raise ApiError(422, "invalid_request", f"stream {named!r} in the body, {stream!r} in the URL: give one")
-        try:
-            name = stream_name(named or stream)
-        except ConfigError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from None
-        return JSONResponse(await in_worker(service.ingest, name, items, bad))
+        return JSONResponse(await in_worker(service.ingest, _stream_param(named or stream), items, bad))
 
     @app.post("/v1/ingest/flush", responses=error_responses, dependencies=[Depends(auth)],
               summary="Close and score every open session of a stream (?stream=), or of all")
     async def ingest_flush(stream: str | None = None) -> JSONResponse:
-        return JSONResponse(await in_worker(service.ingest_flush, stream))
+        # `?stream=` names the default stream, as on /v1/ingest; no parameter at all flushes every stream
+        return JSONResponse(await in_worker(service.ingest_flush, None if stream is None else _stream_param(stream)))
 
     def load_again():
         """The folder's scorer, loaded anew. Any failure of the load is the folder's (a file cut mid-copy fails in
@@ -1204,6 +1201,14 @@ def _on_sighup(callback) -> bool:
     except (NotImplementedError, RuntimeError, ValueError):
         return False
     return True
+
+
+def _stream_param(name: str | None) -> str:
+    """A posted stream name as the streams know it (empty or none: the default stream), or a 422 saying why not."""
+    try:
+        return stream_name(name)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
 
 
 def _ingest_health(service: DetectService) -> dict:

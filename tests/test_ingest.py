@@ -159,6 +159,9 @@ def test_bad_posts_are_clear_errors_and_counted_skips(os_lines, make_scorer):
         flushed = client.post("/v1/ingest/flush", params={"stream": "two"}).json()
         assert flushed["stats"]["sessions"] == len(_instances(keyed)) >= 1
         assert post(json={"lines": keyed, "stream": "three"}).status_code == 200  # room again
+        # an empty ?stream= is the default stream on both endpoints (the flush said "no open stream ''")
+        r = client.post("/v1/ingest/flush", params={"stream": ""})
+        assert r.status_code == 200 and r.json()["stream"] == "default" and r.json()["stats"]["sessions"] >= 1
 
 
 def test_a_lone_surrogate_in_a_post_is_replaced_and_its_sessions_verdicts_are_kept(os_lines, make_scorer,
