@@ -143,11 +143,9 @@ def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
     text = text.strip()
     if not text:
         raise ConfigError("give the template to mute: its text, its event_id, or a message it matches")
-    if text.isdigit() and not raw_line:
-        eid = int(text)
-        if eid >= len(table):
-            raise ConfigError(f"event_id {eid} is not in the detector's table (0..{len(table) - 1}); a template "
-                              "first seen by detect has no lasting id: give its text instead")
+    number = None if raw_line else _event_id_text(text, len(table))
+    if number is not None:
+        eid = number
     elif text in table and not raw_line:
         eid = table.index(text)
     else:
@@ -167,6 +165,24 @@ def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
     df = int(stats.doc_freq[eid]) if eid < len(stats.doc_freq) else 0
     cost = float(stats.have_costs([eid], in_corpus=False)[0]) if eid < len(stats.doc_freq) else 1.0
     return Resolved(table[eid], eid, df, cost)
+
+
+def _event_id_text(text: str, n_table: int) -> int | None:
+    """The event id a text of ASCII digits names (None for any other text: a template or a message). A number
+    outside the table is a `ConfigError`, a negative one too: read as a message it would mute the template of
+    every number (`<:NUM:>`), which the user did not mean; a huge one is refused by its length, before int()
+    (which refuses over 4300 digits)."""
+    from fusionlog.errors import ConfigError
+
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    significant = digits.lstrip("0") or "0"
+    if text.startswith("-") or len(significant) > len(str(n_table)) or int(significant) >= n_table:
+        shown = text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+        raise ConfigError(f"event_id {shown} is not in the detector's table (0..{n_table - 1}); a template "
+                          "first seen by detect has no lasting id: give its text instead")
+    return int(significant)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ READ_COUNTS = ("lines", "events", "empty", "continuation", "exception_lines", "u
                "evicted", "split")
 
 
+class StreamsFull(ConfigError):
+    """Every stream slot holds open sessions: a matter of capacity (serve answers 503), not a bad request."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Bounds and timeouts of the ingest streams, and where their verdicts go (defaults: `detect --follow`'s)."""
@@ -184,9 +188,9 @@ class IngestStreams:
         self._journals: dict[str, StreamJournal] = {}  # with `journal_dir`: each stream's write-ahead journal
 
     def _open_stream(self, stream: str, journal: StreamJournal | None = None) -> StreamSessionizer:
-        if len(self._streams) >= self.config.max_streams:
-            raise ConfigError(f"{len(self._streams)} streams are open, the limit (serve --max-streams); post "
-                              f"to one of them or flush one: POST /v1/ingest/flush")
+        if len(self._streams) >= self.config.max_streams and not self._drop_an_idle_stream():
+            raise StreamsFull(f"{len(self._streams)} streams hold open sessions, the limit (serve --max-streams); "
+                              f"post to one of them, or flush one: POST /v1/ingest/flush")
         # a parser of its own: a runtime's chunk held at the end of a post is joined with this stream's next
         sz = self._streams[stream] = scorer_sessionizer(self.scorer, self._limits, examples=self.config.examples)
         self._fit[stream] = FitWatch(sz, self.scorer, logger, where=f"ingest stream {stream!r}: ")
@@ -195,6 +199,26 @@ class IngestStreams:
         if journal is not None:
             self._journals[stream] = journal
         return sz
+
+    def _drop_an_idle_stream(self) -> bool:
+        """Forget the oldest stream that holds nothing a later line could need, to make room for a new one; False
+        when every stream holds some. Why: a stream is named by whoever posts (a pod, a file), and pods come and
+        go; kept forever, the names of pods long gone would refuse every new one once --max-streams were used.
+
+        Nothing is lost: no open session, no runtime chunk held for the rest of its line (`oldest_open_line` is
+        None), and so a journal with nothing to replay (`journal.settle` emptied it). What goes is only the reading
+        position (window phase, line numbers), which a stream that comes back starts anew, as a new stream does."""
+        for name, sz in self._streams.items():
+            if sz.open_sessions == 0 and sz.oldest_open_line() is None:
+                del self._streams[name]
+                self._fit.pop(name, None)
+                journal = self._journals.pop(name, None)
+                if journal is not None:
+                    journal.remove()
+                logger.info("ingest stream %r dropped: it held no open session and a new stream needed its place "
+                            "(--max-streams %d)", name, self.config.max_streams)
+                return True
+        return False
 
     def feed(self, stream: str, lines: list[str]) -> tuple[list[dict], dict[str, int]]:
         """Add lines to a stream: (verdicts of the sessions they finished, what reading them counted)."""

@@ -34,6 +34,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -47,15 +48,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fusionlog import __version__
 from fusionlog.data.formats import JSON_FORMAT
 from fusionlog.data.readers import strip_ansi
 from fusionlog.data.traces import TraceTail
 from fusionlog.errors import ConfigError, FusionLogError
-from fusionlog.ingest import IngestConfig, IngestStreams, VerdictSink, record_line, stream_name
+from fusionlog.ingest import IngestConfig, IngestStreams, StreamsFull, VerdictSink, record_line, stream_name
 from fusionlog.journal import lock_folder
 from fusionlog.metrics_file import RecentFlags, flag_gauges, prom_labels, prom_number
 from fusionlog.stream import StreamLimits, attach_examples, note_example, scorer_parser, scorer_sessionizer
@@ -68,6 +70,8 @@ DEFAULT_MAX_LINES = 20_000
 #: Bodies up to this size are scored on the event loop; bigger ones in a worker thread.
 INLINE_MAX_BYTES = 16 * 1024
 TOKEN_ENV = "FUSIONLOG_TOKEN"
+#: nginx's status for a request its client gave up on before it was answered (nobody receives it; /metrics does)
+CLIENT_CLOSED = 499
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Longest text a mute request may name (a template or one raw line).
@@ -110,6 +114,7 @@ class DetectRequest(BaseModel):
     sessions: list[SessionIn] | None = Field(None, description="ready sessions, one verdict each")
     examples: bool = Field(False, description="give each top template and has/new departure the session's first "
                            "raw line of it")
+    _repaired: int = PrivateAttr(0)  # strings whose lone surrogates became U+FFFD (`decode_errors`)
 
     @model_validator(mode="after")
     def _one_of(self) -> DetectRequest:
@@ -203,6 +208,7 @@ class BaselineIn(BaseModel):
                           "on; false adds them to it")
     reason: str = Field("", max_length=500, description="why these logs are normal (kept with the batch)")
     source: str = Field("", max_length=200, description="where the lines came from (kept with the batch)")
+    _repaired: int = PrivateAttr(0)  # strings whose lone surrogates became U+FFFD (`decode_errors`)
 
 
 class BaselineOut(BaseModel):
@@ -342,7 +348,11 @@ class Metrics:
 
 
 class _MetricsMiddleware:
-    """Pure ASGI: counts every response by path and status and times it (also 401/404/413/500)."""
+    """Pure ASGI: counts every response by path and status and times it (also 401/404/413/500).
+
+    An exception no route caught is answered here as the 500 JSON object every endpoint promises, logged once and
+    counted in `fusionlog_errors_total{kind="internal"}`: left to Starlette it was a plain-text 500 that no error
+    counter saw."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -356,14 +366,23 @@ class _MetricsMiddleware:
         status = {"code": 500}
         t0 = time.perf_counter()
 
+        started = {"response": False}
+
         async def send_wrapper(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                started["response"] = True
             await send(message)
 
         self.metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if started["response"]:
+                raise  # half a response is out: nothing can be answered; the server closes the connection
+            logger.exception("request to %s failed", path)
+            self.metrics.inc("fusionlog_errors_total", kind="internal")
+            await _error(500, "internal", "internal error; see the server log")(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight -= 1
             self.metrics.observe(path, time.perf_counter() - t0)
@@ -496,7 +515,8 @@ class DetectService:
             if ex:
                 attach_examples(verdict, ex)
         anomalous = sum(1 for v in out if v["anomalous"])
-        stats.update(sessions=len(out), anomalous=anomalous, elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
+        stats.update(decode_errors=req._repaired, sessions=len(out), anomalous=anomalous,
+                     elapsed_ms=round((time.perf_counter() - t0) * 1e3, 3))
         self._count_reading(stats)
         for v in out:
             self._count_verdict(v)
@@ -540,7 +560,10 @@ class DetectService:
         with self.lock:
             self._refresh()
             cache_before = _cache_counts(self.scorer)
-            verdicts, stats = self.streams.feed(stream, lines)
+            try:
+                verdicts, stats = self.streams.feed(stream, lines)
+            except StreamsFull as exc:  # capacity, not the request: a shipper retries a 503 later
+                raise ApiError(503, "too_many_streams", str(exc)) from None
             self._count_cache(cache_before, _cache_counts(self.scorer))
             open_now = self.streams.open_sessions().get(stream, 0)
         self._count_reading(stats)
@@ -596,6 +619,7 @@ class DetectService:
         """
         from fusionlog.baseline import learn_baseline
         from fusionlog.feedback import now_utc
+        from fusionlog.types import ReadStats
 
         folder = self._artifact_folder()
         if len(req.lines) > self.limits.max_lines:
@@ -611,7 +635,8 @@ class DetectService:
             scorer = self.scorer  # under the lock: a reload swaps it
             self._refresh()  # "before" against the reference in force now
             outcome = learn_baseline(folder, scorer, lines, applied, source=req.source or "POST /v1/baseline",
-                                     reason=req.reason, at=now_utc(), replace=req.replace)
+                                     reason=req.reason, at=now_utc(), replace=req.replace,
+                                     read_stats=ReadStats(decode_errors=req._repaired))
         out = outcome.to_dict()
         out["notes"] = outcome.notes(redo='POST /v1/baseline/undo, then post these lines with "replace": true',
                                      grow='post later known-good lines without "replace"')
@@ -746,18 +771,19 @@ def decode_ingest(body: bytes, content_type: str) -> tuple[str | None, list, int
         obj = _json_lines(text)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    obj, repaired = _without_surrogates(obj, body)
     if isinstance(obj, list):
-        return None, obj, 0
+        return None, obj, repaired
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_request", f"expected a JSON object with 'lines', an array or JSON lines, got "
                        f"{type(obj).__name__}")
     if "lines" not in obj:  # one record posted alone (a shipper's batch of one)
-        return None, [obj], 0
+        return None, [obj], repaired
     try:
         req = IngestIn.model_validate(obj)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
-    return req.stream, req.lines, 0
+    return req.stream, req.lines, repaired
 
 
 def _json_lines(text: str) -> list:
@@ -778,7 +804,8 @@ def _json_lines(text: str) -> list:
 
 
 def decode_body(body: bytes, model: type[BaseModel], expected: str):
-    """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields)."""
+    """A request body as `model`, or an ApiError that says what is wrong (encoding, JSON, fields). A model with a
+    `_repaired` attribute gets the number of strings whose lone surrogates were replaced (`_json_text`)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -795,14 +822,49 @@ def decode_body(body: bytes, model: type[BaseModel], expected: str):
         ) from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"JSON not accepted: {type(exc).__name__}: {exc}") from None
+    obj, repaired = _without_surrogates(obj, body)
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_request", f"expected {expected}, got {type(obj).__name__}")
     try:
-        return model.model_validate(obj)
+        req = model.model_validate(obj)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+    if repaired and hasattr(req, "_repaired"):
+        req._repaired = repaired
+    return req
+
+
+#: A UTF-16 surrogate with no partner. JSON's `\ud800` escape gives one and json.loads keeps it (a pair becomes
+#: one character), but no UTF-8 writer takes it: the response, the journal, the verdicts file, the embedder.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(obj: Any, body: bytes) -> tuple[Any, int]:
+    """Parsed JSON with every lone surrogate (in values and names) replaced by U+FFFD, as bad bytes of a text/plain
+    body are, and how many strings had one. UTF-8 cannot carry a surrogate itself, so only a body with a
+    `\\ud..` escape can hold one: any other body is returned untouched without a walk (the hot path)."""
+    if b"\\ud" not in body and b"\\uD" not in body:
+        return obj, 0
+    count = [0]
+    try:
+        return _repair(obj, count), count[0]
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "JSON nested too deeply") from None
+
+
+def _repair(value: Any, count: list[int]) -> Any:
+    """`_without_surrogates`' walk; `count[0]` grows by one per string repaired."""
+    if isinstance(value, str):
+        fixed, n = _LONE_SURROGATE.subn("\ufffd", value)
+        count[0] += n > 0
+        return fixed
+    if isinstance(value, list):
+        return [_repair(v, count) for v in value]
+    if isinstance(value, dict):
+        return {_repair(k, count): _repair(v, count) for k, v in value.items()}
+    return value
 
 
 def _cache_counts(scorer) -> tuple[int, int] | None:
@@ -1046,24 +1108,30 @@ def create_app(
         named, items, bad = decode_ingest(body, request.headers.get("content-type", ""))
         if named and stream and named != stream:
             raise ApiError(422, "invalid_request", f"stream {named!r} in the body, {stream!r} in the URL: give one")
-        try:
-            name = stream_name(named or stream)
-        except ConfigError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from None
-        return JSONResponse(await in_worker(service.ingest, name, items, bad))
+        return JSONResponse(await in_worker(service.ingest, _stream_param(named or stream), items, bad))
 
     @app.post("/v1/ingest/flush", responses=error_responses, dependencies=[Depends(auth)],
               summary="Close and score every open session of a stream (?stream=), or of all")
     async def ingest_flush(stream: str | None = None) -> JSONResponse:
-        return JSONResponse(await in_worker(service.ingest_flush, stream))
+        # `?stream=` names the default stream, as on /v1/ingest; no parameter at all flushes every stream
+        return JSONResponse(await in_worker(service.ingest_flush, None if stream is None else _stream_param(stream)))
 
     def load_again():
+        """The folder's scorer, loaded anew. Any failure of the load is the folder's (a file cut mid-copy fails in
+        safetensors, a hand-edited JSON file in whatever reads it), so it is a 422 naming it, never a 500, and the
+        loaded model keeps serving."""
         folder = getattr(service.scorer, "model_dir", None)
         if folder is None:
             raise ApiError(501, "not_supported", "this scorer has no artifact folder to reload from")
         from fusionlog.stream import load_scorer
 
-        return load_scorer(folder)
+        try:
+            return load_scorer(folder)
+        except FusionLogError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a broken file raises; the old model serves on
+            raise ApiError(422, "invalid_request", f"{folder}: the model folder does not load "
+                           f"({type(exc).__name__}: {exc}); the loaded model keeps serving") from exc
 
     @app.post("/v1/reload", responses=error_responses, dependencies=[Depends(auth)],
               summary="Load the model folder again (after a re-fuse), as SIGHUP does")
@@ -1135,6 +1203,14 @@ def _on_sighup(callback) -> bool:
     return True
 
 
+def _stream_param(name: str | None) -> str:
+    """A posted stream name as the streams know it (empty or none: the default stream), or a 422 saying why not."""
+    try:
+        return stream_name(name)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+
+
 def _ingest_health(service: DetectService) -> dict:
     open_now = service.streams.open_sessions()
     return {"streams": len(open_now), "open_sessions": sum(open_now.values()),
@@ -1165,11 +1241,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "body_too_large", f"body of {n} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():  # also caps chunked bodies that declare no length
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():  # also caps chunked bodies that declare no length
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client's doing, not a failure of ours: one line, and nginx's 499 in the metrics, not a 500
+        logger.info("client closed the connection after %d byte(s) of its body to %s", size, request.url.path)
+        raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client closed the connection before its body "
+                       "was read") from None
     return _decompressed(b"".join(chunks), request.headers.get("content-encoding", ""), limit)
 
 
@@ -1179,22 +1261,43 @@ _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "defla
 
 
 def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
-    """The body a compressed request holds, itself capped at `limit` (a small gzip may hold gigabytes)."""
+    """The body a compressed request holds, itself capped at `limit` (a small gzip may hold gigabytes).
+
+    A gzip body may be several members back to back (RFC 1952: what concatenating two gzip files gives, and what a
+    shipper appending compressed chunks sends): every member is read, under one cap. Bytes after the data that are
+    no member are refused, not dropped: they may be lines."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in _ENCODINGS:
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}; send gzip, deflate or none")
-    inflate = zlib.decompressobj(_ENCODINGS[encoding])
+    wbits = _ENCODINGS[encoding]
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        data, rest = _inflate_one(rest, wbits, limit - size, encoding, limit)
+        out.append(data)
+        size += len(data)
+        if not rest:
+            return b"".join(out)
+        if wbits == zlib.MAX_WBITS or not rest.startswith(b"\x1f\x8b"):
+            raise ApiError(400, "bad_encoding", f"the {encoding} body has {len(rest)} byte(s) of junk after its "
+                           "compressed data")
+
+
+def _inflate_one(data: bytes, wbits: int, room: int, encoding: str, limit: int) -> tuple[bytes, bytes]:
+    """(what the first compressed stream of `data` holds, the bytes after it); over `room` bytes is a 413."""
+    inflate = zlib.decompressobj(wbits)
     try:
-        out = inflate.decompress(body, limit + 1)
+        out = inflate.decompress(data, room + 1)
     except zlib.error as exc:
         raise ApiError(400, "bad_encoding", f"the body is not valid {encoding} ({exc})") from None
-    if len(out) > limit or inflate.unconsumed_tail:
+    if len(out) > room or inflate.unconsumed_tail:
         raise ApiError(413, "body_too_large", f"the {encoding} body holds over {limit} bytes, the limit")
     if not inflate.eof:
         raise ApiError(400, "bad_encoding", f"the {encoding} body ends early")
-    return out
+    return out, inflate.unused_data
 
 
 def _add_schemas(app: FastAPI) -> None:

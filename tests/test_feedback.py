@@ -109,6 +109,23 @@ def test_bad_feedback_and_bad_requests_are_clear_errors(artifact, capsys):
     assert Detector.from_pretrained(artifact).templates_ == saved
 
 
+def test_a_number_names_an_event_id_of_the_table_or_is_refused(artifact):
+    """A 4400-digit number used to be a 500 (int() refuses over 4300 digits) and "-1" muted `<:NUM:>`, the template
+    of every number: both are ids outside the table now, a 422 that writes nothing."""
+    from fastapi.testclient import TestClient
+
+    from fusionlog.serving import create_app
+
+    auth = {"Authorization": "Bearer t0k"}
+    with TestClient(create_app(load_scorer(artifact), token="t0k", allow_mute=True)) as client:
+        for text in ("9" * 4400, "-1", "-0", "99999999999999999999"):
+            r = client.post("/v1/mute", json={"template": text}, headers=auth)
+            assert r.status_code == 422 and "not in the detector's table" in r.json()["detail"], (text[:30], r.text)
+        assert load_mutes(artifact) == []
+        r = client.post("/v1/mute", json={"template": "007"}, headers=auth)  # leading zeros: still the id
+        assert r.status_code == 200 and r.json()["event_id"] == 7
+
+
 def test_a_running_service_applies_a_mute_at_its_next_request(artifact, data_dir, caplog):
     """`serve` keeps no session between requests, so it re-reads feedback.json when it changes: no restart."""
     from fastapi.testclient import TestClient

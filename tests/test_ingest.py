@@ -150,14 +150,71 @@ def test_bad_posts_are_clear_errors_and_counted_skips(os_lines, make_scorer):
         assert r.status_code == 200
         assert r.json()["stats"]["decode_errors"] == 1 and r.json()["stats"]["unmatched_format"] == 2
         keyed = [line for line in os_lines if "[instance: " in line][:5]
+        assert post(json={"lines": keyed}).status_code == 200  # "default" holds sessions (else "three" takes it)
         assert post(json={"lines": keyed, "stream": "two"}).status_code == 200
         r = post(json={"lines": keyed, "stream": "three"})
-        assert r.status_code == 422 and "the limit" in r.json()["detail"]
+        assert r.status_code == 503 and r.json()["error"] == "too_many_streams" and "the limit" in r.json()["detail"]
         r = client.post("/v1/ingest/flush", params={"stream": "nope"})
         assert r.status_code == 422 and "no open stream 'nope'" in r.json()["detail"]
         flushed = client.post("/v1/ingest/flush", params={"stream": "two"}).json()
         assert flushed["stats"]["sessions"] == len(_instances(keyed)) >= 1
         assert post(json={"lines": keyed, "stream": "three"}).status_code == 200  # room again
+        # an empty ?stream= is the default stream on both endpoints (the flush said "no open stream ''")
+        r = client.post("/v1/ingest/flush", params={"stream": ""})
+        assert r.status_code == 200 and r.json()["stream"] == "default" and r.json()["stats"]["sessions"] >= 1
+
+
+def test_a_lone_surrogate_in_a_post_is_replaced_and_its_sessions_verdicts_are_kept(os_lines, make_scorer,
+                                                                                     tmp_path):
+    """A lone surrogate escape used to pass the JSON reader and fail at the first UTF-8 write: the post that closed
+    its session got a 500 after its lines were taken (a shipper's retry duplicates them), and a background close
+    lost the verdict. It becomes U+FFFD, counted in decode_errors, and every verdict is written."""
+    path = tmp_path / "verdicts.jsonl"
+    keyed = [line for line in os_lines if "[instance: " in line][:6]
+    broken = [keyed[0].replace("[instance: ", "[instance: \ud800", 1), keyed[1] + " \udc80"]
+    cfg = IngestConfig(verdicts_path=str(path), idle_seconds=None, wall_idle_seconds=0.3)
+    with TestClient(create_app(make_scorer(), ingest=cfg, poll_seconds=0.05)) as client:
+        r = client.post("/v1/ingest?stream=a", content=json.dumps({"lines": broken + keyed[2:]}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["stats"]["decode_errors"] == 2
+        r = client.post("/v1/ingest?stream=b", content="\n".join(json.dumps({"log": x}) for x in broken),
+                        headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 200 and r.json()["stats"]["decode_errors"] == 2
+        deadline = time.monotonic() + 20  # the background close scores and writes them
+        while client.get("/healthz").json()["ingest"]["open_sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["ingest"]["open_sessions"] == 0
+        r = client.post("/v1/ingest?stream=c", content=json.dumps({"lines": broken}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 200
+        r = client.post("/v1/ingest/flush?stream=c")  # the post that closes them answers too
+        assert r.status_code == 200 and r.json()["stats"]["sessions"] >= 1
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert {r["stream"] for r in rows} == {"a", "b", "c"}
+
+
+def test_a_stream_holding_nothing_makes_room_for_a_new_one_at_the_cap(os_lines, make_scorer, tmp_path):
+    """Stream names come from whoever posts (pods come and go): once --max-streams names were used, even by an
+    empty post, every new one was refused for good. A stream with no open session is dropped for a new one now
+    (its journal too: nothing in it to replay); only streams that all hold sessions refuse one, with a 503."""
+    from fusionlog.journal import journals
+
+    keyed = [line for line in os_lines if "[instance: " in line][:5]
+    cfg = IngestConfig(max_streams=2, idle_seconds=None, wall_idle_seconds=None, journal_dir=str(tmp_path))
+    with TestClient(create_app(make_scorer(), ingest=cfg)) as client:
+        def post(stream, lines):
+            return client.post("/v1/ingest", params={"stream": stream}, json={"lines": lines})
+
+        assert post("a", []).status_code == post("b", []).status_code == 200
+        assert post("c", keyed).status_code == 200  # a held nothing: dropped
+        assert post("d", keyed).status_code == 200  # b too
+        assert client.get("/healthz").json()["ingest"]["streams"] == 2
+        assert len(list(journals(tmp_path))) == 2
+        r = post("e", keyed)  # c and d hold open sessions
+        assert r.status_code == 503 and r.json()["error"] == "too_many_streams"
+        flushed = client.post("/v1/ingest/flush", params={"stream": "c"}).json()
+        assert flushed["stats"]["sessions"] >= 1  # nothing of c was lost on the way
+        assert post("e", keyed).status_code == 200
 
 
 def test_records_become_the_line_the_model_reads():
@@ -277,6 +334,30 @@ def test_compressed_and_back_to_back_json_bodies_as_shippers_send_them(os_lines,
         assert r.status_code == 400 and "ends early" in r.json()["detail"]
         r = client.post("/v1/ingest", content=stream, headers={"Content-Encoding": "br"})
         assert r.status_code == 415
+
+
+def test_every_gzip_member_is_read_and_junk_after_the_data_is_refused(os_lines, make_scorer):
+    """gzip(a) + gzip(b) is one valid gzip body (RFC 1952) whose second half used to be dropped silently; each member
+    is read now under the same cap, and bytes after the data that are no member are a 400, not lost lines."""
+    import gzip
+    import zlib
+
+    lines = [json.dumps({"log": line}) for line in os_lines[:6]]
+    a, b = ("\n".join(lines[:3]) + "\n").encode(), ("\n".join(lines[3:]) + "\n").encode()
+    gz = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+    with TestClient(create_app(make_scorer(), max_body_bytes=64 * 1024, ingest=QUIET)) as client:
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + gzip.compress(b), headers=gz)
+        assert r.status_code == 200 and r.json()["stats"]["lines"] == 6, r.text
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + b"junk", headers=gz)
+        assert r.status_code == 400 and "junk" in r.json()["detail"]
+        r = client.post("/v1/ingest?stream=a", content=zlib.compress(a) + b"\0", headers={**gz,
+                        "Content-Encoding": "deflate"})
+        assert r.status_code == 400 and "junk" in r.json()["detail"]
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(a) + gzip.compress(b)[:20], headers=gz)
+        assert r.status_code == 400 and "ends early" in r.json()["detail"]
+        half = ("x" * 40_000).encode()  # each member under the cap, both together over it
+        r = client.post("/v1/ingest?stream=a", content=gzip.compress(half) + gzip.compress(half), headers=gz)
+        assert r.status_code == 413 and "holds over 65536 bytes" in r.json()["detail"]
 
 
 def test_ingest_verdicts_can_name_the_raw_line_behind_each_template(os_lines, make_scorer):

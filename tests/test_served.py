@@ -545,6 +545,16 @@ def test_the_service_reloads_its_model_folder_without_a_restart(bgl_artifact, da
         assert health["threshold"] == pytest.approx(high) and health["ingest"]["open_sessions"] == 0
         after = client.post("/v1/detect", json={"lines": lines}).json()["verdicts"]
         assert [v["score"] for v in after] == [v["score"] for v in before] and not any(v["anomalous"] for v in after)
+        # broken files fail in whatever reads them (safetensors, a JSON reader): each is the folder's fault, a 422
+        good = (art / "threshold.json").read_text(encoding="utf-8")
+        (art / "threshold.json").write_text("[1, 2]", encoding="utf-8")
+        r = client.post("/v1/reload")
+        assert r.status_code == 422 and "does not load" in r.json()["detail"], r.text
+        (art / "threshold.json").write_text(good, encoding="utf-8")
+        weights = art / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])  # cut mid-copy
+        r = client.post("/v1/reload")
+        assert r.status_code == 422 and "does not load" in r.json()["detail"], r.text
         (art / "config.json").unlink()  # a folder caught mid-copy
         r = client.post("/v1/reload")
         assert r.status_code == 422 and "config.json" in r.json()["detail"]

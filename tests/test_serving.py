@@ -292,6 +292,25 @@ def test_bad_input_is_a_named_4xx_and_the_service_keeps_going(client, body, stat
     assert ok.status_code == 200  # nothing broke
 
 
+def test_a_lone_surrogate_escape_is_replaced_and_counted_never_a_500(client, hdfs):
+    """JSON may escape half a UTF-16 pair (`\\ud800`); json.loads keeps it, but no UTF-8 writer takes it (the
+    response, the embedder): it becomes U+FFFD and counts as a decode error, as a text/plain body's bad bytes do."""
+    _, lines = hdfs
+    line = lines[0]
+    r = client.post("/v1/detect", content=json.dumps({"lines": [line[:-4] + "\ud800" + line[-4:]]}),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["stats"]["decode_errors"] == 1 and r.json()["stats"]["sessions"] == 1
+    body = {"sessions": [{"key": "k\udc80", "templates": ["Receiving block \ud800<*>"]}]}
+    r = client.post("/v1/detect", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["verdicts"][0]["key"] == "k\ufffd" and r.json()["stats"]["decode_errors"] == 2
+    r = client.post("/v1/detect", content=b'{"lines": [], "\\udc80": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "\ufffd" in r.json()["detail"]  # a field name, refused by name
+    ok = client.post("/v1/detect", json={"lines": lines[:3]})
+    assert ok.status_code == 200 and ok.json()["stats"]["decode_errors"] == 0
+
+
 def test_oversized_chunked_body_without_length_is_refused(client):
     def chunks():
         for _ in range(20):
@@ -323,6 +342,51 @@ def test_scorer_crash_is_a_500_and_the_next_request_works(scorer_factory):
         assert r.status_code == 500 and r.json()["error"] == "internal"
         assert c.post("/v1/detect", json={"sessions": [{"key": "fine", "templates": [0]}]}).status_code == 200
         assert 'fusionlog_errors_total{kind="internal"} 1' in c.get("/metrics").text
+
+
+def test_a_crash_outside_detect_is_the_same_500_and_counted_as_an_error(scorer_factory, hdfs):
+    """Detect caught its own crashes; an ingest, a flush or a mute that raised was Starlette's plain-text 500 that
+    fusionlog_errors_total never counted."""
+    scorer = scorer_factory()
+    scorer.verdicts = lambda keys, sessions: (_ for _ in ()).throw(RuntimeError("model exploded"))
+    with TestClient(create_app(scorer)) as c:
+        assert c.post("/v1/ingest", json={"lines": hdfs[1][:5]}).status_code == 200  # nothing scored yet
+        r = c.post("/v1/ingest/flush")
+        assert r.status_code == 500 and r.json()["error"] == "internal" and "server log" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+        text = c.get("/metrics").text
+        assert 'fusionlog_errors_total{kind="internal"} 1' in text
+        assert 'fusionlog_requests_total{path="/v1/ingest/flush",status="500"} 1' in text
+
+
+def test_a_client_that_hangs_up_mid_body_is_one_log_line_and_no_500(client, caplog):
+    """A shipper killed or timed out mid-post is the client's doing: one info line and nginx's 499, not a 60-line
+    traceback counted as a server error."""
+    import asyncio
+    import logging
+
+    app = client.app
+    messages = iter([{"type": "http.request", "body": b'{"lines": ["a', "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/detect", "raw_path": b"/v1/detect", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    with caplog.at_level(logging.INFO):
+        asyncio.run(app(scope, receive, send))
+    gone = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and not gone[0].exc_info
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    text = client.get("/metrics").text
+    assert 'fusionlog_requests_total{path="/v1/detect",status="499"} 1' in text
+    assert 'status="500"' not in text
 
 
 def test_a_busy_scorer_never_blocks_the_event_loop(client):
