@@ -14,7 +14,7 @@
                       stay open across requests (`fusionlog.ingest`) → {"verdicts": those it finished, ...}
     POST /v1/ingest/flush[?stream=]   close and score open sessions now (all of them at shutdown)
     POST /v1/reload   load the model folder again (also on SIGHUP)
-    GET  /healthz     liveness + what is loaded (never needs the token)
+    GET  /healthz     liveness (never needs the token) + what is loaded (with the token, when there is one)
     GET  /metrics     Prometheus text format (with the served scorer: score-cache hits, misses, entries)
     GET  /docs, /openapi.json   FastAPI's generated docs
 
@@ -160,6 +160,8 @@ class VerdictOut(BaseModel):
 
 class MuteIn(BaseModel):
     """`POST /v1/mute` and `/v1/unmute` (with `serve --allow-mute`): what `fusionlog mute` takes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # as every other body: `"line": "yes"` is an error
 
     template: str = Field(min_length=1, max_length=MAX_MUTE_CHARS, description=(
         "a template's text as a verdict's departures show it, its event_id, or a message it matches"))
@@ -977,13 +979,16 @@ def create_app(
     app.state.service = service
     app.state.metrics = metrics
 
-    async def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
-        # async: a sync dependency would cost a worker-thread hop on every request
+    def authorized(creds: HTTPAuthorizationCredentials | None) -> bool:
         if token_bytes is None:
-            return
+            return True
         given = creds.credentials.encode("utf-8") if creds is not None else b""
         # compare_digest takes time independent of where the strings differ
-        if creds is None or not hmac.compare_digest(given, token_bytes):
+        return creds is not None and hmac.compare_digest(given, token_bytes)
+
+    async def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        # async: a sync dependency would cost a worker-thread hop on every request
+        if not authorized(creds):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
 
     @app.exception_handler(ApiError)
@@ -1139,7 +1144,12 @@ def create_app(
         return JSONResponse(await in_worker(service.reload, load_again))
 
     @app.get("/healthz", summary="Liveness and what is loaded")
-    async def healthz() -> dict:
+    async def healthz(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> dict:
+        if not authorized(creds):
+            # a probe needs the 200 only; what is loaded (muted templates are log text, the verdicts file a path
+            # on the server) is for whoever holds the token, as /metrics is
+            return {"status": "ok", "version": __version__, "auth": True,
+                    "detail": "send the bearer token for what is loaded"}
         scorer = service.scorer  # the one loaded now (`POST /v1/reload`, SIGHUP)
         rule = scorer.rule
         return {

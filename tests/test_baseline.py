@@ -197,7 +197,7 @@ def test_the_service_takes_known_good_lines_over_http_as_the_command_reads_a_fil
         assert [v["score"] for v in after] == pytest.approx([v["score"] for v in fresh], abs=1e-6)
         assert [v["anomalous"] for v in after] == [v["anomalous"] for v in fresh]
         assert sum(v["anomalous"] for v in after) < sum(v["anomalous"] for v in before)
-        health = client.get("/healthz").json()
+        health = client.get("/healthz", headers=auth).json()
         assert (health["reference_sessions"], health["baseline_batches"], health["allow_baseline"]) == (50, 1, True)
         listed = client.get("/v1/baseline", headers=auth).json()
         assert [(b["sessions"], b["replace"], b["reason"]) for b in listed["batches"]] == [(50, True, "2.4 rollout")]

@@ -183,7 +183,10 @@ def test_the_service_takes_mutes_over_http_only_when_allowed_and_with_a_token(ar
     auth = {"Authorization": "Bearer t0k"}
     with TestClient(create_app(load_scorer(artifact), token="t0k", allow_mute=True)) as client:
         assert client.post("/v1/mute", json={"template": "0"}).status_code == 401
-        assert client.get("/healthz").json()["allow_mute"] is True
+        for body in ({"template": "0", "line": "yes"}, {"template": "0", "when": "now"}):  # strict, as every body
+            r = client.post("/v1/mute", json=body, headers=auth)
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+        assert client.get("/healthz", headers=auth).json()["allow_mute"] is True
         before = client.post("/v1/detect", json={"lines": lines}, headers=auth).json()["verdicts"]
         worst = max(before, key=lambda v: v["score"])
         target = next(d for d in worst["departures"] if d["kind"] == "has")

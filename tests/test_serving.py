@@ -249,7 +249,11 @@ def test_bearer_token(auth_client):
     assert auth_client.post("/v1/detect", json=body, headers={"Authorization": TOKEN}).status_code == 401
     ok = auth_client.post("/v1/detect", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["verdicts"][0]["key"] == "k"
-    assert auth_client.get("/healthz").status_code == 200  # liveness stays open
+    # liveness stays open; what is loaded (muted templates, the verdicts file's path) needs the token, as /metrics
+    bare = auth_client.get("/healthz")
+    assert bare.status_code == 200 and bare.json()["status"] == "ok" and "muted_templates" not in bare.json()
+    full = auth_client.get("/healthz", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert full["auth"] is True and full["muted_templates"] == [] and "ingest" in full
     assert auth_client.get("/metrics").status_code == 401
     assert auth_client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
