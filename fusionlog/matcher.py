@@ -47,6 +47,11 @@ DRAIN_WILDCARD = "<:*:>"
 MAX_MATCH_CHARS = 10_000
 
 
+#: Characters of new-template text learned at most (besides `max_new_templates`). Why: the count alone bounded
+#: nothing in bytes: lines of 200,000 words, each a new template, grew a server by 16 MB apiece (10,000 of them:
+#: ~160 GB). Ordinary templates are ~100 characters, so 10,000 of them use a 16th of it.
+MAX_NEW_TEMPLATE_CHARS = 16_000_000
+
 #: Template lists up to this size are compiled when the matcher is built; larger ones on first use.
 EAGER_COMPILE_MAX = 5_000
 
@@ -103,6 +108,8 @@ class TemplateMatcher:
         self.parse = parse or ParseConfig()
         self.max_new_templates = max_new_templates
         self.cache_size = cache_size
+        self._new_chars = 0  # text of the new templates learned so far (MAX_NEW_TEMPLATE_CHARS)
+        self._said_full = False
         self.stats = MatcherStats()
         self._mask_regex = _mask_regexes(self.parse)
         compiled = [self._compile_one(i, t) for i, t in enumerate(self.known)]
@@ -275,10 +282,11 @@ class TemplateMatcher:
 
     def _learn(self, text: str) -> int:
         store = self._new
-        if len(store) >= self.max_new_templates:
+        if len(store) >= self.max_new_templates or self._new_chars >= MAX_NEW_TEMPLATE_CHARS:
             local = store.match_line(text)
             if local == UNKNOWN_EVENT:
                 self.stats.overflow += 1
+                self._say_full()
                 return UNKNOWN_EVENT
         else:
             before = len(store)
@@ -286,9 +294,21 @@ class TemplateMatcher:
             self._fits += 1
             if len(store) > before:
                 self.stats.new_templates += 1
+                self._new_chars += len(text)
                 logger.debug("new template %d: %s", self.n_known + local, store.templates[local])
         self.stats.new_lines += 1
         return self.n_known + local
+
+    def _say_full(self) -> None:
+        """Warn once that new messages are no longer learned. Why: past the bound a new failure's message reads as
+        `<unknown template>` (it still costs a new template's surprise), and nothing said the bound was reached."""
+        if self._said_full:
+            return
+        self._said_full = True
+        logger.warning("%d new templates (%d characters) learned since the detector was loaded, its bound: lines "
+                       "that match none of them are now read as one unknown template (matcher overflow, counted); "
+                       "a reload (serve: POST /v1/reload; detect: a restart) starts the count again",
+                       len(self._new), self._new_chars)
 
     # -- templates -----------------------------------------------------------------------------
     def template(self, event_id: int) -> str:

@@ -153,6 +153,21 @@ def test_new_template_cap_bounds_memory_and_counts_overflow():
     assert m.stats.overflow == 1 and m.n_new == 1
 
 
+def test_new_template_text_is_bounded_in_characters_and_the_bound_is_said_once(monkeypatch, caplog):
+    """Long new lines (a fuzzer's 200,000 words, 16 MB of a server apiece) stop being learned once their text
+    passes the bound, well before the count's; the first line past it is warned about, once."""
+    import fusionlog.matcher as matcher
+
+    monkeypatch.setattr(matcher, "MAX_NEW_TEMPLATE_CHARS", 1_000)
+    m = TemplateMatcher(["known line"])
+    long_lines = [f"w{i} " + " ".join(f"t{i}x{j}" for j in range(100)) for i in range(4)]  # ~700 chars each
+    ids = [m.event_id(line) for line in long_lines]
+    assert ids[0] == 1 and ids[1] == 2 and ids[2:] == [UNKNOWN_EVENT] * 2  # the second passed the bound
+    assert m.n_new == 2 and m.stats.overflow == 2
+    assert sum("new templates" in r.getMessage() and "its bound" in r.getMessage() for r in caplog.records) == 1
+    assert m.event_id("known line") == 0  # the known table still matches
+
+
 def test_cache_serves_repeats_without_changing_answers(openstack):
     table, lines = openstack
     m = TemplateMatcher(table)
