@@ -161,10 +161,21 @@ def resolve_template(scorer, text: str, raw_line: bool = False) -> Resolved:
         if eid == UNKNOWN_EVENT:
             raise ConfigError("the message matches no template and the detector mines no more new ones")
         if eid >= len(table):
-            return Resolved(scorer.matcher.template(eid), None, 0, 1.0)
+            template = scorer.matcher.template(eid)
+            if not _literal_text(template):
+                raise ConfigError(f"{template!r} has no words, only wildcards: muted, it would match every message "
+                                  "the detector has not seen and make each cost nothing; give a message with words")
+            return Resolved(template, None, 0, 1.0)
     df = int(stats.doc_freq[eid]) if eid < len(stats.doc_freq) else 0
     cost = float(stats.have_costs([eid], in_corpus=False)[0]) if eid < len(stats.doc_freq) else 1.0
     return Resolved(table[eid], eid, df, cost)
+
+
+def _literal_text(template: str) -> str:
+    """What of a template is not a wildcard (`<*>`, `<:*:>`) or blank. Why: a mute of a template the model never
+    saw is matched as a known template from then on, and `<*>` alone matched every unseen message, so a new
+    failure's `kernel panic` read as a muted routine line costing nothing (found by a fuzz pass, stop 31)."""
+    return "".join(template.replace("<:*:>", " ").replace("<*>", " ").split())
 
 
 def _event_id_text(text: str, n_table: int) -> int | None:

@@ -167,6 +167,7 @@ def fuse(cfg: FuseConfig, spec=None, backend=None, cache_path: Path | None = Non
     if backend is None and not cfg.resume and getattr(cfg.distill, "rounds", 0) > 0:
         preflight_llm(cfg.llm, cfg.llm_backend)  # a resumed run may need no LLM at all: it loads lazily
     check_out_dir(cfg.out_dir, "--out")  # before any work: a folder it cannot write is said at once
+    check_run_folder(cfg)
     t_start = time.perf_counter()
     stage = _Stages(cfg.progress)
 
@@ -658,6 +659,38 @@ class _Stages:
             logger.info("%s done in %.1fs", name, time.perf_counter() - t0)
 
         return cm()
+
+
+#: What a run's artifact depends on: `--resume` into a folder whose fuse_config.json differs in any of them would
+#: mix two runs (another target's rounds under this target's serving.json).
+RESUME_KEYS = ("target", "sources", "seed", "data_dir", "rule", "log_format", "pool_fraction", "template_prior",
+               "threshold", "epochs", "steps_per_epoch")
+
+
+def check_run_folder(cfg: FuseConfig) -> None:
+    """Refuse an `--out` that holds files but no earlier run (fuse_config.json), and a `--resume` whose earlier run
+    had other settings. Why: fuse writes config.json, report.md, ... into the folder, and replaced a user's own
+    files of those names without a word (or wrote into the folder of the logs it read); `--resume` continued
+    another target's rounds and left a model with one target's templates and the other's serving.json."""
+    out = cfg.out_dir
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    saved_path = out / FUSE_CONFIG_NAME
+    if not saved_path.is_file():
+        raise ConfigError(f"--out {out}: the folder holds files but no FusionLog run ({FUSE_CONFIG_NAME}); fuse "
+                          "would overwrite files of its own names there: name an empty or a new folder")
+    if not cfg.resume:
+        return  # a re-fuse into its own folder (a running serve reloads it)
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {saved_path} cannot be read ({exc}); run without --resume") from None
+    now = _jsonable(config_to_dict(cfg))
+    differ = [k for k in RESUME_KEYS if isinstance(saved, dict) and saved.get(k) != now.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ[:3])
+        raise ConfigError(f"--resume {out}: that run had other settings ({shown}); resume it with them, or run "
+                          "without --resume (or into another --out) to start afresh")
 
 
 def _print_round(rec, progress: bool) -> None:

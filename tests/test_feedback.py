@@ -250,3 +250,13 @@ def test_a_live_detect_applies_mutes_without_renumbering_its_open_sessions(artif
     assert live["lines:241"]["surprise"] == pytest.approx(second_odd["surprise"] - 1.0, abs=1e-3)
     assert "muted template(s) not counted" in live["lines:241"]["reason"]
     assert live[worst["key"]]["score"] < worst["score"]
+
+
+def test_a_template_of_only_wildcards_is_not_muted(artifact, capsys):
+    """Muted, `<*>` matched every message the detector had not seen, each then costing nothing."""
+    for text in ("<*>", "<*> <:*:>"):
+        assert main(["mute", "--model", str(artifact), text]) == 2
+        assert "only wildcards" in capsys.readouterr().err
+    assert load_mutes(artifact) == []
+    assert main(["mute", "--model", str(artifact), "frobnicator restarted on port 80"]) == 0  # words: muted
+    assert len(load_mutes(artifact)) == 1

@@ -361,3 +361,24 @@ def test_the_flood_note_names_what_to_change_for_each_session_rule():
     assert timed.startswith("it flags 9 of the 10 sessions") and "60-second window" in timed and "--key-regex" in timed
     keyed = flood_note(9, 10, SessionRule("key", key_pattern=r"id=(\w+)"))
     assert "window" not in keyed and "--key-regex groups one request" in keyed
+
+
+def test_fuse_refuses_a_folder_of_other_files_and_a_resume_with_other_settings(tmp_path):
+    """fuse replaced a user's own config.json and report.md in --out without a word, and --resume went on with
+    another target's rounds (an artifact of one target's model and the other's serving.json)."""
+    from fusionlog.errors import ConfigError
+    from fusionlog.pipeline import FUSE_CONFIG_NAME
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes", encoding="utf-8")
+    with pytest.raises(ConfigError, match="holds files but no FusionLog run"):
+        fuse(_cfg(mine, rounds=0))
+    assert (mine / "report.md").read_text(encoding="utf-8") == "my notes" and not (mine / "config.json").exists()
+    run = tmp_path / "run"
+    run.mkdir()  # an empty folder is fine
+    fuse(_cfg(run, rounds=0))
+    with pytest.raises(ConfigError, match="other settings.*seed 0 there, 1 now"):
+        fuse(_cfg(run, rounds=0, seed=1, resume=True))
+    assert json.loads((run / FUSE_CONFIG_NAME).read_text(encoding="utf-8"))["seed"] == 0  # left as it was
+    fuse(_cfg(run, rounds=0, seed=1))  # without --resume: a fresh run into its own folder
