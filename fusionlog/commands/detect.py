@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             except BrokenPipeError:
                 raise  # the reader went away (`detect ... | head`): the CLI stops quietly
             except OSError as exc:  # a full disk: say which output, not only the errno's words
-                raise DataError(f"{args.output or 'stdout'}: cannot write the verdicts ({exc.strerror})") from None
+                raise unwritable(args.output, exc) from None
         finished = True
     finally:
         for sig, handler in saved.items():
@@ -288,12 +288,17 @@ def is_gzip(path) -> bool:
         return False  # the follow says what is wrong with it
 
 
+def unwritable(name: str | None, exc: OSError):
+    """The error for an output the verdicts could not be written to, naming it (`-o`, or stdout)."""
+    from fusionlog.errors import DataError
+
+    return DataError(f"{name or 'stdout'}: cannot write the verdicts ({exc.strerror or exc})")
+
+
 def close_output(out, name: str | None, report: bool) -> None:
     """Flush and close the verdicts' output; a failure is an error naming it once the run finished, and stays
     quiet while another error is on its way out (which it would otherwise replace)."""
     import sys
-
-    from fusionlog.errors import DataError
 
     try:
         out.flush()
@@ -303,7 +308,7 @@ def close_output(out, name: str | None, report: bool) -> None:
         if report and isinstance(exc, BrokenPipeError):
             raise
         if report:
-            raise DataError(f"{name or 'stdout'}: cannot write the verdicts ({exc.strerror or exc})") from None
+            raise unwritable(name, exc) from None
 
 
 def output_among_inputs(output: str, sources: list[str], files: list) -> str | None:
